@@ -1,0 +1,132 @@
+"""One model version served through ONNX Runtime.
+
+Follows the load / predict / unload life cycle: constructing is cheap and
+touches no file; ``load()`` checks the hash, opens the session on the best
+provider it can really use, checks the inputs against the manifest and warms
+up. ``predict`` takes the whole batch's matrix in one call.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from inference.errors import ModelError, ModelNotReady
+from inference.manifest import MODEL_FILE, Manifest, sha256_file
+
+log = logging.getLogger(__name__)
+
+ProviderChoice = Literal["auto", "cpu", "cuda"]
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def provider_list(choice: ProviderChoice, available: list[str]) -> list[str]:
+    """Providers to ask ONNX Runtime for, best first."""
+    if choice == "cpu":
+        return [CPU]
+    if choice == "cuda":
+        if CUDA not in available:
+            raise ModelError(
+                "providers=cuda but this ONNX Runtime has no CUDA provider "
+                f"(available: {', '.join(available)}); install driftline[gpu] or use providers=auto"
+            )
+        return [CUDA, CPU]
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+class OnnxModel:
+    """A loaded-on-demand ONNX model version described by its manifest."""
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        providers: ProviderChoice = "auto",
+        intra_op_threads: int = 1,
+    ) -> None:
+        self.directory = Path(directory)
+        self.providers = providers
+        self.intra_op_threads = intra_op_threads
+        self.manifest: Manifest = Manifest.read(self.directory)
+        self._session = None
+        self.active_provider: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def ready(self) -> bool:
+        return self._session is not None
+
+    def load(self) -> None:
+        import onnxruntime as ort
+
+        m = self.manifest
+        path = self.directory / MODEL_FILE
+        if not path.is_file():
+            raise ModelError(f"{path} is missing")
+        digest = sha256_file(path)
+        if digest != m.sha256:
+            raise ModelError(
+                f"{path}: sha256 {digest} does not match the manifest ({m.sha256}); "
+                "the file changed after registration, register it again as a new version"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        wanted = provider_list(self.providers, ort.get_available_providers())
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+        except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types
+            raise ModelError(f"{path}: ONNX Runtime cannot load it: {exc}") from exc
+        active = session.get_providers()[0]
+        if self.providers == "cuda" and active != CUDA:
+            raise ModelError(f"{m.name} v{m.version}: CUDA was required but ONNX Runtime fell back to {active}")
+        inputs = {i.name: i for i in session.get_inputs()}
+        if m.input_name not in inputs:
+            raise ModelError(f"{path}: no input named {m.input_name!r} (has {sorted(inputs)})")
+        width = inputs[m.input_name].shape[-1]
+        if isinstance(width, int) and width != m.profile.width:
+            raise ModelError(
+                f"{path}: input {m.input_name!r} has {width} columns but the manifest's features "
+                f"make {m.profile.width}; the manifest does not describe this model"
+            )
+        if m.output_name not in {o.name for o in session.get_outputs()}:
+            raise ModelError(f"{path}: no output named {m.output_name!r}")
+        self._session = session
+        self.active_provider = active
+        self.predict(np.zeros((1, m.profile.width), dtype=np.float32))  # warm-up
+        log.info("model %s v%s loaded on %s", m.name, m.version, active)
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        """Scores for a batch: positive-class probability, or the regression value."""
+        if self._session is None:
+            raise ModelNotReady(f"model {self.name} v{self.version} is not loaded; call load() first")
+        m = self.manifest
+        (out,) = self._session.run([m.output_name], {m.input_name: matrix})
+        out = np.asarray(out, dtype=np.float64)
+        if out.ndim == 2:
+            out = out[:, m.output_index if m.output_index is not None else 0]
+        return out
+
+    def labels(self, scores: np.ndarray) -> list[str | None]:
+        """Decision at the manifest threshold; None for regressors."""
+        m = self.manifest
+        if m.task == "regression":
+            return [None] * len(scores)
+        names = np.array(m.labels, dtype=object)
+        return list(names[(scores >= m.threshold).astype(np.int64)])
+
+    def unload(self) -> None:
+        self._session = None
+        self.active_provider = None

@@ -1,0 +1,152 @@
+"""A model's input profile: which request fields feed the model, how, and what is allowed.
+
+The profile is declared in the model's manifest (``features`` and ``request``
+sections) and read here, so validation needs nothing but the profile and the
+reader schema. Feature order is model input order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from schemas.catalog import WireSchema
+from schemas.errors import ProfileError
+
+_NUMERIC = {"int", "long", "float", "double"}
+
+
+@dataclass(frozen=True, slots=True)
+class NumericFeature:
+    """A numeric field fed as one model input column.
+
+    Missing values (null, or NaN) are rejected unless ``allow_missing``; then
+    they are replaced by ``impute`` (the training median, say).
+    """
+
+    name: str
+    minimum: float = -math.inf
+    maximum: float = math.inf
+    allow_missing: bool = False
+    impute: float = 0.0
+
+    @property
+    def width(self) -> int:
+        return 1
+
+
+@dataclass(frozen=True, slots=True)
+class CategoricalFeature:
+    """A string field fed one-hot (one column per category) or as an ordinal index."""
+
+    name: str
+    categories: tuple[str, ...]
+    encoding: Literal["onehot", "ordinal"] = "onehot"
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) if self.encoding == "onehot" else 1
+
+
+Feature = NumericFeature | CategoricalFeature
+
+
+@dataclass(frozen=True, slots=True)
+class InputProfile:
+    """Everything validation needs to turn records into one feature matrix."""
+
+    features: tuple[Feature, ...]
+    id_field: str = "request_id"
+    key_field: str = "request_id"
+    time_field: str | None = "event_time"
+    max_string_length: int = 256
+
+    @property
+    def width(self) -> int:
+        return sum(f.width for f in self.features)
+
+    @property
+    def column_names(self) -> list[str]:
+        names: list[str] = []
+        for f in self.features:
+            if isinstance(f, CategoricalFeature) and f.encoding == "onehot":
+                names.extend(f"{f.name}={c}" for c in f.categories)
+            else:
+                names.append(f.name)
+        return names
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> InputProfile:
+        """Build from a manifest's ``features`` list and ``request`` section."""
+        try:
+            features: list[Feature] = []
+            for spec in manifest["features"]:
+                kind = spec.get("kind", "numeric")
+                if kind == "numeric":
+                    features.append(
+                        NumericFeature(
+                            name=spec["name"],
+                            minimum=float(spec.get("min", -math.inf)),
+                            maximum=float(spec.get("max", math.inf)),
+                            allow_missing=bool(spec.get("allow_missing", False)),
+                            impute=float(spec.get("impute", 0.0)),
+                        )
+                    )
+                elif kind == "categorical":
+                    encoding = spec.get("encoding", "onehot")
+                    if encoding not in ("onehot", "ordinal"):
+                        raise ProfileError(
+                            f"feature {spec['name']!r}: encoding must be onehot or ordinal, not {encoding!r}"
+                        )
+                    features.append(
+                        CategoricalFeature(spec["name"], tuple(spec["categories"]), encoding)
+                    )
+                else:
+                    raise ProfileError(
+                        f"feature {spec.get('name')!r}: kind must be numeric or categorical, not {kind!r}"
+                    )
+            request = manifest.get("request", {})
+            return cls(
+                features=tuple(features),
+                id_field=request.get("id_field", "request_id"),
+                key_field=request.get("key_field", request.get("id_field", "request_id")),
+                time_field=request.get("time_field", "event_time"),
+                max_string_length=int(request.get("max_string_length", 256)),
+            )
+        except KeyError as exc:
+            raise ProfileError(f"manifest is missing {exc.args[0]!r} in its feature profile") from exc
+
+    def check_against(self, schema: WireSchema) -> None:
+        """Refuse a profile that names fields the schema lacks or types it cannot feed."""
+        types = schema.field_types
+        for name in (self.id_field, self.key_field):
+            if _base_type(types.get(name)) != "string":
+                raise ProfileError(f"{schema.subject} needs a string field {name!r} (request id / key)")
+        if self.time_field is not None and _base_type(types.get(self.time_field)) not in ("long", "int"):
+            raise ProfileError(f"{schema.subject} needs a long field {self.time_field!r} (event time)")
+        for f in self.features:
+            base = _base_type(types.get(f.name))
+            if base is None:
+                raise ProfileError(f"feature {f.name!r} is not a field of {schema.subject}")
+            if isinstance(f, NumericFeature) and base not in _NUMERIC:
+                raise ProfileError(f"feature {f.name!r} is numeric but {schema.subject} has it as {base}")
+            if isinstance(f, CategoricalFeature) and base != "string":
+                raise ProfileError(f"feature {f.name!r} is categorical but {schema.subject} has it as {base}")
+
+
+def is_nullable(avro_type: Any) -> bool:
+    return isinstance(avro_type, list) and "null" in avro_type
+
+
+def _base_type(avro_type: Any) -> str | None:
+    """The non-null type name of a field (``["null", "double"]`` → ``double``)."""
+    if avro_type is None:
+        return None
+    if isinstance(avro_type, list):
+        rest = [t for t in avro_type if t != "null"]
+        return _base_type(rest[0]) if len(rest) == 1 else "union"
+    if isinstance(avro_type, dict):
+        return str(avro_type["type"])
+    return str(avro_type)
