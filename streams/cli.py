@@ -1,0 +1,171 @@
+"""The ``driftline`` command. Flags fall back to ``DRIFTLINE_*`` variables (see Settings)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import DriftlineError
+from streams.errors import ConfigError
+from streams.settings import Settings, load_settings
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    return load_settings(broker=getattr(args, "broker", None), **extra)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from streams.demo import run_up
+
+    run_up(_settings(args, session_timeout_s=6.0), duration=args.duration, rate=args.rate,
+           drift_at=args.drift_at)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    extra: dict[str, Any] = {}
+    if args.require_gpu:
+        extra["require_gpu"] = True
+    if args.providers:
+        extra["providers"] = args.providers
+    run_worker(_settings(args, **extra))
+    return 0
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from streams.kafka import create_topics
+
+    settings = _settings(args)
+    created = create_topics(settings.confluent(), settings.topic_partitions())
+    for topic, n in settings.topic_partitions().items():
+        print(f"{topic}\t{n} partitions\t{'created' if topic in created else 'exists'}")
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from confluent_kafka import Producer
+
+    from inference.manifest import Manifest
+    from inference.registry import ModelRegistry
+    from schemas.codec import encode
+    from streams.records import coerce, read_input
+    from streams.worker import build_catalog
+
+    settings = _settings(args)
+    binding = next((m for m in settings.models if m.name == args.model), None) if args.model else settings.models[0]
+    if binding is None:
+        raise ConfigError(f"--model {args.model}: not among the served models (DRIFTLINE_MODELS)")
+    manifest = Manifest.read(ModelRegistry(settings.model_dir).path(binding.name, binding.version))
+    catalog = build_catalog(settings)
+    schema = catalog.get(manifest.request_subject, args.schema_version)
+    topic = settings.requests_topic(binding)
+    producer = Producer(settings.producer_config())
+    sent = bad = 0
+    for line, row in read_input(Path(args.file)):
+        try:
+            record = coerce(schema, row)
+            value = encode(schema, record)
+        except Exception as exc:  # noqa: BLE001 - report the line, keep going
+            print(f"{args.file}:{line}: not a valid {schema.subject}: {exc}", file=sys.stderr)
+            bad += 1
+            continue
+        key = record.get(manifest.profile.key_field)
+        producer.produce(topic, value, str(key).encode() if key is not None else None)
+        producer.poll(0)
+        sent += 1
+    left = producer.flush(30)
+    print(f"produced {sent - left} records to {topic} with {schema.subject} v{schema.version}"
+          f" (id {schema.id}); {bad} lines rejected")
+    return 1 if bad or left else 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from confluent_kafka import Consumer
+
+    from streams.records import message_to_json
+    from streams.worker import build_catalog
+
+    settings = _settings(args)
+    catalog = build_catalog(settings)
+    consumer = Consumer(settings.confluent(**{
+        "group.id": f"driftline-tail-{id(args)}", "enable.auto.commit": False,
+        "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+    }))
+    consumer.subscribe([args.topic])
+    shown = 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while args.max is None or shown < args.max:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            print(json.dumps(message_to_json(catalog, msg)), flush=True)
+            shown += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="driftline", description="Streaming data plane for ML models.")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="embedded broker + worker + example traffic, with a live summary")
+    up.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
+    up.add_argument("--rate", type=float, default=2000.0, help="requests per second (default 2000)")
+    up.add_argument("--drift-at", type=float, default=None, help="start drift after S seconds")
+    up.set_defaults(func=cmd_up)
+
+    w = sub.add_parser("worker", help="run a score worker against DRIFTLINE_BROKER")
+    w.add_argument("--broker", help="bootstrap servers (DRIFTLINE_BROKER)")
+    w.add_argument("--providers", choices=["auto", "cpu", "cuda"], help="ONNX Runtime providers")
+    w.add_argument("--require-gpu", action="store_true", help="fail at start unless CUDA is active")
+    w.set_defaults(func=cmd_worker)
+
+    pr = sub.add_parser("produce", help="encode JSON-lines or CSV records and publish them as requests")
+    pr.add_argument("file", help="path (.jsonl/.json or .csv), or - for stdin (JSON lines)")
+    pr.add_argument("--broker")
+    pr.add_argument("--model", help="served model whose requests topic and schema to use")
+    pr.add_argument("--schema-version", type=int, help="write with this version of the request schema")
+    pr.set_defaults(func=cmd_produce)
+
+    t = sub.add_parser("tail", help="print a driftline topic as JSON lines")
+    t.add_argument("topic")
+    t.add_argument("--broker")
+    t.add_argument("--from-beginning", action="store_true")
+    t.add_argument("--max", type=int, help="stop after N records")
+    t.set_defaults(func=cmd_tail)
+
+    topics = sub.add_parser("topics", help="topic administration")
+    tsub = topics.add_subparsers(dest="topics_command", required=True)
+    tc = tsub.add_parser("create", help="create every driftline topic with its partition count")
+    tc.add_argument("--broker")
+    tc.set_defaults(func=cmd_topics_create)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"driftline: {exc}", file=sys.stderr)
+        return 2
+    except DriftlineError as exc:
+        print(f"driftline: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

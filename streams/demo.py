@@ -1,0 +1,223 @@
+"""``driftline up``: embedded broker, a worker, example traffic and a live summary.
+
+The worker runs as its own process, as in production; this process drives
+traffic, watches the output topics and, at the end, counts every topic by
+reading it (the embedded broker's latest-offset answer is wrong).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from schemas.catalog import SchemaCatalog
+from schemas.codec import HEADER, encode_many
+from streams.broker import EmbeddedBroker
+from streams.example import fraud_generator
+from streams.kafka import count_records, create_topics
+from streams.settings import Settings
+from streams.worker import build_catalog
+
+BAD_EVERY = 97  # one malformed request in about a hundred, so dead letters show
+
+
+@dataclass
+class Watch:
+    """What the monitor has seen so far (written by one thread, read by the screen)."""
+
+    produced: int = 0
+    predictions: int = 0
+    deadletters: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    first_prediction_s: float | None = None
+    rate_window: list[tuple[float, int]] = field(default_factory=list)
+
+    def rate(self) -> float:
+        if len(self.rate_window) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self.rate_window[0], self.rate_window[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def _bad_value(i: int, good: bytes, rng: np.random.Generator) -> bytes:
+    kind = i % 3
+    if kind == 0:
+        return rng.bytes(40)
+    if kind == 1:
+        return b"\x01" + good[1:]
+    return good[:-7]
+
+
+def drive(settings: Settings, catalog: SchemaCatalog, rate: float, duration: float,
+          drift_at: float | None, watch: Watch, stop: threading.Event) -> None:
+    """Produce example requests at ``rate``/s; switch on drift at ``drift_at`` s."""
+    gen = fraud_generator()
+    schema = catalog.latest("driftline.examples.CardTransaction")
+    topic = settings.requests_topic(settings.models[0])
+    producer = Producer(settings.producer_config())
+    rng = np.random.default_rng()
+    drift = gen.Drift(shift={"amount": 1.0, "distance_from_last_km": 1.5},
+                      new_category=("crypto_exchange", 0.05), label_rule=2)
+    start = time.monotonic()
+    tick = 0.1
+    sent = 0
+    while not stop.is_set():
+        elapsed = time.monotonic() - start
+        if elapsed >= duration:
+            break
+        due = int(rate * elapsed) - sent
+        if due > 0:
+            drifting = drift_at is not None and elapsed >= drift_at
+            now_ms = int(time.time() * 1000)
+            records, _ = gen.generate(due, rng, start_ms=now_ms, step_ms=0,
+                                      drift=drift if drifting else gen.NO_DRIFT)
+            values = encode_many(schema, records)
+            for j, (rec, value) in enumerate(zip(records, values, strict=True)):
+                if (sent + j) % BAD_EVERY == BAD_EVERY - 1:
+                    value = _bad_value(sent + j, value, rng)
+                producer.produce(topic, value, rec["card_id"].encode())
+            producer.poll(0)
+            sent += due
+            watch.produced = sent
+        stop.wait(tick)
+    producer.flush(30)
+
+
+def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: threading.Event,
+            started: float) -> None:
+    """Follow predictions and dead letters from the beginning; update ``watch``."""
+    pred_topic, dlq_topic = settings.topic("predictions"), settings.topic("deadletter")
+    consumer = Consumer(settings.confluent(**{
+        "group.id": "driftline-up-monitor", "enable.auto.commit": False,
+        "fetch.wait.max.ms": settings.fetch_wait_ms,
+    }))
+    parts = settings.topic_partitions()
+    consumer.assign([TopicPartition(t, p, 0) for t in (pred_topic, dlq_topic) for p in range(parts[t])])
+    schema = catalog.latest("driftline.Prediction")
+    from fastavro import schemaless_reader
+    import io
+
+    try:
+        while not stop.is_set():
+            for m in consumer.consume(5000, timeout=0.05):
+                if m.error():
+                    continue
+                if m.topic() == pred_topic:
+                    rec = schemaless_reader(io.BytesIO(m.value()[HEADER.size:]), schema.fast, None)
+                    watch.predictions += 1
+                    watch.latencies_ms.append(time.time() * 1000 - rec["event_time"])
+                    if watch.first_prediction_s is None:
+                        watch.first_prediction_s = time.monotonic() - started
+                else:
+                    watch.deadletters += 1
+                    headers = dict(m.headers() or [])
+                    watch.reasons[(headers.get("driftline.errors.reason") or b"?").decode()] += 1
+            now = time.monotonic()
+            watch.rate_window.append((now, watch.predictions + watch.deadletters))
+            watch.rate_window = [(t, n) for t, n in watch.rate_window if now - t <= 5.0]
+            watch.latencies_ms = watch.latencies_ms[-20_000:]
+    finally:
+        consumer.close()
+
+
+def render(watch: Watch, elapsed: float, duration: float, drift_at: float | None, bootstrap: str) -> str:
+    lat = np.asarray(watch.latencies_ms[-5000:]) if watch.latencies_ms else None
+    p50, p99 = (np.percentile(lat, [50, 99]) if lat is not None else (float("nan"),) * 2)
+    phase = "" if drift_at is None else ("  DRIFTING" if elapsed >= drift_at else f"  drift at {drift_at:.0f}s")
+    lines = [
+        f"driftline up — broker {bootstrap} — {elapsed:5.1f}s / {duration:.0f}s{phase}",
+        f"  events/s     {watch.rate():9.0f}",
+        f"  produced     {watch.produced:9d}",
+        f"  predictions  {watch.predictions:9d}",
+        f"  dead letters {watch.deadletters:9d}  "
+        + ", ".join(f"{k}={v}" for k, v in watch.reasons.most_common()),
+        f"  latency ms   p50 {p50:7.1f}   p99 {p99:7.1f}",
+    ]
+    return "\n".join(lines)
+
+
+def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float | None,
+           out: TextIO = sys.stdout) -> dict[str, int]:
+    """Run the whole demo; returns (and prints last) the record count of every topic."""
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    broker = EmbeddedBroker(port=9092, log_file=data_dir / "broker.log")
+    bootstrap = broker.start()
+    stop = threading.Event()
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        settings = settings.model_copy(update={"broker": bootstrap})
+        create_topics(settings.confluent(), settings.topic_partitions())
+        catalog = build_catalog(settings)
+        env = {**os.environ, "DRIFTLINE_BROKER": bootstrap, "DRIFTLINE_SESSION_TIMEOUT_S": "6"}
+        with (data_dir / "worker.log").open("wb") as log_file:
+            worker = subprocess.Popen(  # noqa: S603 - our own CLI
+                [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log_file,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        print(f"broker {bootstrap}; worker pid {worker.pid} (log {data_dir / 'worker.log'})", file=out)
+        print(f"follow it: DRIFTLINE_BROKER={bootstrap} driftline tail {settings.topic('predictions')}",
+              file=out, flush=True)
+        watch = Watch()
+        threads = [
+            threading.Thread(target=monitor, args=(settings, catalog, watch, stop, started), daemon=True),
+            threading.Thread(target=drive, args=(settings, catalog, rate, duration, drift_at, watch, stop),
+                             daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        tty = out.isatty()
+        t0 = time.monotonic()
+        last_print = 0.0
+        try:
+            while threads[1].is_alive():
+                if worker.poll() is not None:
+                    raise RuntimeError(f"worker exited with {worker.returncode}; see {data_dir / 'worker.log'}")
+                elapsed = time.monotonic() - t0
+                if tty:
+                    out.write("\x1b[H\x1b[2J" + render(watch, elapsed, duration, drift_at, bootstrap) + "\n")
+                    out.flush()
+                elif elapsed - last_print >= 5:
+                    print(render(watch, elapsed, duration, drift_at, bootstrap), file=out, flush=True)
+                    last_print = elapsed
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            print("stopping…", file=out)
+        stop.set()
+        threads[1].join(timeout=30)
+        drain_deadline = time.monotonic() + 30  # let the worker finish what was produced
+        while time.monotonic() < drain_deadline and watch.predictions + watch.deadletters < watch.produced:
+            time.sleep(0.2)
+        print(render(watch, time.monotonic() - t0, duration, drift_at, bootstrap), file=out)
+        if watch.first_prediction_s is not None:
+            print(f"first prediction {watch.first_prediction_s:.1f}s after start", file=out)
+    finally:
+        stop.set()
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        counts: dict[str, int] = {}
+        try:
+            conf = settings.confluent()
+            counts = {t: count_records(conf, t) for t in settings.topic_partitions()}
+        finally:
+            broker.stop()
+    print(json.dumps(counts), file=out, flush=True)
+    return counts

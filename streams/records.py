@@ -1,0 +1,77 @@
+"""Turning records to and from the JSON people read and write (tail, produce)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from schemas.catalog import SchemaCatalog, WireSchema
+from schemas.codec import decode
+from schemas.profile import _base_type
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="milliseconds")
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def message_to_json(catalog: SchemaCatalog, msg: Any) -> dict[str, Any]:
+    """One consumed message as a JSON-ready dict: Avro decoded, headers as text."""
+    out: dict[str, Any] = {
+        "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
+        "key": msg.key().decode(errors="replace") if msg.key() is not None else None,
+    }
+    if msg.headers():
+        out["headers"] = {k: (v or b"").decode(errors="replace") for k, v in msg.headers()}
+    value = msg.value()
+    try:
+        schema, record = decode(catalog, value)
+        out["schema"] = f"{schema.subject} v{schema.version} (id {schema.id})"
+        out["value"] = jsonable(record)
+    except Exception:  # noqa: BLE001 - dead letters hold anything; show it raw
+        out["value_base64"] = base64.b64encode(value or b"").decode()
+    return out
+
+
+def read_input(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Records of a JSON-lines or CSV file, with their line numbers."""
+    text = path.read_text() if str(path) != "-" else __import__("sys").stdin.read()
+    if path.suffix.lower() == ".csv":
+        for i, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+            yield i, dict(row)
+    else:
+        for i, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                yield i, json.loads(line)
+
+
+def coerce(schema: WireSchema, row: dict[str, Any]) -> dict[str, Any]:
+    """Convert CSV strings (or loose JSON) to the schema's field types; '' is null."""
+    out: dict[str, Any] = {}
+    for name, avro_type in schema.field_types.items():
+        if name not in row:
+            continue
+        value = row[name]
+        base = _base_type(avro_type)
+        if isinstance(value, str) and base != "string":
+            if value == "":
+                value = None
+            elif base in ("int", "long"):
+                value = int(value)
+            elif base in ("float", "double"):
+                value = float(value)
+        out[name] = value
+    return out

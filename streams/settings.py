@@ -1,0 +1,266 @@
+"""All configuration in one frozen object, from ``DRIFTLINE_*`` variables and an optional file.
+
+Built once in the entry point and passed down. Precedence: explicit
+arguments, then environment variables, then the TOML file named by
+``DRIFTLINE_CONFIG``. Nested fields use ``__`` in variable names
+(``DRIFTLINE_KAFKA__SECURITY_PROTOCOL=SASL_SSL``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from streams.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_MODELS = REPO_ROOT / "examples" / "models"
+_NAME = r"^[A-Za-z0-9._-]+$"
+
+
+class KafkaSecurity(BaseModel):
+    """Connection security, turned into both client stacks' settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_file: Path | None = None
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    ssl_key_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> KafkaSecurity:
+        if self.security_protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ValueError(
+                    "SASL needs sasl_mechanism, sasl_username and sasl_password "
+                    "(DRIFTLINE_KAFKA__SASL_MECHANISM, ..._SASL_USERNAME, ..._SASL_PASSWORD)"
+                )
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("mTLS needs both ssl_cert_file and ssl_key_file")
+        for name in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}={path} does not exist")
+        return self
+
+    def confluent(self) -> dict[str, str]:
+        """librdkafka's dotted keys."""
+        conf = {"security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username or ""
+            conf["sasl.password"] = self.sasl_password.get_secret_value() if self.sasl_password else ""
+        if self.ssl_ca_file:
+            conf["ssl.ca.location"] = str(self.ssl_ca_file)
+        if self.ssl_cert_file and self.ssl_key_file:
+            conf["ssl.certificate.location"] = str(self.ssl_cert_file)
+            conf["ssl.key.location"] = str(self.ssl_key_file)
+        if self.ssl_key_password:
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        return conf
+
+    def faust_credentials(self) -> Any:
+        """Faust's ``broker_credentials`` (None for PLAINTEXT)."""
+        import faust
+
+        if self.security_protocol == "PLAINTEXT":
+            return None
+        context = None
+        if self.security_protocol.endswith("SSL"):
+            context = faust.auth.ssl.create_default_context(
+                purpose=faust.auth.ssl.Purpose.SERVER_AUTH,
+                cafile=str(self.ssl_ca_file) if self.ssl_ca_file else None,
+            )
+            if self.ssl_cert_file and self.ssl_key_file:
+                context.load_cert_chain(
+                    str(self.ssl_cert_file), str(self.ssl_key_file),
+                    password=self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+                )
+        if self.sasl_mechanism:
+            password = self.sasl_password.get_secret_value() if self.sasl_password else ""
+            mechanism = faust.types.auth.SASLMechanism(self.sasl_mechanism)
+            return faust.SASLCredentials(
+                username=self.sasl_username, password=password, mechanism=mechanism, ssl_context=context
+            )
+        return faust.SSLCredentials(context)
+
+
+class Partitions(BaseModel):
+    """Partition counts per topic role; outputs keyed by request id spread over theirs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    requests: int = Field(4, ge=1)
+    predictions: int = Field(4, ge=1)
+    deadletter: int = Field(1, ge=1)
+    sketches: int = Field(1, ge=1)
+    alerts: int = Field(1, ge=1)
+    retrain: int = Field(1, ge=1)
+    feedback: int = Field(4, ge=1)
+    labeled: int = Field(4, ge=1)
+    models: int = Field(1, ge=1)
+
+
+class ModelBinding(BaseModel):
+    """One served model: which version, read from which requests topic."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=_NAME)
+    version: str = "latest"
+    topic: str | None = Field(None, pattern=_NAME)
+
+
+class Settings(BaseSettings):
+    """driftline's whole configuration. See README "Configuration"."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTLINE_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    broker: str = Field("127.0.0.1:9092", min_length=3, description="bootstrap servers, host:port[,...]")
+    kafka: KafkaSecurity = KafkaSecurity()
+    namespace: str = Field("driftline", pattern=_NAME)
+    partitions: Partitions = Partitions()
+    models: tuple[ModelBinding, ...] = (ModelBinding(name="fraud"),)
+    model_dir: Path = EXAMPLE_MODELS
+    schema_dirs: tuple[Path, ...] = ()
+    providers: Literal["auto", "cpu", "cuda"] = "auto"
+    require_gpu: bool = False
+    intra_op_threads: int = Field(1, ge=0)
+    batch_max: int = Field(1000, ge=1, le=100_000)
+    batch_wait_ms: int = Field(20, ge=0, le=10_000)
+    producer_linger_ms: int = Field(5, ge=0, le=1_000)
+    max_message_bytes: int = Field(256 * 1024, ge=64)
+    deadletter_max_value_bytes: int = Field(1024 * 1024, ge=64)
+    group_id: str | None = Field(None, pattern=_NAME)
+    fetch_wait_ms: int = Field(10, ge=1, le=5_000)
+    session_timeout_s: float = Field(10.0, ge=1.0, le=300.0)
+    web_port: int = Field(6066, ge=0, le=65535)
+    data_dir: Path = Path(".driftline")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("models: each model may be served once")
+        topics = [self.requests_topic(m) for m in self.models]
+        if len(set(topics)) != len(topics):
+            raise ValueError("models: two models read the same requests topic; give each its own topic")
+        if self.require_gpu and self.providers == "cpu":
+            raise ValueError("require_gpu with providers=cpu can never start; use providers=auto or cuda")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get("DRIFTLINE_CONFIG")
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+    # -- derived names -------------------------------------------------------------
+
+    def topic(self, role: str) -> str:
+        return f"{self.namespace}.{role}"
+
+    def requests_topic(self, binding: ModelBinding) -> str:
+        if binding.topic:
+            return binding.topic
+        first = self.models[0].name == binding.name
+        return self.topic("requests") if first else self.topic(f"requests.{binding.name}")
+
+    @property
+    def score_group(self) -> str:
+        return self.group_id or f"{self.namespace}-score"
+
+    def topic_partitions(self) -> dict[str, int]:
+        """Every topic driftline uses, with its partition count."""
+        p = self.partitions
+        out = {self.requests_topic(m): p.requests for m in self.models}
+        out |= {
+            self.topic("predictions"): p.predictions,
+            self.topic("predictions.shadow"): p.predictions,
+            self.topic("deadletter"): p.deadletter,
+            self.topic("sketches"): p.sketches,
+            self.topic("alerts"): p.alerts,
+            self.topic("retrain"): p.retrain,
+            self.topic("feedback"): p.feedback,
+            self.topic("labeled"): p.labeled,
+            self.topic("models"): p.models,
+        }
+        return out
+
+    # -- client configs ------------------------------------------------------------
+
+    def confluent(self, **extra: Any) -> dict[str, Any]:
+        return {"bootstrap.servers": self.broker, **self.kafka.confluent(), **extra}
+
+    def producer_config(self) -> dict[str, Any]:
+        return self.confluent(
+            **{
+                "linger.ms": self.producer_linger_ms,
+                "enable.idempotence": True,
+                "acks": "all",
+                "message.max.bytes": max(self.deadletter_max_value_bytes, self.max_message_bytes) + 64 * 1024,
+                "queue.buffering.max.messages": 1_000_000,
+            }
+        )
+
+    def consumer_config(self, group: str | None = None) -> dict[str, Any]:
+        timeout_ms = int(self.session_timeout_s * 1000)
+        return self.confluent(
+            **{
+                "group.id": group or self.score_group,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": True,
+                "enable.auto.offset.store": False,
+                "auto.commit.interval.ms": 1000,
+                "session.timeout.ms": timeout_ms,
+                "max.poll.interval.ms": max(timeout_ms, 30_000),
+                "heartbeat.interval.ms": max(timeout_ms // 6, 500),
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "fetch.wait.max.ms": self.fetch_wait_ms,
+                "partition.assignment.strategy": "cooperative-sticky",
+            }
+        )
+
+
+def describe(exc: ValidationError) -> str:
+    """One line naming the first bad setting and what to fix."""
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"]]
+    var = "DRIFTLINE_" + "__".join(loc).upper() if loc else "DRIFTLINE_*"
+    msg = err["msg"].removeprefix("Value error, ")
+    given = err.get("input")
+    shown = "" if isinstance(given, dict) or given is None or "password" in var.lower() else f" (got {given!r})"
+    return f"bad setting {var}: {msg}{shown}; fix the environment variable or the DRIFTLINE_CONFIG file"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings once; a bad value raises :class:`ConfigError` with one line."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(describe(exc)) from None

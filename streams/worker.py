@@ -1,0 +1,168 @@
+"""The worker: a Faust app whose score agent receives one event per batch.
+
+A task reads batches with a confluent-kafka consumer and puts each on an
+in-memory channel; the score agent runs the pure :class:`ScorePipeline`,
+produces predictions and dead letters through librdkafka, waits for the
+acknowledgements and only then stores the batch's offsets. A worker killed at
+any point redoes at most the unacknowledged batches after restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from inference.model import CUDA, OnnxModel
+from inference.registry import ModelRegistry
+from schemas.catalog import SchemaCatalog, builtin_schema_dir
+from streams.clients import AckedSink, BatchSource
+from streams.errors import ConfigError
+from streams.metrics import Metrics
+from streams.pipeline import ScorePipeline, ServedModel
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_catalog(settings: Settings) -> SchemaCatalog:
+    return SchemaCatalog.from_dirs([builtin_schema_dir(), *settings.schema_dirs])
+
+
+def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None) -> ScorePipeline:
+    """Load every served model and wire it to its requests topic."""
+    catalog = catalog or build_catalog(settings)
+    registry = ModelRegistry(settings.model_dir)
+    served: dict[str, ServedModel] = {}
+    for binding in settings.models:
+        model = OnnxModel(
+            registry.path(binding.name, binding.version),
+            providers=settings.providers,
+            intra_op_threads=settings.intra_op_threads,
+        )
+        model.load()
+        if settings.require_gpu and model.active_provider != CUDA:
+            raise ConfigError(
+                f"require_gpu is set but model {model.name} runs on {model.active_provider}; "
+                "install driftline[gpu] on a machine with CUDA, or unset DRIFTLINE_REQUIRE_GPU"
+            )
+        served[settings.requests_topic(binding)] = ServedModel(
+            model, catalog, max_message_bytes=settings.max_message_bytes
+        )
+    return ScorePipeline(
+        served,
+        catalog.latest("driftline.Prediction"),
+        predictions_topic=settings.topic("predictions"),
+        deadletter_topic=settings.topic("deadletter"),
+        deadletter_max_value_bytes=settings.deadletter_max_value_bytes,
+    )
+
+
+def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
+    """The worker app; models load here, so a bad model stops it before it consumes."""
+    pipeline = build_pipeline(settings)
+    registry = registry or CollectorRegistry()
+    metrics = Metrics(registry)
+    for served in pipeline.served.values():
+        m = served.model
+        metrics.model_info.labels(m.name).info(
+            {"version": m.version, "variant": served.variant, "provider": m.active_provider or "none"}
+        )
+    timeout = max(int(settings.session_timeout_s), 6)
+    app = faust.App(
+        f"{settings.namespace}-worker",
+        broker=[f"kafka://{b.strip()}" for b in settings.broker.split(",")],
+        broker_credentials=settings.kafka.faust_credentials(),
+        web_port=settings.web_port,
+        web_host="0.0.0.0",  # noqa: S104 - probes and Prometheus scrape from outside the pod
+        datadir=str(Path(settings.data_dir) / "faust"),
+        topic_disable_leader=True,
+        broker_session_timeout=timeout,
+        broker_rebalance_timeout=timeout,
+        broker_heartbeat_interval=1,
+        broker_request_timeout=max(30, timeout),
+        autodiscover=False,
+        store="memory://",
+    )
+    batches = app.channel(maxsize=2)
+    topics = list(pipeline.served)
+    consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="driftline-consume")
+    producer_thread = ThreadPoolExecutor(1, thread_name_prefix="driftline-produce")
+    source = BatchSource(settings.consumer_config(), topics)
+    sink = AckedSink(settings.producer_config())
+
+    @app.task
+    async def feed() -> None:
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + 30
+        while batches.subscriber_count == 0:  # the agent's stream must exist before a put
+            if time.monotonic() > deadline:
+                raise RuntimeError("score agent never subscribed to its channel")
+            await asyncio.sleep(0.01)
+        log.info("consuming %s as group %s", ", ".join(topics), settings.score_group)
+        wait_s = settings.batch_wait_ms / 1000
+        try:
+            while not app.should_stop:
+                msgs = await loop.run_in_executor(
+                    consumer_thread, source.poll_batch, settings.batch_max, wait_s
+                )
+                if msgs:
+                    await batches.put(msgs)
+        finally:
+            # Runs after any in-flight poll on the same thread; closing commits the
+            # offsets stored so far and leaves the group at once.
+            consumer_thread.submit(source.close)
+            consumer_thread.shutdown(wait=False)
+
+    @app.agent(batches)
+    async def score(stream: Any) -> None:
+        loop = asyncio.get_running_loop()
+        async for msgs in stream:
+            outcome = pipeline.process(msgs, int(time.time() * 1000))
+            sink.produce(outcome.predictions)
+            sink.produce(outcome.deadletters)
+            await loop.run_in_executor(producer_thread, sink.flush)
+            source.store_through(msgs)
+            metrics.observe_batch(len(msgs), outcome, time.time())
+
+    control = app.topic(settings.topic("models"), key_type=bytes, value_type=bytes,
+                        partitions=settings.partitions.models)
+    deployments: dict[str, Any] = {}
+
+    @app.agent(control)
+    async def follow_control(stream: Any) -> None:
+        """Deployment records (last one per model wins); the model issue acts on them."""
+        async for key, value in stream.items():
+            try:
+                deployments[key.decode()] = json.loads(value)
+            except (AttributeError, ValueError) as exc:
+                log.warning("ignored a control record that is not JSON: %s", exc)
+                continue
+            log.info("deployment of %s: %s", key.decode(), deployments[key.decode()])
+
+    @app.page("/metrics")
+    async def metrics_page(_self: Any, request: Any) -> Any:
+        return _self.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/healthz")
+    async def healthz(_self: Any, request: Any) -> Any:
+        return _self.json({"status": "alive"})
+
+    app.driftline_metrics = metrics  # type: ignore[attr-defined]
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    """Run until SIGTERM/Ctrl-C (exits the process, as Faust's worker does)."""
+    from faust.worker import Worker
+
+    app = build_app(settings)
+    Worker(app, loglevel="info", quiet=True).execute_from_commandline()
