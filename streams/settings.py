@@ -75,14 +75,17 @@ class KafkaSecurity(BaseModel):
 
     def faust_credentials(self) -> Any:
         """Faust's ``broker_credentials`` (None for PLAINTEXT)."""
-        import faust
+        import ssl
+
+        from faust.auth import SASLCredentials, SSLCredentials
+        from faust.types.auth import SASLMechanism
 
         if self.security_protocol == "PLAINTEXT":
             return None
         context = None
         if self.security_protocol.endswith("SSL"):
-            context = faust.auth.ssl.create_default_context(
-                purpose=faust.auth.ssl.Purpose.SERVER_AUTH,
+            context = ssl.create_default_context(
+                purpose=ssl.Purpose.SERVER_AUTH,
                 cafile=str(self.ssl_ca_file) if self.ssl_ca_file else None,
             )
             if self.ssl_cert_file and self.ssl_key_file:
@@ -92,11 +95,11 @@ class KafkaSecurity(BaseModel):
                 )
         if self.sasl_mechanism:
             password = self.sasl_password.get_secret_value() if self.sasl_password else ""
-            mechanism = faust.types.auth.SASLMechanism(self.sasl_mechanism)
-            return faust.SASLCredentials(
+            mechanism = SASLMechanism(self.sasl_mechanism)
+            return SASLCredentials(
                 username=self.sasl_username, password=password, mechanism=mechanism, ssl_context=context
             )
-        return faust.SSLCredentials(context)
+        return SSLCredentials(context)
 
 
 class Partitions(BaseModel):

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.model import OnnxModel
+from schemas.catalog import SchemaCatalog, builtin_schema_dir
+from streams.broker import EmbeddedBroker
+from streams.example import fraud_generator
+from streams.settings import EXAMPLE_MODELS
+from tests.helpers import HOUSING_SCHEMAS, train_housing
+
+
+@pytest.fixture(scope="session")
+def catalog() -> SchemaCatalog:
+    return SchemaCatalog.from_dirs([builtin_schema_dir(), HOUSING_SCHEMAS])
+
+
+@pytest.fixture(scope="session")
+def generator():  # type: ignore[no-untyped-def]
+    return fraud_generator()
+
+
+@pytest.fixture(scope="session")
+def fraud_model() -> OnnxModel:
+    model = OnnxModel(EXAMPLE_MODELS / "fraud" / "1", providers="cpu")
+    model.load()
+    return model
+
+
+@pytest.fixture(scope="session")
+def housing_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_housing(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def housing_model(housing_dir: Path) -> OnnxModel:
+    model = OnnxModel(housing_dir, providers="cpu")
+    model.load()
+    return model
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One embedded Tansu broker for the whole session; tests isolate by namespace."""
+    b = EmbeddedBroker(log_file=tmp_path_factory.mktemp("broker") / "broker.log")
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"

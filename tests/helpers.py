@@ -1,0 +1,198 @@
+"""Shared test helpers: example data, a second model, a worker process, output collection."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from inference.registry import write_version
+from streams.broker import free_port
+from streams.settings import EXAMPLE_MODELS, REPO_ROOT
+
+HOUSING_SCHEMAS = Path(__file__).parent / "fixtures" / "housing"
+HOUSING_SUBJECT = "driftline.tests.HouseSale"
+
+
+def housing_records(n: int, rng: np.random.Generator) -> tuple[list[dict[str, Any]], np.ndarray]:
+    rooms = rng.integers(1, 8, n)
+    area = rng.uniform(20, 250, n)
+    age = rng.uniform(0, 100, n)
+    price = 50_000 + 3_000 * area + 10_000 * rooms - 800 * age + rng.normal(0, 5_000, n)
+    records = [
+        {"sale_id": f"sale-{i}-{rng.integers(1 << 40)}", "listed_at": 1_767_225_600_000 + i,
+         "house_id": f"house-{i % 97}", "rooms": int(rooms[i]), "area_m2": float(area[i]),
+         "age_years": None if i % 11 == 0 else float(age[i])}
+        for i in range(n)
+    ]
+    return records, price
+
+
+def train_housing(model_dir: Path) -> Path:
+    """Register a linear regressor on three features as ``housing`` v1 (scikit-learn → ONNX)."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(3)
+    records, price = housing_records(2000, rng)
+    x = np.array([[r["rooms"], r["area_m2"], r["age_years"] if r["age_years"] is not None else 40.0]
+                  for r in records], dtype=np.float32)
+    model = LinearRegression().fit(x, price)
+    onx = to_onnx(model, initial_types=[("features", FloatTensorType([None, 3]))], target_opset=17)
+    manifest = {
+        "name": "housing", "version": "1", "task": "regression",
+        "request": {"subject": HOUSING_SUBJECT, "id_field": "sale_id", "key_field": "house_id",
+                    "time_field": "listed_at", "max_string_length": 64},
+        "features": [
+            {"name": "rooms", "kind": "numeric", "min": 0, "max": 50},
+            {"name": "area_m2", "kind": "numeric", "min": 1, "max": 10_000},
+            {"name": "age_years", "kind": "numeric", "min": 0, "max": 500, "allow_missing": True,
+             "impute": 40.0},
+        ],
+        "onnx": {"input": "features", "output": "variable"},
+    }
+    return write_version(model_dir, onx.SerializeToString(), manifest)
+
+
+def model_dir_with_both(target: Path) -> Path:
+    shutil.copytree(EXAMPLE_MODELS / "fraud", target / "fraud")
+    train_housing(target)
+    return target
+
+
+class WorkerProcess:
+    """``driftline worker`` as a child process with its own namespace, killable at will."""
+
+    def __init__(self, bootstrap: str, namespace: str, data_dir: Path, **settings: Any) -> None:
+        self.port = free_port()
+        self.log_path = data_dir / f"worker-{namespace}-{time.monotonic_ns()}.log"
+        self.env = {
+            **os.environ,
+            "DRIFTLINE_BROKER": bootstrap,
+            "DRIFTLINE_NAMESPACE": namespace,
+            "DRIFTLINE_WEB_PORT": str(self.port),
+            "DRIFTLINE_DATA_DIR": str(data_dir / namespace),
+            "DRIFTLINE_SESSION_TIMEOUT_S": "6",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for key, value in settings.items():
+            self.env[f"DRIFTLINE_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"], env=self.env, cwd=REPO_ROOT,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def healthz(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:  # noqa: S310
+            return json.loads(r.read())
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:  # noqa: S310
+            return r.read().decode()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return -9
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes | None]],
+            headers: list[tuple[str, bytes]] | None = None) -> int:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    n = 0
+    for key, value in items:
+        p.produce(topic, value, key, headers=headers)
+        n += 1
+    assert p.flush(30) == 0
+    return n
+
+
+class Collector:
+    """Reads topics from the beginning and keeps every record, until a condition holds."""
+
+    def __init__(self, bootstrap: str, partitions: dict[str, int]) -> None:
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-collector",
+                                  "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+        self.consumer.assign([TopicPartition(t, p, 0) for t, n in partitions.items() for p in range(n)])
+        self.records: dict[str, list[Any]] = {t: [] for t in partitions}
+
+    def until(self, done: Callable[[dict[str, list[Any]]], bool], timeout_s: float,
+              check: Callable[[], None] | None = None) -> dict[str, list[Any]]:
+        deadline = time.monotonic() + timeout_s
+        while not done(self.records):
+            if time.monotonic() > deadline:
+                counts = {t: len(v) for t, v in self.records.items()}
+                raise AssertionError(f"condition not met within {timeout_s}s; have {counts}")
+            if check is not None:
+                check()
+            for m in self.consumer.consume(10_000, timeout=0.2):
+                if m.error() is None:
+                    self.records[m.topic()].append(m)
+        return self.records
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def bad_corpus(catalog: Any, good: dict[str, Any], max_message_bytes: int) -> list[tuple[str, bytes, str, str]]:
+    """The issue's bad-input corpus: (name, value, expected stage, expected reason)."""
+    from schemas.codec import encode
+
+    card = catalog.latest("driftline.examples.CardTransaction")
+    valid = encode(card, good)
+    retrain = catalog.latest("driftline.RetrainRequest")
+
+    def variant(i: int, **change: Any) -> bytes:
+        return encode(card, {**good, "request_id": f"{good['request_id']}-bad{i}", **change})
+
+    rng = np.random.default_rng(99)
+    return [
+        ("empty value", b"", "decode", "empty"),
+        ("random bytes", rng.bytes(64), "decode", "bad_magic"),
+        ("wrong magic byte", b"\x07" + valid[1:], "decode", "bad_magic"),
+        ("unknown schema id", b"\x00" + (123456).to_bytes(4, "big") + valid[5:], "decode", "unknown_schema"),
+        ("truncated body", valid[:-6], "decode", "malformed_avro"),
+        ("record of another schema", encode(retrain, {
+            "id": "r", "model": "fraud", "model_version": "1", "reason": "x",
+            "data_start": 0, "data_end": 0, "requested_at": 0}), "decode", "incompatible_schema"),
+        ("NaN", variant(1, amount=float("nan")), "validate", "not_a_number"),
+        ("+inf", variant(2, velocity_score=float("inf")), "validate", "non_finite"),
+        ("out-of-range value", variant(3, merchant_risk=7.0), "validate", "out_of_range"),
+        ("unknown category", variant(4, merchant_category="crypto_exchange"), "validate", "unknown_category"),
+        ("null in a non-null field", variant(5, ip_risk=None), "validate", "null_value"),
+        ("oversize string", variant(6, card_id="x" * 1000), "validate", "string_too_long"),
+        ("over max message size", variant(7, country="y" * (max_message_bytes + 10)), "decode", "too_large"),
+    ]

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import io
+import struct
+
+import pytest
+from fastavro import schemaless_writer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.catalog import SchemaCatalog, schema_id
+from schemas.codec import HEADER, BatchDecoder, decode, encode, encode_many, frame
+
+CARD = "driftline.examples.CardTransaction"
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+int32 = st.integers(-(2**31), 2**31 - 1)
+text = st.text(max_size=30)
+card_v2 = st.fixed_dictionaries({
+    "request_id": text, "event_time": st.integers(0, 4_102_444_800_000), "card_id": text,
+    "amount": finite, "merchant_risk": finite, "distance_from_home_km": finite,
+    "distance_from_last_km": finite, "ratio_to_median_amount": finite, "hour_of_day": int32,
+    "tx_count_1h": int32, "tx_count_24h": int32, "account_age_days": int32, "velocity_score": finite,
+    "avg_amount_7d": st.none() | finite, "device_trust": st.none() | finite,
+    "ip_risk": st.none() | finite, "prior_chargebacks": st.none() | int32,
+    "merchant_category": text, "channel": text, "country": text,
+})
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(card_v2, min_size=1, max_size=20))
+def test_batch_round_trip(catalog: SchemaCatalog, records: list[dict]) -> None:
+    schema = catalog.latest(CARD)
+    values = encode_many(schema, records)
+    out = BatchDecoder(catalog, schema, max_bytes=1 << 20).decode(values)
+    assert out.failures == []
+    assert out.records == records
+    assert out.indices.tolist() == list(range(len(records)))
+    assert set(out.schema_ids.tolist()) == {schema.id}
+
+
+@settings(max_examples=100, deadline=None)
+@given(card_v2)
+def test_single_encode_matches_batch_encode_and_framing(catalog: SchemaCatalog, record: dict) -> None:
+    schema = catalog.latest(CARD)
+    one = encode(schema, record, fast=True)
+    assert one == encode_many(schema, [record])[0]
+    magic, sid = HEADER.unpack_from(one)
+    assert (magic, sid) == (0, schema.id)
+    assert decode(catalog, one)[1]["request_id"] == record["request_id"]
+
+
+def test_frame_is_confluent_header(catalog: SchemaCatalog) -> None:
+    assert frame(0x01020304, b"body") == b"\x00\x01\x02\x03\x04body"
+
+
+def test_ids_are_stable_and_distinct(catalog: SchemaCatalog) -> None:
+    ids = [s.id for s in catalog]
+    assert len(ids) == len(set(ids))
+    v1 = catalog.get(CARD, 1)
+    assert schema_id(dict(v1.raw)) == v1.id
+    assert all(0 <= i < 2**31 for i in ids)
+
+
+def _good(catalog: SchemaCatalog, generator, rng) -> bytes:  # type: ignore[no-untyped-def]
+    records, _ = generator.generate(1, rng)
+    return encode(catalog.latest(CARD), records[0])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda good, c: b"", "empty"),
+        (lambda good, c: None, "empty"),
+        (lambda good, c: b"\x01" + good[1:], "bad_magic"),
+        (lambda good, c: b"\x00\x00", "bad_magic"),
+        (lambda good, c: b"\x00" + struct.pack(">I", 12345) + good[5:], "unknown_schema"),
+        (lambda good, c: good[:-9], "malformed_avro"),
+        (lambda good, c: good + b"\x00\x00", "malformed_avro"),
+        (lambda good, c: good + b"x" * 5000, "too_large"),
+    ],
+)
+def test_decode_failures_keep_position_and_reason(
+    catalog, generator, rng, mutate, reason  # type: ignore[no-untyped-def]
+) -> None:
+    schema = catalog.latest(CARD)
+    good = _good(catalog, generator, rng)
+    bad = mutate(good, catalog)
+    out = BatchDecoder(catalog, schema, max_bytes=4096).decode([good, bad, good])
+    assert out.indices.tolist() == [0, 2]
+    assert [(f.index, f.stage, f.reason) for f in out.failures] == [(1, "decode", reason)]
+    assert out.failures[0].message
+
+
+def test_record_of_another_schema_is_incompatible(catalog: SchemaCatalog) -> None:
+    alert_schema = catalog.latest("driftline.RetrainRequest")
+    value = encode(alert_schema, {
+        "id": "r1", "model": "m", "model_version": "1", "stage": "requested", "reason": "x",
+        "alert_ids": [], "data_start": 0, "data_end": 1, "requested_at": 2,
+    }, fast=True)
+    out = BatchDecoder(catalog, catalog.latest(CARD), max_bytes=4096).decode([value])
+    assert out.records == []
+    assert out.failures[0].reason == "incompatible_schema"
+    assert "RetrainRequest" in out.failures[0].message
+
+
+def test_random_bytes_never_raise(catalog: SchemaCatalog, rng) -> None:  # type: ignore[no-untyped-def]
+    values = [rng.bytes(int(n)) for n in rng.integers(0, 300, 500)]
+    # A valid header with a known id followed by garbage, too.
+    sid = catalog.latest(CARD).id
+    values += [b"\x00" + sid.to_bytes(4, "big") + rng.bytes(int(n)) for n in rng.integers(0, 300, 500)]
+    out = BatchDecoder(catalog, catalog.latest(CARD), max_bytes=4096).decode(values)
+    assert len(out.records) + len(out.failures) == len(values)
+    assert {f.stage for f in out.failures} == {"decode"}
+
+
+def test_writer_bytes_equal_plain_fastavro(catalog: SchemaCatalog, generator, rng) -> None:  # type: ignore[no-untyped-def]
+    schema = catalog.latest(CARD)
+    records, _ = generator.generate(3, rng)
+    for rec, value in zip(records, encode_many(schema, records), strict=True):
+        buf = io.BytesIO()
+        schemaless_writer(buf, schema.parsed, {**rec})
+        assert value[5:] == buf.getvalue()

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from inference.errors import ModelError, ModelNotReady
+from inference.manifest import Manifest
+from inference.model import CPU, CUDA, OnnxModel, provider_list
+from inference.registry import ModelRegistry, write_version
+from streams.settings import EXAMPLE_MODELS
+
+FRAUD = EXAMPLE_MODELS / "fraud" / "1"
+HAS_CUDA = CUDA in ort.get_available_providers()
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    target = tmp_path / "fraud" / "1"
+    shutil.copytree(FRAUD, target)
+    return target
+
+
+def test_hash_mismatch_is_refused(copy: Path) -> None:
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    model = OnnxModel(copy, providers="cpu")
+    with pytest.raises(ModelError, match="does not match the manifest"):
+        model.load()
+    assert not model.ready
+
+
+def test_corrupt_file_with_matching_hash_is_refused(tmp_path: Path) -> None:
+    manifest = json.loads((FRAUD / "manifest.json").read_text())
+    manifest["version"] = "9"
+    path = write_version(tmp_path, b"not an onnx model", manifest)
+    with pytest.raises(ModelError, match="cannot load"):
+        OnnxModel(path, providers="cpu").load()
+
+
+def test_inputs_that_do_not_match_the_manifest_are_refused(tmp_path: Path) -> None:
+    manifest = json.loads((FRAUD / "manifest.json").read_text())
+    manifest["version"] = "2"
+    manifest["features"] = manifest["features"][:-1]  # one categorical fewer: width differs
+    path = write_version(tmp_path, (FRAUD / "model.onnx").read_bytes(), manifest)
+    with pytest.raises(ModelError, match="columns but the manifest"):
+        OnnxModel(path, providers="cpu").load()
+
+
+def test_versions_are_immutable(tmp_path: Path) -> None:
+    manifest = json.loads((FRAUD / "manifest.json").read_text())
+    write_version(tmp_path, (FRAUD / "model.onnx").read_bytes(), manifest)
+    with pytest.raises(ModelError, match="immutable"):
+        write_version(tmp_path, (FRAUD / "model.onnx").read_bytes(), manifest)
+
+
+def test_manifest_errors_name_the_field() -> None:
+    with pytest.raises(ModelError, match="'request'"):
+        Manifest.from_dict({"name": "x", "version": "1", "task": "regression", "sha256": "0",
+                            "features": []})
+    with pytest.raises(ModelError, match="task must be"):
+        Manifest.from_dict({"task": "clustering"})
+
+
+def test_predict_needs_load() -> None:
+    with pytest.raises(ModelNotReady):
+        OnnxModel(FRAUD).predict(np.zeros((1, 26), np.float32))
+
+
+def test_scores_are_probabilities_and_batch_equals_rows(fraud_model: OnnxModel, rng) -> None:  # type: ignore[no-untyped-def]
+    x = rng.random((64, fraud_model.manifest.profile.width)).astype(np.float32)
+    batch = fraud_model.predict(x)
+    rows = np.concatenate([fraud_model.predict(x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(batch, rows, rtol=1e-5)
+    assert ((batch >= 0) & (batch <= 1)).all()
+    labels = fraud_model.labels(batch)
+    assert labels == ["fraud" if s >= 0.5 else "legit" for s in batch]
+
+
+def test_regressor_has_no_label(housing_model: OnnxModel) -> None:
+    scores = housing_model.predict(np.array([[3, 100.0, 10.0]], np.float32))
+    assert scores.shape == (1,) and 200_000 < scores[0] < 500_000
+    assert housing_model.labels(scores) == [None]
+
+
+def test_registry_picks_latest_numerically(tmp_path: Path) -> None:
+    manifest = json.loads((FRAUD / "manifest.json").read_text())
+    for v in ("2", "10", "9"):
+        write_version(tmp_path, (FRAUD / "model.onnx").read_bytes(), {**manifest, "version": v})
+    reg = ModelRegistry(tmp_path)
+    assert reg.versions("fraud") == ["2", "9", "10"]
+    assert reg.path("fraud").name == "10"
+    with pytest.raises(ModelError, match="no version"):
+        reg.path("fraud", "3")
+
+
+def test_provider_selection_without_cuda() -> None:
+    assert provider_list("auto", [CPU]) == [CPU]
+    assert provider_list("auto", [CUDA, CPU]) == [CUDA, CPU]
+    assert provider_list("cpu", [CUDA, CPU]) == [CPU]
+    with pytest.raises(ModelError, match="no CUDA provider"):
+        provider_list("cuda", [CPU])
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA; the CPU fallback path is not taken")
+def test_auto_falls_back_to_cpu_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    model = OnnxModel(FRAUD, providers="auto")
+    with caplog.at_level("INFO", logger="inference.model"):
+        model.load()
+    assert model.active_provider == CPU
+    assert "CPUExecutionProvider" in caplog.text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA provider in this ONNX Runtime (install driftline[gpu])")
+def test_cuda_is_used_when_present() -> None:
+    model = OnnxModel(FRAUD, providers="cuda")
+    model.load()
+    assert model.active_provider == CUDA
