@@ -11,7 +11,7 @@ import io
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from fastavro import schemaless_reader, schemaless_writer
@@ -85,7 +85,8 @@ def decode(catalog: SchemaCatalog, value: bytes) -> tuple[WireSchema, dict[str, 
     schema = catalog.by_id(sid)
     if schema is None:
         raise KeyError(f"unknown schema id {sid}")
-    return schema, schemaless_reader(io.BytesIO(value[HEADER.size :]), schema.parsed, None)
+    record = schemaless_reader(io.BytesIO(value[HEADER.size :]), schema.parsed, None)
+    return schema, cast(dict[str, Any], record)
 
 
 class BatchDecoder:

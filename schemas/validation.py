@@ -127,7 +127,7 @@ class Validator:
         rows = np.flatnonzero(valid)
         failures = [
             self._failure(i, REASONS[reason[i]], str(culprit[i]), records[i])
-            for i in np.flatnonzero(~valid)
+            for i in np.flatnonzero(~valid).tolist()
         ]
         return ValidatedBatch(matrix[rows], rows, failures)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from streams.errors import DeliveryError
-from streams.pipeline import OutRecord, RawMessage
+from streams.pipeline import Headers, OutRecord, RawMessage
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,10 @@ class BatchSource:
                     log.warning("consumer error: %s", err)
                 continue
             ts_type, ts = m.timestamp()
-            out.append(RawMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                                  m.headers(), ts if ts_type else 0))
+            out.append(RawMessage(
+                cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset()), m.key(), m.value(),
+                cast(Headers | None, m.headers()), ts if ts_type else 0,
+            ))
         return out
 
     def store_through(self, messages: Iterable[RawMessage]) -> None:
@@ -96,7 +98,8 @@ class AckedSink:
         for r in records:
             while True:
                 try:
-                    produce(r.topic, r.value, r.key, headers=r.headers, on_delivery=self._on_delivery)
+                    produce(r.topic, r.value, r.key, headers=r.headers,  # type: ignore[arg-type]
+                            on_delivery=self._on_delivery)
                     break
                 except BufferError:
                     self._producer.poll(0.05)

@@ -7,6 +7,7 @@ reading it (the embedded broker's latest-offset answer is wrong).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -17,16 +18,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
+from fastavro import schemaless_reader
 
 from schemas.catalog import SchemaCatalog
 from schemas.codec import HEADER, encode_many
 from streams.broker import EmbeddedBroker
 from streams.example import fraud_generator
 from streams.kafka import count_records, create_topics
+from streams.pipeline import Headers
 from streams.settings import Settings
 from streams.worker import build_catalog
 
@@ -107,23 +110,21 @@ def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: thre
     parts = settings.topic_partitions()
     consumer.assign([TopicPartition(t, p, 0) for t in (pred_topic, dlq_topic) for p in range(parts[t])])
     schema = catalog.latest("driftline.Prediction")
-    from fastavro import schemaless_reader
-    import io
-
     try:
         while not stop.is_set():
             for m in consumer.consume(5000, timeout=0.05):
                 if m.error():
                     continue
                 if m.topic() == pred_topic:
-                    rec = schemaless_reader(io.BytesIO(m.value()[HEADER.size:]), schema.fast, None)
+                    rec = cast(dict[str, Any],
+                               schemaless_reader(io.BytesIO((m.value() or b"")[HEADER.size:]), schema.fast, None))
                     watch.predictions += 1
-                    watch.latencies_ms.append(time.time() * 1000 - rec["event_time"])
+                    watch.latencies_ms.append(time.time() * 1000 - float(rec["event_time"]))
                     if watch.first_prediction_s is None:
                         watch.first_prediction_s = time.monotonic() - started
                 else:
                     watch.deadletters += 1
-                    headers = dict(m.headers() or [])
+                    headers = dict(cast(Headers, m.headers() or []))
                     watch.reasons[(headers.get("driftline.errors.reason") or b"?").decode()] += 1
             now = time.monotonic()
             watch.rate_window.append((now, watch.predictions + watch.deadletters))

@@ -18,7 +18,8 @@ def fraud_generator() -> ModuleType:
     if not path.is_file():
         raise ConfigError(f"{path} is missing; the demo runs from a driftline checkout")
     spec = importlib.util.spec_from_file_location("driftline_example_fraud", path)
-    assert spec is not None and spec.loader is not None
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path} cannot be imported")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)

@@ -59,7 +59,7 @@ class KafkaSecurity(BaseModel):
 
     def confluent(self) -> dict[str, str]:
         """librdkafka's dotted keys."""
-        conf = {"security.protocol": self.security_protocol}
+        conf: dict[str, str] = {"security.protocol": self.security_protocol}
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
             conf["sasl.username"] = self.sasl_username or ""

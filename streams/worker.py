@@ -77,6 +77,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
             {"version": m.version, "variant": served.variant, "provider": m.active_provider or "none"}
         )
     timeout = max(int(settings.session_timeout_s), 6)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.namespace}-worker",
         broker=[f"kafka://{b.strip()}" for b in settings.broker.split(",")],
@@ -115,7 +116,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
                     consumer_thread, source.poll_batch, settings.batch_max, wait_s
                 )
                 if msgs:
-                    await batches.put(msgs)
+                    await batches.put(msgs)  # type: ignore[arg-type]  # non-Event values pass through
         finally:
             # Runs after any in-flight poll on the same thread; closing commits the
             # offsets stored so far and leaves the group at once.

@@ -1,0 +1,36 @@
+# The two set-up commands: `make demo` and `make test`. Each creates .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint unit integration bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "driftline needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/driftline up --duration 60 --rate 2000
+
+lint: $(STAMP)
+	$(PY) -m ruff check schemas inference detectors streams tests bench examples
+	$(PY) -m mypy
+
+test: lint
+	$(PY) -m pytest --doctest-modules schemas inference detectors tests
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+integration: $(STAMP)
+	$(PY) -m pytest -m kafka tests/integration
+
+bench: $(STAMP)
+	$(PY) bench/e2e.py
+
+clean:
+	rm -rf $(VENV) .driftline .pytest_cache .mypy_cache .ruff_cache *.egg-info
