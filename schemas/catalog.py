@@ -135,8 +135,8 @@ def load_schema_file(file: Path) -> WireSchema:
     """Parse one ``.avsc`` file into a :class:`WireSchema`."""
     try:
         raw = json.loads(file.read_text())
-        parsed = fastavro.parse_schema(raw, _write_hint=False)
-        fast = fastavro.parse_schema(strip_logical_types(raw), _write_hint=False)
+        parsed = fastavro.parse_schema(raw)
+        fast = fastavro.parse_schema(strip_logical_types(raw))
     except (ValueError, fastavro.schema.SchemaParseException) as exc:
         raise SchemaError(f"{file}: not a valid Avro schema ({exc}); fix the file") from exc
     if raw.get("type") != "record":

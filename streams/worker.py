@@ -135,7 +135,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
             metrics.observe_batch(len(msgs), outcome, time.time())
 
     control = app.topic(settings.topic("models"), key_type=bytes, value_type=bytes,
-                        partitions=settings.partitions.models)
+                        key_serializer="raw", value_serializer="raw", partitions=settings.partitions.models)
     deployments: dict[str, Any] = {}
 
     @app.agent(control)

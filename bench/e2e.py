@@ -1,0 +1,205 @@
+"""End-to-end throughput and latency of one worker, Kafka to Kafka, on the embedded broker.
+
+    python bench/e2e.py [--n 100000] [--baseline-n 30000] [--latency-rate 5000] [--latency-s 20]
+
+1. Throughput: preloads N requests into a 4-partition topic, starts one
+   ``driftline worker`` and times it from its first prediction to its last
+   (producer timestamps of the prediction records, so start-up and the
+   group join are not counted).
+2. Baseline: the same work one event at a time in a plain Faust agent
+   (``bench/naive_worker.py``), timed the same way on its own topics.
+3. Latency: a steady offered load (default 5,000 requests/s) against a fresh
+   worker; latency is from the request's produce time (its event_time) to
+   the moment this process reads the prediction back, an upper bound on
+   "prediction acknowledged".
+
+Prints both rates and their ratio, and as its last line one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from schemas.codec import HEADER, encode_many  # noqa: E402
+from streams.broker import EmbeddedBroker, free_port  # noqa: E402
+from streams.example import fraud_generator  # noqa: E402
+from streams.kafka import create_topics  # noqa: E402
+from streams.settings import load_settings  # noqa: E402
+from streams.worker import build_catalog  # noqa: E402
+
+SUBJECT = "driftline.examples.CardTransaction"
+
+
+def preload(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes]) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000,
+                  "queue.buffering.max.messages": 2_000_000})
+    for k, v in zip(keys, values, strict=True):
+        p.produce(topic, v, k)
+    if p.flush(120):
+        raise SystemExit("preload was not acknowledged")
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)  # noqa: S603
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def read_predictions(bootstrap: str, topic: str, n: int, timeout_s: float, on_message=None,  # type: ignore[no-untyped-def]
+                     proc: subprocess.Popen[bytes] | None = None):
+    """Read ``n`` predictions; returns their producer timestamps (ms)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False,
+                  "fetch.wait.max.ms": 10})
+    c.assign([TopicPartition(topic, p, 0) for p in range(4)])
+    stamps: list[int] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(stamps) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {len(stamps)} of {n} predictions within {timeout_s:.0f}s")
+            if proc is not None and proc.poll() is not None:
+                raise SystemExit(f"the worker exited with {proc.returncode}; see its log")
+            for m in c.consume(10_000, timeout=0.1):
+                if m.error():
+                    continue
+                stamps.append(m.timestamp()[1])
+                if on_message is not None:
+                    on_message(m)
+    finally:
+        c.close()
+    return np.asarray(stamps)
+
+
+def rate_of(stamps: np.ndarray) -> float:
+    span = (stamps.max() - stamps.min()) / 1000
+    return (len(stamps) - 1) / span if span > 0 else float("inf")
+
+
+def env_for(bootstrap: str, ns: str, data: Path) -> dict[str, str]:
+    return {**os.environ, "DRIFTLINE_BROKER": bootstrap, "DRIFTLINE_NAMESPACE": ns,
+            "DRIFTLINE_DATA_DIR": str(data / ns), "DRIFTLINE_SESSION_TIMEOUT_S": "6",
+            "DRIFTLINE_WEB_PORT": str(free_port()), "DRIFTLINE_PROVIDERS": "cpu"}
+
+
+def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog, gen) -> float:  # type: ignore[no-untyped-def]
+    settings = load_settings(broker=bootstrap, namespace=ns)
+    create_topics(settings.confluent(), settings.topic_partitions())
+    records, _ = gen.generate(n, np.random.default_rng(5))
+    values = encode_many(catalog.latest(SUBJECT), records)
+    preload(bootstrap, settings.topic("requests"), values, [r["card_id"].encode() for r in records])
+    good = sum(1 for r in records if r["ip_risk"] is not None)  # the example model needs ip_risk
+    cmd = ([sys.executable, "bench/naive_worker.py", "worker", "-l", "info"] if naive
+           else [sys.executable, "-m", "streams.cli", "worker"])
+    proc = start(cmd, env_for(bootstrap, ns, data), data / f"{ns}.log")
+    try:
+        stamps = read_predictions(bootstrap, settings.topic("predictions"), good, timeout_s=600, proc=proc)
+    finally:
+        stop(proc)
+    return rate_of(stamps)
+
+
+def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, catalog, gen) -> np.ndarray:  # type: ignore[no-untyped-def]
+    settings = load_settings(broker=bootstrap, namespace=ns)
+    create_topics(settings.confluent(), settings.topic_partitions())
+    schema = catalog.latest(SUBJECT)
+    pred_schema = catalog.latest("driftline.Prediction")
+    proc = start([sys.executable, "-m", "streams.cli", "worker"], env_for(bootstrap, ns, data), data / f"{ns}.log")
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    topic = settings.topic("requests")
+    rng = np.random.default_rng(9)
+    try:
+        # Warm-up: wait until the worker answers, so the group join is not measured.
+        warm, _ = gen.generate(10, rng)
+        warm = [{**r, "ip_risk": 0.1} for r in warm]
+        for r, v in zip(warm, encode_many(schema, warm), strict=True):
+            producer.produce(topic, v, r["card_id"].encode())
+        producer.flush(10)
+        read_predictions(bootstrap, settings.topic("predictions"), 10, timeout_s=60)
+
+        from fastavro import schemaless_reader
+        import io
+
+        lat: list[float] = []
+
+        def on_message(m) -> None:  # type: ignore[no-untyped-def]
+            rec = schemaless_reader(io.BytesIO(m.value()[HEADER.size:]), pred_schema.fast, None)
+            lat.append(time.time() * 1000 - rec["event_time"])
+
+        import threading
+
+        total = int(rate * seconds)
+        reader = threading.Thread(target=lambda: read_predictions(
+            bootstrap, settings.topic("predictions"), total + 10, timeout_s=seconds + 120,
+            on_message=on_message))
+        reader.start()
+        t0 = time.monotonic()
+        sent = 0
+        while sent < total:
+            due = min(total, int((time.monotonic() - t0) * rate)) - sent
+            if due > 0:
+                recs, _ = gen.generate(due, rng, start_ms=int(time.time() * 1000), step_ms=0)
+                recs = [{**r, "ip_risk": r["ip_risk"] or 0.1} for r in recs]
+                for r, v in zip(recs, encode_many(schema, recs), strict=True):
+                    producer.produce(topic, v, r["card_id"].encode())
+                producer.poll(0)
+                sent += due
+            time.sleep(0.002)
+        producer.flush(30)
+        reader.join()
+        return np.asarray(lat[10:])
+    finally:
+        stop(proc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--baseline-n", type=int, default=30_000)
+    ap.add_argument("--latency-rate", type=float, default=5000)
+    ap.add_argument("--latency-s", type=float, default=20)
+    args = ap.parse_args()
+
+    gen = fraud_generator()
+    catalog = build_catalog(load_settings())
+    data = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
+    with EmbeddedBroker(log_file=data / "broker.log") as broker:
+        b = broker.bootstrap
+        batched = throughput(b, "benchbatched", args.n, data, naive=False, catalog=catalog, gen=gen)
+        print(f"batched worker: {batched:,.0f} events/s over {args.n:,} requests", flush=True)
+        naive = throughput(b, "benchnaive", args.baseline_n, data, naive=True, catalog=catalog, gen=gen)
+        print(f"naive per-event Faust agent: {naive:,.0f} events/s over {args.baseline_n:,} requests", flush=True)
+        lat = latency(b, "benchlatency", args.latency_rate, args.latency_s, data, catalog, gen)
+        p50, p99 = np.percentile(lat, [50, 99])
+        print(f"latency at {args.latency_rate:,.0f}/s offered: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+              f"({len(lat):,} requests)", flush=True)
+    print(f"ratio batched / naive: {batched / naive:.1f}x")
+    print(json.dumps({
+        "events_per_s": round(batched), "baseline_events_per_s": round(naive),
+        "ratio": round(batched / naive, 2), "p50_ms": round(float(p50), 1), "p99_ms": round(float(p99), 1),
+        "n": args.n, "baseline_n": args.baseline_n, "latency_rate": args.latency_rate,
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+    }))
+
+
+if __name__ == "__main__":
+    main()
