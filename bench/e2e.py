@@ -136,8 +136,9 @@ def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, ca
         producer.flush(10)
         read_predictions(bootstrap, settings.topic("predictions"), 10, timeout_s=60)
 
-        from fastavro import schemaless_reader
         import io
+
+        from fastavro import schemaless_reader
 
         lat: list[float] = []
 

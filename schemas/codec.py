@@ -17,6 +17,8 @@ import numpy as np
 from fastavro import schemaless_reader, schemaless_writer
 
 from schemas.catalog import SchemaCatalog, WireSchema
+from schemas.columnar import ColumnarReader, Columns, columns_from_records, flat_fields
+from schemas.errors import SchemaError
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -37,12 +39,21 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class DecodedBatch:
-    """Records that decoded (with their batch positions and writer schema ids) and failures."""
+    """Rows that decoded, as columns of the reader schema, and a failure for each other message.
 
-    records: list[dict[str, Any]]
+    ``indices[i]`` is the batch position of row ``i``; ``schema_ids[i]`` the
+    id it was written with.
+    """
+
+    columns: Columns
     indices: np.ndarray
     schema_ids: np.ndarray
     failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The rows as dicts (tools and tests; the score path stays columnar)."""
+        return self.columns.to_records()
 
 
 def frame(schema_id: int, body: bytes) -> bytes:
@@ -90,76 +101,120 @@ def decode(catalog: SchemaCatalog, value: bytes) -> tuple[WireSchema, dict[str, 
 
 
 class BatchDecoder:
-    """Decode batches of framed messages into records of one reader schema.
+    """Decode batches of framed messages into columns of one reader schema.
 
-    Each writer schema id is resolved against the reader schema, so producers
-    on an older compatible version keep working; ids that are unknown, or
-    whose schema cannot be resolved to the reader's, become failures.
+    Each writer schema id is resolved against the reader schema once, so
+    producers on an older compatible version keep working; ids that are
+    unknown, or whose schema cannot be resolved to the reader's, become
+    failures. Flat records of primitives are read column by column
+    (:mod:`schemas.columnar`); other writer schemas go through fastavro.
     """
 
     def __init__(self, catalog: SchemaCatalog, reader: WireSchema, max_bytes: int) -> None:
         self.catalog = catalog
         self.reader = reader
         self.max_bytes = max_bytes
+        fields = flat_fields(reader.raw, skip_others=True)
+        if not fields:
+            raise SchemaError(f"{reader.subject} has no primitive fields to read")
+        self.fields = fields
+        self._plans: dict[int, ColumnarReader | SchemaError | None] = {}
+
+    def _plan(self, writer: WireSchema) -> ColumnarReader | SchemaError | None:
+        if writer.id not in self._plans:
+            try:
+                self._plans[writer.id] = ColumnarReader(writer.raw, self.reader.raw)
+            except SchemaError as exc:
+                self._plans[writer.id] = SchemaError(
+                    f"writer schema {writer.subject} v{writer.version} (id {writer.id}) cannot be read as "
+                    f"{self.reader.subject} v{self.reader.version}: {exc}"
+                )
+            except ValueError:
+                self._plans[writer.id] = None  # not flat: fastavro reads it
+        return self._plans[writer.id]
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
-        records: list[dict[str, Any]] = []
-        indices: list[int] = []
-        ids: list[int] = []
         failures: list[Failure] = []
-        reader = self.reader
+        groups: dict[int, tuple[WireSchema, list[int]]] = {}
         by_id = self.catalog.by_id
         max_bytes = self.max_bytes
         for i, value in enumerate(values):
             if not value:
                 failures.append(Failure(i, "decode", "empty", "message has no value"))
+            elif len(value) > max_bytes:
+                failures.append(Failure(i, "decode", "too_large",
+                                        f"message is {len(value)} bytes, over max_message_bytes={max_bytes}"))
+            elif len(value) < HEADER.size or value[0] != MAGIC:
+                failures.append(Failure(i, "decode", "bad_magic",
+                                        "message does not start with the Confluent header (magic byte 0 and a "
+                                        "4-byte schema id); produce it with an Avro serializer"))
+            else:
+                sid = int.from_bytes(value[1:5], "big")
+                writer = by_id(sid)
+                if writer is None:
+                    failures.append(Failure(i, "decode", "unknown_schema",
+                                            f"schema id {sid} is not in the catalog; register the schema"))
+                else:
+                    groups.setdefault(sid, (writer, []))[1].append(i)
+        parts: list[Columns] = []
+        positions: list[np.ndarray] = []
+        ids: list[np.ndarray] = []
+        for sid, (writer, members) in groups.items():
+            plan = self._plan(writer)
+            batch = [cast(bytes, values[i]) for i in members]
+            if isinstance(plan, SchemaError):
+                failures.extend(Failure(i, "decode", "incompatible_schema", str(plan), "SchemaResolutionError")
+                                for i in members)
                 continue
-            if len(value) > max_bytes:
-                failures.append(
-                    Failure(i, "decode", "too_large",
-                            f"message is {len(value)} bytes, over max_message_bytes={max_bytes}")
-                )
-                continue
-            if len(value) < HEADER.size or value[0] != MAGIC:
-                failures.append(
-                    Failure(i, "decode", "bad_magic",
-                            "message does not start with the Confluent header (magic byte 0 "
-                            "and a 4-byte schema id); produce it with an Avro serializer")
-                )
-                continue
-            sid = int.from_bytes(value[1:5], "big")
-            writer = by_id(sid)
-            if writer is None:
-                failures.append(
-                    Failure(i, "decode", "unknown_schema",
-                            f"schema id {sid} is not in the catalog; register the schema")
-                )
-                continue
+            if plan is None:
+                cols, good = self._fastavro(writer, batch, members, failures)
+            else:
+                cols, good = self._columnar(plan, sid, batch, members, failures)
+            parts.append(cols)
+            positions.append(np.asarray(members, dtype=np.int64)[good])
+            ids.append(np.full(int(good.sum()), sid, dtype=np.int64))
+        failures.sort(key=lambda f: f.index)
+        if not parts:
+            return DecodedBatch(columns_from_records([], self.fields), np.empty(0, np.int64),
+                                np.empty(0, np.int64), failures)
+        return DecodedBatch(Columns.concat(parts), np.concatenate(positions), np.concatenate(ids), failures)
+
+    @staticmethod
+    def _columnar(plan: ColumnarReader, sid: int, batch: list[bytes], members: list[int],
+                  failures: list[Failure]) -> tuple[Columns, np.ndarray]:
+        lengths = np.fromiter(map(len, batch), dtype=np.int64, count=len(batch))
+        offsets = np.cumsum(lengths) - lengths
+        cols, malformed, incompatible = plan.read(b"".join(batch), offsets + HEADER.size, offsets + lengths)
+        for j in np.flatnonzero(malformed).tolist():
+            failures.append(Failure(members[j], "decode", "malformed_avro",
+                                    f"Avro body does not match schema id {sid}: truncated, trailing bytes or "
+                                    "an invalid value", "ReadError"))
+        for j in np.flatnonzero(incompatible).tolist():
+            failures.append(Failure(members[j], "decode", "incompatible_schema",
+                                    "a field that the reader schema does not allow to be null is null",
+                                    "SchemaResolutionError"))
+        good = ~(malformed | incompatible)
+        return (cols if good.all() else cols.take(np.flatnonzero(good))), good
+
+    def _fastavro(self, writer: WireSchema, batch: list[bytes], members: list[int],
+                  failures: list[Failure]) -> tuple[Columns, np.ndarray]:
+        reader = self.reader
+        records = []
+        good = np.zeros(len(batch), dtype=bool)
+        for j, value in enumerate(batch):
             body = io.BytesIO(value)
             body.seek(HEADER.size)
             try:
-                if writer is reader:
-                    record = schemaless_reader(body, reader.fast, None)
-                else:
-                    record = schemaless_reader(body, writer.fast, reader.fast)
+                record = schemaless_reader(body, writer.fast, None if writer is reader else reader.fast)
             except Exception as exc:  # noqa: BLE001 - any body error is this record's failure
                 reason = "incompatible_schema" if "Resolution" in type(exc).__name__ else "malformed_avro"
-                text = (
-                    f"writer schema {writer.subject} v{writer.version} (id {sid}) cannot be read as "
-                    f"{reader.subject}: {exc}" if reason == "incompatible_schema"
-                    else f"Avro body does not match schema id {sid}: {type(exc).__name__}: {exc}"
-                )
-                failures.append(Failure(i, "decode", reason, text, type(exc).__name__))
+                failures.append(Failure(members[j], "decode", reason,
+                                        f"schema id {writer.id}: {type(exc).__name__}: {exc}", type(exc).__name__))
                 continue
             if body.tell() != len(value):
-                failures.append(
-                    Failure(i, "decode", "malformed_avro",
-                            f"{len(value) - body.tell()} trailing bytes after the Avro record")
-                )
+                failures.append(Failure(members[j], "decode", "malformed_avro",
+                                        f"{len(value) - body.tell()} trailing bytes after the Avro record"))
                 continue
-            records.append(record)  # type: ignore[arg-type]
-            indices.append(i)
-            ids.append(sid)
-        return DecodedBatch(
-            records, np.asarray(indices, dtype=np.int64), np.asarray(ids, dtype=np.int64), failures
-        )
+            records.append(cast(dict[str, Any], record))
+            good[j] = True
+        return columns_from_records(records, self.fields), good

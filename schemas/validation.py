@@ -1,13 +1,12 @@
 """Record validation against a model's input profile, one vectorised pass per batch.
 
-Decoded records go in; one float32 feature matrix for the valid rows and a
+Decoded columns go in; one float32 feature matrix for the valid rows and a
 :class:`~schemas.codec.Failure` for each invalid row come out. Checks run per
 column with numpy; the first failing check of a row names its reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from schemas.catalog import WireSchema
 from schemas.codec import Failure
+from schemas.columnar import Columns
 from schemas.profile import CategoricalFeature, InputProfile, NumericFeature, _base_type, is_nullable
 
 #: Reason codes, in the order rows are checked. Index 0 means valid.
@@ -46,11 +46,13 @@ class Validator:
     Examples
     --------
     >>> from schemas.catalog import SchemaCatalog, builtin_schema_dir
+    >>> from schemas.columnar import columns_from_records, flat_fields
     >>> schema = SchemaCatalog.from_dirs([builtin_schema_dir()]).latest("driftline.examples.CardTransaction")
     >>> profile = InputProfile((NumericFeature("amount", 0.0, 1e5),), key_field="card_id")
     >>> v = Validator(profile, schema)
-    >>> out = v.validate([{"request_id": "a", "card_id": "c", "amount": 12.5},
-    ...                   {"request_id": "b", "card_id": "c", "amount": -1.0}])
+    >>> rows = [{"request_id": "a", "card_id": "c", "amount": 12.5},
+    ...         {"request_id": "b", "card_id": "c", "amount": -1.0}]
+    >>> out = v.validate(columns_from_records(rows, flat_fields(schema.raw)))
     >>> out.matrix.tolist(), out.rows.tolist(), out.failures[0].reason
     ([[12.5]], [0], 'out_of_range')
     """
@@ -67,9 +69,10 @@ class Validator:
             if isinstance(f, CategoricalFeature)
         }
 
-    def validate(self, records: Sequence[dict[str, Any]]) -> ValidatedBatch:
-        n = len(records)
+    def validate(self, cols: Columns) -> ValidatedBatch:
+        n = cols.n
         profile = self.profile
+        values = cols.values
         reason = np.zeros(n, dtype=np.int8)
         culprit = np.full(n, "", dtype=object)
         matrix = np.zeros((n, profile.width), dtype=np.float32)
@@ -80,25 +83,21 @@ class Validator:
                 reason[hit] = _CODE[code]
                 culprit[hit] = name
 
-        ids = [r[profile.id_field] for r in records]
+        ids = values[profile.id_field]
         mark(np.fromiter((not v for v in ids), dtype=bool, count=n), "missing_id", profile.id_field)
         limit = profile.max_string_length
         for name in self._string_fields:
-            lengths = np.fromiter(
-                (len(v) if (v := r.get(name)) is not None else 0 for r in records), dtype=np.int64, count=n
-            )
+            col = values.get(name)
+            if col is None:
+                continue
+            lengths = np.fromiter((len(v) if v is not None else 0 for v in col), dtype=np.int64, count=n)
             mark(lengths > limit, "string_too_long", name)
 
-        col = 0
+        col_at = 0
         for f in profile.features:
-            values = [r[f.name] for r in records]
-            null = (
-                np.fromiter((v is None for v in values), dtype=bool, count=n)
-                if self._nullable.get(f.name)
-                else np.zeros(n, dtype=bool)
-            )
+            null = cols.null_mask(f.name)
             if isinstance(f, NumericFeature):
-                x = np.array(values, dtype=np.float64)
+                x = values[f.name].astype(np.float64)
                 nan = np.isnan(x) & ~null
                 inf = np.isinf(x)
                 if not f.allow_missing:
@@ -109,30 +108,29 @@ class Validator:
                 with np.errstate(invalid="ignore"):
                     mark(~missing & ~inf & ((x < f.minimum) | (x > f.maximum)), "out_of_range", f.name)
                 x[missing] = f.impute
-                matrix[:, col] = x
+                matrix[:, col_at] = x
             else:
                 lut = self._luts[f.name]
-                idx = np.fromiter((lut.get(v, -1) for v in values), dtype=np.int64, count=n)
+                idx = np.fromiter((lut.get(v, -1) for v in values[f.name]), dtype=np.int64, count=n)
                 mark(null, "null_value", f.name)
                 mark((idx < 0) & ~null, "unknown_category", f.name)
                 known = idx >= 0
                 if f.encoding == "onehot":
                     rows = np.flatnonzero(known)
-                    matrix[rows, col + idx[rows]] = 1.0
+                    matrix[rows, col_at + idx[rows]] = 1.0
                 else:
-                    matrix[:, col] = np.where(known, idx, -1)
-            col += f.width
+                    matrix[:, col_at] = np.where(known, idx, -1)
+            col_at += f.width
 
         valid = reason == 0
         rows = np.flatnonzero(valid)
         failures = [
-            self._failure(i, REASONS[reason[i]], str(culprit[i]), records[i])
+            self._failure(i, REASONS[reason[i]], str(culprit[i]), _value(cols, str(culprit[i]), i))
             for i in np.flatnonzero(~valid).tolist()
         ]
         return ValidatedBatch(matrix[rows], rows, failures)
 
-    def _failure(self, index: int, reason: str, name: str, record: dict[str, Any]) -> Failure:
-        value = record.get(name)
+    def _failure(self, index: int, reason: str, name: str, value: Any) -> Failure:
         shown = repr(value) if not isinstance(value, str) else repr(value[:40]) + (
             f"... ({len(value)} chars)" if len(value) > 40 else ""
         )
@@ -145,8 +143,15 @@ class Validator:
             text = f"{name} is longer than max_string_length={self.profile.max_string_length}: {shown}"
         elif reason == "missing_id":
             text = f"{name} is empty; every request needs an id"
+        elif reason == "non_finite":
+            text = f"{name} = {shown} is not finite"
         else:
             text = f"{name} = {shown}: {reason.replace('_', ' ')} and the model does not accept missing values"
-            if reason == "non_finite":
-                text = f"{name} = {shown} is not finite"
         return Failure(int(index), "validate", reason, text)
+
+
+def _value(cols: Columns, name: str, i: int) -> Any:
+    if cols.null_mask(name)[i]:
+        return None
+    v = cols.values[name][i]
+    return v.item() if isinstance(v, np.generic) else v

@@ -12,13 +12,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 
 from inference.model import OnnxModel
 from schemas.catalog import SchemaCatalog, WireSchema
-from schemas.codec import BatchDecoder, Failure, encode_many
+from schemas.codec import HEADER, MAGIC, BatchDecoder, Failure
+from schemas.columnar import ColumnarWriter
 from schemas.validation import Validator
 
 Headers = list[tuple[str, bytes]]
@@ -115,6 +115,7 @@ class ScorePipeline:
     ) -> None:
         self.served = dict(served)
         self.prediction_schema = prediction_schema
+        self._writer = ColumnarWriter(prediction_schema.raw, HEADER.pack(MAGIC, prediction_schema.id))
         self.predictions_topic = predictions_topic
         self.deadletter_topic = deadletter_topic
         self.dlq_max = deadletter_max_value_bytes
@@ -142,7 +143,7 @@ class ScorePipeline:
         decoded = served.decoder.decode([m.value for m in msgs])
         for f in decoded.failures:
             self._deadletter(out, msgs[f.index], f, name, now_ms)
-        checked = served.validator.validate(decoded.records)
+        checked = served.validator.validate(decoded.columns)
         batch_pos = decoded.indices
         for f in checked.failures:
             self._deadletter(out, msgs[int(batch_pos[f.index])], f, name, now_ms)
@@ -166,40 +167,33 @@ class ScorePipeline:
                 f = Failure(r, "score", "non_finite_score", f"model returned {scores[j]!r}")
                 self._deadletter(out, msgs[int(batch_pos[r])], f, name, now_ms)
             rows, scores = rows[finite], scores[finite]
-        labels = model.labels(scores)
+        cols = decoded.columns
         profile = model.manifest.profile
-        records = decoded.records
-        ids = decoded.schema_ids
-        version, variant, provider = model.version, served.variant, model.active_provider or "none"
-        time_field = profile.time_field
-        predictions: list[dict[str, Any]] = []
-        event_times = np.empty(len(rows), dtype=np.int64)
-        for j, (r, score, label) in enumerate(zip(rows.tolist(), scores.tolist(), labels, strict=True)):
-            rec = records[r]
-            event_ms = int(rec[time_field]) if time_field else now_ms
-            event_times[j] = event_ms
-            predictions.append({
-                "request_id": rec[profile.id_field],
-                "entity_key": rec[profile.key_field],
-                "model": name,
-                "model_version": version,
-                "variant": variant,
-                "score": score,
-                "label": label,
-                "schema_id": int(ids[r]),
-                "provider": provider,
-                "event_time": event_ms,
-                "scored_at": now_ms,
-            })
-        values = encode_many(self.prediction_schema, predictions)
+        ids = cols.values[profile.id_field][rows]
+        n = len(rows)
+        event_ms = (cols.values[profile.time_field][rows] if profile.time_field
+                    else np.full(n, now_ms, dtype=np.int64))
+        labels = model.labels(scores)
+        values = self._writer.write(n, {
+            "request_id": ids,
+            "entity_key": cols.values[profile.key_field][rows],
+            "model": model.name,
+            "model_version": model.version,
+            "variant": served.variant,
+            "score": scores,
+            "label": labels,
+            "schema_id": decoded.schema_ids[rows],
+            "provider": model.active_provider or "none",
+            "event_time": event_ms,
+            "scored_at": now_ms,
+        })
         topic = self.predictions_topic
         out.predictions.extend(
-            OutRecord(topic, p["request_id"].encode(), v, None)
-            for p, v in zip(predictions, values, strict=True)
+            OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True)
         )
         out.stats.append(
-            ModelStats(name, version, variant, provider, len(values), inference_s,
-                       (now_ms - event_times) / 1000.0)
+            ModelStats(name, model.version, served.variant, model.active_provider or "none", n, inference_s,
+                       (now_ms - event_ms) / 1000.0)
         )
 
     def _deadletter(self, out: BatchOutcome, msg: RawMessage, failure: Failure, model: str, now_ms: int) -> None:

@@ -50,9 +50,8 @@ def test_valid_and_bad_messages(catalog: SchemaCatalog, fraud_model: OnnxModel, 
     preds = [_decode_prediction(catalog, p.value) for p in out.predictions]
     assert [p["request_id"] for p in preds] == [r["request_id"] for r in records]
     assert all(p.key == r["request_id"].encode() for p, r in zip(out.predictions, records, strict=True))
-    direct = fraud_model.predict(
-        _pipeline(catalog, {"t": fraud_model}).served["t"].validator.validate(records).matrix
-    )
+    served = _pipeline(catalog, {"t": fraud_model}).served["t"]
+    direct = fraud_model.predict(served.validator.validate(served.decoder.decode(values).columns).matrix)
     np.testing.assert_allclose([p["score"] for p in preds], direct)
     assert {p["model"] for p in preds} == {"fraud"} and {p["variant"] for p in preds} == {"champion"}
     assert {p["schema_id"] for p in preds} == {schema.id}

@@ -6,12 +6,24 @@ import numpy as np
 import pytest
 
 from inference.model import OnnxModel
-from schemas.catalog import SchemaCatalog
+from schemas.catalog import SchemaCatalog, WireSchema
+from schemas.columnar import Columns, columns_from_records, flat_fields
 from schemas.errors import ProfileError
 from schemas.profile import CategoricalFeature, InputProfile, NumericFeature
 from schemas.validation import Validator
 
 CARD = "driftline.examples.CardTransaction"
+
+
+def cols(schema: WireSchema, records: list[dict]) -> Columns:
+    fields = flat_fields(schema.raw)
+    assert fields is not None
+    return columns_from_records(records, fields)
+
+
+@pytest.fixture
+def card(catalog: SchemaCatalog) -> WireSchema:
+    return catalog.latest(CARD)
 
 
 @pytest.fixture
@@ -44,8 +56,10 @@ def good(generator, rng) -> dict:  # type: ignore[no-untyped-def]
         ({"device_trust": math.inf}, "non_finite", "device_trust"),
     ],
 )
-def test_invalid_rows(validator: Validator, good: dict, change: dict, reason: str, culprit: str) -> None:
-    out = validator.validate([good, {**good, **change}, good])
+def test_invalid_rows(
+    card: WireSchema, validator: Validator, good: dict, change: dict, reason: str, culprit: str
+) -> None:
+    out = validator.validate(cols(card, [good, {**good, **change}, good]))
     assert out.rows.tolist() == [0, 2]
     assert out.matrix.shape == (2, validator.profile.width)
     (f,) = out.failures
@@ -64,8 +78,10 @@ def test_invalid_rows(validator: Validator, good: dict, change: dict, reason: st
         ({"merchant_risk": 1.0}, "merchant_risk", 1.0),
     ],
 )
-def test_allowed_values(validator: Validator, good: dict, change: dict, column: str, expected) -> None:  # type: ignore[no-untyped-def]
-    out = validator.validate([{**good, **change}])
+def test_allowed_values(  # type: ignore[no-untyped-def]
+    card: WireSchema, validator: Validator, good: dict, change: dict, column: str, expected
+) -> None:
+    out = validator.validate(cols(card, [{**good, **change}]))
     assert out.failures == []
     col = validator.profile.column_names.index(column)
     spec = next(f for f in validator.profile.features if f.name == column)
@@ -73,13 +89,13 @@ def test_allowed_values(validator: Validator, good: dict, change: dict, column: 
     assert out.matrix[0, col] == pytest.approx(want)
 
 
-def test_first_failing_check_wins(validator: Validator, good: dict) -> None:
-    out = validator.validate([{**good, "request_id": "", "amount": math.nan}])
+def test_first_failing_check_wins(card: WireSchema, validator: Validator, good: dict) -> None:
+    out = validator.validate(cols(card, [{**good, "request_id": "", "amount": math.nan}]))
     assert out.failures[0].reason == "missing_id"
 
 
-def test_one_hot_columns(validator: Validator, good: dict) -> None:
-    out = validator.validate([{**good, "merchant_category": "travel", "channel": "atm"}])
+def test_one_hot_columns(card: WireSchema, validator: Validator, good: dict) -> None:
+    out = validator.validate(cols(card, [{**good, "merchant_category": "travel", "channel": "atm"}]))
     names = validator.profile.column_names
     row = dict(zip(names, out.matrix[0].tolist(), strict=True))
     cats = {k: v for k, v in row.items() if k.startswith("merchant_category=")}
@@ -87,9 +103,9 @@ def test_one_hot_columns(validator: Validator, good: dict) -> None:
     assert row["channel=atm"] == 1.0
 
 
-def test_matrix_matches_a_row_by_row_reference(validator: Validator, generator, rng) -> None:  # type: ignore[no-untyped-def]
+def test_matrix_matches_a_row_by_row_reference(card: WireSchema, validator: Validator, generator, rng) -> None:  # type: ignore[no-untyped-def]
     records, _ = generator.generate(500, rng)
-    out = validator.validate(records)
+    out = validator.validate(cols(card, records))
     assert out.failures == [] and out.matrix.dtype == np.float32
     expected = []
     for r in records:
@@ -108,7 +124,7 @@ def test_ordinal_encoding(catalog: SchemaCatalog, good: dict) -> None:
     profile = InputProfile(
         (CategoricalFeature("channel", ("pos", "online"), "ordinal"),), key_field="card_id"
     )
-    out = Validator(profile, catalog.latest(CARD)).validate([{**good, "channel": "online"}])
+    out = Validator(profile, catalog.latest(CARD)).validate(cols(catalog.latest(CARD), [{**good, "channel": "online"}]))
     assert out.matrix.tolist() == [[1.0]]
 
 
@@ -125,6 +141,6 @@ def test_profile_must_fit_the_schema(catalog: SchemaCatalog, features, message: 
         Validator(InputProfile(features, key_field="card_id"), catalog.latest(CARD))
 
 
-def test_empty_batch(validator: Validator) -> None:
-    out = validator.validate([])
+def test_empty_batch(card: WireSchema, validator: Validator) -> None:
+    out = validator.validate(cols(card, []))
     assert out.matrix.shape == (0, validator.profile.width) and out.failures == []
