@@ -17,13 +17,17 @@ import numpy as np
 from fastavro import schemaless_reader, schemaless_writer
 
 from schemas.catalog import SchemaCatalog, WireSchema
-from schemas.columnar import ColumnarReader, Columns, columns_from_records, flat_fields
+from schemas.columnar import ColumnarReader, ColumnarWriter, Columns, columns_from_records, flat_fields
 from schemas.errors import SchemaError
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
 
 Stage = Literal["decode", "validate", "score"]
+
+#: Below this many rows fastavro's ~15 µs a row beats the columnar reader's ~2 ms
+#: of fixed numpy cost per batch (measured on the 2-core machine, see bench/RESULTS.md).
+COLUMNAR_MIN_ROWS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,29 @@ def encode_many(schema: WireSchema, records: Sequence[Mapping[str, Any]]) -> lis
     return out
 
 
+class BatchEncoder:
+    """Encode columns of one flat schema as framed messages: columnar for big batches, fastavro for small."""
+
+    def __init__(self, schema: WireSchema, *, columnar_min_rows: int = COLUMNAR_MIN_ROWS) -> None:
+        self.schema = schema
+        self.columnar_min_rows = columnar_min_rows
+        self._writer = ColumnarWriter(schema.raw, HEADER.pack(MAGIC, schema.id))
+
+    def encode(self, n: int, columns: Mapping[str, Any]) -> list[bytes]:
+        """``columns[name]``: n values (array or list, None for null) or one scalar for all rows."""
+        if n >= self.columnar_min_rows:
+            return self._writer.write(n, columns)
+        rows = [
+            {k: (_py(v[i]) if isinstance(v, (list, np.ndarray)) else v) for k, v in columns.items()}
+            for i in range(n)
+        ]
+        return encode_many(self.schema, rows)
+
+
+def _py(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def decode(catalog: SchemaCatalog, value: bytes) -> tuple[WireSchema, dict[str, Any]]:
     """Decode one framed message with its own writer schema (for tools, not the hot path)."""
     if len(value) < HEADER.size or value[0] != MAGIC:
@@ -107,10 +134,15 @@ class BatchDecoder:
     producers on an older compatible version keep working; ids that are
     unknown, or whose schema cannot be resolved to the reader's, become
     failures. Flat records of primitives are read column by column
-    (:mod:`schemas.columnar`); other writer schemas go through fastavro.
+    (:mod:`schemas.columnar`) when a batch has at least ``columnar_min_rows``
+    of them; smaller batches and other writer schemas go through fastavro,
+    whose per-row cost beats numpy's per-call cost below that size.
     """
 
-    def __init__(self, catalog: SchemaCatalog, reader: WireSchema, max_bytes: int) -> None:
+    def __init__(
+        self, catalog: SchemaCatalog, reader: WireSchema, max_bytes: int, *, columnar_min_rows: int = COLUMNAR_MIN_ROWS
+    ) -> None:
+        self.columnar_min_rows = columnar_min_rows
         self.catalog = catalog
         self.reader = reader
         self.max_bytes = max_bytes
@@ -166,7 +198,7 @@ class BatchDecoder:
                 failures.extend(Failure(i, "decode", "incompatible_schema", str(plan), "SchemaResolutionError")
                                 for i in members)
                 continue
-            if plan is None:
+            if plan is None or len(batch) < self.columnar_min_rows:
                 cols, good = self._fastavro(writer, batch, members, failures)
             else:
                 cols, good = self._columnar(plan, sid, batch, members, failures)

@@ -78,8 +78,8 @@ class Validator:
         matrix = np.zeros((n, profile.width), dtype=np.float32)
 
         def mark(mask: np.ndarray, code: str, name: str) -> None:
-            hit = mask & (reason == 0)
-            if hit.any():
+            if mask.any():  # nearly always false: one reduction, nothing else
+                hit = mask & (reason == 0)
                 reason[hit] = _CODE[code]
                 culprit[hit] = name
 

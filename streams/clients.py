@@ -8,6 +8,7 @@ librdkafka in batches; Faust only carries one event per batch.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -28,9 +29,20 @@ class BatchSource:
         self.high_watermarks: dict[tuple[str, int], int] = {}
 
     def poll_batch(self, max_messages: int, timeout_s: float) -> list[RawMessage]:
-        """Up to ``max_messages`` records, waiting at most ``timeout_s`` for the first ones."""
+        """Up to ``max_messages`` records: what is already fetched, else the first to arrive.
+
+        Waits at most ``timeout_s`` for a first record, then takes whatever else
+        is queued without waiting, so a batch is as large as the backlog and no
+        record waits for a batch to fill.
+        """
+        consume = self._consumer.consume
+        raw = consume(max_messages, timeout=0)
+        if not raw:
+            raw = consume(1, timeout=timeout_s)
+            if raw and max_messages > 1:
+                raw += consume(max_messages - 1, timeout=0)
         out: list[RawMessage] = []
-        for m in self._consumer.consume(max_messages, timeout=timeout_s):
+        for m in raw:
             err = m.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
@@ -80,38 +92,75 @@ class BatchSource:
             pass  # already closed
 
 
+class _Pending:
+    """Outputs of one batch still waiting for acknowledgements."""
+
+    __slots__ = ("error", "left", "token")
+
+    def __init__(self, left: int, token: Any) -> None:
+        self.left = left
+        self.token = token
+        self.error: str | None = None
+
+    def delivered(self, err: KafkaError | None, _msg: Any) -> None:
+        self.left -= 1
+        if err is not None and self.error is None:
+            self.error = str(err)
+
+
 class AckedSink:
-    """Produces records and waits until the broker acknowledged every one."""
+    """Produces the outputs of batches and hands back, in order, the batches fully acknowledged.
+
+    Batches are pipelined: the next batch is scored while the broker
+    acknowledges the previous one. A batch counts as done only when every one
+    of its records is acknowledged and every earlier batch is done too, so
+    storing offsets in the order returned never skips an unacknowledged
+    record. Delivery callbacks run inside :meth:`poll`/:meth:`flush`, on the
+    caller's thread.
+    """
 
     def __init__(self, conf: Mapping[str, Any]) -> None:
         self._producer = Producer(dict(conf), logger=log)
-        self._errors: list[str] = []
+        self._inflight: deque[_Pending] = deque()
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None:
-            self._errors.append(str(err))
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
 
-    def produce(self, records: Iterable[OutRecord]) -> int:
-        """Queue records; returns how many. Call :meth:`flush` before storing offsets."""
-        produce = self._producer.produce
-        n = 0
+    def send(self, records: Sequence[OutRecord], token: Any) -> None:
+        """Queue one batch's records; ``token`` comes back from :meth:`poll` once all are acknowledged."""
+        pending = _Pending(len(records), token)
+        self._inflight.append(pending)
+        produce, callback = self._producer.produce, pending.delivered
         for r in records:
             while True:
                 try:
                     produce(r.topic, r.value, r.key, headers=r.headers,  # type: ignore[arg-type]
-                            on_delivery=self._on_delivery)
+                            on_delivery=callback)
                     break
                 except BufferError:
                     self._producer.poll(0.05)
-            n += 1
-        self._producer.poll(0)
-        return n
 
-    def flush(self, timeout_s: float = 60.0) -> None:
-        """Block until all queued records are acknowledged; raise if any failed."""
+    def poll(self, timeout_s: float = 0.0) -> list[Any]:
+        """Serve delivery reports; return the tokens of batches now fully acknowledged, oldest first."""
+        self._producer.poll(timeout_s)
+        return self._completed()
+
+    def flush(self, timeout_s: float = 30.0) -> list[Any]:
+        """Wait for every queued record; raise if some are still unacknowledged."""
         left = self._producer.flush(timeout_s)
+        done = self._completed()
         if left:
-            raise DeliveryError(f"{left} records not acknowledged within {timeout_s:.0f}s; broker down?")
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise DeliveryError(f"{len(errors)} records were not delivered: {errors[0]}")
+            raise DeliveryError(f"{left} records not acknowledged within {timeout_s:.0f}s; is the broker up?")
+        return done
+
+    def _completed(self) -> list[Any]:
+        done = []
+        while self._inflight and self._inflight[0].left <= 0:
+            pending = self._inflight.popleft()
+            if pending.error is not None:
+                raise DeliveryError(
+                    f"outputs of a batch were not delivered ({pending.error}); its offsets stay uncommitted"
+                )
+            done.append(pending.token)
+        return done

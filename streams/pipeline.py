@@ -17,8 +17,7 @@ import numpy as np
 
 from inference.model import OnnxModel
 from schemas.catalog import SchemaCatalog, WireSchema
-from schemas.codec import HEADER, MAGIC, BatchDecoder, Failure
-from schemas.columnar import ColumnarWriter
+from schemas.codec import BatchDecoder, BatchEncoder, Failure
 from schemas.validation import Validator
 
 Headers = list[tuple[str, bytes]]
@@ -115,7 +114,7 @@ class ScorePipeline:
     ) -> None:
         self.served = dict(served)
         self.prediction_schema = prediction_schema
-        self._writer = ColumnarWriter(prediction_schema.raw, HEADER.pack(MAGIC, prediction_schema.id))
+        self._encoder = BatchEncoder(prediction_schema)
         self.predictions_topic = predictions_topic
         self.deadletter_topic = deadletter_topic
         self.dlq_max = deadletter_max_value_bytes
@@ -174,7 +173,7 @@ class ScorePipeline:
         event_ms = (cols.values[profile.time_field][rows] if profile.time_field
                     else np.full(n, now_ms, dtype=np.int64))
         labels = model.labels(scores)
-        values = self._writer.write(n, {
+        values = self._encoder.encode(n, {
             "request_id": ids,
             "entity_key": cols.values[profile.key_field][rows],
             "model": model.name,

@@ -146,7 +146,8 @@ class Settings(BaseSettings):
     require_gpu: bool = False
     intra_op_threads: int = Field(1, ge=0)
     batch_max: int = Field(1000, ge=1, le=100_000)
-    batch_wait_ms: int = Field(20, ge=0, le=10_000)
+    batch_wait_ms: int = Field(100, ge=0, le=10_000)
+    max_inflight_batches: int = Field(8, ge=1, le=1_000)
     producer_linger_ms: int = Field(5, ge=0, le=1_000)
     max_message_bytes: int = Field(256 * 1024, ge=64)
     deadletter_max_value_bytes: int = Field(1024 * 1024, ge=64)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,12 +26,13 @@ from inference.model import CUDA, OnnxModel
 from inference.registry import ModelRegistry
 from schemas.catalog import SchemaCatalog, builtin_schema_dir
 from streams.clients import AckedSink, BatchSource
-from streams.errors import ConfigError
+from streams.errors import ConfigError, DeliveryError
 from streams.metrics import Metrics
 from streams.pipeline import ScorePipeline, ServedModel
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+EXIT_DELIVERY = 70
 
 
 def build_catalog(settings: Settings) -> SchemaCatalog:
@@ -96,7 +98,6 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     batches = app.channel(maxsize=2)
     topics = list(pipeline.served)
     consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="driftline-consume")
-    producer_thread = ThreadPoolExecutor(1, thread_name_prefix="driftline-produce")
     source = BatchSource(settings.consumer_config(), topics)
     sink = AckedSink(settings.producer_config())
 
@@ -118,21 +119,41 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
                 if msgs:
                     await batches.put(msgs)  # type: ignore[arg-type]  # non-Event values pass through
         finally:
-            # Runs after any in-flight poll on the same thread; closing commits the
-            # offsets stored so far and leaves the group at once.
+            # Store what the broker has acknowledged, then close (after any in-flight
+            # poll on the same thread), which commits the stored offsets and leaves
+            # the group at once. Unacknowledged batches are redone after a restart.
+            try:
+                for done in sink.flush(10):
+                    source.store_through(done)
+            except DeliveryError as exc:
+                log.warning("stopping with unacknowledged outputs: %s", exc)
             consumer_thread.submit(source.close)
             consumer_thread.shutdown(wait=False)
 
+    def store_acknowledged(timeout_s: float = 0.0) -> None:
+        try:
+            for msgs in sink.poll(timeout_s):
+                source.store_through(msgs)
+        except DeliveryError as exc:
+            fatal(exc)
+
     @app.agent(batches)
     async def score(stream: Any) -> None:
-        loop = asyncio.get_running_loop()
         async for msgs in stream:
             outcome = pipeline.process(msgs, int(time.time() * 1000))
-            sink.produce(outcome.predictions)
-            sink.produce(outcome.deadletters)
-            await loop.run_in_executor(producer_thread, sink.flush)
-            source.store_through(msgs)
+            sink.send(outcome.predictions + outcome.deadletters, msgs)
             metrics.observe_batch(len(msgs), outcome, time.time())
+            store_acknowledged()
+            while sink.in_flight > settings.max_inflight_batches:
+                await asyncio.sleep(0.001)
+                store_acknowledged()
+
+    @app.task
+    async def acknowledge() -> None:
+        """Serve delivery reports while the agent waits for its next batch."""
+        while not app.should_stop:
+            store_acknowledged()
+            await asyncio.sleep(0.002)
 
     control = app.topic(settings.topic("models"), key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw", partitions=settings.partitions.models)
@@ -159,6 +180,18 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
 
     app.driftline_metrics = metrics  # type: ignore[attr-defined]
     return app
+
+
+def fatal(exc: BaseException) -> None:
+    """Stop the process at once without storing more offsets: a restart redoes the batch.
+
+    Used when outputs could not be delivered. Exiting (rather than letting Faust
+    restart the agent) hands the decision to the supervisor and keeps the
+    at-least-once promise simple: nothing after the failure is committed.
+    """
+    log.critical("%s; exiting with code %d so the supervisor restarts the worker", exc, EXIT_DELIVERY)
+    logging.shutdown()
+    os._exit(EXIT_DELIVERY)
 
 
 def run_worker(settings: Settings) -> None:
