@@ -260,7 +260,8 @@ def main() -> None:
     print(json.dumps({
         "events_per_s": round(batched), "baseline_events_per_s": round(naive),
         "ratio": round(batched / naive, 2), "p50_ms": round(float(p50), 1), "p99_ms": round(float(p99), 1),
-        "p99_ms_by_second": by_second, "broker_hop_p50_ms": round(float(h50), 1), "broker_hop_p99_ms": round(float(h99), 1),
+        "p99_ms_by_second": by_second,
+        "broker_hop_p50_ms": round(float(h50), 1), "broker_hop_p99_ms": round(float(h99), 1),
         "n": args.n, "baseline_n": args.baseline_n, "latency_rate": args.latency_rate,
         "latency_s": args.latency_s,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
