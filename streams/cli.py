@@ -87,22 +87,43 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from confluent_kafka import Consumer
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
+    from streams.errors import BrokerError
     from streams.records import message_to_json
     from streams.worker import build_catalog
 
     settings = _settings(args)
     catalog = build_catalog(settings)
+    down: list[str] = []
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            down.append(str(err))
+
+    # Assigned, not subscribed: no consumer-group join to wait for, nothing committed.
     consumer = Consumer(settings.confluent(**{
-        "group.id": f"driftline-tail-{id(args)}", "enable.auto.commit": False,
-        "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+        "group.id": "driftline-tail", "enable.auto.commit": False, "error_cb": on_error, "log_level": 0,
+        "fetch.wait.max.ms": settings.fetch_wait_ms,
     }))
-    consumer.subscribe([args.topic])
+    try:
+        meta = consumer.list_topics(args.topic, timeout=10).topics.get(args.topic)
+    except KafkaException as exc:
+        consumer.close()
+        raise BrokerError(f"cannot reach the broker at {settings.broker}: {exc}; is DRIFTLINE_BROKER right?") from exc
+    if meta is None or meta.error is not None:
+        consumer.close()
+        raise BrokerError(f"topic {args.topic} does not exist on {settings.broker}; see `driftline topics create`")
+    start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
+    consumer.assign([TopicPartition(args.topic, p, start) for p in meta.partitions])
+    where = "the beginning" if args.from_beginning else "the end"
+    print(f"following {args.topic} from {where} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     shown = 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while args.max is None or shown < args.max:
+            if down:
+                raise BrokerError(f"lost the broker at {settings.broker}: {down[0]}")
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue

@@ -65,3 +65,24 @@ def test_up_shows_predictions_and_dead_letters_and_ends_with_counts(tmp_path: Pa
     first = re.search(r"first prediction ([\d.]+)s after start", out.stdout)
     assert first is not None and float(first.group(1)) <= 15.0
     assert "dead letters" in out.stdout and "p99" in out.stdout
+
+
+def test_tail_stops_with_a_message_when_the_broker_goes(tmp_path: Path) -> None:
+    own = EmbeddedBroker()
+    own.start()
+    env = {**os.environ, "DRIFTLINE_BROKER": own.bootstrap, "DRIFTLINE_NAMESPACE": "gone"}
+    try:
+        assert run("topics", "create", env=env).returncode == 0
+        tail = subprocess.Popen([sys.executable, "-m", "streams.cli", "tail", "gone.predictions"], cwd=REPO_ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert tail.stderr is not None
+        first = tail.stderr.readline()  # blocks until tail follows the topic (or dies)
+        assert first.startswith("following gone.predictions"), first
+    finally:
+        own.stop()
+    try:
+        _, err = tail.communicate(timeout=60)
+    finally:
+        tail.kill()
+    assert tail.returncode == 1
+    assert "lost the broker" in err
