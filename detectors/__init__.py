@@ -1,8 +1,40 @@
 """Drift and quality statistics over windows of live data.
 
-Pure library: numpy and River only, no Kafka, no global state. The windowed
-drift statistics, detectors and alert policy arrive with the drift issue
-(#3); the score path does not depend on them yet.
+Pure library: numpy only (River joins with the detectors), no Kafka, no
+global state. A :class:`ReferenceProfile` bins the training data; a
+:class:`WindowSketch` bins a window of live data the same way and merges
+with ``+`` across partitions and workers; :func:`evaluate` computes each
+column's calibrated test against the reference; :class:`AlertPolicy` turns
+windows of results into alerts (hysteresis, cooldown, severity) and retrain
+requests.
 """
 
-__all__: list[str] = []
+from detectors.evaluate import SCORE, ColumnResult, dead_letter_result, evaluate
+from detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
+from detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
+from detectors.sketch import ColumnSketch, WindowSketch, window_bounds
+from detectors.stats import chi2_counts, chi2_isf, chi2_sf, kolmogorov_sf, ks_counts, psi, psi_threshold
+
+__all__ = [
+    "SCORE",
+    "AlertDecision",
+    "AlertPolicy",
+    "CategoricalReference",
+    "ColumnResult",
+    "ColumnSketch",
+    "NumericReference",
+    "PolicyConfig",
+    "ReferenceProfile",
+    "RetrainDecision",
+    "WindowSketch",
+    "chi2_counts",
+    "chi2_isf",
+    "chi2_sf",
+    "dead_letter_result",
+    "evaluate",
+    "kolmogorov_sf",
+    "ks_counts",
+    "psi",
+    "psi_threshold",
+    "window_bounds",
+]

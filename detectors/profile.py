@@ -1,0 +1,152 @@
+"""Reference profile: what the training data looked like, binned for drift statistics.
+
+For each numeric feature (and the model's score): PSI bins at reference
+deciles, fine bins at up to 256 reference quantiles for the KS statistic, the
+reference counts over both, mean, standard deviation, null rate and a capped
+sample. For each categorical feature: the category counts. Stored as
+``profile.json`` next to the model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PSI_BINS = 10
+FINE_BINS = 256
+SAMPLE_CAP = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class NumericReference:
+    """Binned reference distribution of one numeric column.
+
+    ``edges`` and ``fine_edges`` are inner edges: a value ``v`` falls in bin
+    ``searchsorted(edges, v, side="right")``, so there are ``len(edges) + 1``
+    bins and values outside the reference range land in the end bins.
+    """
+
+    name: str
+    edges: np.ndarray
+    counts: np.ndarray
+    fine_edges: np.ndarray
+    fine_counts: np.ndarray
+    mean: float
+    std: float
+    null_rate: float
+    n: int
+    sample: np.ndarray
+
+    @staticmethod
+    def build(name: str, values: np.ndarray, nulls: np.ndarray | None = None,
+              rng: np.random.Generator | None = None) -> NumericReference:
+        nulls = np.zeros(len(values), dtype=bool) if nulls is None else nulls
+        present = values[~nulls & np.isfinite(values)]
+        if len(present) == 0:
+            raise ValueError(f"feature {name!r} has no finite reference values")
+        edges = _inner_edges(present, PSI_BINS)
+        fine = _inner_edges(present, FINE_BINS)
+        rng = rng or np.random.default_rng(0)
+        sample = present if len(present) <= SAMPLE_CAP else rng.choice(present, SAMPLE_CAP, replace=False)
+        return NumericReference(
+            name, edges, bin_counts(edges, present), fine, bin_counts(fine, present),
+            float(present.mean()), float(present.std()), float(nulls.mean()) if len(nulls) else 0.0,
+            int(len(present)), np.sort(sample),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "numeric", "edges": self.edges.tolist(),
+                "counts": self.counts.tolist(), "fine_edges": self.fine_edges.tolist(),
+                "fine_counts": self.fine_counts.tolist(), "mean": self.mean, "std": self.std,
+                "null_rate": self.null_rate, "n": self.n, "sample": self.sample.tolist()}
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> NumericReference:
+        return NumericReference(
+            d["name"], np.asarray(d["edges"], dtype=np.float64), np.asarray(d["counts"], dtype=np.int64),
+            np.asarray(d["fine_edges"], dtype=np.float64), np.asarray(d["fine_counts"], dtype=np.int64),
+            float(d["mean"]), float(d["std"]), float(d["null_rate"]), int(d["n"]),
+            np.asarray(d.get("sample", []), dtype=np.float64),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CategoricalReference:
+    """Reference counts per category; the last count is for categories not in the list."""
+
+    name: str
+    categories: tuple[str, ...]
+    counts: np.ndarray
+    null_rate: float
+    n: int
+
+    @staticmethod
+    def build(name: str, values: np.ndarray, categories: tuple[str, ...],
+              nulls: np.ndarray | None = None) -> CategoricalReference:
+        nulls = np.zeros(len(values), dtype=bool) if nulls is None else nulls
+        counts = category_counts(categories, values[~nulls])
+        return CategoricalReference(name, tuple(categories), counts,
+                                    float(nulls.mean()) if len(nulls) else 0.0, int((~nulls).sum()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "categorical", "categories": list(self.categories),
+                "counts": self.counts.tolist(), "null_rate": self.null_rate, "n": self.n}
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> CategoricalReference:
+        return CategoricalReference(d["name"], tuple(d["categories"]), np.asarray(d["counts"], dtype=np.int64),
+                                    float(d["null_rate"]), int(d["n"]))
+
+
+Reference = NumericReference | CategoricalReference
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceProfile:
+    """The reference of every monitored feature and of the model's score."""
+
+    features: tuple[Reference, ...]
+    score: NumericReference
+
+    def to_json(self) -> str:
+        return json.dumps({"features": [f.to_dict() for f in self.features], "score": self.score.to_dict()})
+
+    @staticmethod
+    def from_json(text: str) -> ReferenceProfile:
+        d = json.loads(text)
+        feats: list[Reference] = [
+            NumericReference.from_dict(f) if f["kind"] == "numeric" else CategoricalReference.from_dict(f)
+            for f in d["features"]
+        ]
+        return ReferenceProfile(tuple(feats), NumericReference.from_dict(d["score"]))
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_json())
+
+    @staticmethod
+    def load(path: Path) -> ReferenceProfile:
+        return ReferenceProfile.from_json(path.read_text())
+
+
+def _inner_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """Unique reference quantiles as inner bin edges (fewer bins for discrete data)."""
+    qs = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+    return np.unique(qs)
+
+
+def bin_counts(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Counts of ``values`` over the bins the inner ``edges`` make (vectorised)."""
+    return np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1).astype(np.int64)
+
+
+def category_counts(categories: tuple[str, ...], values: np.ndarray) -> np.ndarray:
+    """Counts per category, plus one last count for anything else."""
+    lut = {c: i for i, c in enumerate(categories)}
+    other = len(categories)
+    idx = np.fromiter((lut.get(v, other) for v in values), dtype=np.int64, count=len(values))
+    return np.bincount(idx, minlength=other + 1).astype(np.int64)
