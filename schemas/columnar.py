@@ -295,8 +295,7 @@ class ColumnarReader:
             elif f.kind == "string" and wkind == "bytes":
                 col = _bytes_to_text(col, bad)
             elif f.kind == "bytes" and wkind == "string":
-                col = np.array([v.encode() if isinstance(v, str) else v for v in col.tolist()] + [None],
-                               dtype=object)[:-1]
+                col = _object_array([v.encode() if isinstance(v, str) else v for v in col.tolist()])
             if mask is not None and f.null_branch is None:
                 incompatible |= mask & ~bad
                 mask = None
@@ -318,6 +317,13 @@ def _broadcast_default(f: FlatField, n: int) -> tuple[np.ndarray, np.ndarray | N
     col = np.empty(n, dtype=object)
     col[:] = [d.encode("latin-1") if f.kind == "bytes" and isinstance(d, str) else d] * n
     return col, mask
+
+
+def _object_array(items: list[Any]) -> np.ndarray:
+    """A 1-d object array (``np.array`` would make a 2-d one from equal-length bytes)."""
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
 
 
 def _bytes_to_text(col: np.ndarray, bad: np.ndarray) -> np.ndarray:

@@ -72,19 +72,6 @@ class BatchSource:
             # these records (at least once), so there is nothing to store here.
             log.info("offsets not stored after a rebalance: %s", exc)
 
-    def lag(self) -> dict[tuple[str, int], int]:
-        """Per-partition lag from the high watermark returned with fetched data."""
-        out = {}
-        for tp in self._consumer.assignment():
-            try:
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                pos = self._consumer.position([tp])[0].offset
-            except KafkaException:
-                continue
-            if high >= 0 and pos >= 0:
-                out[(tp.topic, tp.partition)] = max(0, high - pos)
-        return out
-
     def close(self) -> None:
         try:
             self._consumer.close()

@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,7 +49,7 @@ def message_to_json(catalog: SchemaCatalog, msg: Any) -> dict[str, Any]:
 
 def read_input(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Records of a JSON-lines or CSV file, with their line numbers."""
-    text = path.read_text() if str(path) != "-" else __import__("sys").stdin.read()
+    text = sys.stdin.read() if str(path) == "-" else path.read_text()
     if path.suffix.lower() == ".csv":
         for i, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
             yield i, dict(row)
