@@ -104,13 +104,15 @@ def rate_of(stamps: np.ndarray) -> float:
     return (len(stamps) - 1) / span if span > 0 else float("inf")
 
 
-def env_for(bootstrap: str, ns: str, data: Path) -> dict[str, str]:
-    return {**os.environ, "DRIFTLINE_BROKER": bootstrap, "DRIFTLINE_NAMESPACE": ns,
+def env_for(bootstrap: str, ns: str, data: Path, drift: bool = True) -> dict[str, str]:
+    return {**os.environ, "DRIFTLINE_DRIFT": "true" if drift else "false",
+            "DRIFTLINE_BROKER": bootstrap, "DRIFTLINE_NAMESPACE": ns,
             "DRIFTLINE_DATA_DIR": str(data / ns), "DRIFTLINE_SESSION_TIMEOUT_S": "6",
             "DRIFTLINE_WEB_PORT": str(free_port()), "DRIFTLINE_PROVIDERS": "cpu"}
 
 
-def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog, gen) -> float:  # type: ignore[no-untyped-def]
+def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog, gen,  # type: ignore[no-untyped-def]
+               drift: bool = True) -> float:
     settings = load_settings(broker=bootstrap, namespace=ns)
     create_topics(settings.confluent(), settings.topic_partitions())
     records, _ = gen.generate(n, np.random.default_rng(5))
@@ -119,7 +121,7 @@ def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog
     good = sum(1 for r in records if r["ip_risk"] is not None)  # the example model needs ip_risk
     cmd = ([sys.executable, "bench/naive_worker.py", "worker", "-l", "info"] if naive
            else [sys.executable, "-m", "streams.cli", "worker"])
-    proc = start(cmd, env_for(bootstrap, ns, data), data / f"{ns}.log")
+    proc = start(cmd, env_for(bootstrap, ns, data, drift), data / f"{ns}.log")
     try:
         stamps = read_predictions(bootstrap, settings.topic("predictions"), good, timeout_s=600, proc=proc)
     finally:
@@ -230,6 +232,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--baseline-n", type=int, default=30_000)
     ap.add_argument("--latency-rate", type=float, default=5000)
+    ap.add_argument("--no-drift", action="store_true",
+                    help="also time the batched worker with drift windows off, to show what drift costs")
     ap.add_argument("--latency-s", type=float, default=10,
                     help="keep it short: the embedded broker's fetch cost grows with topic length")
     args = ap.parse_args()
@@ -242,6 +246,13 @@ def main() -> None:
     with EmbeddedBroker(log_file=data / "broker-batched.log") as broker:
         batched = throughput(broker.bootstrap, "benchbatched", args.n, data, naive=False, catalog=catalog, gen=gen)
     print(f"batched worker: {batched:,.0f} events/s over {args.n:,} requests", flush=True)
+    no_drift = None
+    if args.no_drift:
+        with EmbeddedBroker(log_file=data / "broker-nodrift.log") as broker:
+            no_drift = throughput(broker.bootstrap, "benchnodrift", args.n, data, naive=False, catalog=catalog,
+                                  gen=gen, drift=False)
+        print(f"batched worker, drift off: {no_drift:,.0f} events/s (drift costs "
+              f"{100 * (1 - batched / no_drift):.1f} %)", flush=True)
     with EmbeddedBroker(log_file=data / "broker-naive.log") as broker:
         naive = throughput(broker.bootstrap, "benchnaive", args.baseline_n, data, naive=True, catalog=catalog,
                            gen=gen)
@@ -261,6 +272,8 @@ def main() -> None:
         "events_per_s": round(batched), "baseline_events_per_s": round(naive),
         "ratio": round(batched / naive, 2), "p50_ms": round(float(p50), 1), "p99_ms": round(float(p99), 1),
         "p99_ms_by_second": by_second,
+        **({"no_drift_events_per_s": round(no_drift), "drift_cost_pct": round(100 * (1 - batched / no_drift), 1)}
+           if no_drift else {}),
         "broker_hop_p50_ms": round(float(h50), 1), "broker_hop_p99_ms": round(float(h99), 1),
         "n": args.n, "baseline_n": args.baseline_n, "latency_rate": args.latency_rate,
         "latency_s": args.latency_s,

@@ -17,9 +17,10 @@ import numpy as np
 
 from detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
 from detectors.sketch import ColumnSketch, WindowSketch
-from detectors.stats import chi2_counts, ks_counts, psi, psi_threshold
+from detectors.stats import chi2_counts, chi2_isf, ks_counts, ks_threshold, psi, psi_threshold
 
 SCORE = "__score__"
+DEAD_LETTERS = "__dead_letters__"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class ColumnResult:
     kind: str  # data_drift, prediction_drift, data_quality
     statistic: str  # ks, chi2, null_rate
     value: float
+    threshold: float  # the value this window would exceed with probability alpha under no drift
     p_value: float
     psi: float
     psi_threshold: float
@@ -46,7 +48,7 @@ def evaluate(profile: ReferenceProfile, sketch: WindowSketch, alpha: float) -> l
         if col.n > 0:
             out.append(_numeric(ref, col, "data_drift", alpha) if isinstance(ref, NumericReference)
                        else _categorical(ref, col, alpha))
-        quality = _null_rate(ref.name, ref.null_rate, ref.n, col)
+        quality = _null_rate(ref.name, ref.null_rate, ref.n, col, alpha)
         if quality is not None:
             out.append(quality)
     if sketch.score.n > 0:
@@ -59,7 +61,7 @@ def _numeric(ref: NumericReference, col: ColumnSketch, kind: str, alpha: float, 
     d, p = ks_counts(ref.fine_counts, col.fine)
     value = psi(ref.counts, col.counts)
     labels = _bin_labels(ref.edges)
-    return ColumnResult(name or ref.name, kind, "ks", d, p, value,
+    return ColumnResult(name or ref.name, kind, "ks", d, ks_threshold(col.n, ref.n, alpha), p, value,
                         psi_threshold(len(ref.counts), col.n, ref.n, alpha), col.n, ref.n,
                         _top_bins(labels, ref.counts, col.counts))
 
@@ -67,32 +69,48 @@ def _numeric(ref: NumericReference, col: ColumnSketch, kind: str, alpha: float, 
 def _categorical(ref: CategoricalReference, col: ColumnSketch, alpha: float) -> ColumnResult:
     stat, p = chi2_counts(ref.counts, col.counts)
     labels = [*ref.categories, "(other)"]
-    return ColumnResult(ref.name, "data_drift", "chi2", stat, p, psi(ref.counts, col.counts),
+    dof = int(((ref.counts + col.counts) > 0).sum()) - 1
+    return ColumnResult(ref.name, "data_drift", "chi2", stat, chi2_isf(alpha, max(dof, 1)), p,
+                        psi(ref.counts, col.counts),
                         psi_threshold(len(ref.counts), col.n, ref.n, alpha), col.n, ref.n,
                         _top_bins(labels, ref.counts, col.counts))
 
 
-def _null_rate(name: str, ref_rate: float, ref_n: int, col: ColumnSketch) -> ColumnResult | None:
+def _null_rate(name: str, ref_rate: float, ref_n: int, col: ColumnSketch, alpha: float) -> ColumnResult | None:
     """One-sided test that the window has more nulls than the reference (normal approximation)."""
     total = col.n + col.nulls
     if total == 0:
         return None
     rate = col.nulls / total
     p0 = min(max(ref_rate, 0.5 / max(ref_n, 1)), 1.0 - 1e-9)
-    z = (rate - p0) / math.sqrt(p0 * (1 - p0) / total)
+    se = math.sqrt(p0 * (1 - p0) / total)
+    z = (rate - p0) / se
     p = 0.5 * math.erfc(z / math.sqrt(2))
-    return ColumnResult(name, "data_quality", "null_rate", rate, p, 0.0, 0.0, total, ref_n)
+    return ColumnResult(name, "data_quality", "null_rate", rate, p0 + _z_isf(alpha) * se, p, 0.0, 0.0, total, ref_n)
 
 
-def dead_letter_result(sketch: WindowSketch, baseline_rate: float) -> ColumnResult | None:
+def dead_letter_result(sketch: WindowSketch, baseline_rate: float, alpha: float) -> ColumnResult | None:
     """Dead-letter rate of the window against an expected rate (one-sided binomial, normal approximation)."""
     if sketch.messages == 0:
         return None
     rate = sketch.dead_letters / sketch.messages
     p0 = min(max(baseline_rate, 1e-4), 1 - 1e-9)
-    z = (rate - p0) / math.sqrt(p0 * (1 - p0) / sketch.messages)
-    return ColumnResult("__dead_letters__", "data_quality", "dead_letter_rate", rate,
+    se = math.sqrt(p0 * (1 - p0) / sketch.messages)
+    z = (rate - p0) / se
+    return ColumnResult(DEAD_LETTERS, "data_quality", "dead_letter_rate", rate, p0 + _z_isf(alpha) * se,
                         0.5 * math.erfc(z / math.sqrt(2)), 0.0, 0.0, sketch.messages, 0)
+
+
+def _z_isf(p: float) -> float:
+    """The z with P(Z > z) = p for a standard normal (bisection on erfc)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if 0.5 * math.erfc(mid / math.sqrt(2)) > p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def _bin_labels(edges: np.ndarray) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 PSI_BINS = 10
-FINE_BINS = 256
+FINE_BINS = 250  # a multiple of PSI_BINS: every PSI edge is also a fine edge
 SAMPLE_CAP = 2000
 
 
@@ -49,8 +49,12 @@ class NumericReference:
         present = values[~nulls & np.isfinite(values)]
         if len(present) == 0:
             raise ValueError(f"feature {name!r} has no finite reference values")
-        edges = _inner_edges(present, PSI_BINS)
-        fine = _inner_edges(present, FINE_BINS)
+        # PSI edges are taken from the fine quantiles themselves, so each fine bin lies inside
+        # one PSI bin and a window's PSI counts follow from its fine counts (one search per value).
+        quantiles = np.quantile(present, np.linspace(0, 1, FINE_BINS + 1)[1:-1])
+        step = FINE_BINS // PSI_BINS
+        edges = np.unique(quantiles[step - 1 :: step])
+        fine = np.unique(quantiles)
         rng = rng or np.random.default_rng(0)
         sample = present if len(present) <= SAMPLE_CAP else rng.choice(present, SAMPLE_CAP, replace=False)
         return NumericReference(
@@ -58,6 +62,14 @@ class NumericReference:
             float(present.mean()), float(present.std()), float(nulls.mean()) if len(nulls) else 0.0,
             int(len(present)), np.sort(sample),
         )
+
+    @property
+    def fine_to_psi(self) -> np.ndarray | None:
+        """PSI bin of each fine bin, when the PSI edges are fine edges (profiles built here)."""
+        if not np.isin(self.edges, self.fine_edges).all():
+            return None
+        lower = np.concatenate(([-np.inf], self.fine_edges))
+        return np.searchsorted(self.edges, lower, side="right")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "numeric", "edges": self.edges.tolist(),
@@ -131,12 +143,6 @@ class ReferenceProfile:
     @staticmethod
     def load(path: Path) -> ReferenceProfile:
         return ReferenceProfile.from_json(path.read_text())
-
-
-def _inner_edges(values: np.ndarray, bins: int) -> np.ndarray:
-    """Unique reference quantiles as inner bin edges (fewer bins for discrete data)."""
-    qs = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
-    return np.unique(qs)
 
 
 def bin_counts(edges: np.ndarray, values: np.ndarray) -> np.ndarray:

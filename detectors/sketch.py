@@ -61,12 +61,23 @@ def empty_column(ref: NumericReference | CategoricalReference) -> ColumnSketch:
     return ColumnSketch(np.zeros(len(ref.counts), np.int64), np.zeros(0, np.int64))
 
 
-def fold_numeric(ref: NumericReference, values: np.ndarray, nulls: np.ndarray | None = None) -> ColumnSketch:
-    """The sketch of one batch of a numeric column (vectorised)."""
-    missing = ~np.isfinite(values) if nulls is None else (nulls | ~np.isfinite(values))
-    present = values[~missing]
-    return ColumnSketch(bin_counts(ref.edges, present), bin_counts(ref.fine_edges, present), int(len(present)),
-                        int(missing.sum()), float(present.sum()), float(np.square(present).sum()))
+def fold_numeric(ref: NumericReference, values: np.ndarray, nulls: np.ndarray | None = None,
+                 fine_to_psi: np.ndarray | None = None) -> ColumnSketch:
+    """The sketch of one batch of a numeric column (vectorised).
+
+    With ``fine_to_psi`` (:attr:`NumericReference.fine_to_psi`) the PSI
+    counts are summed from the fine counts: one binary search per value.
+    """
+    finite = np.isfinite(values)
+    keep = finite if nulls is None else finite & ~nulls
+    present = values if keep.all() else values[keep]
+    fine = bin_counts(ref.fine_edges, present)
+    if fine_to_psi is not None:
+        counts = np.bincount(fine_to_psi, weights=fine, minlength=len(ref.counts)).astype(np.int64)
+    else:
+        counts = bin_counts(ref.edges, present)
+    return ColumnSketch(counts, fine, int(len(present)), int(len(values) - len(present)), float(present.sum()),
+                        float(np.dot(present, present)))
 
 
 def fold_categorical(ref: CategoricalReference, values: np.ndarray, nulls: np.ndarray | None = None) -> ColumnSketch:
@@ -74,6 +85,15 @@ def fold_categorical(ref: CategoricalReference, values: np.ndarray, nulls: np.nd
     present = values[~missing]
     return ColumnSketch(category_counts(ref.categories, present), np.zeros(0, np.int64), int(len(present)),
                         int(missing.sum()))
+
+
+def fold_codes(ref: CategoricalReference, codes: np.ndarray, nulls: np.ndarray | None = None) -> ColumnSketch:
+    """Like :func:`fold_categorical`, from category indices (-1: not a reference category)."""
+    missing = np.zeros(len(codes), dtype=bool) if nulls is None else nulls
+    present = codes[~missing]
+    other = len(ref.categories)
+    counts = np.bincount(np.where(present < 0, other, present), minlength=other + 1).astype(np.int64)
+    return ColumnSketch(counts, np.zeros(0, np.int64), int(len(present)), int(missing.sum()))
 
 
 @dataclass(slots=True)
@@ -97,15 +117,32 @@ class WindowSketch:
                             empty_column(profile.score), contributors=frozenset({contributor} if contributor else ()))
 
     def fold(self, profile: ReferenceProfile, columns: Mapping[str, np.ndarray], nulls: Mapping[str, np.ndarray],
-             scores: np.ndarray, messages: int, dead_letters: int) -> None:
-        """Add one batch: the valid rows' columns and scores, and the batch's message counts."""
+             scores: np.ndarray, messages: int, dead_letters: int, rows: np.ndarray | None = None,
+             maps: Mapping[str, np.ndarray] | None = None, codes: Mapping[str, np.ndarray] | None = None) -> None:
+        """Add one batch: the valid rows' columns and scores, and the batch's message counts.
+
+        ``rows`` selects the valid rows of ``columns``/``nulls`` (all rows when None),
+        so only the monitored columns are ever copied; ``maps`` is :func:`fine_maps`
+        of the profile, computed once by the caller; ``codes`` may give, per
+        categorical column, each row's index into the reference's categories
+        (-1 for anything else), which saves looking the strings up again.
+        """
+        maps = maps if maps is not None else fine_maps(profile)
         for ref in profile.features:
             values = columns[ref.name]
             mask = nulls.get(ref.name)
-            part = (fold_numeric(ref, values.astype(np.float64), mask) if isinstance(ref, NumericReference)
-                    else fold_categorical(ref, values, mask))
+            if rows is not None:
+                values = values[rows]
+                mask = mask[rows] if mask is not None else None
+            if isinstance(ref, NumericReference):
+                part = fold_numeric(ref, values.astype(np.float64, copy=False), mask, maps.get(ref.name))
+            elif codes is not None and ref.name in codes:
+                code = codes[ref.name] if rows is None else codes[ref.name][rows]
+                part = fold_codes(ref, code, mask)
+            else:
+                part = fold_categorical(ref, values, mask)
             self.columns[ref.name] = self.columns[ref.name] + part
-        self.score = self.score + fold_numeric(profile.score, scores)
+        self.score = self.score + fold_numeric(profile.score, scores, None, maps.get(SCORE_KEY))
         self.messages += messages
         self.dead_letters += dead_letters
 
@@ -131,6 +168,17 @@ class WindowSketch:
                             {k: ColumnSketch.from_dict(v) for k, v in d["columns"].items()},
                             ColumnSketch.from_dict(d["score"]), int(d["messages"]), int(d["dead_letters"]),
                             frozenset(d.get("contributors", ())))
+
+
+SCORE_KEY = "\0score"
+
+
+def fine_maps(profile: ReferenceProfile) -> dict[str, np.ndarray]:
+    """Fine→PSI bin map of every numeric column (and the score, under ``SCORE_KEY``) that has one."""
+    refs = [*profile.features, profile.score]
+    keys = [*(f.name for f in profile.features), SCORE_KEY]
+    return {k: m for k, r in zip(keys, refs, strict=True)
+            if isinstance(r, NumericReference) and (m := r.fine_to_psi) is not None}
 
 
 def window_bounds(now_ms: int, length_ms: int) -> tuple[int, int]:

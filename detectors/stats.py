@@ -68,6 +68,23 @@ def kolmogorov_sf(x: float) -> float:
     return float(min(1.0, max(0.0, terms.sum())))
 
 
+def kolmogorov_isf(p: float) -> float:
+    """The x with P(K > x) = p (bisection on :func:`kolmogorov_sf`)."""
+    lo, hi = 0.2, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if kolmogorov_sf(mid) > p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def ks_threshold(n: int, m: int, alpha: float) -> float:
+    """The KS statistic a window of ``n`` exceeds with probability ``alpha`` under no drift."""
+    return kolmogorov_isf(alpha) / math.sqrt(n * m / (n + m))
+
+
 def chi2_counts(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
     """Chi-square test of homogeneity between the reference and the window's category counts.
 

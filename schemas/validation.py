@@ -7,7 +7,7 @@ column with numpy; the first failing check of a row names its reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,8 @@ class ValidatedBatch:
     matrix: np.ndarray
     rows: np.ndarray
     failures: list[Failure]
+    #: per categorical feature, each input row's category index (-1: unknown or null)
+    codes: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Validator:
@@ -93,6 +95,7 @@ class Validator:
             lengths = np.fromiter((len(v) if v is not None else 0 for v in col), dtype=np.int64, count=n)
             mark(lengths > limit, "string_too_long", name)
 
+        codes: dict[str, np.ndarray] = {}
         col_at = 0
         for f in profile.features:
             null = cols.null_mask(f.name)
@@ -112,6 +115,7 @@ class Validator:
             else:
                 lut = self._luts[f.name]
                 idx = np.fromiter((lut.get(v, -1) for v in values[f.name]), dtype=np.int64, count=n)
+                codes[f.name] = idx
                 mark(null, "null_value", f.name)
                 mark((idx < 0) & ~null, "unknown_category", f.name)
                 known = idx >= 0
@@ -128,7 +132,7 @@ class Validator:
             self._failure(i, REASONS[reason[i]], str(culprit[i]), _value(cols, str(culprit[i]), i))
             for i in np.flatnonzero(~valid).tolist()
         ]
-        return ValidatedBatch(matrix[rows], rows, failures)
+        return ValidatedBatch(matrix[rows], rows, failures, codes)
 
     def _failure(self, index: int, reason: str, name: str, value: Any) -> Failure:
         shown = repr(value) if not isinstance(value, str) else repr(value[:40]) + (

@@ -22,8 +22,8 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 def cmd_up(args: argparse.Namespace) -> int:
     from streams.demo import run_up
 
-    run_up(_settings(args, session_timeout_s=6.0), duration=args.duration, rate=args.rate,
-           drift_at=args.drift_at)
+    run_up(_settings(args, session_timeout_s=6.0, window_s=args.window_s, window_grace_s=1.0),
+           duration=args.duration, rate=args.rate, drift_at=args.drift_at)
     return 0
 
 
@@ -136,6 +136,53 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile_build(args: argparse.Namespace) -> int:
+    from streams.profiling import build_profile
+    from streams.worker import build_catalog
+
+    target, rows = build_profile(Path(args.model_dir), Path(args.data), build_catalog(_settings(args)),
+                                 force=args.force)
+    print(f"wrote {target} from {rows} valid rows of {args.data}")
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+
+    from schemas.codec import decode
+    from streams.alerts import format_event
+    from streams.worker import build_catalog
+
+    settings = _settings(args)
+    catalog = build_catalog(settings)
+    topics = [settings.topic("alerts"), settings.topic("retrain")]
+    consumer = Consumer(settings.confluent(**{"group.id": "driftline-alerts", "enable.auto.commit": False,
+                                                "enable.partition.eof": True, "log_level": 0}))
+    start = OFFSET_END if args.follow and not args.from_beginning else OFFSET_BEGINNING
+    parts = settings.topic_partitions()
+    consumer.assign([TopicPartition(t, p, start) for t in topics for p in range(parts[t])])
+    colour = sys.stdout.isatty()
+    at_end: set[tuple[str, int]] = set()
+    total = sum(parts[t] for t in topics)
+    try:
+        while args.follow or len(at_end) < total:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add((str(msg.topic()), int(msg.partition() or 0)))
+                continue
+            _, record = decode(catalog, msg.value() or b"")
+            print(format_event(record, colour=colour), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftline", description="Streaming data plane for ML models.")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
@@ -145,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
     up.add_argument("--rate", type=float, default=2000.0, help="requests per second (default 2000)")
     up.add_argument("--drift-at", type=float, default=None, help="start drift after S seconds")
+    up.add_argument("--window-s", type=float, default=5.0, help="drift window length for the demo (default 5)")
     up.set_defaults(func=cmd_up)
 
     w = sub.add_parser("worker", help="run a score worker against DRIFTLINE_BROKER")
@@ -167,11 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max", type=int, help="stop after N records")
     t.set_defaults(func=cmd_tail)
 
+    al = sub.add_parser("alerts", help="alert and retrain events, one line each")
+    al.add_argument("--broker")
+    al.add_argument("--follow", action="store_true", help="keep printing new events")
+    al.add_argument("--from-beginning", action="store_true", help="with --follow: start with the old events")
+    al.set_defaults(func=cmd_alerts)
+
     topics = sub.add_parser("topics", help="topic administration")
     tsub = topics.add_subparsers(dest="topics_command", required=True)
     tc = tsub.add_parser("create", help="create every driftline topic with its partition count")
     tc.add_argument("--broker")
     tc.set_defaults(func=cmd_topics_create)
+
+    prof = sub.add_parser("profile", help="reference profiles for drift detection")
+    psub = prof.add_subparsers(dest="profile_command", required=True)
+    pb = psub.add_parser("build", help="write profile.json into a model version from its training data")
+    pb.add_argument("--data", required=True, help="training requests, JSON lines or CSV")
+    pb.add_argument("--model-dir", required=True, help="the model version directory")
+    pb.add_argument("--force", action="store_true", help="replace an existing profile.json")
+    pb.set_defaults(func=cmd_profile_build)
     return p
 
 

@@ -25,7 +25,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from fastavro import schemaless_reader
 
 from schemas.catalog import SchemaCatalog
-from schemas.codec import HEADER, encode_many
+from schemas.codec import HEADER, decode, encode_many
+from streams.alerts import format_event
 from streams.broker import EmbeddedBroker
 from streams.example import fraud_generator
 from streams.kafka import count_records, create_topics
@@ -47,6 +48,9 @@ class Watch:
     latencies_ms: list[float] = field(default_factory=list)
     first_prediction_s: float | None = None
     rate_window: list[tuple[float, int]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    alerts: int = 0
+    retrains: int = 0
 
     def rate(self) -> float:
         if len(self.rate_window) < 2:
@@ -100,15 +104,17 @@ def drive(settings: Settings, catalog: SchemaCatalog, rate: float, duration: flo
 
 
 def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: threading.Event,
-            started: float) -> None:
+            started: float, colour: bool = False) -> None:
     """Follow predictions and dead letters from the beginning; update ``watch``."""
     pred_topic, dlq_topic = settings.topic("predictions"), settings.topic("deadletter")
+    alert_topic, retrain_topic = settings.topic("alerts"), settings.topic("retrain")
     consumer = Consumer(settings.confluent(**{
         "group.id": "driftline-up-monitor", "enable.auto.commit": False,
         "fetch.wait.max.ms": settings.fetch_wait_ms,
     }))
     parts = settings.topic_partitions()
-    consumer.assign([TopicPartition(t, p, 0) for t in (pred_topic, dlq_topic) for p in range(parts[t])])
+    watched = (pred_topic, dlq_topic, alert_topic, retrain_topic)
+    consumer.assign([TopicPartition(t, p, 0) for t in watched for p in range(parts[t])])
     schema = catalog.latest("driftline.Prediction")
     try:
         while not stop.is_set():
@@ -122,6 +128,13 @@ def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: thre
                     watch.latencies_ms.append(time.time() * 1000 - float(rec["event_time"]))
                     if watch.first_prediction_s is None:
                         watch.first_prediction_s = time.monotonic() - started
+                elif m.topic() in (alert_topic, retrain_topic):
+                    _, event = decode(catalog, m.value() or b"")
+                    watch.events.append(format_event(event, colour=colour))
+                    if m.topic() == alert_topic:
+                        watch.alerts += 1
+                    else:
+                        watch.retrains += 1
                 else:
                     watch.deadletters += 1
                     headers = dict(cast(Headers, m.headers() or []))
@@ -134,7 +147,8 @@ def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: thre
         consumer.close()
 
 
-def render(watch: Watch, elapsed: float, duration: float, drift_at: float | None, bootstrap: str) -> str:
+def render(watch: Watch, elapsed: float, duration: float, drift_at: float | None, bootstrap: str,
+           max_events: int = 6) -> str:
     lat = np.asarray(watch.latencies_ms[-5000:]) if watch.latencies_ms else None
     p50, p99 = (np.percentile(lat, [50, 99]) if lat is not None else (float("nan"),) * 2)
     phase = "" if drift_at is None else ("  DRIFTING" if elapsed >= drift_at else f"  drift at {drift_at:.0f}s")
@@ -146,6 +160,8 @@ def render(watch: Watch, elapsed: float, duration: float, drift_at: float | None
         f"  dead letters {watch.deadletters:9d}  "
         + ", ".join(f"{k}={v}" for k, v in watch.reasons.most_common()),
         f"  latency ms   p50 {p50:7.1f}   p99 {p99:7.1f}",
+        f"  alerts       {watch.alerts:9d}   retrain requests {watch.retrains}",
+        *(f"    {line}" for line in watch.events[-max_events:]),
     ]
     return "\n".join(lines)
 
@@ -164,7 +180,8 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
         settings = settings.model_copy(update={"broker": bootstrap})
         create_topics(settings.confluent(), settings.topic_partitions())
         catalog = build_catalog(settings)
-        env = {**os.environ, "DRIFTLINE_BROKER": bootstrap, "DRIFTLINE_SESSION_TIMEOUT_S": "6"}
+        env = {**os.environ, "DRIFTLINE_BROKER": bootstrap, "DRIFTLINE_SESSION_TIMEOUT_S": "6",
+               "DRIFTLINE_WINDOW_S": str(settings.window_s), "DRIFTLINE_WINDOW_GRACE_S": str(settings.window_grace_s)}
         with (data_dir / "worker.log").open("wb") as log_file:
             worker = subprocess.Popen(  # noqa: S603 - our own CLI
                 [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log_file,
@@ -175,7 +192,8 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
               file=out, flush=True)
         watch = Watch()
         threads = [
-            threading.Thread(target=monitor, args=(settings, catalog, watch, stop, started), daemon=True),
+            threading.Thread(target=monitor, args=(settings, catalog, watch, stop, started, out.isatty()),
+                             daemon=True),
             threading.Thread(target=drive, args=(settings, catalog, rate, duration, drift_at, watch, stop),
                              daemon=True),
         ]
@@ -203,7 +221,11 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
         drain_deadline = time.monotonic() + 30  # let the worker finish what was produced
         while time.monotonic() < drain_deadline and watch.predictions + watch.deadletters < watch.produced:
             time.sleep(0.2)
-        print(render(watch, time.monotonic() - t0, duration, drift_at, bootstrap), file=out)
+        # Let the last window close and its alerts arrive (window + grace + a margin).
+        settle = time.monotonic() + settings.window_s + settings.window_grace_s + 2
+        while time.monotonic() < settle and worker.poll() is None:
+            time.sleep(0.2)
+        print(render(watch, time.monotonic() - t0, duration, drift_at, bootstrap, max_events=1000), file=out)
         if watch.first_prediction_s is not None:
             print(f"first prediction {watch.first_prediction_s:.1f}s after start", file=out)
     finally:

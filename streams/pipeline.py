@@ -15,10 +15,14 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from detectors.sketch import WindowSketch
 from inference.model import OnnxModel
 from schemas.catalog import SchemaCatalog, WireSchema
 from schemas.codec import BatchDecoder, BatchEncoder, Failure
+from schemas.columnar import Columns
+from schemas.profile import CategoricalFeature
 from schemas.validation import Validator
+from streams.windows import WindowFolder
 
 Headers = list[tuple[str, bytes]]
 ERROR_HEADER = "driftline.errors."
@@ -66,21 +70,27 @@ class BatchOutcome:
     deadletters: list[OutRecord] = field(default_factory=list)
     failures: list[tuple[str, Failure]] = field(default_factory=list)
     stats: list[ModelStats] = field(default_factory=list)
+    sketches: list[WindowSketch] = field(default_factory=list)
 
 
 class ServedModel:
     """A loaded model with the decoder and validator for its requests topic."""
 
     def __init__(
-        self, model: OnnxModel, catalog: SchemaCatalog, *, max_message_bytes: int, variant: str = "champion"
+        self, model: OnnxModel, catalog: SchemaCatalog, *, max_message_bytes: int, variant: str = "champion",
+        folder: WindowFolder | None = None,
     ) -> None:
         if not model.ready:
             raise ValueError("load() the model before serving it")
         self.model = model
         self.variant = variant
+        self.folder = folder
         self.reader: WireSchema = catalog.latest(model.manifest.request_subject)
         self.decoder = BatchDecoder(catalog, self.reader, max_message_bytes)
         self.validator = Validator(model.manifest.profile, self.reader)
+        if folder is not None:
+            folder.accept_codes({f.name: f.categories for f in model.manifest.profile.features
+                                 if isinstance(f, CategoricalFeature)})
 
 
 def deadletter_headers(msg: RawMessage, failure: Failure, model: str, now_ms: int) -> Headers:
@@ -131,12 +141,23 @@ class ScorePipeline:
                     f = Failure(i, "decode", "unrouted_topic", f"no model serves topic {topic}")
                     self._deadletter(out, m, f, "-", now_ms)
                 continue
-            self._process_model(out, served, msgs, now_ms)
+            before = len(out.failures)
+            valid = self._process_model(out, served, msgs, now_ms)
+            if served.folder is not None:
+                cols, rows, scores, codes = valid if valid is not None else (None, None, np.empty(0), None)
+                out.sketches.extend(
+                    served.folder.fold(cols, rows, scores, len(msgs), len(out.failures) - before, now_ms, codes)
+                )
         return out
+
+    def tick(self, now_ms: int) -> list[WindowSketch]:
+        """Windows that closed with the clock, without traffic."""
+        return [s for served in self.served.values() if served.folder for s in served.folder.tick(now_ms)]
 
     def _process_model(
         self, out: BatchOutcome, served: ServedModel, msgs: list[RawMessage], now_ms: int
-    ) -> None:
+    ) -> tuple[Columns, np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
+        """Score one model's messages; returns the decoded columns, the scored rows and their scores."""
         model = served.model
         name = model.name
         decoded = served.decoder.decode([m.value for m in msgs])
@@ -148,7 +169,7 @@ class ScorePipeline:
             self._deadletter(out, msgs[int(batch_pos[f.index])], f, name, now_ms)
         rows = checked.rows
         if len(rows) == 0:
-            return
+            return None
         started = time.perf_counter()
         try:
             scores = model.predict(checked.matrix)
@@ -157,7 +178,7 @@ class ScorePipeline:
                 f = Failure(int(r), "score", "inference_error", f"{type(exc).__name__}: {exc}",
                             type(exc).__name__)
                 self._deadletter(out, msgs[int(batch_pos[r])], f, name, now_ms)
-            return
+            return None
         inference_s = time.perf_counter() - started
         finite = np.isfinite(scores)
         if not finite.all():
@@ -194,6 +215,7 @@ class ScorePipeline:
             ModelStats(name, model.version, served.variant, model.active_provider or "none", n, inference_s,
                        (now_ms - event_ms) / 1000.0)
         )
+        return cols, rows, scores, checked.codes
 
     def _deadletter(self, out: BatchOutcome, msg: RawMessage, failure: Failure, model: str, now_ms: int) -> None:
         headers = deadletter_headers(msg, failure, model, now_ms)

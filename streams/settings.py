@@ -151,6 +151,16 @@ class Settings(BaseSettings):
     producer_linger_ms: int = Field(5, ge=0, le=1_000)
     max_message_bytes: int = Field(256 * 1024, ge=64)
     deadletter_max_value_bytes: int = Field(1024 * 1024, ge=64)
+    drift: bool = Field(True, description="fold batches into drift windows (models with a profile.json)")
+    window_s: float = Field(60.0, ge=0.5, le=86_400, description="processing-time drift window length")
+    window_events: int | None = Field(None, ge=10, description="count windows instead (tests, replays)")
+    window_grace_s: float = Field(5.0, ge=0.0, le=3_600, description="wait for late worker sketches")
+    drift_alpha: float = Field(0.01, gt=0.0, lt=0.5, description="false-alarm rate per column per window")
+    drift_k: int = Field(2, ge=1, description="alert when flagged in k of the last m windows")
+    drift_m: int = Field(3, ge=1)
+    drift_cooldown_windows: int = Field(5, ge=0)
+    retrain_cooldown_windows: int = Field(30, ge=0)
+    expected_dead_letter_rate: float = Field(0.02, gt=0.0, lt=1.0)
     group_id: str | None = Field(None, pattern=_NAME)
     fetch_wait_ms: int = Field(10, ge=1, le=5_000)
     session_timeout_s: float = Field(10.0, ge=1.0, le=300.0)
@@ -165,6 +175,8 @@ class Settings(BaseSettings):
         topics = [self.requests_topic(m) for m in self.models]
         if len(set(topics)) != len(topics):
             raise ValueError("models: two models read the same requests topic; give each its own topic")
+        if self.drift_k > self.drift_m:
+            raise ValueError("drift_k must not exceed drift_m")
         if self.require_gpu and self.providers == "cpu":
             raise ValueError("require_gpu with providers=cpu can never start; use providers=auto or cuda")
         return self

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,14 +23,21 @@ import faust
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from detectors.policy import PolicyConfig
+from detectors.profile import ReferenceProfile
+from detectors.sketch import WindowSketch
 from inference.model import CUDA, OnnxModel
 from inference.registry import ModelRegistry
 from schemas.catalog import SchemaCatalog, builtin_schema_dir
+from schemas.codec import encode
 from streams.clients import AckedSink, BatchSource
+from streams.drift import DriftMonitor, alert_record, retrain_record
 from streams.errors import ConfigError, DeliveryError
 from streams.metrics import Metrics
-from streams.pipeline import ScorePipeline, ServedModel
+from streams.pipeline import OutRecord, ScorePipeline, ServedModel
+from streams.profiling import PROFILE_FILE
 from streams.settings import Settings
+from streams.windows import WindowFolder
 
 log = logging.getLogger(__name__)
 EXIT_DELIVERY = 70
@@ -39,9 +47,28 @@ def build_catalog(settings: Settings) -> SchemaCatalog:
     return SchemaCatalog.from_dirs([builtin_schema_dir(), *settings.schema_dirs])
 
 
+def contributor_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def build_folder(settings: Settings, model: OnnxModel, contributor: str) -> WindowFolder | None:
+    """Drift windows for a model whose version has a reference profile."""
+    if not settings.drift:
+        return None
+    path = model.directory / PROFILE_FILE
+    if not path.is_file():
+        log.warning("model %s v%s has no %s: no drift monitoring (driftline profile build)",
+                    model.name, model.version, PROFILE_FILE)
+        return None
+    events = settings.window_events
+    return WindowFolder(ReferenceProfile.load(path), model.name, model.version, contributor,
+                        length_ms=None if events else int(settings.window_s * 1000), length_events=events)
+
+
 def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None) -> ScorePipeline:
     """Load every served model and wire it to its requests topic."""
     catalog = catalog or build_catalog(settings)
+    contributor = contributor_id()
     registry = ModelRegistry(settings.model_dir)
     served: dict[str, ServedModel] = {}
     for binding in settings.models:
@@ -57,7 +84,8 @@ def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None) -> 
                 "install driftline[gpu] on a machine with CUDA, or unset DRIFTLINE_REQUIRE_GPU"
             )
         served[settings.requests_topic(binding)] = ServedModel(
-            model, catalog, max_message_bytes=settings.max_message_bytes
+            model, catalog, max_message_bytes=settings.max_message_bytes,
+            folder=build_folder(settings, model, contributor),
         )
     return ScorePipeline(
         served,
@@ -137,11 +165,16 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
         except DeliveryError as exc:
             fatal(exc)
 
+    sketches_topic_name = settings.topic("sketches")
+
+    def sketch_records(sketches: list[WindowSketch]) -> list[OutRecord]:
+        return [OutRecord(sketches_topic_name, s.model.encode(), json.dumps(s.to_dict()).encode()) for s in sketches]
+
     @app.agent(batches)
     async def score(stream: Any) -> None:
         async for msgs in stream:
             outcome = pipeline.process(msgs, int(time.time() * 1000))
-            sink.send(outcome.predictions + outcome.deadletters, msgs)
+            sink.send(outcome.predictions + outcome.deadletters + sketch_records(outcome.sketches), msgs)
             metrics.observe_batch(len(msgs), outcome, time.time())
             store_acknowledged()
             while sink.in_flight > settings.max_inflight_batches:
@@ -150,10 +183,19 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
 
     @app.task
     async def acknowledge() -> None:
-        """Serve delivery reports while the agent waits for its next batch."""
+        """Serve delivery reports while the agent waits for its next batch; close idle windows."""
+        next_tick = 0.0
         while not app.should_stop:
             store_acknowledged()
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + 0.5
+                closed = pipeline.tick(int(time.time() * 1000))
+                if closed:
+                    sink.send(sketch_records(closed), [])
             await asyncio.sleep(0.002)
+
+    add_drift_agent(app, settings, pipeline)
 
     control = app.topic(settings.topic("models"), key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw", partitions=settings.partitions.models)
@@ -180,6 +222,51 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
 
     app.driftline_metrics = metrics  # type: ignore[attr-defined]
     return app
+
+
+def add_drift_agent(app: faust.App, settings: Settings, pipeline: ScorePipeline) -> None:
+    """Merge the workers' window sketches per model, evaluate closed windows, send alerts and retrains.
+
+    The sketches topic is keyed by model, so one worker sees all sketches of
+    a model; low volume, so a plain Faust agent with Faust's producer.
+    """
+    catalog = build_catalog(settings)
+    alert_schema = catalog.latest("driftline.Alert")
+    retrain_schema = catalog.latest("driftline.RetrainRequest")
+    profiles = {s.model.name: s.folder.profile for s in pipeline.served.values() if s.folder is not None}
+    monitor = DriftMonitor(
+        profiles,
+        PolicyConfig(alpha=settings.drift_alpha, k=settings.drift_k, m=settings.drift_m,
+                     cooldown=settings.drift_cooldown_windows, retrain_cooldown=settings.retrain_cooldown_windows),
+        grace_ms=int(settings.window_grace_s * 1000),
+        expected_dead_letter_rate=settings.expected_dead_letter_rate,
+    )
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    sketches = app.topic(settings.topic("sketches"), partitions=settings.partitions.sketches, **raw)
+    alerts = app.topic(settings.topic("alerts"), partitions=settings.partitions.alerts, **raw)
+    retrains = app.topic(settings.topic("retrain"), partitions=settings.partitions.retrain, **raw)
+    lookback_ms = int(settings.window_s * 1000) * settings.drift_m
+
+    @app.agent(sketches)
+    async def drift(stream: Any) -> None:
+        async for value in stream:
+            try:
+                monitor.add(WindowSketch.from_dict(json.loads(value)))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignored a sketch that does not parse: %s", exc)
+
+    @app.timer(interval=0.5)
+    async def close_windows() -> None:
+        now = int(time.time() * 1000)
+        for sketch, decisions, retrain in monitor.close_due(now):
+            records = [alert_record(sketch, d, now) for d in decisions]
+            for rec in records:
+                log.info("alert %s %s: %s", rec["severity"], rec["kind"], rec["message"])
+                await alerts.send(key=sketch.model.encode(), value=encode(alert_schema, rec, fast=True))
+            if retrain is not None:
+                rec = retrain_record(sketch, retrain, [r["id"] for r in records], lookback_ms, now)
+                log.info("retrain requested for %s: %s", sketch.model, rec["reason"])
+                await retrains.send(key=sketch.model.encode(), value=encode(retrain_schema, rec, fast=True))
 
 
 def fatal(exc: BaseException) -> None:

@@ -150,3 +150,16 @@ def _labels(cols: dict[str, np.ndarray], category: np.ndarray, channel: np.ndarr
             - 0.8 * np.log(cols["ratio_to_median_amount"] + 1e-3) + 2.0 * cols["merchant_risk"]
         )
     return (rng.random(len(logit)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(description="Write synthetic card transactions as JSON lines.")
+    ap.add_argument("--rows", type=int, default=10_000)
+    ap.add_argument("--seed", type=int, default=7)
+    a = ap.parse_args()
+    recs, _ = generate(a.rows, np.random.default_rng(a.seed))
+    sys.stdout.write("".join(json.dumps(r) + "\n" for r in recs))

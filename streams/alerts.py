@@ -1,0 +1,28 @@
+"""One readable line per alert or retrain event, for people on call."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+_COLOURS = {"critical": "\x1b[1;31m", "warning": "\x1b[33m", "retrain": "\x1b[1;35m"}
+_RESET = "\x1b[0m"
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%H:%M:%S")
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC).strftime("%H:%M:%S")
+
+
+def format_event(record: dict[str, Any], *, colour: bool = False) -> str:
+    """An alert (has ``severity``) or a retrain request (has ``stage``) as one line."""
+    if "severity" in record:
+        level = record["severity"]
+        text = (f"{_when(record['window_end'])} {level.upper():8} {record['kind']:16} {record['model']} "
+                f"v{record['model_version']} {record['message']} (n={record['sample_size']})")
+    else:
+        level = "retrain"
+        text = (f"{_when(record['requested_at'])} RETRAIN  {record['stage']:16} {record['model']} "
+                f"v{record['model_version']}: {record['reason']} ({len(record['alert_ids'])} alerts)")
+    return f"{_COLOURS[level]}{text}{_RESET}" if colour else text

@@ -1,0 +1,102 @@
+"""The drift monitor behind the drift agent: merge sketches, close windows, raise alerts.
+
+Pure and clock-driven (``now_ms`` is passed in), so the agent only moves
+bytes: sketches in, Avro alert and retrain records out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from detectors.evaluate import DEAD_LETTERS, SCORE, ColumnResult, dead_letter_result, evaluate
+from detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
+from detectors.profile import ReferenceProfile
+from detectors.sketch import WindowSketch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DriftMonitor:
+    """Per model: pending windows by start time, the reference profile and the alert policy."""
+
+    profiles: Mapping[str, ReferenceProfile]
+    config: PolicyConfig
+    grace_ms: int
+    expected_dead_letter_rate: float = 0.02
+    pending: dict[tuple[str, int], WindowSketch] = field(default_factory=dict)
+    policies: dict[str, AlertPolicy] = field(default_factory=dict)
+
+    def add(self, sketch: WindowSketch) -> None:
+        key = (sketch.model, sketch.start_ms)
+        have = self.pending.get(key)
+        if have is None:
+            self.pending[key] = sketch
+        else:
+            merged = have + sketch
+            merged.end_ms = max(have.end_ms, sketch.end_ms)
+            self.pending[key] = merged
+
+    def close_due(self, now_ms: int) -> list[tuple[WindowSketch, list[AlertDecision], RetrainDecision | None]]:
+        """Evaluate every window whose end is more than the grace period ago, oldest first."""
+        due = sorted(k for k, s in self.pending.items() if s.end_ms + self.grace_ms <= now_ms)
+        out = []
+        for key in due:
+            sketch = self.pending.pop(key)
+            profile = self.profiles.get(sketch.model)
+            if profile is None:
+                log.warning("no reference profile for model %s; window dropped", sketch.model)
+                continue
+            results = evaluate(profile, sketch, self.config.alpha)
+            dead = dead_letter_result(sketch, self.expected_dead_letter_rate, self.config.alpha)
+            if dead is not None:
+                results.append(dead)
+            policy = self.policies.setdefault(sketch.model, AlertPolicy(self.config))
+            alerts, retrain = policy.update(results)
+            out.append((sketch, alerts, retrain))
+        return out
+
+    def snapshot(self, model: str) -> dict[str, Any]:
+        return self.policies.setdefault(model, AlertPolicy(self.config)).snapshot()
+
+    def restore(self, model: str, state: dict[str, Any]) -> None:
+        self.policies[model] = AlertPolicy.restore(state, self.config)
+
+
+def alert_id(sketch: WindowSketch, result: ColumnResult) -> str:
+    """Deterministic: a window redone after a restart raises the same alert id (consumers dedupe)."""
+    text = f"{sketch.model}|{sketch.version}|{sketch.start_ms}|{result.kind}|{result.column}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def alert_record(sketch: WindowSketch, decision: AlertDecision, now_ms: int) -> dict[str, Any]:
+    """The ``driftline.Alert`` record of one decision."""
+    r = decision.result
+    feature = None if r.column in (SCORE, DEAD_LETTERS) else r.column
+    what = {SCORE: "model score", DEAD_LETTERS: "dead-letter rate"}.get(r.column, r.column)
+    extra = f", PSI {r.psi:.3f} (chance level {r.psi_threshold:.3f})" if r.statistic in ("ks", "chi2") else ""
+    return {
+        "id": alert_id(sketch, r), "model": sketch.model, "model_version": sketch.version, "kind": r.kind,
+        "severity": decision.severity, "feature": feature, "statistic": r.statistic, "value": float(r.value),
+        "threshold": float(r.threshold), "window_start": sketch.start_ms, "window_end": sketch.end_ms,
+        "sample_size": int(r.n), "reference_size": int(r.reference_n),
+        "top_bins": [{"bin": b, "reference": p, "current": q} for b, p, q in r.top_bins],
+        "message": f"{what}: {r.statistic} {r.value:.4g} > {r.threshold:.4g} (p={r.p_value:.2g}){extra}",
+        "created_at": now_ms,
+    }
+
+
+def retrain_record(sketch: WindowSketch, decision: RetrainDecision, alert_ids: list[str], lookback_ms: int,
+                   now_ms: int) -> dict[str, Any]:
+    """The ``driftline.RetrainRequest`` record: train on data since the drift began."""
+    start = sketch.start_ms - lookback_ms
+    text = f"{sketch.model}|{sketch.version}|{sketch.start_ms}|retrain"
+    return {
+        "id": hashlib.sha256(text.encode()).hexdigest()[:32], "model": sketch.model,
+        "model_version": sketch.version, "stage": "requested", "reason": decision.reason,
+        "alert_ids": alert_ids, "data_start": start, "data_end": sketch.end_ms, "requested_at": now_ms,
+    }
