@@ -128,19 +128,19 @@ class WindowSketch:
         (-1 for anything else), which saves looking the strings up again.
         """
         maps = maps if maps is not None else fine_maps(profile)
+        def pick(column: np.ndarray) -> np.ndarray:
+            return column if rows is None else column[rows]
+
         for ref in profile.features:
-            values = columns[ref.name]
             mask = nulls.get(ref.name)
-            if rows is not None:
-                values = values[rows]
-                mask = mask[rows] if mask is not None else None
+            mask = pick(mask) if mask is not None else None
             if isinstance(ref, NumericReference):
-                part = fold_numeric(ref, values.astype(np.float64, copy=False), mask, maps.get(ref.name))
+                values = pick(columns[ref.name]).astype(np.float64, copy=False)
+                part = fold_numeric(ref, values, mask, maps.get(ref.name))
             elif codes is not None and ref.name in codes:
-                code = codes[ref.name] if rows is None else codes[ref.name][rows]
-                part = fold_codes(ref, code, mask)
+                part = fold_codes(ref, pick(codes[ref.name]), mask)
             else:
-                part = fold_categorical(ref, values, mask)
+                part = fold_categorical(ref, pick(columns[ref.name]), mask)
             self.columns[ref.name] = self.columns[ref.name] + part
         self.score = self.score + fold_numeric(profile.score, scores, None, maps.get(SCORE_KEY))
         self.messages += messages
