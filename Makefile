@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/driftline up --duration 60 --rate 2000
+	$(VENV)/bin/driftline up --duration 60 --rate 2000 --drift-at 30
 
 lint: $(STAMP)
 	$(PY) -m ruff check schemas inference detectors streams tests bench examples
