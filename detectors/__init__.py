@@ -1,17 +1,18 @@
 """Drift and quality statistics over windows of live data.
 
-Pure library: numpy only (River joins with the detectors), no Kafka, no
-global state. A :class:`ReferenceProfile` bins the training data; a
+Pure library: numpy and River, no Kafka, no global state. A :class:`ReferenceProfile` bins the training data; a
 :class:`WindowSketch` bins a window of live data the same way and merges
 with ``+`` across partitions and workers; :func:`evaluate` computes each
 column's calibrated test against the reference; :class:`AlertPolicy` turns
 windows of results into alerts (hysteresis, cooldown, severity) and retrain
-requests.
+requests; :class:`SignalDetector` wraps River's ADWIN, KSWIN and
+PageHinkley over each column's per-window signal.
 """
 
 from detectors.evaluate import SCORE, ColumnResult, dead_letter_result, evaluate
 from detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
 from detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
+from detectors.river_signal import SignalDetector
 from detectors.sketch import ColumnSketch, WindowSketch, window_bounds
 from detectors.stats import chi2_counts, chi2_isf, chi2_sf, kolmogorov_sf, ks_counts, psi, psi_threshold
 
@@ -26,6 +27,7 @@ __all__ = [
     "PolicyConfig",
     "ReferenceProfile",
     "RetrainDecision",
+    "SignalDetector",
     "WindowSketch",
     "chi2_counts",
     "chi2_isf",

@@ -6,7 +6,10 @@ whatever the window size. An alert fires when a column was flagged in at
 least ``k`` of its last ``m`` windows and its last alert of that kind is more
 than ``cooldown`` windows ago. Severity is critical when the p-value is
 below ``alpha_critical`` and the PSI is at least ``psi_critical`` (strong
-evidence and a material shift), warning otherwise.
+evidence and a material shift), or when the column's River detector
+(``detector``, ADWIN by default, fed with each window's ``-log10 p``) sees a
+change point in a flagged window; warning otherwise. River never decides
+alone whether an alert fires, so the false-alarm rate stays ``alpha``.
 
 The state is plain data (``snapshot``/``restore``) so the drift agent can
 keep it in a table and a restarted worker resumes where it stopped.
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detectors.evaluate import ColumnResult
+from detectors.river_signal import KINDS, SignalDetector, signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +36,11 @@ class PolicyConfig:
     retrain_features: int = 2
     retrain_windows: int = 2
     retrain_cooldown: int = 30
+    detector: str = "adwin"  # River detector on each column's window signal, or "none"
 
     def __post_init__(self) -> None:
+        if self.detector != "none" and self.detector not in KINDS:
+            raise ValueError(f"detector must be none or one of {', '.join(KINDS)}")
         if not 0 < self.alpha < 1:
             raise ValueError("alpha must be in (0, 1)")
         if not 0 < self.alpha_critical <= self.alpha:
@@ -49,6 +56,7 @@ class AlertDecision:
     result: ColumnResult
     severity: str  # warning | critical
     window_index: int
+    change_point: bool = False  # the column's River detector saw a change in this window
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,7 @@ class AlertPolicy:
     last_alert: dict[str, int] = field(default_factory=dict)
     critical_runs: dict[str, int] = field(default_factory=dict)
     last_retrain: int | None = None
+    detectors: dict[str, SignalDetector] = field(default_factory=dict)
 
     def update(self, results: list[ColumnResult]) -> tuple[list[AlertDecision], RetrainDecision | None]:
         """Feed one closed window; return the alerts (and a retrain request) it raises."""
@@ -79,7 +88,13 @@ class AlertPolicy:
             flagged = r.p_value < cfg.alpha
             hist = self.history.setdefault(key, deque(maxlen=cfg.m))
             hist.append(flagged)
-            critical = r.p_value < cfg.alpha_critical and (r.statistic == "null_rate" or r.psi >= cfg.psi_critical)
+            change = False
+            if cfg.detector != "none":
+                det = self.detectors.setdefault(key, SignalDetector(cfg.detector))
+                change = det.update(signal(r.p_value))
+            strong = r.p_value < cfg.alpha_critical and (r.statistic == "null_rate" or r.psi >= cfg.psi_critical)
+            # A River change point on a flagged column confirms a sustained shift: critical too.
+            critical = strong or (change and flagged)
             self.critical_runs[key] = self.critical_runs.get(key, 0) + 1 if critical else 0
             if not flagged or sum(hist) < cfg.k:
                 continue
@@ -87,7 +102,7 @@ class AlertPolicy:
             if last is not None and self.window_index - last <= cfg.cooldown:
                 continue
             self.last_alert[key] = self.window_index
-            alerts.append(AlertDecision(r, "critical" if critical else "warning", self.window_index))
+            alerts.append(AlertDecision(r, "critical" if critical else "warning", self.window_index, change))
         return alerts, self._retrain(alerts)
 
     def _retrain(self, alerts: list[AlertDecision]) -> RetrainDecision | None:
@@ -110,7 +125,8 @@ class AlertPolicy:
     def snapshot(self) -> dict[str, Any]:
         return {"window_index": self.window_index, "history": {k: list(v) for k, v in self.history.items()},
                 "last_alert": dict(self.last_alert), "critical_runs": dict(self.critical_runs),
-                "last_retrain": self.last_retrain}
+                "last_retrain": self.last_retrain,
+                "detectors": {k: d.snapshot() for k, d in self.detectors.items()}}
 
     @classmethod
     def restore(cls, state: dict[str, Any], config: PolicyConfig) -> AlertPolicy:
@@ -120,4 +136,5 @@ class AlertPolicy:
         p.last_alert = {k: int(v) for k, v in state["last_alert"].items()}
         p.critical_runs = {k: int(v) for k, v in state["critical_runs"].items()}
         p.last_retrain = state["last_retrain"]
+        p.detectors = {k: SignalDetector.restore(v) for k, v in state.get("detectors", {}).items()}
         return p

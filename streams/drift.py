@@ -79,6 +79,8 @@ def alert_record(sketch: WindowSketch, decision: AlertDecision, now_ms: int) -> 
     feature = None if r.column in (SCORE, DEAD_LETTERS) else r.column
     what = {SCORE: "model score", DEAD_LETTERS: "dead-letter rate"}.get(r.column, r.column)
     extra = f", PSI {r.psi:.3f} (chance level {r.psi_threshold:.3f})" if r.statistic in ("ks", "chi2") else ""
+    if decision.change_point:
+        extra += "; River change point"
     return {
         "id": alert_id(sketch, r), "model": sketch.model, "model_version": sketch.version, "kind": r.kind,
         "severity": decision.severity, "feature": feature, "statistic": r.statistic, "value": float(r.value),

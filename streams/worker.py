@@ -237,7 +237,8 @@ def add_drift_agent(app: faust.App, settings: Settings, pipeline: ScorePipeline)
     monitor = DriftMonitor(
         profiles,
         PolicyConfig(alpha=settings.drift_alpha, k=settings.drift_k, m=settings.drift_m,
-                     cooldown=settings.drift_cooldown_windows, retrain_cooldown=settings.retrain_cooldown_windows),
+                     cooldown=settings.drift_cooldown_windows, retrain_cooldown=settings.retrain_cooldown_windows,
+                     detector=settings.drift_detector),
         grace_ms=int(settings.window_grace_s * 1000),
         expected_dead_letter_rate=settings.expected_dead_letter_rate,
     )

@@ -205,3 +205,31 @@ def test_policy_config_is_checked() -> None:
         PolicyConfig(alpha=0)
     with pytest.raises(ValueError, match="k <= m"):
         PolicyConfig(k=4, m=3)
+
+
+@pytest.mark.parametrize("kind", ["adwin", "kswin", "page_hinkley"])
+def test_river_change_points_match_an_offline_run_over_the_same_signal(profile: ReferenceProfile, kind: str) -> None:
+    from river import drift as river_drift
+
+    from detectors.river_signal import make, signal
+
+    policy = AlertPolicy(PolicyConfig(detector=kind))
+    rng = np.random.default_rng(17)
+    streamed, signals = [], []
+    for w in range(60):
+        data = draw(rng, 1000)
+        if w >= 40:
+            data["normal"] = data["normal"] + 0.5
+        results = evaluate(profile, sketch_of(profile, data, rng.beta(2, 5, 1000)), 0.01)
+        policy.update(results)
+        signals.append(signal(next(r.p_value for r in results if r.column == "normal" and r.kind == "data_drift")))
+        streamed.append(policy.detectors["data_drift:normal"].drift_detected)
+    offline = make(kind)
+    assert isinstance(offline, (river_drift.ADWIN, river_drift.KSWIN, river_drift.PageHinkley))
+    changes = []
+    for s in signals:
+        offline.update(s)
+        changes.append(offline.drift_detected)
+    assert changes == streamed
+    assert any(streamed[40:]), f"{kind} saw no change after the shift"
+    assert not any(streamed[:40]), f"{kind} saw a change before the shift"
