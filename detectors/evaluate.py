@@ -10,14 +10,13 @@ chance. Null rates are tested against the reference null rate (data quality).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
 from detectors.sketch import ColumnSketch, WindowSketch
-from detectors.stats import chi2_counts, chi2_isf, ks_counts, ks_threshold, psi, psi_threshold
+from detectors.stats import chi2_counts, chi2_isf, ks_counts, ks_threshold, psi, psi_threshold, rate_test
 
 SCORE = "__score__"
 DEAD_LETTERS = "__dead_letters__"
@@ -82,11 +81,8 @@ def _null_rate(name: str, ref_rate: float, ref_n: int, col: ColumnSketch, alpha:
     if total == 0:
         return None
     rate = col.nulls / total
-    p0 = min(max(ref_rate, 0.5 / max(ref_n, 1)), 1.0 - 1e-9)
-    se = math.sqrt(p0 * (1 - p0) / total)
-    z = (rate - p0) / se
-    p = 0.5 * math.erfc(z / math.sqrt(2))
-    return ColumnResult(name, "data_quality", "null_rate", rate, p0 + _z_isf(alpha) * se, p, 0.0, 0.0, total, ref_n)
+    p, threshold = rate_test(rate, min(max(ref_rate, 0.5 / max(ref_n, 1)), 1.0 - 1e-9), total, alpha)
+    return ColumnResult(name, "data_quality", "null_rate", rate, threshold, p, 0.0, 0.0, total, ref_n)
 
 
 def dead_letter_result(sketch: WindowSketch, baseline_rate: float, alpha: float) -> ColumnResult | None:
@@ -94,23 +90,9 @@ def dead_letter_result(sketch: WindowSketch, baseline_rate: float, alpha: float)
     if sketch.messages == 0:
         return None
     rate = sketch.dead_letters / sketch.messages
-    p0 = min(max(baseline_rate, 1e-4), 1 - 1e-9)
-    se = math.sqrt(p0 * (1 - p0) / sketch.messages)
-    z = (rate - p0) / se
-    return ColumnResult(DEAD_LETTERS, "data_quality", "dead_letter_rate", rate, p0 + _z_isf(alpha) * se,
-                        0.5 * math.erfc(z / math.sqrt(2)), 0.0, 0.0, sketch.messages, 0)
-
-
-def _z_isf(p: float) -> float:
-    """The z with P(Z > z) = p for a standard normal (bisection on erfc)."""
-    lo, hi = -10.0, 10.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if 0.5 * math.erfc(mid / math.sqrt(2)) > p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+    p, threshold = rate_test(rate, min(max(baseline_rate, 1e-4), 1 - 1e-9), sketch.messages, alpha)
+    return ColumnResult(DEAD_LETTERS, "data_quality", "dead_letter_rate", rate, threshold, p, 0.0, 0.0,
+                        sketch.messages, 0)
 
 
 def _bin_labels(edges: np.ndarray) -> list[str]:

@@ -10,6 +10,7 @@ scipy on the same data.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -68,16 +69,39 @@ def kolmogorov_sf(x: float) -> float:
     return float(min(1.0, max(0.0, terms.sum())))
 
 
-def kolmogorov_isf(p: float) -> float:
-    """The x with P(K > x) = p (bisection on :func:`kolmogorov_sf`)."""
-    lo, hi = 0.2, 10.0
-    for _ in range(100):
+def _inverse_sf(sf: Callable[[float], float], p: float, lo: float, hi: float, steps: int = 200) -> float:
+    """The x in [lo, hi] with sf(x) = p, by bisection (sf decreasing)."""
+    for _ in range(steps):
         mid = (lo + hi) / 2
-        if kolmogorov_sf(mid) > p:
+        if sf(mid) > p:
             lo = mid
         else:
             hi = mid
     return (lo + hi) / 2
+
+
+def kolmogorov_isf(p: float) -> float:
+    """The x with P(K > x) = p."""
+    return _inverse_sf(kolmogorov_sf, p, 0.2, 10.0)
+
+
+def normal_sf(z: float) -> float:
+    """P(Z > z) for a standard normal."""
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def normal_isf(p: float) -> float:
+    """The z with P(Z > z) = p."""
+    return _inverse_sf(normal_sf, p, -10.0, 10.0)
+
+
+def rate_test(rate: float, expected: float, n: int, alpha: float) -> tuple[float, float]:
+    """One-sided test that a rate over ``n`` trials exceeds ``expected`` (normal approximation).
+
+    Returns the p-value and the rate this ``n`` exceeds with probability ``alpha``.
+    """
+    se = math.sqrt(expected * (1 - expected) / n)
+    return normal_sf((rate - expected) / se), expected + normal_isf(alpha) * se
 
 
 def ks_threshold(n: int, m: int, alpha: float) -> float:
@@ -117,15 +141,8 @@ def chi2_sf(x: float, dof: int) -> float:
 
 
 def chi2_isf(p: float, dof: int) -> float:
-    """The x with P(χ²(dof) > x) = p, by bisection on :func:`chi2_sf`."""
-    lo, hi = 0.0, max(10.0, dof + 20.0 * math.sqrt(2.0 * dof) + 100.0)
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if chi2_sf(mid, dof) > p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+    """The x with P(χ²(dof) > x) = p."""
+    return _inverse_sf(lambda x: chi2_sf(x, dof), p, 0.0, max(10.0, dof + 20.0 * math.sqrt(2.0 * dof) + 100.0))
 
 
 def _gamma_q(a: float, x: float) -> float:

@@ -98,7 +98,8 @@ def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None) -> 
 
 def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
     """The worker app; models load here, so a bad model stops it before it consumes."""
-    pipeline = build_pipeline(settings)
+    catalog = build_catalog(settings)
+    pipeline = build_pipeline(settings, catalog)
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     for served in pipeline.served.values():
@@ -195,7 +196,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
                     sink.send(sketch_records(closed), [])
             await asyncio.sleep(0.002)
 
-    add_drift_agent(app, settings, pipeline)
+    add_drift_agent(app, settings, pipeline, catalog)
 
     control = app.topic(settings.topic("models"), key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw", partitions=settings.partitions.models)
@@ -224,13 +225,12 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     return app
 
 
-def add_drift_agent(app: faust.App, settings: Settings, pipeline: ScorePipeline) -> None:
+def add_drift_agent(app: faust.App, settings: Settings, pipeline: ScorePipeline, catalog: SchemaCatalog) -> None:
     """Merge the workers' window sketches per model, evaluate closed windows, send alerts and retrains.
 
     The sketches topic is keyed by model, so one worker sees all sketches of
     a model; low volume, so a plain Faust agent with Faust's producer.
     """
-    catalog = build_catalog(settings)
     alert_schema = catalog.latest("driftline.Alert")
     retrain_schema = catalog.latest("driftline.RetrainRequest")
     profiles = {s.model.name: s.folder.profile for s in pipeline.served.values() if s.folder is not None}

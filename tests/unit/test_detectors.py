@@ -55,6 +55,11 @@ def test_chi2_distribution_matches_scipy() -> None:
 def test_kolmogorov_matches_scipy() -> None:
     for x in (0.25, 0.5, 0.8, 1.0, 1.36, 1.63, 2.0, 3.0):
         assert kolmogorov_sf(x) == pytest.approx(special.kolmogorov(x), rel=1e-9, abs=1e-15)
+    from detectors.stats import kolmogorov_isf, normal_isf
+
+    for p in (0.05, 0.01, 1e-4):
+        assert kolmogorov_isf(p) == pytest.approx(stats.kstwobign.isf(p), rel=1e-9)
+        assert normal_isf(p) == pytest.approx(stats.norm.isf(p), rel=1e-9)
 
 
 def test_chi2_counts_matches_scipy_contingency_test(rng: np.random.Generator) -> None:
