@@ -43,7 +43,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     from streams.kafka import create_topics
 
     settings = _settings(args)
-    created = create_topics(settings.confluent(), settings.topic_partitions())
+    created = create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
     for topic, n in settings.topic_partitions().items():
         print(f"{topic}\t{n} partitions\t{'created' if topic in created else 'exists'}")
     return 0

@@ -178,7 +178,7 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
     worker: subprocess.Popen[bytes] | None = None
     try:
         settings = settings.model_copy(update={"broker": bootstrap})
-        create_topics(settings.confluent(), settings.topic_partitions())
+        create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
         catalog = build_catalog(settings)
         env = {**os.environ, "DRIFTLINE_BROKER": bootstrap, "DRIFTLINE_SESSION_TIMEOUT_S": "6",
                "DRIFTLINE_WINDOW_S": str(settings.window_s), "DRIFTLINE_WINDOW_GRACE_S": str(settings.window_grace_s)}

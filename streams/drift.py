@@ -18,6 +18,7 @@ from detectors.profile import ReferenceProfile
 from detectors.sketch import WindowSketch
 
 log = logging.getLogger(__name__)
+STATE_FORMAT = 1
 
 
 @dataclass
@@ -30,8 +31,21 @@ class DriftMonitor:
     expected_dead_letter_rate: float = 0.02
     pending: dict[tuple[str, int], WindowSketch] = field(default_factory=dict)
     policies: dict[str, AlertPolicy] = field(default_factory=dict)
+    applied: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    def add(self, sketch: WindowSketch) -> None:
+    def add(self, sketch: WindowSketch, position: tuple[int, int] | None = None) -> bool:
+        """Merge a worker's sketch into its pending window; False when it was applied before.
+
+        ``position`` is the sketch's (partition, offset) on the sketches topic.
+        A sketch at or before the last position applied for its model is a
+        redelivery after a restart (its effect is already in the resumed
+        state), so it is skipped rather than counted twice.
+        """
+        if position is not None:
+            last = self.applied.get(sketch.model)
+            if last is not None and last[0] == position[0] and position[1] <= last[1]:
+                return False
+            self.applied[sketch.model] = position
         key = (sketch.model, sketch.start_ms)
         have = self.pending.get(key)
         if have is None:
@@ -40,6 +54,7 @@ class DriftMonitor:
             merged = have + sketch
             merged.end_ms = max(have.end_ms, sketch.end_ms)
             self.pending[key] = merged
+        return True
 
     def close_due(self, now_ms: int) -> list[tuple[WindowSketch, list[AlertDecision], RetrainDecision | None]]:
         """Evaluate every window whose end is more than the grace period ago, oldest first."""
@@ -61,10 +76,45 @@ class DriftMonitor:
         return out
 
     def snapshot(self, model: str) -> dict[str, Any]:
-        return self.policies.setdefault(model, AlertPolicy(self.config)).snapshot()
+        """Everything the monitor knows of one model, as JSON-ready data.
 
-    def restore(self, model: str, state: dict[str, Any]) -> None:
-        self.policies[model] = AlertPolicy.restore(state, self.config)
+        The alert policy (hysteresis, cooldowns, River detectors, window
+        count), the model's pending windows and the position of the last
+        sketch applied: with it a restarted or newly assigned drift agent
+        resumes exactly where the previous one stopped.
+        """
+        applied = self.applied.get(model)
+        return {
+            "format": STATE_FORMAT,
+            "policy": self.policies.setdefault(model, AlertPolicy(self.config)).snapshot(),
+            "pending": [s.to_dict() for (m, _), s in sorted(self.pending.items()) if m == model],
+            "applied": list(applied) if applied is not None else None,
+        }
+
+    def restore(self, model: str, state: Mapping[str, Any]) -> None:
+        """Replace what the monitor knows of ``model`` with a :meth:`snapshot`."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"drift state format {state.get('format')!r} is not {STATE_FORMAT}")
+        self.policies[model] = AlertPolicy.restore(state["policy"], self.config)
+        self.pending = {k: v for k, v in self.pending.items() if k[0] != model}
+        for d in state["pending"]:
+            sketch = WindowSketch.from_dict(d)
+            self.pending[(model, sketch.start_ms)] = sketch
+        applied = state.get("applied")
+        if applied is None:
+            self.applied.pop(model, None)
+        else:
+            self.applied[model] = (int(applied[0]), int(applied[1]))
+
+    def window_count(self, model: str) -> int:
+        policy = self.policies.get(model)
+        return 0 if policy is None else policy.window_index
+
+    def forget(self) -> None:
+        """Drop all state (the sketches partitions moved: their new owner resumes from the state topic)."""
+        self.pending.clear()
+        self.policies.clear()
+        self.applied.clear()
 
 
 def alert_id(sketch: WindowSketch, result: ColumnResult) -> str:

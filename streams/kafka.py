@@ -17,11 +17,13 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streams.errors import BrokerError
 
 
-def create_topics(conf: Mapping[str, Any], partitions: Mapping[str, int], timeout_s: float = 15.0) -> list[str]:
-    """Create missing topics with explicit partition counts; return those created."""
+def create_topics(conf: Mapping[str, Any], partitions: Mapping[str, int], timeout_s: float = 15.0,
+                  configs: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
+    """Create missing topics with explicit partition counts (and topic ``configs``); return those created."""
     admin = AdminClient(dict(conf))
     existing = admin.list_topics(timeout=timeout_s).topics
-    wanted = [NewTopic(t, num_partitions=n, replication_factor=-1)
+    configs = configs or {}
+    wanted = [NewTopic(t, num_partitions=n, replication_factor=-1, config=dict(configs.get(t, {})))
               for t, n in partitions.items() if t not in existing]
     created = []
     for topic, future in (admin.create_topics(wanted, request_timeout=timeout_s) if wanted else {}).items():
@@ -70,6 +72,20 @@ def iter_topic(
                     raise BrokerError(f"reading {topic}: {err}")
     finally:
         consumer.close()
+
+
+def latest_by_key(conf: Mapping[str, Any], topic: str, *, timeout_s: float = 30.0) -> dict[bytes, bytes]:
+    """The last value of every key of a state topic, read from its start (compaction is not relied on)."""
+    latest: dict[bytes, bytes] = {}
+    for msg in iter_topic(conf, topic, timeout_s=timeout_s):
+        key, value = msg.key(), msg.value()
+        if key is None:
+            continue
+        if value is None:
+            latest.pop(key, None)  # a tombstone
+        else:
+            latest[key] = value
+    return latest
 
 
 def count_records(conf: Mapping[str, Any], topic: str, timeout_s: float = 30.0) -> int:

@@ -116,6 +116,7 @@ class Partitions(BaseModel):
     feedback: int = Field(4, ge=1)
     labeled: int = Field(4, ge=1)
     models: int = Field(1, ge=1)
+    drift_state: int = Field(1, ge=1)
 
 
 class ModelBinding(BaseModel):
@@ -226,8 +227,13 @@ class Settings(BaseSettings):
             self.topic("feedback"): p.feedback,
             self.topic("labeled"): p.labeled,
             self.topic("models"): p.models,
+            self.topic("drift-state"): p.drift_state,
         }
         return out
+
+    def topic_configs(self) -> dict[str, dict[str, str]]:
+        """State topics (last record per key wins) are compacted on real Kafka."""
+        return {self.topic(role): {"cleanup.policy": "compact"} for role in ("models", "drift-state")}
 
     # -- client configs ------------------------------------------------------------
 

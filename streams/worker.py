@@ -32,7 +32,8 @@ from schemas.catalog import SchemaCatalog, builtin_schema_dir
 from schemas.codec import encode
 from streams.clients import AckedSink, BatchSource
 from streams.drift import DriftMonitor, alert_record, retrain_record
-from streams.errors import ConfigError, DeliveryError
+from streams.errors import BrokerError, ConfigError, DeliveryError
+from streams.kafka import create_topics, latest_by_key
 from streams.metrics import Metrics
 from streams.pipeline import OutRecord, ScorePipeline, ServedModel
 from streams.profiling import PROFILE_FILE
@@ -243,23 +244,68 @@ def add_drift_agent(app: faust.App, settings: Settings, pipeline: ScorePipeline,
         expected_dead_letter_rate=settings.expected_dead_letter_rate,
     )
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    sketches = app.topic(settings.topic("sketches"), partitions=settings.partitions.sketches, **raw)
+    sketches_name, state_name = settings.topic("sketches"), settings.topic("drift-state")
+    sketches = app.topic(sketches_name, partitions=settings.partitions.sketches, **raw)
     alerts = app.topic(settings.topic("alerts"), partitions=settings.partitions.alerts, **raw)
     retrains = app.topic(settings.topic("retrain"), partitions=settings.partitions.retrain, **raw)
+    states = app.topic(state_name, partitions=settings.partitions.drift_state, **raw)
     lookback_ms = int(settings.window_s * 1000) * settings.drift_m
+    resumed: set[str] = set()  # models whose state this worker has taken over since its last assignment
+    stored: dict[str, Any] = {}  # the state topic as read at that time, by model
+
+    async def take_over(model: str) -> None:
+        """Resume a model's drift state from the state topic before its first sketch here."""
+        if model in resumed:
+            return
+        if not resumed and not stored:
+            loop = asyncio.get_running_loop()
+            try:
+                latest = await loop.run_in_executor(None, latest_by_key, settings.confluent(), state_name)
+            except BrokerError as exc:
+                log.error("cannot read the drift state (%s); alert policies start afresh", exc)
+                latest = {}
+            stored.update({k.decode(errors="replace"): v for k, v in latest.items()})
+        resumed.add(model)
+        value = stored.pop(model, None)
+        if value is None:
+            return
+        try:
+            monitor.restore(model, json.loads(value))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("drift state of %s does not parse (%s); starting it afresh", model, exc)
+            return
+        log.info("resumed drift state of %s after window %d", model, monitor.window_count(model))
+
+    async def save(model: str) -> None:
+        """Write the model's state and wait for the broker: the sketch offset is committed after this."""
+        fut = await states.send(key=model.encode(), value=json.dumps(monitor.snapshot(model)).encode())
+        await fut
+
+    @app.on_partitions_revoked.connect
+    async def release(_app: Any, /, *args: Any, signal: Any, **_kw: Any) -> None:
+        revoked = args[0] if args else ()
+        if any(tp.topic == sketches_name for tp in revoked):
+            monitor.forget()  # the next owner (maybe this worker again) resumes from the state topic
+            resumed.clear()
+            stored.clear()
 
     @app.agent(sketches)
     async def drift(stream: Any) -> None:
-        async for value in stream:
+        async for event in stream.events():
             try:
-                monitor.add(WindowSketch.from_dict(json.loads(value)))
+                sketch = WindowSketch.from_dict(json.loads(event.value))
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("ignored a sketch that does not parse: %s", exc)
+                continue
+            await take_over(sketch.model)
+            if monitor.add(sketch, (event.message.partition, event.message.offset)):
+                await save(sketch.model)
 
     @app.timer(interval=0.5)
     async def close_windows() -> None:
         now = int(time.time() * 1000)
-        for sketch, decisions, retrain in monitor.close_due(now):
+        closed = monitor.close_due(now)
+        for sketch, decisions, retrain in closed:
             records = [alert_record(sketch, d, now) for d in decisions]
             for rec in records:
                 log.info("alert %s %s: %s", rec["severity"], rec["kind"], rec["message"])
@@ -268,6 +314,8 @@ def add_drift_agent(app: faust.App, settings: Settings, pipeline: ScorePipeline,
                 rec = retrain_record(sketch, retrain, [r["id"] for r in records], lookback_ms, now)
                 log.info("retrain requested for %s: %s", sketch.model, rec["reason"])
                 await retrains.send(key=sketch.model.encode(), value=encode(retrain_schema, rec, fast=True))
+        for model in sorted({sketch.model for sketch, _, _ in closed}):
+            await save(model)
 
 
 def fatal(exc: BaseException) -> None:
@@ -286,5 +334,8 @@ def run_worker(settings: Settings) -> None:
     """Run until SIGTERM/Ctrl-C (exits the process, as Faust's worker does)."""
     from faust.worker import Worker
 
+    created = create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    if created:
+        log.info("created missing topics: %s", ", ".join(created))
     app = build_app(settings)
     Worker(app, loglevel="info", quiet=True).execute_from_commandline()

@@ -74,3 +74,51 @@ def test_alerts_only_after_drift_only_on_drifted_features_and_a_retrain(
                if a["kind"] == "data_drift")
     assert retrains[0]["stage"] == "requested" and retrains[0]["reason"]
     assert set(retrains[0]["alert_ids"]) <= {a["id"] for a in alerts}
+
+
+def test_a_restarted_worker_resumes_the_drift_state(
+    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+) -> None:
+    import json
+
+    from streams.kafka import latest_by_key
+    from tests.helpers import produce
+
+    settings = load_settings(broker=broker.bootstrap, namespace=namespace)
+    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    schema = catalog.latest("driftline.examples.CardTransaction")
+    state_t = settings.topic("drift-state")
+
+    def send(n: int) -> None:
+        recs, _ = generator.generate(n, rng)
+        recs = [{**r, "ip_risk": r["ip_risk"] or 0.1} for r in recs]
+        produce(broker.bootstrap, settings.topic("requests"),
+                [(r["card_id"].encode(), v) for r, v in zip(recs, encode_many(schema, recs), strict=True)])
+
+    def windows_done() -> int:
+        state = latest_by_key(settings.confluent(), state_t).get(b"fraud")
+        return 0 if state is None else json.loads(state)["policy"]["window_index"]
+
+    def wait_windows(worker: WorkerProcess, at_least: int) -> int:
+        deadline = time.monotonic() + 90
+        while (done := windows_done()) < at_least:
+            assert worker.alive(), worker.log()[-3000:]
+            assert time.monotonic() < deadline, f"only {done} windows closed; {worker.log()[-3000:]}"
+            time.sleep(0.2)
+        return done
+
+    env = {"window_events": "1000", "window_grace_s": "0", "batch_max": "250"}
+    first = WorkerProcess(broker.bootstrap, namespace, tmp_path, **env).start()
+    send(6000)
+    wait_windows(first, 4)
+    first.kill()
+    stopped_at = windows_done()  # what the state topic holds once the first worker is gone
+
+    second = WorkerProcess(broker.bootstrap, namespace, tmp_path, **env).start()
+    try:
+        send(3000)
+        final = wait_windows(second, stopped_at + 1)
+    finally:
+        assert second.stop() == 0, second.log()[-3000:]
+    assert f"resumed drift state of fraud after window {stopped_at}" in second.log()
+    assert final > stopped_at

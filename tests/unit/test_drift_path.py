@@ -130,3 +130,54 @@ def test_profile_build_refuses_to_overwrite_and_covers_every_feature(
     assert 0.0 <= built.score.mean <= 1.0
     with pytest.raises(ConfigError, match="exists"):
         build_profile(target, data, catalog)
+
+
+def test_a_monitor_resumed_from_its_snapshot_alerts_as_if_it_never_stopped(
+    catalog: SchemaCatalog, fraud_model: OnnxModel, profile: ReferenceProfile, generator  # type: ignore[no-untyped-def]
+) -> None:
+    import json
+
+    rng = np.random.default_rng(8)
+    shifted = generator.Drift(shift={"amount": 1.0})
+    batches = [traffic(catalog, generator, rng, 1500, shifted if w >= 2 else None) for w in range(6)]
+    sketches = run_windows(catalog, fraud_model, profile, batches, workers=2)  # two per window
+    cfg = PolicyConfig(k=2, m=3)
+
+    def replay(monitor: DriftMonitor, items: list[tuple[int, WindowSketch]]) -> list[tuple[str, str | None, int]]:
+        out = []
+        for offset, s in items:
+            monitor.add(s, (0, offset))
+            for sketch, decisions, _ in monitor.close_due(s.start_ms):  # windows before this one are due
+                out += [(a["kind"], a["feature"], a["window_start"]) for a in
+                        (alert_record(sketch, d, 0) for d in decisions)]
+        for sketch, decisions, _ in monitor.close_due(10**15):
+            out += [(a["kind"], a["feature"], a["window_start"]) for a in
+                    (alert_record(sketch, d, 0) for d in decisions)]
+        return out
+
+    items = list(enumerate(sketches))
+    straight = replay(DriftMonitor({"fraud": profile}, cfg, grace_ms=0), items)
+    assert {f for k, f, _ in straight if k == "data_drift"} == {"amount"}
+
+    # Stop after the 7th sketch: window 2 (the first drifted one) is closed, half of window 3 pending ...
+    first = DriftMonitor({"fraud": profile}, cfg, grace_ms=0)
+    before: list[tuple[str, str | None, int]] = []
+    for offset, s in items[:7]:
+        first.add(s, (0, offset))
+        for sketch, decisions, _ in first.close_due(s.start_ms):
+            before += [(a["kind"], a["feature"], a["window_start"]) for a in
+                       (alert_record(sketch, d, 0) for d in decisions)]
+    state = json.loads(json.dumps(first.snapshot("fraud")))  # through the wire format
+    assert len(state["pending"]) == 1 and state["applied"] == [0, 6]
+    # ... and resume on a new monitor that sees the last two sketches again (redelivered) and the rest.
+    second = DriftMonitor({"fraud": profile}, cfg, grace_ms=0)
+    second.restore("fraud", state)
+    assert second.window_count("fraud") == first.window_count("fraud") == 3
+    assert not second.add(items[5][1], (0, 5)) and not second.add(items[6][1], (0, 6))
+    after = replay(second, items[7:])
+    assert before + after == straight
+
+    fresh = DriftMonitor({"fraud": profile}, cfg, grace_ms=0)  # no resume: hysteresis starts over
+    assert min(w for _, _, w in replay(fresh, items[7:])) > min(w for _, _, w in after)
+    with pytest.raises(ValueError, match="format"):
+        fresh.restore("fraud", {**state, "format": 99})
