@@ -82,3 +82,17 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def input_mismatch(a: Manifest, b: Manifest) -> str | None:
+    """Why versions ``a`` and ``b`` cannot serve one requests topic side by side, or None.
+
+    Variants of a model share one decode and validation pass per batch, so
+    they must read the same request schema into the same feature matrix.
+    """
+    if a.request_subject != b.request_subject:
+        return f"v{b.version} reads {b.request_subject}, v{a.version} reads {a.request_subject}"
+    if a.profile != b.profile:
+        return (f"v{b.version} declares other features or validation than v{a.version} "
+                f"({b.profile.column_names} vs {a.profile.column_names}); register it with the same features")
+    return None

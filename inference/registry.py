@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from inference.errors import ModelError
+
+# Fields a registration computes; a template's values for them are ignored.
+_COMPUTED = ("name", "version", "sha256", "created_at", "code_version", "training_data", "metrics")
 
 
 def _version_key(version: str) -> tuple[int, int | str]:
@@ -26,7 +36,7 @@ class ModelRegistry:
         base = self.root / name
         if not base.is_dir():
             return []
-        found = [p.name for p in base.iterdir() if (p / "manifest.json").is_file()]
+        found = [p.name for p in base.iterdir() if not p.name.startswith(".") and (p / "manifest.json").is_file()]
         return sorted(found, key=_version_key)
 
     def path(self, name: str, version: str | None = None) -> Path:
@@ -51,9 +61,6 @@ def write_version(
     ``manifest`` must name ``name`` and ``version``. An existing version is
     never overwritten: register a new version instead.
     """
-    import hashlib
-    import json
-
     from inference.manifest import MANIFEST, MODEL_FILE, Manifest
 
     target = Path(root) / str(manifest["name"]) / str(manifest["version"])
@@ -66,4 +73,52 @@ def write_version(
     for name, data in (extra_files or {}).items():
         (target / name).write_bytes(data)
     (target / MANIFEST).write_text(json.dumps(full, indent=2) + "\n")
+    return target
+
+
+def register_version(
+    root: Path | str, onnx_file: Path, template: Mapping[str, Any], *, name: str, version: str, created_at: datetime,
+    code_version: str, metrics: Mapping[str, float] | None = None, training_data: Mapping[str, Any] | None = None,
+    finish: Callable[[Path], None] | None = None,
+) -> Path:
+    """Register ``onnx_file`` as ``name`` v``version``: hash, manifest, checks, then one atomic rename.
+
+    ``template`` gives what the file means (task, features and encodings,
+    request schema, ONNX input/output names, threshold, labels), usually the
+    manifest of an earlier version. The version is written to a staging
+    directory and opened with ONNX Runtime there, so an ONNX file whose
+    inputs do not match the declared features is refused before anyone can
+    deploy it; ``finish`` may add files (the reference profile) before the
+    rename makes the version visible.
+    """
+    from inference.manifest import MANIFEST, MODEL_FILE
+    from inference.model import OnnxModel
+
+    if not version or version.startswith(".") or "/" in version:
+        raise ModelError(f"version {version!r} is not a valid directory name")
+    base = Path(root) / name
+    target = base / version
+    if target.exists():
+        raise ModelError(f"{target} already exists; versions are immutable, pick a new version")
+    data = onnx_file.read_bytes()
+    manifest = {k: v for k, v in template.items() if k not in _COMPUTED}
+    manifest = {
+        "name": name, "version": version, **manifest, "sha256": hashlib.sha256(data).hexdigest(),
+        "created_at": created_at.isoformat(timespec="seconds"), "code_version": code_version,
+        "training_data": dict(training_data or {}), "metrics": dict(metrics or {}),
+    }
+    staging = base / f".staging-{version}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    try:
+        (staging / MODEL_FILE).write_bytes(data)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        model = OnnxModel(staging, providers="cpu")
+        model.load()  # hash, input name and width against the declared features, output name
+        model.unload()
+        if finish is not None:
+            finish(staging)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return target

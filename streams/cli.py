@@ -227,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--broker")
     tc.set_defaults(func=cmd_topics_create)
 
+    from streams.model_cli import add_model_commands
+
+    add_model_commands(sub)
+
     prof = sub.add_parser("profile", help="reference profiles for drift detection")
     psub = prof.add_subparsers(dest="profile_command", required=True)
     pb = psub.add_parser("build", help="write profile.json into a model version from its training data")

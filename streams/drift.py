@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,14 +23,21 @@ STATE_FORMAT = 1
 
 @dataclass
 class DriftMonitor:
-    """Per model: pending windows by start time, the reference profile and the alert policy."""
+    """Per model: pending windows by version and start time, the reference profiles and the alert policy.
 
-    profiles: Mapping[str, ReferenceProfile]
+    ``profiles`` maps a model name to its reference profile, or is a function
+    of (model, version): each version is compared with its own reference.
+    A model's alert policy starts afresh when its served version changes
+    (a new champion has a new reference and a new baseline).
+    """
+
+    profiles: Mapping[str, ReferenceProfile] | Callable[[str, str], ReferenceProfile | None]
     config: PolicyConfig
     grace_ms: int
     expected_dead_letter_rate: float = 0.02
-    pending: dict[tuple[str, int], WindowSketch] = field(default_factory=dict)
+    pending: dict[tuple[str, str, int], WindowSketch] = field(default_factory=dict)
     policies: dict[str, AlertPolicy] = field(default_factory=dict)
+    policy_versions: dict[str, str] = field(default_factory=dict)
     applied: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def add(self, sketch: WindowSketch, position: tuple[int, int] | None = None) -> bool:
@@ -46,7 +53,7 @@ class DriftMonitor:
             if last is not None and last[0] == position[0] and position[1] <= last[1]:
                 return False
             self.applied[sketch.model] = position
-        key = (sketch.model, sketch.start_ms)
+        key = (sketch.model, sketch.version, sketch.start_ms)
         have = self.pending.get(key)
         if have is None:
             self.pending[key] = sketch
@@ -58,22 +65,32 @@ class DriftMonitor:
 
     def close_due(self, now_ms: int) -> list[tuple[WindowSketch, list[AlertDecision], RetrainDecision | None]]:
         """Evaluate every window whose end is more than the grace period ago, oldest first."""
-        due = sorted(k for k, s in self.pending.items() if s.end_ms + self.grace_ms <= now_ms)
+        due = sorted(self.pending, key=lambda k: (self.pending[k].start_ms, k))
+        due = [k for k in due if self.pending[k].end_ms + self.grace_ms <= now_ms]
         out = []
         for key in due:
             sketch = self.pending.pop(key)
-            profile = self.profiles.get(sketch.model)
+            profile = self._profile(sketch.model, sketch.version)
             if profile is None:
-                log.warning("no reference profile for model %s; window dropped", sketch.model)
+                log.warning("no reference profile for model %s v%s; window dropped", sketch.model, sketch.version)
                 continue
             results = evaluate(profile, sketch, self.config.alpha)
             dead = dead_letter_result(sketch, self.expected_dead_letter_rate, self.config.alpha)
             if dead is not None:
                 results.append(dead)
+            if self.policy_versions.get(sketch.model, sketch.version) != sketch.version:
+                log.info("model %s now serves v%s: its alert policy starts afresh", sketch.model, sketch.version)
+                self.policies.pop(sketch.model, None)
+            self.policy_versions[sketch.model] = sketch.version
             policy = self.policies.setdefault(sketch.model, AlertPolicy(self.config))
             alerts, retrain = policy.update(results)
             out.append((sketch, alerts, retrain))
         return out
+
+    def _profile(self, model: str, version: str) -> ReferenceProfile | None:
+        if callable(self.profiles):
+            return self.profiles(model, version)
+        return self.profiles.get(model)
 
     def snapshot(self, model: str) -> dict[str, Any]:
         """Everything the monitor knows of one model, as JSON-ready data.
@@ -87,7 +104,8 @@ class DriftMonitor:
         return {
             "format": STATE_FORMAT,
             "policy": self.policies.setdefault(model, AlertPolicy(self.config)).snapshot(),
-            "pending": [s.to_dict() for (m, _), s in sorted(self.pending.items()) if m == model],
+            "version": self.policy_versions.get(model),
+            "pending": [s.to_dict() for (m, _, _), s in sorted(self.pending.items()) if m == model],
             "applied": list(applied) if applied is not None else None,
         }
 
@@ -96,10 +114,12 @@ class DriftMonitor:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"drift state format {state.get('format')!r} is not {STATE_FORMAT}")
         self.policies[model] = AlertPolicy.restore(state["policy"], self.config)
+        if state.get("version") is not None:
+            self.policy_versions[model] = str(state["version"])
         self.pending = {k: v for k, v in self.pending.items() if k[0] != model}
         for d in state["pending"]:
             sketch = WindowSketch.from_dict(d)
-            self.pending[(model, sketch.start_ms)] = sketch
+            self.pending[(model, sketch.version, sketch.start_ms)] = sketch
         applied = state.get("applied")
         if applied is None:
             self.applied.pop(model, None)
@@ -114,6 +134,7 @@ class DriftMonitor:
         """Drop all state (the sketches partitions moved: their new owner resumes from the state topic)."""
         self.pending.clear()
         self.policies.clear()
+        self.policy_versions.clear()
         self.applied.clear()
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from inference.deployment import SHADOW
 from streams.pipeline import BatchOutcome
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 _INFER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
@@ -63,13 +65,38 @@ class Metrics:
             registry=registry,
         )
         self.model_info = Info(
-            "driftline_model", "A model version being served.", ["model"], registry=registry,
+            "driftline_model", "A model version being served, its variant and ONNX Runtime provider.",
+            ["model", "version", "variant"], registry=registry,
         )
+        self.predictions = Counter(
+            "driftline_predictions_total", "Predictions by model version and variant (shadow included).",
+            ["model", "version", "variant"], registry=registry,
+        )
+        self.scores = Histogram(
+            "driftline_score", "Model scores by version and variant, to compare variants.",
+            ["model", "version", "variant"], buckets=_SCORE_BUCKETS, registry=registry,
+        )
+        self.deployment_changes = Counter(
+            "driftline_deployment_changes_total", "Deployments applied (outcome=applied) or refused.",
+            ["model", "outcome"], registry=registry,
+        )
+        self._live: dict[str, set[tuple[str, str]]] = {}
+
+    def set_deployment(self, model: str, live: list[tuple[str, str, str]]) -> None:
+        """Replace the model's ``driftline_model_info`` series with (version, variant, provider) triples."""
+        for version, variant in self._live.pop(model, set()):
+            self.model_info.remove(model, version, variant)
+        for version, variant, provider in live:
+            self.model_info.labels(model, version, variant).info({"provider": provider})
+        self._live[model] = {(v, var) for v, var, _ in live}
 
     def observe_batch(self, size: int, outcome: BatchOutcome, done_s: float) -> None:
         self.batch_size.observe(size)
         for s in outcome.stats:
-            self.requests.labels(s.model, "predicted").inc(s.scored)
+            if s.variant != SHADOW:
+                self.requests.labels(s.model, "predicted").inc(s.scored)
+            self.predictions.labels(s.model, s.version, s.variant).inc(s.scored)
+            observe_many(self.scores.labels(s.model, s.version, s.variant), s.scores, _SCORE_BUCKETS)
             self.inference.labels(s.model, s.version, s.variant, s.provider).observe(s.inference_s)
             observe_many(self.latency.labels(s.model), s.latency_s, _LATENCY_BUCKETS)
         for model, f in outcome.failures:

@@ -16,6 +16,9 @@ from datetime import UTC, datetime
 import numpy as np
 
 from detectors.sketch import WindowSketch
+from inference.deployment import CHAMPION, SHADOW, Deployment, key_buckets
+from inference.errors import ModelError
+from inference.manifest import input_mismatch
 from inference.model import OnnxModel
 from schemas.catalog import SchemaCatalog, WireSchema
 from schemas.codec import BatchDecoder, BatchEncoder, Failure
@@ -62,6 +65,7 @@ class ModelStats:
     scored: int
     inference_s: float
     latency_s: np.ndarray
+    scores: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,26 +75,65 @@ class BatchOutcome:
     failures: list[tuple[str, Failure]] = field(default_factory=list)
     stats: list[ModelStats] = field(default_factory=list)
     sketches: list[WindowSketch] = field(default_factory=list)
+    shadow_predictions: list[OutRecord] = field(default_factory=list)
+    shadow_errors: list[str] = field(default_factory=list)
 
 
 class ServedModel:
-    """A loaded model with the decoder and validator for its requests topic."""
+    """One model on its requests topic: the decoder and validator, and the loaded versions of its deployment.
+
+    All versions of a deployment read the same inputs (checked on
+    :meth:`deploy`), so one decode and one validation pass serve them all.
+    """
 
     def __init__(
-        self, model: OnnxModel, catalog: SchemaCatalog, *, max_message_bytes: int, variant: str = "champion",
+        self, model: OnnxModel, catalog: SchemaCatalog, *, max_message_bytes: int,
         folder: WindowFolder | None = None,
     ) -> None:
         if not model.ready:
             raise ValueError("load() the model before serving it")
-        self.model = model
-        self.variant = variant
-        self.folder = folder
+        self.deployment = Deployment(model.name, model.version)
+        self.versions: dict[str, OnnxModel] = {model.version: model}
         self.reader: WireSchema = catalog.latest(model.manifest.request_subject)
         self.decoder = BatchDecoder(catalog, self.reader, max_message_bytes)
         self.validator = Validator(model.manifest.profile, self.reader)
+        self.folder: WindowFolder | None = None
+        self.set_folder(folder)
+
+    def set_folder(self, folder: WindowFolder | None) -> list[WindowSketch]:
+        """Fold into ``folder`` from now on; returns the replaced folder's open window, closed early."""
+        old, self.folder = self.folder, folder
         if folder is not None:
-            folder.accept_codes({f.name: f.categories for f in model.manifest.profile.features
+            folder.accept_codes({f.name: f.categories for f in self.validator.profile.features
                                  if isinstance(f, CategoricalFeature)})
+        if old is None or old.current is None or not old.current.messages:
+            return []
+        return [old.current]
+
+    @property
+    def model(self) -> OnnxModel:
+        """The champion."""
+        return self.versions[self.deployment.champion]
+
+    def deploy(self, deployment: Deployment, models: Mapping[str, OnnxModel]) -> list[OnnxModel]:
+        """Serve ``deployment`` from the next batch on; returns the versions no longer used (to unload).
+
+        Raises :class:`ModelError` and changes nothing when a version is
+        missing, not loaded, or reads other inputs than the current champion.
+        """
+        if deployment.model != self.model.name:
+            raise ModelError(f"deployment of {deployment.model} sent to model {self.model.name}")
+        wanted = {v: models.get(v) for v in deployment.versions()}
+        for version, m in wanted.items():
+            if m is None or not m.ready:
+                raise ModelError(f"{deployment.model} v{version} is not loaded")
+            reason = input_mismatch(self.model.manifest, m.manifest)
+            if reason is not None:
+                raise ModelError(f"{deployment.model}: {reason}")
+        old = self.versions
+        self.versions = {v: m for v, m in wanted.items() if m is not None}
+        self.deployment = deployment
+        return [m for v, m in old.items() if v not in self.versions]
 
 
 def deadletter_headers(msg: RawMessage, failure: Failure, model: str, now_ms: int) -> Headers:
@@ -121,11 +164,13 @@ class ScorePipeline:
         predictions_topic: str,
         deadletter_topic: str,
         deadletter_max_value_bytes: int,
+        shadow_topic: str | None = None,
     ) -> None:
         self.served = dict(served)
         self.prediction_schema = prediction_schema
         self._encoder = BatchEncoder(prediction_schema)
         self.predictions_topic = predictions_topic
+        self.shadow_topic = shadow_topic or f"{predictions_topic}.shadow"
         self.deadletter_topic = deadletter_topic
         self.dlq_max = deadletter_max_value_bytes
 
@@ -158,8 +203,7 @@ class ScorePipeline:
         self, out: BatchOutcome, served: ServedModel, msgs: list[RawMessage], now_ms: int
     ) -> tuple[Columns, np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
         """Score one model's messages; returns the decoded columns, the scored rows and their scores."""
-        model = served.model
-        name = model.name
+        name = served.model.name
         decoded = served.decoder.decode([m.value for m in msgs])
         for f in decoded.failures:
             self._deadletter(out, msgs[f.index], f, name, now_ms)
@@ -170,52 +214,95 @@ class ScorePipeline:
         rows = checked.rows
         if len(rows) == 0:
             return None
-        started = time.perf_counter()
-        try:
-            scores = model.predict(checked.matrix)
-        except Exception as exc:  # noqa: BLE001 - the batch is dead-lettered, the worker goes on
-            for r in rows.tolist():
-                f = Failure(int(r), "score", "inference_error", f"{type(exc).__name__}: {exc}",
-                            type(exc).__name__)
-                self._deadletter(out, msgs[int(batch_pos[r])], f, name, now_ms)
-            return None
-        inference_s = time.perf_counter() - started
-        finite = np.isfinite(scores)
-        if not finite.all():
-            for j in np.flatnonzero(~finite).tolist():
-                r = int(rows[j])
-                f = Failure(r, "score", "non_finite_score", f"model returned {scores[j]!r}")
-                self._deadletter(out, msgs[int(batch_pos[r])], f, name, now_ms)
-            rows, scores = rows[finite], scores[finite]
         cols = decoded.columns
-        profile = model.manifest.profile
-        ids = cols.values[profile.id_field][rows]
+        profile = served.validator.profile
         n = len(rows)
         event_ms = (cols.values[profile.time_field][rows] if profile.time_field
                     else np.full(n, now_ms, dtype=np.int64))
-        labels = model.labels(scores)
-        values = self._encoder.encode(n, {
+        dep = served.deployment
+        if len(dep.routes_versions()) > 1:
+            routes = dep.route(key_buckets(cols.values[profile.key_field][rows], salt=name))
+        else:
+            routes = [(CHAMPION, dep.champion, np.arange(n))]
+        scores = np.full(n, np.nan)
+        variant = np.empty(n, dtype=object)
+        version = np.empty(n, dtype=object)
+        provider = np.empty(n, dtype=object)
+        labels = np.empty(n, dtype=object)
+        for var, ver, sel in routes:
+            model = served.versions[ver]
+            matrix = checked.matrix if len(sel) == n else checked.matrix[sel]
+            started = time.perf_counter()
+            try:
+                part = model.predict(matrix)
+            except Exception as exc:  # noqa: BLE001 - these rows are dead-lettered, the worker goes on
+                for r in rows[sel].tolist():
+                    f = Failure(int(r), "score", "inference_error", f"{type(exc).__name__}: {exc}",
+                                type(exc).__name__)
+                    self._deadletter(out, msgs[int(batch_pos[r])], f, name, now_ms)
+                continue
+            inference_s = time.perf_counter() - started
+            scores[sel], variant[sel], version[sel] = part, var, ver
+            provider[sel] = model.active_provider or "none"
+            labels[sel] = model.labels(part)
+            ok = np.isfinite(part)  # non-finite scores are dead-lettered below, not counted as predictions
+            out.stats.append(ModelStats(name, ver, var, model.active_provider or "none", int(ok.sum()), inference_s,
+                                        ((now_ms - event_ms[sel]) / 1000.0)[ok], part[ok]))
+        finite = np.isfinite(scores)
+        if not finite.all():
+            for j in np.flatnonzero(~finite & (variant != None)).tolist():  # noqa: E711 - elementwise
+                r = int(rows[j])
+                f = Failure(r, "score", "non_finite_score", f"model returned {scores[j]!r}")
+                self._deadletter(out, msgs[int(batch_pos[r])], f, name, now_ms)
+            rows, scores, event_ms = rows[finite], scores[finite], event_ms[finite]
+            variant, version, provider, labels = variant[finite], version[finite], provider[finite], labels[finite]
+            if len(rows) == 0:
+                return None
+        ids = cols.values[profile.id_field][rows]
+        common = {
             "request_id": ids,
             "entity_key": cols.values[profile.key_field][rows],
-            "model": model.name,
-            "model_version": model.version,
-            "variant": served.variant,
-            "score": scores,
-            "label": labels,
+            "model": name,
             "schema_id": decoded.schema_ids[rows],
-            "provider": model.active_provider or "none",
             "event_time": event_ms,
             "scored_at": now_ms,
+        }
+        values = self._encoder.encode(len(rows), {
+            **common, "model_version": version, "variant": variant, "score": scores, "label": labels,
+            "provider": provider,
         })
         topic = self.predictions_topic
         out.predictions.extend(
             OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True)
         )
-        out.stats.append(
-            ModelStats(name, model.version, served.variant, model.active_provider or "none", n, inference_s,
-                       (now_ms - event_ms) / 1000.0)
-        )
+        self._shadow(out, served, checked.matrix, checked.rows, rows, common, ids, now_ms)
         return cols, rows, scores, checked.codes
+
+    def _shadow(self, out: BatchOutcome, served: ServedModel, matrix: np.ndarray, checked_rows: np.ndarray,
+                rows: np.ndarray, common: dict[str, object], ids: np.ndarray, now_ms: int) -> None:
+        """Score the served rows with every shadow version; their outputs go to the shadow topic only."""
+        shadows = served.deployment.shadows
+        if not shadows:
+            return
+        if len(rows) != len(checked_rows):
+            matrix = matrix[np.isin(checked_rows, rows)]
+        for ver in shadows:
+            model = served.versions[ver]
+            started = time.perf_counter()
+            try:
+                scores = model.predict(matrix)
+            except Exception as exc:  # noqa: BLE001 - a shadow's failure must not touch served traffic
+                out.shadow_errors.append(f"{model.name} v{ver}: {type(exc).__name__}: {exc}")
+                continue
+            values = self._encoder.encode(len(rows), {
+                **common, "model_version": ver, "variant": SHADOW, "score": scores, "label": model.labels(scores),
+                "provider": model.active_provider or "none",
+            })
+            out.shadow_predictions.extend(
+                OutRecord(self.shadow_topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True)
+            )
+            out.stats.append(ModelStats(model.name, ver, SHADOW, model.active_provider or "none", len(rows),
+                                        time.perf_counter() - started, np.empty(0), scores))
 
     def _deadletter(self, out: BatchOutcome, msg: RawMessage, failure: Failure, model: str, now_ms: int) -> None:
         headers = deadletter_headers(msg, failure, model, now_ms)

@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     providers: Literal["auto", "cpu", "cuda"] = "auto"
     require_gpu: bool = False
     intra_op_threads: int = Field(1, ge=0)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    io_binding: bool | None = Field(None, description="ONNX Runtime IO binding; unset: on when CUDA is active")
     batch_max: int = Field(1000, ge=1, le=100_000)
     batch_wait_ms: int = Field(100, ge=0, le=10_000)
     max_inflight_batches: int = Field(8, ge=1, le=1_000)

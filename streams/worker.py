@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from detectors.policy import PolicyConfig
 from detectors.profile import ReferenceProfile
 from detectors.sketch import WindowSketch
-from inference.model import CUDA, OnnxModel
+from inference.deployment import Deployment, live_variants
+from inference.errors import ModelError
+from inference.model import OnnxModel
 from inference.registry import ModelRegistry
 from schemas.catalog import SchemaCatalog, builtin_schema_dir
 from schemas.codec import encode
@@ -37,6 +40,7 @@ from streams.kafka import create_topics, latest_by_key
 from streams.metrics import Metrics
 from streams.pipeline import OutRecord, ScorePipeline, ServedModel
 from streams.profiling import PROFILE_FILE
+from streams.rollout import ControlFollower, load_failed_alert, loader_from
 from streams.settings import Settings
 from streams.windows import WindowFolder
 
@@ -66,48 +70,61 @@ def build_folder(settings: Settings, model: OnnxModel, contributor: str) -> Wind
                         length_ms=None if events else int(settings.window_s * 1000), length_events=events)
 
 
-def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None) -> ScorePipeline:
-    """Load every served model and wire it to its requests topic."""
+def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None,
+                   deployments: Mapping[str, Deployment] | None = None,
+                   refused: list[dict[str, Any]] | None = None) -> ScorePipeline:
+    """Load every served model, as its deployment record says, and wire it to its requests topic.
+
+    A model with a deployment on the control topic serves that; one whose
+    deployment cannot load falls back to the configured version, and the
+    refusal is added to ``refused`` as an alert record.
+    """
     catalog = catalog or build_catalog(settings)
     contributor = contributor_id()
-    registry = ModelRegistry(settings.model_dir)
+    loader = loader_from(settings)
     served: dict[str, ServedModel] = {}
     for binding in settings.models:
-        model = OnnxModel(
-            registry.path(binding.name, binding.version),
-            providers=settings.providers,
-            intra_op_threads=settings.intra_op_threads,
-        )
-        model.load()
-        if settings.require_gpu and model.active_provider != CUDA:
-            raise ConfigError(
-                f"require_gpu is set but model {model.name} runs on {model.active_provider}; "
-                "install driftline[gpu] on a machine with CUDA, or unset DRIFTLINE_REQUIRE_GPU"
-            )
-        served[settings.requests_topic(binding)] = ServedModel(
-            model, catalog, max_message_bytes=settings.max_message_bytes,
-            folder=build_folder(settings, model, contributor),
-        )
+        model = loader.load(binding.name, binding.version)
+        sm = ServedModel(model, catalog, max_message_bytes=settings.max_message_bytes)
+        dep = (deployments or {}).get(binding.name)
+        if dep is not None and dep != sm.deployment:
+            try:
+                models = loader.prepare(dep, sm.versions)
+                for unused in sm.deploy(dep, models):
+                    unused.unload()
+            except ModelError as exc:
+                log.error("deployment of %s refused at start (%s); serving v%s", binding.name, exc, model.version)
+                if refused is not None:
+                    refused.append(load_failed_alert(binding.name, dep.champion, str(exc), int(time.time() * 1000)))
+        sm.set_folder(build_folder(settings, sm.model, contributor))
+        served[settings.requests_topic(binding)] = sm
     return ScorePipeline(
         served,
         catalog.latest("driftline.Prediction"),
         predictions_topic=settings.topic("predictions"),
         deadletter_topic=settings.topic("deadletter"),
         deadletter_max_value_bytes=settings.deadletter_max_value_bytes,
+        shadow_topic=settings.topic("predictions.shadow"),
     )
+
+
+def publish_deployment(metrics: Metrics, served: ServedModel) -> None:
+    dep = served.deployment
+    live = [(ver, var, served.versions[ver].active_provider or "none")
+            for var, ver in live_variants(dep)]
+    metrics.set_deployment(dep.model, live)
 
 
 def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
     """The worker app; models load here, so a bad model stops it before it consumes."""
     catalog = build_catalog(settings)
-    pipeline = build_pipeline(settings, catalog)
+    follower = ControlFollower(settings.confluent(), settings.topic("models"))
+    refused: list[dict[str, Any]] = []
+    pipeline = build_pipeline(settings, catalog, follower.read_to_end(), refused)
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     for served in pipeline.served.values():
-        m = served.model
-        metrics.model_info.labels(m.name).info(
-            {"version": m.version, "variant": served.variant, "provider": m.active_provider or "none"}
-        )
+        publish_deployment(metrics, served)
     timeout = max(int(settings.session_timeout_s), 6)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -176,7 +193,10 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     async def score(stream: Any) -> None:
         async for msgs in stream:
             outcome = pipeline.process(msgs, int(time.time() * 1000))
-            sink.send(outcome.predictions + outcome.deadletters + sketch_records(outcome.sketches), msgs)
+            sink.send(outcome.predictions + outcome.shadow_predictions + outcome.deadletters
+                      + sketch_records(outcome.sketches), msgs)
+            for error in outcome.shadow_errors:
+                log.warning("shadow scoring failed (served traffic unaffected): %s", error)
             metrics.observe_batch(len(msgs), outcome, time.time())
             store_acknowledged()
             while sink.in_flight > settings.max_inflight_batches:
@@ -199,20 +219,57 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
 
     add_drift_agent(app, settings, pipeline, catalog)
 
-    control = app.topic(settings.topic("models"), key_type=bytes, value_type=bytes,
-                        key_serializer="raw", value_serializer="raw", partitions=settings.partitions.models)
-    deployments: dict[str, Any] = {}
+    alert_schema = catalog.latest("driftline.Alert")
+    alerts = app.topic(settings.topic("alerts"), key_type=bytes, value_type=bytes, key_serializer="raw",
+                       value_serializer="raw", partitions=settings.partitions.alerts)
+    loader = loader_from(settings)
+    by_model = {s.model.name: s for s in pipeline.served.values()}
+    control_thread = ThreadPoolExecutor(1, thread_name_prefix="driftline-control")
+    contributor = contributor_id()
 
-    @app.agent(control)
-    async def follow_control(stream: Any) -> None:
-        """Deployment records (last one per model wins); the model issue acts on them."""
-        async for key, value in stream.items():
-            try:
-                deployments[key.decode()] = json.loads(value)
-            except (AttributeError, ValueError) as exc:
-                log.warning("ignored a control record that is not JSON: %s", exc)
-                continue
-            log.info("deployment of %s: %s", key.decode(), deployments[key.decode()])
+    async def refuse(model: str, version: str, reason: str) -> None:
+        rec = load_failed_alert(model, version, reason, int(time.time() * 1000))
+        log.error("alert critical model_load_failed: %s %s", model, rec["message"])
+        metrics.deployment_changes.labels(model, "refused").inc()
+        await alerts.send(key=model.encode(), value=encode(alert_schema, rec, fast=True))
+
+    async def apply(dep: Deployment) -> None:
+        """Load what ``dep`` needs off the event loop, then switch between two batches."""
+        served = by_model.get(dep.model)
+        if served is None:
+            log.info("deployment of %s ignored: this worker does not serve it", dep.model)
+            return
+        if dep == served.deployment:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            models = await loop.run_in_executor(control_thread, loader.prepare, dep, served.versions)
+            champion_before = served.deployment.champion
+            unused = served.deploy(dep, models)  # no await between here and the end: atomic for the agent
+        except (ModelError, ConfigError) as exc:
+            await refuse(dep.model, dep.champion, str(exc))
+            return
+        for m in unused:
+            m.unload()
+        if dep.champion != champion_before:
+            sink.send(sketch_records(served.set_folder(build_folder(settings, served.model, contributor))), [])
+        publish_deployment(metrics, served)
+        metrics.deployment_changes.labels(dep.model, "applied").inc()
+        log.info("deployment applied: %s", dep.describe())
+
+    @app.task
+    async def follow_control() -> None:
+        """Deployment records (last one per model wins), applied between batches without a restart."""
+        for rec in refused:
+            await alerts.send(key=rec["model"].encode(), value=encode(alert_schema, rec, fast=True))
+        loop = asyncio.get_running_loop()
+        try:
+            while not app.should_stop:
+                for dep in await loop.run_in_executor(control_thread, follower.poll, 0.5):
+                    await apply(dep)
+        finally:
+            control_thread.submit(follower.close)
+            control_thread.shutdown(wait=False)
 
     @app.page("/metrics")
     async def metrics_page(_self: Any, request: Any) -> Any:
@@ -234,9 +291,22 @@ def add_drift_agent(app: faust.App, settings: Settings, pipeline: ScorePipeline,
     """
     alert_schema = catalog.latest("driftline.Alert")
     retrain_schema = catalog.latest("driftline.RetrainRequest")
-    profiles = {s.model.name: s.folder.profile for s in pipeline.served.values() if s.folder is not None}
+    registry = ModelRegistry(settings.model_dir)
+    cache: dict[tuple[str, str], ReferenceProfile | None] = {}
+
+    def profile_of(model: str, version: str) -> ReferenceProfile | None:
+        """Each version's own reference profile (sketches of another worker may name any version)."""
+        if (model, version) not in cache:
+            try:
+                path = registry.path(model, version) / PROFILE_FILE
+                cache[(model, version)] = ReferenceProfile.load(path) if path.is_file() else None
+            except (ModelError, ValueError, OSError) as exc:
+                log.warning("no reference profile for %s v%s: %s", model, version, exc)
+                cache[(model, version)] = None
+        return cache[(model, version)]
+
     monitor = DriftMonitor(
-        profiles,
+        profile_of,
         PolicyConfig(alpha=settings.drift_alpha, k=settings.drift_k, m=settings.drift_m,
                      cooldown=settings.drift_cooldown_windows, retrain_cooldown=settings.retrain_cooldown_windows,
                      detector=settings.drift_detector),

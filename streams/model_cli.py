@@ -1,0 +1,223 @@
+"""``driftline model ...``: register versions, list them, and change what serves (control topic)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from inference.deployment import Deployment, live_variants
+from inference.manifest import MANIFEST, Manifest
+from inference.registry import ModelRegistry, register_version
+from streams.errors import BrokerError, ConfigError
+from streams.settings import REPO_ROOT, Settings, load_settings
+
+
+def code_version() -> str:
+    """The driftline package version, plus the git commit when run from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = version("driftline")
+    except PackageNotFoundError:
+        text = "unknown"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,  # noqa: S607
+                                text=True, timeout=5, check=True).stdout.strip()
+        return f"{text}+{commit}" if commit else text
+    except (OSError, subprocess.SubprocessError):
+        return text
+
+
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return {"file": path.name, "sha256": h.hexdigest(), "bytes": path.stat().st_size}
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    settings = load_settings(**({"model_dir": args.model_dir} if args.model_dir else {}))
+    registry = ModelRegistry(settings.model_dir)
+    onnx_file = Path(args.file)
+    if not onnx_file.is_file():
+        raise ConfigError(f"{onnx_file} does not exist; give the path of an .onnx file")
+    if args.spec:
+        template = json.loads(Path(args.spec).read_text())
+    elif args.like:
+        template = dict(Manifest.read(Path(args.like)).raw)
+    elif registry.versions(args.name):
+        template = dict(Manifest.read(registry.path(args.name)).raw)  # a retrain: same features as the latest
+    else:
+        raise ConfigError(f"model {args.name} has no versions yet: give --spec FILE.json (features, task, request)")
+    metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
+    data = Path(args.data) if args.data else None
+    finish = None
+    if data is not None:
+        from streams.profiling import build_profile
+        from streams.worker import build_catalog
+
+        catalog = build_catalog(settings)
+
+        def finish(staging: Path) -> None:
+            _, rows = build_profile(staging, data, catalog)
+            print(f"reference profile built from {rows} rows of {data}")
+
+    target = register_version(
+        settings.model_dir, onnx_file, template, name=args.name, version=args.version,
+        created_at=datetime.now(UTC), code_version=code_version(), metrics=metrics,
+        training_data=file_fingerprint(data) if data is not None else None, finish=finish,
+    )
+    manifest = json.loads((target / MANIFEST).read_text())
+    print(f"registered {args.name} v{args.version} at {target} (sha256 {manifest['sha256'][:12]})")
+    return 0
+
+
+def read_deployments(settings: Settings, timeout_s: float = 15.0) -> dict[str, Deployment]:
+    from streams.rollout import ControlFollower
+
+    follower = ControlFollower(settings.confluent(**{"log_level": 0}), settings.topic("models"))
+    try:
+        return follower.read_to_end(timeout_s)
+    finally:
+        follower.close()
+
+
+def configured(settings: Settings, name: str) -> Deployment:
+    """What serves a model before any deployment record: the configured version."""
+    binding = next((b for b in settings.models if b.name == name), None)
+    if binding is None:
+        served = ", ".join(b.name for b in settings.models)
+        raise ConfigError(f"model {name} is not served (DRIFTLINE_MODELS serves {served})")
+    path = ModelRegistry(settings.model_dir).path(name, binding.version)
+    return Deployment(name, path.name)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    settings = load_settings(broker=args.broker, **({"model_dir": args.model_dir} if args.model_dir else {}))
+    registry = ModelRegistry(settings.model_dir)
+    try:
+        deployments = read_deployments(settings, timeout_s=5.0)
+        note = ""
+    except Exception as exc:  # noqa: BLE001 - listing works without a broker
+        deployments, note = {}, f"(control topic unreadable, live roles from settings: {exc})"
+    names = [args.name] if args.name else registry.names()
+    print(f"{'model':<12} {'version':<8} {'live':<18} {'created':<26} {'sha256':<13} metrics")
+    for name in names:
+        dep = deployments.get(name)
+        if dep is None and any(b.name == name for b in settings.models) and registry.versions(name):
+            dep = configured(settings, name)
+        roles: dict[str, list[str]] = {}
+        for variant, version in live_variants(dep) if dep else []:
+            roles.setdefault(version, []).append(variant)
+        for version in registry.versions(name):
+            raw = Manifest.read(registry.path(name, version)).raw
+            metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in dict(raw.get("metrics") or {}).items())
+            live = ",".join(roles.get(version, [])) or "-"
+            print(f"{name:<12} {version:<8} {live:<18} {str(raw.get('created_at', '-')):<26} "
+                  f"{str(raw['sha256'])[:12]:<13} {metrics or '-'}")
+    if note:
+        print(note)
+    return 0
+
+
+def cmd_change(args: argparse.Namespace) -> int:
+    """promote | canary | shadow | ab | rollback: read the current deployment, change it, write it back."""
+    from confluent_kafka import Producer
+
+    settings = load_settings(broker=args.broker, **({"model_dir": args.model_dir} if args.model_dir else {}))
+    registry = ModelRegistry(settings.model_dir)
+    current = read_deployments(settings).get(args.name) or configured(settings, args.name)
+    now = int(time.time() * 1000)
+    for version in (getattr(args, "version", None), *(getattr(args, "versions", None) or ())):
+        if version is not None:
+            registry.path(args.name, version)  # refuses an unknown version with the list of known ones
+    action = args.model_command
+    if action == "promote":
+        new = current.promote(args.version, now)
+    elif action == "canary":
+        new = current.stop_canary(now) if args.stop else current.start_canary(_need(args), args.fraction, now)
+    elif action == "shadow":
+        new = current.remove_shadow(_need(args), now) if args.stop else current.add_shadow(_need(args), now)
+    elif action == "ab":
+        if args.stop:
+            new = current.stop_ab(now)
+        elif len(args.versions or ()) != 2:
+            raise ConfigError("driftline model ab NAME A B --split F: give two versions, or --stop")
+        else:
+            new = current.start_ab(args.versions[0], args.versions[1], args.split, now)
+    else:
+        new = current.rollback(now)
+    producer = Producer(settings.confluent(**{"log_level": 0}))
+    producer.produce(settings.topic("models"), json.dumps(new.to_dict()).encode(), args.name.encode())
+    if producer.flush(15) != 0:
+        raise BrokerError(f"could not write to {settings.topic('models')} at {settings.broker}")
+    print(f"before: {current.describe()}\nnow:    {new.describe()}")
+    return 0
+
+
+def _need(args: argparse.Namespace) -> str:
+    if not args.version:
+        raise ConfigError(f"driftline model {args.model_command} {args.name}: give a VERSION (or --stop)")
+    return str(args.version)
+
+
+def add_model_commands(sub: Any) -> None:
+    model = sub.add_parser("model", help="model registry and rollout: register, list, promote, canary, ...")
+    msub = model.add_subparsers(dest="model_command", required=True)
+
+    def common(p: argparse.ArgumentParser, broker: bool = True) -> None:
+        p.add_argument("--model-dir", help="registry root (DRIFTLINE_MODEL_DIR)")
+        if broker:
+            p.add_argument("--broker", help="bootstrap servers (DRIFTLINE_BROKER)")
+
+    reg = msub.add_parser("register", help="add an immutable version: hash, manifest, input check, profile")
+    reg.add_argument("file", help="the .onnx file")
+    reg.add_argument("--name", required=True)
+    reg.add_argument("--version", required=True)
+    reg.add_argument("--like", help="copy features/task/request from this version directory")
+    reg.add_argument("--spec", help="JSON with task, features, request, onnx, threshold, labels")
+    reg.add_argument("--metrics", help="JSON of offline evaluation metrics")
+    reg.add_argument("--data", help="training data (JSON lines/CSV): fingerprint and reference profile")
+    common(reg, broker=False)
+    reg.set_defaults(func=cmd_register)
+
+    ls = msub.add_parser("list", help="versions, and which serve (champion, canary, a/b, shadow)")
+    ls.add_argument("name", nargs="?")
+    common(ls)
+    ls.set_defaults(func=cmd_list)
+
+    pro = msub.add_parser("promote", help="make a version the champion")
+    pro.add_argument("name")
+    pro.add_argument("version")
+    common(pro)
+    can = msub.add_parser("canary", help="send a share of entities to a version (or --stop)")
+    can.add_argument("name")
+    can.add_argument("version", nargs="?")
+    can.add_argument("--fraction", type=float, default=0.1, help="share of entities (default 0.1)")
+    can.add_argument("--stop", action="store_true")
+    common(can)
+    sh = msub.add_parser("shadow", help="score every request with a version too, on the shadow topic")
+    sh.add_argument("name")
+    sh.add_argument("version", nargs="?")
+    sh.add_argument("--stop", action="store_true")
+    common(sh)
+    ab = msub.add_parser("ab", help="split entities between versions A and B (or --stop)")
+    ab.add_argument("name")
+    ab.add_argument("versions", nargs="*", metavar="VERSION")
+    ab.add_argument("--split", type=float, default=0.5, help="share of entities on B (default 0.5)")
+    ab.add_argument("--stop", action="store_true")
+    common(ab)
+    rb = msub.add_parser("rollback", help="end a canary or A/B test; else restore the previous champion")
+    rb.add_argument("name")
+    common(rb)
+    for p in (pro, can, sh, ab, rb):
+        p.set_defaults(func=cmd_change)
+
