@@ -137,8 +137,8 @@ def cmd_change(args: argparse.Namespace) -> int:
     current = read_deployments(settings).get(args.name) or configured(settings, args.name)
     now = int(time.time() * 1000)
     for version in (getattr(args, "version", None), *(getattr(args, "versions", None) or ())):
-        if version is not None:
-            registry.path(args.name, version)  # refuses an unknown version with the list of known ones
+        if version is not None and not getattr(args, "stop", False):
+            check_servable(registry, current, str(version))
     action = args.model_command
     if action == "promote":
         new = current.promote(args.version, now)
@@ -161,6 +161,20 @@ def cmd_change(args: argparse.Namespace) -> int:
         raise BrokerError(f"could not write to {settings.topic('models')} at {settings.broker}")
     print(f"before: {current.describe()}\nnow:    {new.describe()}")
     return 0
+
+
+def check_servable(registry: ModelRegistry, current: Deployment, version: str) -> None:
+    """Refuse here what the workers would refuse: unknown version, bad hash, inputs unlike the champion's."""
+    from inference.manifest import input_mismatch
+    from inference.model import OnnxModel
+
+    model = OnnxModel(registry.path(current.model, version), providers="cpu")
+    model.load()
+    model.unload()
+    champion = Manifest.read(registry.path(current.model, current.champion))
+    reason = input_mismatch(champion, model.manifest)
+    if reason is not None:
+        raise ConfigError(f"{current.model}: {reason}")
 
 
 def _need(args: argparse.Namespace) -> str:
