@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -108,8 +109,8 @@ def main() -> None:
     configs = [("CPUExecutionProvider", "run"), ("CPUExecutionProvider", "iobinding")]
     if "CUDAExecutionProvider" in available:
         configs += [("CUDAExecutionProvider", m) for m in ("run", "iobinding", "device")]
-    header = {"machine": f"{platform.machine()} {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
-              "onnxruntime": ort.__version__, "providers": available}
+    machine = f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+    header = {"machine": machine, "onnxruntime": ort.__version__, "providers": available}
     print(json.dumps(header), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mlp.onnx"

@@ -29,7 +29,7 @@ from detectors.profile import ReferenceProfile
 from detectors.sketch import WindowSketch
 from inference.deployment import Deployment, live_variants
 from inference.errors import ModelError
-from inference.model import OnnxModel
+from inference.model import CUDA, OnnxModel
 from inference.registry import ModelRegistry
 from schemas.catalog import SchemaCatalog, builtin_schema_dir
 from schemas.codec import encode
@@ -404,6 +404,15 @@ def run_worker(settings: Settings) -> None:
     """Run until SIGTERM/Ctrl-C (exits the process, as Faust's worker does)."""
     from faust.worker import Worker
 
+    if settings.require_gpu:
+        import onnxruntime as ort
+
+        if CUDA not in ort.get_available_providers():
+            raise ConfigError(
+                "require_gpu is set but this ONNX Runtime has no CUDA provider "
+                f"({', '.join(ort.get_available_providers())}); install driftline[gpu] on a machine with CUDA, "
+                "or unset DRIFTLINE_REQUIRE_GPU"
+            )
     created = create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
     if created:
         log.info("created missing topics: %s", ", ".join(created))

@@ -122,3 +122,17 @@ def test_cuda_is_used_when_present() -> None:
     model = OnnxModel(FRAUD, providers="cuda")
     model.load()
     assert model.active_provider == CUDA
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA; --require-gpu would start")
+def test_require_gpu_stops_the_worker_at_start_with_one_line() -> None:
+    import subprocess
+    import sys
+
+    from streams.settings import REPO_ROOT
+
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "--require-gpu", "--broker", "127.0.0.1:9"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no CUDA provider" in done.stderr
+    assert "DRIFTLINE_REQUIRE_GPU" in done.stderr
