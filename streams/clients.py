@@ -27,6 +27,8 @@ class BatchSource:
         self._consumer = Consumer(dict(conf), logger=log)
         self._consumer.subscribe(list(topics))
         self.high_watermarks: dict[tuple[str, int], int] = {}
+        self.processed: dict[tuple[str, int], int] = {}  # next offset after the last stored one
+        self.broker_down: str | None = None  # the last "all brokers down" error, until a record arrives
 
     def poll_batch(self, max_messages: int, timeout_s: float) -> list[RawMessage]:
         """Up to ``max_messages`` records: what is already fetched, else the first to arrive.
@@ -42,18 +44,63 @@ class BatchSource:
             if raw and max_messages > 1:
                 raw += consume(max_messages - 1, timeout=0)
         out: list[RawMessage] = []
+        seen: set[tuple[str, int]] = set()
         for m in raw:
             err = m.error()
             if err is not None:
+                if err.code() == KafkaError._ALL_BROKERS_DOWN:
+                    self.broker_down = str(err)
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", err)
                 continue
+            key = (cast(str, m.topic()), cast(int, m.partition()))
+            if key not in seen:
+                seen.add(key)
+                self.processed.setdefault(key, cast(int, m.offset()))
             ts_type, ts = m.timestamp()
             out.append(RawMessage(
                 cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset()), m.key(), m.value(),
                 cast(Headers | None, m.headers()), ts if ts_type else 0,
             ))
+        if out:
+            self.broker_down = None
+        for topic, part in seen:
+            self._note_watermark(topic, part)
         return out
+
+    def _note_watermark(self, topic: str, partition: int) -> None:
+        """The high watermark returned with the last fetch (no request; the broker's "latest offset" is not used)."""
+        try:
+            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        except (KafkaException, RuntimeError):
+            return
+        if high >= 0:
+            self.high_watermarks[(topic, partition)] = high
+
+    def refresh_watermarks(self) -> None:
+        """Refresh the cached high watermarks of every assigned partition (fetches keep them current)."""
+        try:
+            assigned = self._consumer.assignment()
+        except (KafkaException, RuntimeError):
+            return
+        for tp in assigned:
+            self._note_watermark(tp.topic, tp.partition)
+        mine = {(tp.topic, tp.partition) for tp in assigned}
+        for key in [k for k in self.high_watermarks if k not in mine]:  # moved to another member
+            del self.high_watermarks[key]
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records behind, per assigned partition: fetched high watermark minus the next offset to finish."""
+        return {k: max(0, high - self.processed[k]) for k, high in self.high_watermarks.items()
+                if k in self.processed}
+
+    def reachable(self, timeout_s: float = 2.0) -> str | None:
+        """None when the broker answers a metadata request, else why not."""
+        try:
+            self._consumer.list_topics(timeout=timeout_s)
+        except (KafkaException, RuntimeError) as exc:
+            return f"broker unreachable: {exc}"
+        return self.broker_down
 
     def store_through(self, messages: Iterable[RawMessage]) -> None:
         """Mark every message of a finished batch as done (committed by the next auto-commit)."""
@@ -65,6 +112,8 @@ class BatchSource:
         if not last:
             return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        for (t, p), o in last.items():
+            self.processed[(t, p)] = max(o + 1, self.processed.get((t, p), 0))
         try:
             self._consumer.store_offsets(offsets=offsets)
         except (KafkaException, RuntimeError) as exc:

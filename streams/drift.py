@@ -10,7 +10,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from detectors.evaluate import DEAD_LETTERS, SCORE, ColumnResult, dead_letter_result, evaluate
 from detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
@@ -19,6 +19,20 @@ from detectors.sketch import WindowSketch
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = 1
+
+
+def column_label(column: str) -> str:
+    """A column's name for people and labels: the model score and the dead-letter rate get readable ones."""
+    return {SCORE: "score", DEAD_LETTERS: "dead_letters"}.get(column, column)
+
+
+class ClosedWindow(NamedTuple):
+    """One evaluated window: its merged sketch, the alerts and retrain request it raised, every column's result."""
+
+    sketch: WindowSketch
+    alerts: list[AlertDecision]
+    retrain: RetrainDecision | None
+    results: list[ColumnResult]
 
 
 @dataclass
@@ -63,7 +77,7 @@ class DriftMonitor:
             self.pending[key] = merged
         return True
 
-    def close_due(self, now_ms: int) -> list[tuple[WindowSketch, list[AlertDecision], RetrainDecision | None]]:
+    def close_due(self, now_ms: int) -> list[ClosedWindow]:
         """Evaluate every window whose end is more than the grace period ago, oldest first."""
         due = sorted(self.pending, key=lambda k: (self.pending[k].start_ms, k))
         due = [k for k in due if self.pending[k].end_ms + self.grace_ms <= now_ms]
@@ -84,7 +98,7 @@ class DriftMonitor:
             self.policy_versions[sketch.model] = sketch.version
             policy = self.policies.setdefault(sketch.model, AlertPolicy(self.config))
             alerts, retrain = policy.update(results)
-            out.append((sketch, alerts, retrain))
+            out.append(ClosedWindow(sketch, alerts, retrain, results))
         return out
 
     def _profile(self, model: str, version: str) -> ReferenceProfile | None:

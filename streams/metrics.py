@@ -6,7 +6,22 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from inference.deployment import SHADOW
+from streams.drift import ClosedWindow, column_label
 from streams.pipeline import BatchOutcome
+
+
+def build_versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist, key in (("driftline", "version"), ("onnxruntime", "onnxruntime"), ("onnxruntime-gpu", "onnxruntime"),
+                      ("faust-streaming", "faust"), ("confluent-kafka", "confluent_kafka"), ("river", "river")):
+        try:
+            out[key] = version(dist)
+        except PackageNotFoundError:
+            out.setdefault(key, "none")
+    return out
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
@@ -81,6 +96,57 @@ class Metrics:
             ["model", "outcome"], registry=registry,
         )
         self._live: dict[str, set[tuple[str, str]]] = {}
+        self.consumer_lag = Gauge(
+            "driftline_consumer_lag", "Records behind per assigned requests partition (fetched high watermark "
+            "minus the next offset to finish).", ["topic", "partition"], registry=registry,
+        )
+        self.ready = Gauge("driftline_ready", "1 when /readyz answers ready, else 0.", registry=registry)
+        self.drift_statistic = Gauge(
+            "driftline_drift_statistic", "Each column's test statistic (ks, chi2, null_rate, dead_letter_rate) "
+            "and PSI in the last closed window.", ["model", "feature", "statistic"], registry=registry,
+        )
+        self.drift_threshold = Gauge(
+            "driftline_drift_threshold", "The statistic's threshold at the window's sample size (false-alarm "
+            "rate drift_alpha).", ["model", "feature", "statistic"], registry=registry,
+        )
+        self.drift_p_value = Gauge(
+            "driftline_drift_p_value", "Each column's p-value in the last closed window.", ["model", "feature"],
+            registry=registry,
+        )
+        self.drift_windows = Counter(
+            "driftline_drift_windows_total", "Drift windows evaluated.", ["model"], registry=registry,
+        )
+        self.alerts = Counter(
+            "driftline_alerts_total", "Alerts raised by kind and severity.", ["model", "kind", "severity"],
+            registry=registry,
+        )
+        self.retrains = Counter(
+            "driftline_retrain_requests_total", "Retrain requests sent.", ["model"], registry=registry,
+        )
+        self.build_info = Info("driftline_build", "Versions of driftline and its engines.", registry=registry)
+        self.build_info.info(build_versions())
+
+    def observe_window(self, closed: ClosedWindow) -> None:
+        """The statistics of one evaluated drift window, and the alerts it raised."""
+        model = closed.sketch.model
+        self.drift_windows.labels(model).inc()
+        for r in closed.results:
+            feature = column_label(r.column)
+            self.drift_statistic.labels(model, feature, r.statistic).set(r.value)
+            self.drift_threshold.labels(model, feature, r.statistic).set(r.threshold)
+            self.drift_p_value.labels(model, feature).set(r.p_value)
+            if r.statistic in ("ks", "chi2"):
+                self.drift_statistic.labels(model, feature, "psi").set(r.psi)
+                self.drift_threshold.labels(model, feature, "psi").set(r.psi_threshold)
+        for a in closed.alerts:
+            self.alerts.labels(model, a.result.kind, a.severity).inc()
+        if closed.retrain is not None:
+            self.retrains.labels(model).inc()
+
+    def observe_lag(self, lag: dict[tuple[str, int], int]) -> None:
+        self.consumer_lag.clear()  # partitions move between workers
+        for (topic, partition), n in lag.items():
+            self.consumer_lag.labels(topic, str(partition)).set(n)
 
     def set_deployment(self, model: str, live: list[tuple[str, str, str]]) -> None:
         """Replace the model's ``driftline_model_info`` series with (version, variant, provider) triples."""

@@ -154,6 +154,10 @@ class Settings(BaseSettings):
     producer_linger_ms: int = Field(5, ge=0, le=1_000)
     max_message_bytes: int = Field(256 * 1024, ge=64)
     deadletter_max_value_bytes: int = Field(1024 * 1024, ge=64)
+    stall_s: float = Field(60.0, gt=0, le=86_400, description="/readyz: lag and no finished batch this long = stalled")
+    fault_stall_after_batches: int | None = Field(
+        None, ge=0, description="fault injection: the score agent hangs after N batches (readiness tests, drills)"
+    )
     drift: bool = Field(True, description="fold batches into drift windows (models with a profile.json)")
     window_s: float = Field(60.0, ge=0.5, le=86_400, description="processing-time drift window length")
     window_events: int | None = Field(None, ge=10, description="count windows instead (tests, replays)")

@@ -10,6 +10,7 @@ any point redoes at most the unacknowledged batches after restart.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from streams.drift import DriftMonitor, alert_record, retrain_record
 from streams.errors import BrokerError, ConfigError, DeliveryError
 from streams.kafka import create_topics, latest_by_key
 from streams.metrics import Metrics
+from streams.observe import Progress, Recent, readiness
 from streams.pipeline import OutRecord, ScorePipeline, ServedModel
 from streams.profiling import PROFILE_FILE
 from streams.rollout import ControlFollower, load_failed_alert, loader_from
@@ -46,6 +48,12 @@ from streams.windows import WindowFolder
 
 log = logging.getLogger(__name__)
 EXIT_DELIVERY = 70
+
+
+@functools.cache
+def dashboard_html() -> str:
+    """The dashboard page: one self-contained file (no CDN), read once."""
+    return (Path(__file__).parent / "web" / "dashboard.html").read_text()
 
 
 def build_catalog(settings: Settings) -> SchemaCatalog:
@@ -125,6 +133,8 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     metrics = Metrics(registry)
     for served in pipeline.served.values():
         publish_deployment(metrics, served)
+    progress = Progress(time.time(), settings.stall_s)
+    recent = Recent()
     timeout = max(int(settings.session_timeout_s), 6)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -164,6 +174,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
                     consumer_thread, source.poll_batch, settings.batch_max, wait_s
                 )
                 if msgs:
+                    progress.backlog += len(msgs)
                     await batches.put(msgs)  # type: ignore[arg-type]  # non-Event values pass through
         finally:
             # Store what the broker has acknowledged, then close (after any in-flight
@@ -189,15 +200,24 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     def sketch_records(sketches: list[WindowSketch]) -> list[OutRecord]:
         return [OutRecord(sketches_topic_name, s.model.encode(), json.dumps(s.to_dict()).encode()) for s in sketches]
 
+    stall_after = settings.fault_stall_after_batches
+
     @app.agent(batches)
     async def score(stream: Any) -> None:
+        done = 0
         async for msgs in stream:
+            if stall_after is not None and done >= stall_after:
+                log.warning("fault injection: the score agent stalls now (fault_stall_after_batches=%d)", done)
+                await asyncio.Event().wait()  # an await that never returns: the failure /readyz must catch
+            done += 1
             outcome = pipeline.process(msgs, int(time.time() * 1000))
             sink.send(outcome.predictions + outcome.shadow_predictions + outcome.deadletters
                       + sketch_records(outcome.sketches), msgs)
             for error in outcome.shadow_errors:
                 log.warning("shadow scoring failed (served traffic unaffected): %s", error)
             metrics.observe_batch(len(msgs), outcome, time.time())
+            progress.backlog -= len(msgs)
+            progress.batch_done(time.time())
             store_acknowledged()
             while sink.in_flight > settings.max_inflight_batches:
                 await asyncio.sleep(0.001)
@@ -215,9 +235,14 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
                 closed = pipeline.tick(int(time.time() * 1000))
                 if closed:
                     sink.send(sketch_records(closed), [])
+                source.refresh_watermarks()
+                lag = source.lag()
+                metrics.observe_lag(lag)
+                progress.lag = sum(lag.values())
+                metrics.ready.set(1.0 if ready_now(None)[0] else 0.0)
             await asyncio.sleep(0.002)
 
-    add_drift_agent(app, settings, pipeline, catalog)
+    add_drift_agent(app, settings, catalog, metrics, recent)
 
     alert_schema = catalog.latest("driftline.Alert")
     alerts = app.topic(settings.topic("alerts"), key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -231,6 +256,8 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
         rec = load_failed_alert(model, version, reason, int(time.time() * 1000))
         log.error("alert critical model_load_failed: %s %s", model, rec["message"])
         metrics.deployment_changes.labels(model, "refused").inc()
+        metrics.alerts.labels(model, "model_load_failed", "critical").inc()
+        recent.add_alert(rec)
         await alerts.send(key=model.encode(), value=encode(alert_schema, rec, fast=True))
 
     async def apply(dep: Deployment) -> None:
@@ -279,11 +306,37 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     async def healthz(_self: Any, request: Any) -> Any:
         return _self.json({"status": "alive"})
 
+    probe: dict[str, Any] = {"at": 0.0, "problem": None}
+
+    def ready_now(broker_problem: str | None) -> tuple[bool, dict[str, str]]:
+        return readiness(progress, time.time(), broker_problem=broker_problem or probe["problem"],
+                         models_ready={s.model.name: s.model.ready for s in pipeline.served.values()})
+
+    @app.page("/readyz")
+    async def readyz(_self: Any, request: Any) -> Any:
+        """200 when the broker answers, every model is loaded and the score path is not stalled; else 503."""
+        if time.monotonic() - probe["at"] > 3.0:  # at most one metadata request every 3 s
+            loop = asyncio.get_running_loop()
+            probe["problem"] = await loop.run_in_executor(None, source.reachable)
+            probe["at"] = time.monotonic()
+        ok, checks = ready_now(None)
+        metrics.ready.set(1.0 if ok else 0.0)
+        return _self.json({"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503)
+
+    @app.page("/")
+    async def dashboard(_self: Any, request: Any) -> Any:
+        return _self.html(dashboard_html())
+
+    @app.page("/api/recent")
+    async def recent_page(_self: Any, request: Any) -> Any:
+        return _self.json(recent.to_dict())
+
     app.driftline_metrics = metrics  # type: ignore[attr-defined]
     return app
 
 
-def add_drift_agent(app: faust.App, settings: Settings, pipeline: ScorePipeline, catalog: SchemaCatalog) -> None:
+def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, metrics: Metrics,
+                    recent: Recent) -> None:
     """Merge the workers' window sketches per model, evaluate closed windows, send alerts and retrains.
 
     The sketches topic is keyed by model, so one worker sees all sketches of
@@ -375,16 +428,20 @@ def add_drift_agent(app: faust.App, settings: Settings, pipeline: ScorePipeline,
     async def close_windows() -> None:
         now = int(time.time() * 1000)
         closed = monitor.close_due(now)
-        for sketch, decisions, retrain in closed:
+        for window in closed:
+            sketch, decisions, retrain, _ = window
+            metrics.observe_window(window)
+            recent.add_window(window)
             records = [alert_record(sketch, d, now) for d in decisions]
             for rec in records:
                 log.info("alert %s %s: %s", rec["severity"], rec["kind"], rec["message"])
+                recent.add_alert(rec)
                 await alerts.send(key=sketch.model.encode(), value=encode(alert_schema, rec, fast=True))
             if retrain is not None:
                 rec = retrain_record(sketch, retrain, [r["id"] for r in records], lookback_ms, now)
                 log.info("retrain requested for %s: %s", sketch.model, rec["reason"])
                 await retrains.send(key=sketch.model.encode(), value=encode(retrain_schema, rec, fast=True))
-        for model in sorted({sketch.model for sketch, _, _ in closed}):
+        for model in sorted({window.sketch.model for window in closed}):
             await save(model)
 
 

@@ -1,0 +1,78 @@
+"""What the worker's web pages show besides ``/metrics``: readiness and the recent drift windows and alerts.
+
+Readiness is a pure function of what the worker last saw (clock passed in),
+so the rule "lag and no progress for ``stall_s`` means stalled" is tested
+without a broker; the worker only feeds it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.drift import ClosedWindow, column_label
+
+
+@dataclass
+class Progress:
+    """When the score path last finished a batch, and what it had left to do."""
+
+    started_s: float
+    stall_s: float
+    last_batch_s: float | None = None
+    backlog: int = 0  # records fetched but not yet scored (batches waiting for the agent)
+    lag: int = 0  # records behind on the assigned partitions
+
+    def batch_done(self, now_s: float) -> None:
+        self.last_batch_s = now_s
+
+    def stalled(self, now_s: float) -> str | None:
+        """Why the worker is stalled, or None: work is waiting and nothing finished for ``stall_s``.
+
+        An idle worker (no lag, nothing fetched) is never stalled, however long
+        since its last batch: a quiet topic is not a failure.
+        """
+        if self.lag <= 0 and self.backlog <= 0:
+            return None
+        since = self.last_batch_s if self.last_batch_s is not None else self.started_s
+        idle = now_s - since
+        if idle < self.stall_s:
+            return None
+        return (f"stalled: {self.lag} records behind and {self.backlog} fetched, "
+                f"but no batch finished for {idle:.0f}s (stall_s={self.stall_s:g})")
+
+
+def readiness(progress: Progress, now_s: float, *, broker_problem: str | None, models_ready: dict[str, bool]
+              ) -> tuple[bool, dict[str, str]]:
+    """(ready, check → "ok" or the reason) for ``/readyz``."""
+    checks = {"broker": broker_problem or "ok"}
+    for name, ok in models_ready.items():
+        checks[f"model:{name}"] = "ok" if ok else "not loaded"
+    checks["progress"] = progress.stalled(now_s) or "ok"
+    return all(v == "ok" for v in checks.values()), checks
+
+
+@dataclass
+class Recent:
+    """The last drift windows (for the dashboard's heat map) and the last alerts, newest last."""
+
+    windows: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=60))
+    alerts: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=100))
+
+    def add_window(self, closed: ClosedWindow) -> None:
+        s = closed.sketch
+        self.windows.append({
+            "model": s.model, "version": s.version, "start": s.start_ms, "end": s.end_ms, "messages": s.messages,
+            "columns": [{"feature": column_label(r.column),
+                         "kind": r.kind, "statistic": r.statistic, "value": r.value, "threshold": r.threshold,
+                         "p_value": r.p_value, "psi": r.psi, "n": r.n} for r in closed.results],
+        })
+
+    def add_alert(self, record: dict[str, Any]) -> None:
+        keep = ("id", "model", "model_version", "kind", "severity", "feature", "statistic", "value", "threshold",
+                "message", "created_at")
+        self.alerts.append({k: record.get(k) for k in keep})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"windows": list(self.windows), "alerts": list(self.alerts)}

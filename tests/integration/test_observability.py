@@ -1,0 +1,210 @@
+"""Readiness that catches a stalled agent, the dashboard in headless Chromium, and a real Prometheus scrape."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from schemas.catalog import SchemaCatalog
+from schemas.codec import encode_many
+from streams.broker import EmbeddedBroker
+from streams.kafka import create_topics
+from streams.settings import REPO_ROOT, load_settings
+from tests.helpers import WorkerProcess, free_port, produce
+from tests.unit.test_deploy_files import exported_names, used_names
+
+pytestmark = pytest.mark.kafka
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_until(condition, worker: WorkerProcess, what: str, timeout_s: float = 60):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not (result := condition()):
+        assert worker.alive(), worker.log()[-3000:]
+        assert time.monotonic() < deadline, f"{what} within {timeout_s}s; log: {worker.log()[-2000:]}"
+        time.sleep(0.2)
+    return result
+
+
+def samples(metrics_text: str) -> dict[str, float]:
+    """Every series as name{k="v",...} (labels sorted) → value."""
+    out = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+def send_requests(bootstrap: str, topic: str, catalog: SchemaCatalog, generator, rng, n: int, bad: int = 0) -> int:  # type: ignore[no-untyped-def]
+    recs, _ = generator.generate(n, rng, start_ms=int(time.time() * 1000), step_ms=0)
+    recs = [{**r, "ip_risk": r["ip_risk"] or 0.1} for r in recs]
+    values = encode_many(catalog.latest("driftline.examples.CardTransaction"), recs)
+    items = [(r["card_id"].encode(), v) for r, v in zip(recs, values, strict=True)]
+    items += [(b"junk", b"not avro at all")] * bad
+    return produce(bootstrap, topic, items)
+
+
+def test_readyz_catches_a_stalled_agent(
+    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+) -> None:
+    settings = load_settings(broker=broker.bootstrap, namespace=namespace)
+    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, batch_max="100", stall_s="3",
+                           fault_stall_after_batches="5").start()
+    base = f"http://127.0.0.1:{worker.port}"
+    try:
+        # Idle and healthy: ready (an empty topic is not a stall).
+        wait_until(lambda: _up(base) and get(base + "/readyz")[0] == 200, worker, "ready before any traffic")
+        send_requests(broker.bootstrap, settings.topic("requests"), catalog, generator, rng, 5000)
+        status, body = wait_until(lambda: (r := get(base + "/readyz"))[0] == 503 and r, worker, "readyz 503")
+        checks = json.loads(body)["checks"]
+        assert checks["progress"].startswith("stalled") and checks["broker"] == "ok"
+        assert checks["model:fraud"] == "ok"
+        assert get(base + "/healthz")[0] == 200  # alive, but not ready: a restart is the cure
+        assert samples(worker.metrics())["driftline_ready{}"] == 0.0
+        assert "fault injection: the score agent stalls now" in worker.log()
+    finally:
+        worker.stop()
+
+
+def _up(base: str) -> bool:
+    try:
+        return get(base + "/healthz")[0] == 200
+    except OSError:
+        return False
+
+
+class _Values(HTMLParser):
+    """Elements of the rendered dashboard that carry data-metric / data-sum and data-value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metric: dict[str, float] = {}
+        self.sums: dict[str, float] = {}
+        self.polls = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "body" and a.get("data-polls"):
+            self.polls = int(a["data-polls"] or 0)
+        if a.get("data-value") is None:
+            return
+        if a.get("data-metric"):
+            self.metric[str(a["data-metric"])] = float(a["data-value"] or "nan")
+        if a.get("data-sum"):
+            self.sums[str(a["data-sum"])] = float(a["data-value"] or "nan")
+
+
+def chromium(*args: str, profile: Path) -> str:
+    exe = shutil.which("chromium")
+    assert exe, "Debian's chromium is needed for this test (.ci/run installs it: apt-get install chromium)"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}"]
+    done = subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_dashboard_numbers_match_metrics_in_headless_chromium(
+    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+) -> None:
+    settings = load_settings(broker=broker.bootstrap, namespace=namespace)
+    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, window_events="500", window_grace_s="0").start()
+    base = f"http://127.0.0.1:{worker.port}"
+    try:
+        n = send_requests(broker.bootstrap, settings.topic("requests"), catalog, generator, rng, 3000, bad=25)
+        done = 'driftline_requests_total{model="fraud",outcome="predicted"}'
+        dead = 'driftline_requests_total{model="fraud",outcome="dead_letter"}'
+
+        def handled() -> bool:
+            got = samples(worker.metrics())
+            return got.get(done, 0) + got.get(dead, 0) >= n
+
+        wait_until(lambda: _up(base) and handled(), worker, "every request handled")
+        wait_until(lambda: json.loads(get(base + "/api/recent")[1])["windows"], worker, "a drift window")
+        dom = chromium("--virtual-time-budget=6000", "--dump-dom", base + "/", profile=tmp_path / "chrome")
+        metrics = samples(worker.metrics())
+        shot = REPO_ROOT / "docs" / "dashboard.png"
+        shot.parent.mkdir(exist_ok=True)
+        chromium("--virtual-time-budget=6000", "--window-size=1400,1100", f"--screenshot={tmp_path / 'dash.png'}",
+                 base + "/", profile=tmp_path / "chrome2")
+    finally:
+        worker.stop()
+    page = _Values()
+    page.feed(dom)
+    assert page.polls >= 1, dom[:2000]
+    assert page.metric, "no metric values on the page"
+    for key, value in page.metric.items():
+        assert metrics[key] == value, key
+    assert page.sums["driftline_requests_total|outcome=predicted"] == metrics[done] == 3000
+    assert page.sums["driftline_requests_total|outcome=dead_letter"] == 25
+    assert 'driftline_dead_letters_total{model="fraud",reason="bad_magic_byte",stage="decode"}' in page.metric or \
+        any(k.startswith("driftline_dead_letters_total") for k in page.metric)
+    assert any(k.startswith("driftline_predictions_total") and 'variant="champion"' in k for k in page.metric)
+    assert "<rect" in dom  # the drift heat map drew the window
+    png = (tmp_path / "dash.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    shot.write_bytes(png)  # the README shows it
+
+
+def test_a_real_prometheus_scrapes_the_worker(
+    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+) -> None:
+    exe = shutil.which("prometheus")
+    assert exe, "Debian's prometheus is needed for this test (.ci/run installs it: apt-get install prometheus)"
+    settings = load_settings(broker=broker.bootstrap, namespace=namespace)
+    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    worker = WorkerProcess(broker.bootstrap, namespace, tmp_path).start()
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files: ['{REPO_ROOT / 'deploy' / 'prometheus' / 'rules.yml'}']\n"
+        f"scrape_configs:\n  - job_name: driftline\n    static_configs:\n      - targets: ['127.0.0.1:{worker.port}']\n"
+    )
+    prom = subprocess.Popen([exe, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "prom.log").open("wb"))
+    try:
+        n = send_requests(broker.bootstrap, settings.topic("requests"), catalog, generator, rng, 1000)
+        query = f"http://127.0.0.1:{port}/api/v1/query?query=sum(driftline_requests_total)"
+
+        def scraped() -> float:
+            try:
+                status, body = get(query)
+            except OSError:
+                return 0.0
+            result = json.loads(body)["data"]["result"] if status == 200 else []
+            return float(result[0]["value"][1]) if result else 0.0
+
+        assert prom.poll() is None, (tmp_path / "prom.log").read_text()[-2000:]
+        wait_until(lambda: scraped() >= n, worker, "Prometheus reading the worker's counter back", timeout_s=90)
+        live = exported_names(worker.metrics())
+        for where, names in used_names().items():  # the deploy files against this live /metrics
+            assert names <= live, f"{where}: {sorted(names - live)}"
+        status, body = get(f"http://127.0.0.1:{port}/api/v1/rules")
+        groups = json.loads(body)["data"]["groups"]
+        assert status == 200 and groups and all(r["health"] != "err" for g in groups for r in g["rules"])
+    finally:
+        prom.terminate()
+        prom.wait(20)
+        worker.stop()
