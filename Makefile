@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration bench clean
+.PHONY: demo test lint sysdeps unit integration bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "driftline needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
@@ -20,7 +20,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check schemas inference detectors streams tests bench examples
 	$(PY) -m mypy
 
-test: lint
+sysdeps:
+	scripts/system-deps
+
+test: lint sysdeps
 	$(PY) -m pytest --doctest-modules schemas inference detectors tests
 
 unit: $(STAMP)
