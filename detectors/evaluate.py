@@ -95,6 +95,13 @@ def dead_letter_result(sketch: WindowSketch, baseline_rate: float, alpha: float)
                         sketch.messages, 0)
 
 
+def bin_labels(ref: NumericReference | CategoricalReference) -> list[str]:
+    """Readable names of a reference's PSI bins (numeric intervals) or categories (plus "(other)")."""
+    if isinstance(ref, NumericReference):
+        return _bin_labels(ref.edges)
+    return [*ref.categories, "(other)"]
+
+
 def _bin_labels(edges: np.ndarray) -> list[str]:
     bounds = ["-inf", *(f"{e:.4g}" for e in edges), "inf"]
     return [f"[{a}, {b})" for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

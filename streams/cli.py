@@ -183,6 +183,19 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import time
+
+    from streams.report import parse_window, write_reports
+
+    settings = _settings(args)
+    models = [args.model] if args.model else [b.name for b in settings.models]
+    for path in write_reports(settings, models, parse_window(args.window), Path(args.out_dir),
+                              int(time.time() * 1000)):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftline", description="Streaming data plane for ML models.")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
@@ -226,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     tc = tsub.add_parser("create", help="create every driftline topic with its partition count")
     tc.add_argument("--broker")
     tc.set_defaults(func=cmd_topics_create)
+
+    rep = sub.add_parser("report", help="self-contained HTML drift report per model for a recent period")
+    rep.add_argument("--model", help="one served model (default: every served model)")
+    rep.add_argument("--window", default="1h", help="the period ending now: 30m, 1h, 2d (default 1h)")
+    rep.add_argument("--out-dir", default=".", help="where to write driftline-report-<model>.html")
+    rep.add_argument("--broker")
+    rep.set_defaults(func=cmd_report)
 
     from streams.model_cli import add_model_commands
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -20,7 +21,8 @@ DRIFTED = {"amount", "distance_from_last_km"}
 
 
 def test_alerts_only_after_drift_only_on_drifted_features_and_a_retrain(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
     create_topics(settings.confluent(), settings.topic_partitions())
@@ -74,6 +76,23 @@ def test_alerts_only_after_drift_only_on_drifted_features_and_a_retrain(
                if a["kind"] == "data_drift")
     assert retrains[0]["stage"] == "requested" and retrains[0]["reason"]
     assert set(retrains[0]["alert_ids"]) <= {a["id"] for a in alerts}
+
+    # The drift report of the period: one self-contained page with every alert and the drifted features flagged.
+    from html import escape
+
+    from streams.cli import main as cli
+
+    monkeypatch.setenv("DRIFTLINE_NAMESPACE", namespace)
+    assert cli(["report", "--model", "fraud", "--window", "10m", "--out-dir", str(tmp_path),
+                "--broker", broker.bootstrap]) == 0
+    page = (tmp_path / "driftline-report-fraud.html").read_text()
+    assert "<script" not in page and "src=" not in page and "http" not in page.split("</style>")[1]
+    assert all(escape(a["message"]) in page for a in alerts)
+    for feature in DRIFTED:
+        section = page.split(f'<h3 id="col-{feature}">')[1].split("<h3")[0]
+        assert "<tr class=flag><td>ks</td>" in section and "<svg" in section
+    flagged = dict(re.findall(r"<tr class=flag><td>([a-z_0-9]+)</td><td>(?:ks|chi2)</td><td class=n>(\d+)", page))
+    assert DRIFTED <= set(flagged) and all(int(flagged[f]) >= 2 for f in DRIFTED)
 
 
 def test_a_restarted_worker_resumes_the_drift_state(
