@@ -196,6 +196,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from streams.status import render_status
+
+    settings = _settings(args)
+    print(render_status(settings, args.worker or f"http://127.0.0.1:{settings.web_port}", alerts=args.alerts))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftline", description="Streaming data plane for ML models.")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
@@ -246,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out-dir", default=".", help="where to write driftline-report-<model>.html")
     rep.add_argument("--broker")
     rep.set_defaults(func=cmd_report)
+
+    st = sub.add_parser("status", help="topics and lag, live models and provider, the last alerts")
+    st.add_argument("--broker")
+    st.add_argument("--worker", help="a worker's web address for the provider (default http://127.0.0.1:WEB_PORT)")
+    st.add_argument("--alerts", type=int, default=5, help="how many recent alerts (default 5)")
+    st.set_defaults(func=cmd_status)
 
     from streams.model_cli import add_model_commands
 

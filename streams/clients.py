@@ -78,13 +78,28 @@ class BatchSource:
             self.high_watermarks[(topic, partition)] = high
 
     def refresh_watermarks(self) -> None:
-        """Refresh the cached high watermarks of every assigned partition (fetches keep them current)."""
+        """Refresh the cached high watermarks of every assigned partition (fetches keep them current).
+
+        Blocking (a committed-offsets request for newly assigned partitions): call it off the event loop.
+        """
         try:
             assigned = self._consumer.assignment()
         except (KafkaException, RuntimeError):
             return
         for tp in assigned:
             self._note_watermark(tp.topic, tp.partition)
+        fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in self.processed]
+        if fresh:  # assigned but nothing consumed yet: lag counts from the committed offset
+            try:
+                for tp in self._consumer.committed(fresh, timeout=2):
+                    if tp.offset >= 0:
+                        self.processed.setdefault((tp.topic, tp.partition), tp.offset)
+                    else:
+                        low, _ = self._consumer.get_watermark_offsets(tp, cached=True)
+                        if low >= 0:
+                            self.processed.setdefault((tp.topic, tp.partition), low)
+            except (KafkaException, RuntimeError):
+                pass
         mine = {(tp.topic, tp.partition) for tp in assigned}
         for key in [k for k in self.high_watermarks if k not in mine]:  # moved to another member
             del self.high_watermarks[key]

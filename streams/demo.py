@@ -189,6 +189,8 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
             )
         print(f"broker {bootstrap}; worker pid {worker.pid} (log {data_dir / 'worker.log'})", file=out)
         print(f"follow it: DRIFTLINE_BROKER={bootstrap} driftline tail {settings.topic('predictions')}",
+              file=out)
+        print(f"dashboard: http://127.0.0.1:{settings.web_port}/  (metrics /metrics, readiness /readyz)",
               file=out, flush=True)
         watch = Watch()
         threads = [

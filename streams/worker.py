@@ -235,7 +235,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
                 closed = pipeline.tick(int(time.time() * 1000))
                 if closed:
                     sink.send(sketch_records(closed), [])
-                source.refresh_watermarks()
+                await asyncio.get_running_loop().run_in_executor(None, source.refresh_watermarks)
                 lag = source.lag()
                 metrics.observe_lag(lag)
                 progress.lag = sum(lag.values())

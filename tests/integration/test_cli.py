@@ -65,6 +65,7 @@ def test_up_shows_predictions_and_dead_letters_and_ends_with_counts(tmp_path: Pa
     first = re.search(r"first prediction ([\d.]+)s after start", out.stdout)
     assert first is not None and float(first.group(1)) <= 15.0
     assert "dead letters" in out.stdout and "p99" in out.stdout
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/ ", out.stdout)
 
 
 def test_tail_stops_with_a_message_when_the_broker_goes(tmp_path: Path) -> None:

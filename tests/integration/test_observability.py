@@ -62,7 +62,8 @@ def send_requests(bootstrap: str, topic: str, catalog: SchemaCatalog, generator,
 
 
 def test_readyz_catches_a_stalled_agent(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
     create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
@@ -78,8 +79,21 @@ def test_readyz_catches_a_stalled_agent(
         assert checks["progress"].startswith("stalled") and checks["broker"] == "ok"
         assert checks["model:fraud"] == "ok"
         assert get(base + "/healthz")[0] == 200  # alive, but not ready: a restart is the cure
-        assert samples(worker.metrics())["driftline_ready{}"] == 0.0
+        got = samples(worker.metrics())
+        assert got["driftline_ready{}"] == 0.0
+        lag = sum(v for k, v in got.items() if k.startswith("driftline_consumer_lag{"))
+        assert 4000 <= lag <= 5000  # at most 5 batches of 100 done before the stall
         assert "fault injection: the score agent stalls now" in worker.log()
+
+        # driftline status shows the same backlog, the model and the provider the worker reports.
+        from streams.cli import main as cli
+
+        monkeypatch.setenv("DRIFTLINE_NAMESPACE", namespace)
+        assert cli(["status", "--broker", broker.bootstrap, "--worker", base]) == 0
+        screen = capsys.readouterr().out
+        row = next(line for line in screen.splitlines() if line.strip().startswith(settings.topic("requests")))
+        assert 4000 <= int(row.split()[-1]) <= 5000 and int(row.split()[-2]) == 5000
+        assert "fraud: champion v1" in screen and "on CPUExecutionProvider" in screen and "LAST 5 ALERTS" in screen
     finally:
         worker.stop()
 

@@ -1,0 +1,107 @@
+"""``driftline status``: topics and lag, live models and their provider, the last alerts — one screen.
+
+Lag is the score group's committed offset against the high watermark that
+comes back with fetched data (the broker's "latest offset" answer is not
+trusted: the embedded broker gets it wrong).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from streams.errors import BrokerError
+
+
+def fetched_watermarks(conf: Mapping[str, Any], topics: Mapping[str, int], timeout_s: float = 10.0
+                       ) -> dict[tuple[str, int], tuple[int, int]]:
+    """(low, high) per partition, from one fetch of each partition's last record."""
+    consumer = Consumer({**conf, "group.id": "driftline-status", "enable.auto.commit": False,
+                         "enable.partition.eof": True, "log_level": 0})
+    try:
+        parts = [TopicPartition(t, p, 0) for t, n in topics.items() for p in range(n)]
+        consumer.assign(parts)
+        pending = {(tp.topic, tp.partition) for tp in parts}
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for msg in consumer.consume(10_000, timeout=0.3):
+                err = msg.error()
+                if err is None or err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard((str(msg.topic()), int(msg.partition() or 0)))
+        if pending:
+            raise BrokerError(f"no fetch answer within {timeout_s:.0f}s for {sorted(pending)[:4]}")
+        return {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, cached=True) for tp in parts}
+    finally:
+        consumer.close()
+
+
+def committed(conf: Mapping[str, Any], group: str, topics: Mapping[str, int]) -> dict[tuple[str, int], int]:
+    consumer = Consumer({**conf, "group.id": group, "enable.auto.commit": False, "log_level": 0})
+    try:
+        parts = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
+        return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(parts, timeout=10)}
+    finally:
+        consumer.close()
+
+
+def worker_models(url: str) -> list[dict[str, str]]:
+    """``driftline_model_info`` series of a running worker's /metrics (model, version, variant, provider)."""
+    with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=3) as r:  # noqa: S310 - operator's URL
+        text = r.read().decode()
+    out = []
+    for labels in re.findall(r"^driftline_model_info\{(.*)\} 1\.0$", text, re.M):
+        out.append(dict(re.findall(r'(\w+)="([^"]*)"', labels)))
+    return out
+
+
+def render_status(settings: Any, worker_url: str, alerts: int = 5) -> str:
+    from schemas.codec import decode
+    from streams.kafka import iter_topic
+    from streams.model_cli import configured, read_deployments
+    from streams.report import millis
+    from streams.worker import build_catalog
+
+    conf = settings.confluent(**{"log_level": 0})
+    parts = settings.topic_partitions()
+    marks = fetched_watermarks(conf, parts)
+    requests = {settings.requests_topic(b) for b in settings.models}
+    done = committed(conf, settings.score_group, {t: parts[t] for t in requests})
+    lines = [f"driftline {settings.namespace} on {settings.broker}", "", "TOPICS"]
+    lines.append(f"  {'topic':<40} {'partitions':>10} {'records':>10} {'lag':>10}")
+    for topic, n in parts.items():
+        records = sum(marks[(topic, p)][1] - max(marks[(topic, p)][0], 0) for p in range(n))
+        lag = "-"
+        if topic in requests:
+            lag = str(sum(max(0, marks[(topic, p)][1] - (done[(topic, p)] if done[(topic, p)] >= 0 else
+                                                       max(marks[(topic, p)][0], 0))) for p in range(n)))
+        lines.append(f"  {topic:<40} {n:>10} {records:>10} {lag:>10}")
+    lines += ["", "MODELS"]
+    deployments = read_deployments(settings, timeout_s=10)
+    for b in settings.models:
+        dep = deployments.get(b.name) or configured(settings, b.name)
+        lines.append(f"  {dep.describe()}" + ("" if b.name in deployments else " (configured; no control record)"))
+    try:
+        live = worker_models(worker_url)
+        for m in live:
+            lines.append(f"  worker at {worker_url}: {m.get('model')} v{m.get('version')} {m.get('variant')} "
+                         f"on {m.get('provider')}")
+    except OSError as exc:
+        lines.append(f"  provider: unknown (no worker answers at {worker_url}: {exc})")
+    lines += ["", f"LAST {alerts} ALERTS"]
+    catalog = build_catalog(settings)
+    found = []
+    for m in iter_topic(conf, settings.topic("alerts")):
+        try:
+            found.append(decode(catalog, m.value() or b"")[1])
+        except Exception:  # noqa: BLE001, S112 - skip what is not an alert
+            continue
+    from streams.alerts import format_event
+
+    found.sort(key=lambda a: millis(a["created_at"]))
+    lines += [f"  {format_event(a, colour=False)}" for a in found[-alerts:]] or ["  none"]
+    return "\n".join(lines)
