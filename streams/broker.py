@@ -87,8 +87,11 @@ class EmbeddedBroker:
     127.0.0.1:40123
     """
 
-    def __init__(self, *, port: int | None = None, log_file: Path | None = None) -> None:
+    def __init__(self, *, port: int | None = None, log_file: Path | None = None,
+                 advertised_port: int | None = None) -> None:
+        """``advertised_port``: the port clients are told to use (a TLS terminator in front, say)."""
         self.port = port
+        self.advertised_port = advertised_port
         self.log_file = log_file
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -102,9 +105,10 @@ class EmbeddedBroker:
         binary = find_tansu()
         self.port = free_port(self.port)
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}" if self.advertised_port else url
         out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
         self._proc = subprocess.Popen(  # noqa: S603 - our own binary, fixed arguments
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised,
              "--storage-engine", "memory://tansu/"],
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -28,14 +29,22 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from streams.worker import run_worker
-
     extra: dict[str, Any] = {}
     if args.require_gpu:
         extra["require_gpu"] = True
     if args.providers:
         extra["providers"] = args.providers
-    run_worker(_settings(args, **extra))
+    settings = _settings(args, **extra)
+    if args.processes > 1:
+        from streams.supervisor import supervise
+
+        argv = [*(["--broker", args.broker] if args.broker else []),
+                *(["--providers", args.providers] if args.providers else []),
+                *(["--require-gpu"] if args.require_gpu else [])]
+        return supervise(settings, args.processes, argv, args.restart_delay)
+    from streams.worker import run_worker
+
+    run_worker(settings)
     return 0
 
 
@@ -220,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--broker", help="bootstrap servers (DRIFTLINE_BROKER)")
     w.add_argument("--providers", choices=["auto", "cpu", "cuda"], help="ONNX Runtime providers")
     w.add_argument("--require-gpu", action="store_true", help="fail at start unless CUDA is active")
+    w.add_argument("--processes", type=int, default=1, help="score processes in the same consumer group (default 1)")
+    w.add_argument("--restart-delay", type=float, default=10.0,
+                   help="with --processes: restart an exited process after S seconds (0: never; default 10)")
     w.set_defaults(func=cmd_worker)
 
     pr = sub.add_parser("produce", help="encode JSON-lines or CSV records and publish them as requests")
@@ -277,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    who = f"w{os.environ['DRIFTLINE_PROCESS_INDEX']} " if "DRIFTLINE_PROCESS_INDEX" in os.environ else ""
+    logging.basicConfig(level=args.log_level.upper(),
+                        format=f"%(asctime)s {who}%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -25,7 +25,7 @@ class BatchSource:
 
     def __init__(self, conf: Mapping[str, Any], topics: Sequence[str]) -> None:
         self._consumer = Consumer(dict(conf), logger=log)
-        self._consumer.subscribe(list(topics))
+        self._consumer.subscribe(list(topics), on_assign=_log_assignment)
         self.high_watermarks: dict[tuple[str, int], int] = {}
         self.processed: dict[tuple[str, int], int] = {}  # next offset after the last stored one
         self.broker_down: str | None = None  # the last "all brokers down" error, until a record arrives
@@ -141,6 +141,11 @@ class BatchSource:
             self._consumer.close()
         except RuntimeError:
             pass  # already closed
+
+
+def _log_assignment(_consumer: Any, partitions: list[TopicPartition]) -> None:
+    parts = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+    log.info("assigned %d partitions: %s", len(partitions), parts or "none")
 
 
 class _Pending:

@@ -21,7 +21,11 @@ def create_topics(conf: Mapping[str, Any], partitions: Mapping[str, int], timeou
                   configs: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
     """Create missing topics with explicit partition counts (and topic ``configs``); return those created."""
     admin = AdminClient(dict(conf))
-    existing = admin.list_topics(timeout=timeout_s).topics
+    try:
+        existing = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise BrokerError(f"cannot reach the broker at {conf.get('bootstrap.servers')}: {exc.args[0]}; "
+                          "check DRIFTLINE_BROKER and the DRIFTLINE_KAFKA__* security settings") from exc
     configs = configs or {}
     wanted = [NewTopic(t, num_partitions=n, replication_factor=-1, config=dict(configs.get(t, {})))
               for t, n in partitions.items() if t not in existing]

@@ -75,8 +75,10 @@ def model_dir_with_both(target: Path) -> Path:
 class WorkerProcess:
     """``driftline worker`` as a child process with its own namespace, killable at will."""
 
-    def __init__(self, bootstrap: str, namespace: str, data_dir: Path, **settings: Any) -> None:
-        self.port = free_port()
+    def __init__(self, bootstrap: str, namespace: str, data_dir: Path, *, args: tuple[str, ...] = (),
+                 port: int | None = None, **settings: Any) -> None:
+        self.args = args
+        self.port = port or free_port()
         self.log_path = data_dir / f"worker-{namespace}-{time.monotonic_ns()}.log"
         self.env = {
             **os.environ,
@@ -94,7 +96,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], env=self.env, cwd=REPO_ROOT,
+            [sys.executable, "-m", "streams.cli", "worker", *self.args], env=self.env, cwd=REPO_ROOT,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         return self

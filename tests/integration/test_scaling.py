@@ -1,0 +1,82 @@
+"""``driftline worker --processes 2``: two members share the partitions; when one dies the other takes over."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from schemas.catalog import SchemaCatalog
+from schemas.codec import decode
+from streams.broker import EmbeddedBroker
+from streams.kafka import create_topics, iter_topic
+from streams.settings import load_settings
+from tests.helpers import Collector, WorkerProcess
+from tests.integration.test_rollout import Load
+
+pytestmark = pytest.mark.kafka
+
+
+def two_free_ports() -> int:
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+        try:
+            with socket.socket() as b:
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports")
+
+
+def test_two_processes_share_partitions_and_one_takes_over_when_the_other_dies(
+    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator  # type: ignore[no-untyped-def]
+) -> None:
+    settings = load_settings(broker=broker.bootstrap, namespace=namespace)
+    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    sup = WorkerProcess(broker.bootstrap, namespace, tmp_path, args=("--processes", "2", "--restart-delay", "0"),
+                        port=two_free_ports(), batch_max="200").start()
+    pred_t = settings.topic("predictions")
+    collector = Collector(broker.bootstrap, {pred_t: 4})
+
+    def wait_log(pattern: str, timeout_s: float = 60) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while (m := re.search(pattern, sup.log(), re.M)) is None:
+            assert sup.alive(), sup.log()[-3000:]
+            assert time.monotonic() < deadline, f"no {pattern!r} in: {sup.log()[-3000:]}"
+            time.sleep(0.2)
+        return m
+
+    try:
+        pid0 = int(wait_log(r"started score process 0 \(pid (\d+)").group(1))
+        wait_log(r" w0 INFO streams\.clients: assigned 2 partitions")
+        wait_log(r" w1 INFO streams\.clients: assigned 2 partitions")  # the four partitions shared
+        with Load(broker.bootstrap, settings.topic("requests"), catalog, generator, rate=1500) as load:
+            collector.until(lambda r: len(r[pred_t]) >= 3000, timeout_s=60)
+            os.kill(pid0, signal.SIGKILL)
+            wait_log(r" w1 INFO streams\.clients: assigned 4 partitions")  # took over
+            done = len(collector.records[pred_t])
+            collector.until(lambda r: len(r[pred_t]) >= done + 3000, timeout_s=60)  # w1 alone keeps going
+        wanted = set(load.sent)
+        seen: set[str] = set()
+
+        def covered(r: dict) -> bool:
+            seen.update(decode(catalog, m.value())[1]["request_id"] for m in r[pred_t][len(seen_msgs):])
+            seen_msgs.extend(r[pred_t][len(seen_msgs):])
+            return seen >= wanted
+
+        seen_msgs: list = []
+        collector.until(covered, timeout_s=90)
+    finally:
+        collector.close()
+        sup.stop()
+    assert re.search(r"score process 0 \(pid \d+\) exited with -9; not restarting", sup.log())
+    final = {decode(catalog, m.value())[1]["request_id"] for m in iter_topic(settings.confluent(), pred_t)}
+    assert final == wanted  # nothing lost (at least once: a few may have been scored twice)
