@@ -25,7 +25,7 @@ class BatchSource:
 
     def __init__(self, conf: Mapping[str, Any], topics: Sequence[str]) -> None:
         self._consumer = Consumer(dict(conf), logger=log)
-        self._consumer.subscribe(list(topics), on_assign=_log_assignment)
+        self._consumer.subscribe(list(topics), on_assign=_log_assignment, on_revoke=_log_revocation)
         self.high_watermarks: dict[tuple[str, int], int] = {}
         self.processed: dict[tuple[str, int], int] = {}  # next offset after the last stored one
         self.broker_down: str | None = None  # the last "all brokers down" error, until a record arrives
@@ -143,9 +143,15 @@ class BatchSource:
             pass  # already closed
 
 
-def _log_assignment(_consumer: Any, partitions: list[TopicPartition]) -> None:
-    parts = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
-    log.info("assigned %d partitions: %s", len(partitions), parts or "none")
+def _log_assignment(consumer: Any, partitions: list[TopicPartition]) -> None:
+    """Cooperative rebalancing hands out increments: log what came and what this member holds now."""
+    held = {(tp.topic, tp.partition) for tp in consumer.assignment()} | {(tp.topic, tp.partition) for tp in partitions}
+    added = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+    log.info("assigned %d partitions (+%s)", len(held), added or "none")
+
+
+def _log_revocation(consumer: Any, partitions: list[TopicPartition]) -> None:
+    log.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none")
 
 
 class _Pending:

@@ -56,12 +56,13 @@ def test_two_processes_share_partitions_and_one_takes_over_when_the_other_dies(
 
     try:
         pid0 = int(wait_log(r"started score process 0 \(pid (\d+)").group(1))
-        wait_log(r" w0 INFO streams\.clients: assigned 2 partitions")
-        wait_log(r" w1 INFO streams\.clients: assigned 2 partitions")  # the four partitions shared
+        pid1 = int(wait_log(r"started score process 1 \(pid (\d+)").group(1))
+        wait_log(rf"\[{pid0}\] \[INFO\] assigned 2 partitions")  # Faust's log format names the pid
+        wait_log(rf"\[{pid1}\] \[INFO\] assigned 2 partitions")  # the four partitions shared
         with Load(broker.bootstrap, settings.topic("requests"), catalog, generator, rate=1500) as load:
             collector.until(lambda r: len(r[pred_t]) >= 3000, timeout_s=60)
             os.kill(pid0, signal.SIGKILL)
-            wait_log(r" w1 INFO streams\.clients: assigned 4 partitions")  # took over
+            wait_log(rf"\[{pid1}\] \[INFO\] assigned 4 partitions")  # took over
             done = len(collector.records[pred_t])
             collector.until(lambda r: len(r[pred_t]) >= done + 3000, timeout_s=60)  # w1 alone keeps going
         wanted = set(load.sent)
