@@ -1,0 +1,74 @@
+"""Concept drift: River's detectors on the per-event error stream of labeled predictions.
+
+Data drift says the inputs moved; concept drift says the relation between
+inputs and labels moved, which shows as a rise in the model's error rate.
+Labels are few (they arrive late and not for every request), so here River
+sees one value per labeled event: 1 for a wrong decision and 0 for a right
+one (the binary detectors DDM, EDDM, HDDM_A, HDDM_W), or the error itself
+for ADWIN (which also takes regression errors). Updates cost about a
+microsecond, far below the cost of the join that produces them.
+
+>>> d = ConceptDetector("hddm_a")
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> before = rng.random(3000) < 0.05; after = rng.random(3000) < 0.30
+>>> d.update_many(before) is None, isinstance(d.update_many(after), int)
+(True, True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from river import drift
+
+KINDS = ("hddm_a", "hddm_w", "adwin", "ddm", "eddm")
+DETECTION_BOUND = {"hddm_a": 500, "hddm_w": 500, "adwin": 500, "ddm": 2_000, "eddm": 5_000}  # tested, see tests
+
+
+def make(kind: str) -> Any:
+    # DDM and EDDM with River's defaults raised false alarms on stable 10 %-error streams here (DDM about
+    # once per 40,000 events, EDDM about once per 5,000); these settings raised none in 200,000 events
+    # each, at the price of later detection (README "Closing the loop" has the measured delays).
+    if kind == "ddm":
+        return drift.binary.DDM(warm_start=500, drift_threshold=5.0)
+    if kind == "eddm":
+        return drift.binary.EDDM(warm_start=500, alpha=0.7, beta=0.6)
+    if kind == "hddm_a":
+        return drift.binary.HDDMA()
+    if kind == "hddm_w":
+        return drift.binary.HDDMW()
+    if kind == "adwin":
+        return drift.ADWIN(delta=0.002)
+    raise ValueError(f"concept detector must be one of {', '.join(KINDS)}, not {kind!r}")
+
+
+class ConceptDetector:
+    """A River detector over one model version's error stream; counts events since its last change point."""
+
+    def __init__(self, kind: str = "hddm_a") -> None:
+        self.kind = kind
+        self._detector = make(kind)
+        self.seen = 0
+        self.changes = 0
+
+    def update_many(self, errors: np.ndarray) -> int | None:
+        """Feed errors in arrival order; the index of the first event that raised a change point, or None.
+
+        After a change point the detector starts afresh (the new concept is the
+        new baseline), as River's detectors do themselves.
+        """
+        first = None
+        update = self._detector.update
+        for i, e in enumerate(np.asarray(errors).tolist()):
+            update(bool(e) if self.kind != "adwin" else float(e))
+            if self._detector.drift_detected:
+                self.changes += 1
+                if first is None:
+                    first = i
+        self.seen += len(errors)
+        return first
+
+    def reset(self) -> None:
+        self._detector = make(self.kind)
