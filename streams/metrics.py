@@ -123,6 +123,14 @@ class Metrics:
         self.retrains = Counter(
             "driftline_retrain_requests_total", "Retrain requests sent.", ["model"], registry=registry,
         )
+        self.labels = Counter(
+            "driftline_labels_total", "Labels by outcome: received, joined, duplicate, no_prediction.",
+            ["model", "outcome"], registry=registry,
+        )
+        self.quality = Gauge(
+            "driftline_quality", "Quality of the last closed window of labeled events (accuracy, precision, "
+            "recall, f1, log_loss; mae, rmse).", ["model", "version", "variant", "metric"], registry=registry,
+        )
         self.build_info = Info("driftline_build", "Versions of driftline and its engines.", registry=registry)
         self.build_info.info(build_versions())
 

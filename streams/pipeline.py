@@ -76,6 +76,7 @@ class BatchOutcome:
     stats: list[ModelStats] = field(default_factory=list)
     sketches: list[WindowSketch] = field(default_factory=list)
     shadow_predictions: list[OutRecord] = field(default_factory=list)
+    scored: list[OutRecord] = field(default_factory=list)
     shadow_errors: list[str] = field(default_factory=list)
 
 
@@ -165,12 +166,15 @@ class ScorePipeline:
         deadletter_topic: str,
         deadletter_max_value_bytes: int,
         shadow_topic: str | None = None,
+        scored: tuple[WireSchema, str] | None = None,
     ) -> None:
+        """``scored``: (schema, topic) to also emit each prediction with its input row, for the feedback join."""
         self.served = dict(served)
         self.prediction_schema = prediction_schema
         self._encoder = BatchEncoder(prediction_schema)
         self.predictions_topic = predictions_topic
         self.shadow_topic = shadow_topic or f"{predictions_topic}.shadow"
+        self._scored = (BatchEncoder(scored[0]), scored[1]) if scored is not None else None
         self.deadletter_topic = deadletter_topic
         self.dlq_max = deadletter_max_value_bytes
 
@@ -276,6 +280,18 @@ class ScorePipeline:
             OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True)
         )
         self._shadow(out, served, checked.matrix, checked.rows, rows, common, ids, now_ms)
+        if self._scored is not None:
+            encoder, scored_topic = self._scored
+            matrix = checked.matrix if len(rows) == len(checked.rows) else checked.matrix[np.isin(checked.rows, rows)]
+            matrix = np.ascontiguousarray(matrix, dtype="<f4")
+            features = matrix.view(np.dtype((np.void, matrix.shape[1] * 4))).ravel().tolist()  # one bytes per row
+            values = encoder.encode(len(rows), {
+                "request_id": ids, "model": name, "model_version": version, "variant": variant, "score": scores,
+                "predicted": labels, "event_time": event_ms, "features": features,
+            })
+            out.scored.extend(
+                OutRecord(scored_topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True)
+            )
         return cols, rows, scores, checked.codes
 
     def _shadow(self, out: BatchOutcome, served: ServedModel, matrix: np.ndarray, checked_rows: np.ndarray,

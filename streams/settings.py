@@ -117,6 +117,7 @@ class Partitions(BaseModel):
     labeled: int = Field(4, ge=1)
     models: int = Field(1, ge=1)
     drift_state: int = Field(1, ge=1)
+    scored: int = Field(4, ge=1)
 
 
 class ModelBinding(BaseModel):
@@ -154,6 +155,11 @@ class Settings(BaseSettings):
     producer_linger_ms: int = Field(5, ge=0, le=1_000)
     max_message_bytes: int = Field(256 * 1024, ge=64)
     deadletter_max_value_bytes: int = Field(1024 * 1024, ge=64)
+    feedback: bool = Field(False, description="join labels on {ns}.feedback to predictions (emits {ns}.scored)")
+    feedback_ttl_s: float = Field(3600.0, gt=0, le=30 * 86_400, description="how long a prediction waits for its label")
+    quality_window_labels: int = Field(500, ge=10, description="labeled events per quality window")
+    performance_drop_min: float = Field(0.05, gt=0, lt=1, description="accuracy drop that matters (absolute)")
+    concept_detector: Literal["hddm_a", "hddm_w", "adwin", "ddm", "eddm"] = "hddm_a"
     stall_s: float = Field(60.0, gt=0, le=86_400, description="/readyz: lag and no finished batch this long = stalled")
     fault_stall_after_batches: int | None = Field(
         None, ge=0, description="fault injection: the score agent hangs after N batches (readiness tests, drills)"
@@ -234,6 +240,7 @@ class Settings(BaseSettings):
             self.topic("labeled"): p.labeled,
             self.topic("models"): p.models,
             self.topic("drift-state"): p.drift_state,
+            self.topic("scored"): p.scored,
         }
         return out
 
@@ -254,6 +261,9 @@ class Settings(BaseSettings):
                 "acks": "all",
                 "message.max.bytes": max(self.deadletter_max_value_bytes, self.max_message_bytes) + 64 * 1024,
                 "queue.buffering.max.messages": 1_000_000,
+                # The Java client's partitioner: a key lands on the same partition whoever produces it,
+                # so {ns}.scored and a team's {ns}.feedback (keyed by request id) are co-partitioned.
+                "partitioner": "murmur2_random",
             }
         )
 

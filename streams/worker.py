@@ -113,6 +113,7 @@ def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None,
         deadletter_topic=settings.topic("deadletter"),
         deadletter_max_value_bytes=settings.deadletter_max_value_bytes,
         shadow_topic=settings.topic("predictions.shadow"),
+        scored=(catalog.latest("driftline.Scored"), settings.topic("scored")) if settings.feedback else None,
     )
 
 
@@ -211,7 +212,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
                 await asyncio.Event().wait()  # an await that never returns: the failure /readyz must catch
             done += 1
             outcome = pipeline.process(msgs, int(time.time() * 1000))
-            sink.send(outcome.predictions + outcome.shadow_predictions + outcome.deadletters
+            sink.send(outcome.predictions + outcome.shadow_predictions + outcome.scored + outcome.deadletters
                       + sketch_records(outcome.sketches), msgs)
             for error in outcome.shadow_errors:
                 log.warning("shadow scoring failed (served traffic unaffected): %s", error)
@@ -243,6 +244,11 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
             await asyncio.sleep(0.002)
 
     add_drift_agent(app, settings, catalog, metrics, recent)
+    if settings.feedback:
+        from streams.labels import add_feedback_agent
+
+        add_feedback_agent(app, settings, catalog, {s.model.name: s for s in pipeline.served.values()},
+                           metrics, recent)
 
     alert_schema = catalog.latest("driftline.Alert")
     alerts = app.topic(settings.topic("alerts"), key_type=bytes, value_type=bytes, key_serializer="raw",

@@ -1,0 +1,113 @@
+"""Labels on the embedded broker: the join reconciles, then a label-rule change raises concept drift and a drop."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+
+from schemas.catalog import SchemaCatalog
+from schemas.codec import decode, encode, encode_many
+from streams.broker import EmbeddedBroker
+from streams.kafka import create_topics, iter_topic
+from streams.settings import load_settings
+from tests.helpers import Collector, WorkerProcess
+
+pytestmark = pytest.mark.kafka
+
+
+def counter(metrics: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))  # exposition sorts labels
+    found = re.findall(rf"^{name}{{{want}}} ([0-9.e+]+)$", metrics, re.M)
+    return float(found[0]) if found else 0.0
+
+
+def test_join_quality_concept_drift_and_performance_drop(
+    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+) -> None:
+    settings = load_settings(broker=broker.bootstrap, namespace=namespace)
+    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, feedback="true", feedback_ttl_s="5",
+                           quality_window_labels="500").start()
+    card = catalog.latest("driftline.examples.CardTransaction")
+    fb = catalog.latest("driftline.Feedback")
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5, "partitioner": "murmur2_random"})
+    t = {n: settings.topic(n) for n in ("labeled", "deadletter", "alerts", "predictions")}
+    collector = Collector(broker.bootstrap, {t["labeled"]: 4, t["deadletter"]: 1, t["alerts"]: 1, t["predictions"]: 4})
+    alive = lambda: None if worker.alive() else pytest.fail(worker.log()[-3000:])  # noqa: E731
+
+    def requests(n: int) -> tuple[list[dict], np.ndarray]:
+        recs, labels = generator.generate(n, rng, start_ms=int(time.time() * 1000), step_ms=0)
+        recs = [{**r, "ip_risk": r["ip_risk"] or 0.1} for r in recs]
+        return recs, labels
+
+    def send_requests(recs: list[dict]) -> None:
+        for r, v in zip(recs, encode_many(card, recs), strict=True):
+            producer.produce(settings.topic("requests"), v, r["card_id"].encode())
+        producer.flush(30)
+
+    def send_labels(ids: list[str], labels: np.ndarray) -> None:
+        now = int(time.time() * 1000)
+        for rid, y in zip(ids, labels.tolist(), strict=True):
+            rec = {"request_id": rid, "label": "fraud" if y else "legit", "target": None, "event_time": now}
+            producer.produce(settings.topic("feedback"), encode(fb, rec), rid.encode())
+        producer.flush(30)
+
+    try:
+        # Phase 1: the model's own concept. 100 labels before their requests, 1,900 after, 50 twice, 30 for nothing.
+        recs, labels = requests(2000)
+        ids = [r["request_id"] for r in recs]
+        collector.until(lambda r: True, timeout_s=1)
+        send_labels(ids[:100], labels[:100])
+        send_requests(recs)
+        collector.until(lambda r: len(r[t["predictions"]]) >= 2000, timeout_s=90, check=alive)
+        send_labels(ids[100:], labels[100:])
+        send_labels(ids[:50], labels[:50])  # duplicates
+        send_labels([str(uuid.uuid4()) for _ in range(30)], np.zeros(30, dtype=bool))  # no prediction, ever
+        got = collector.until(lambda r: len(r[t["labeled"]]) >= 2000 and len(r[t["deadletter"]]) >= 30,
+                              timeout_s=90, check=alive)
+        metrics = worker.metrics()
+        assert counter(metrics, "driftline_labels_total", model="fraud", outcome="joined") == 2000
+        assert counter(metrics, "driftline_labels_total", model="-", outcome="received") == 2080
+        deadline = time.monotonic() + 20
+        while counter(worker.metrics(), "driftline_labels_total", model="-", outcome="duplicate") < 50:
+            assert time.monotonic() < deadline, worker.metrics()
+            time.sleep(0.5)
+        dead = got[t["deadletter"]]
+        reasons = [dict(m.headers())["driftline.errors.reason"] for m in dead]
+        assert reasons == [b"no_prediction"] * 30
+        labeled = [decode(catalog, m.value())[1] for m in got[t["labeled"]]]
+        assert sorted(x["request_id"] for x in labeled) == sorted(ids)  # each joined once
+        first = next(x for x in labeled if x["request_id"] == ids[0])
+        assert first["label"] == ("fraud" if labels[0] else "legit") and len(first["features"]) % 4 == 0
+        assert len(np.frombuffer(first["features"], dtype="<f4")) > 10
+        accuracy = counter(worker.metrics(), "driftline_quality", model="fraud", version="1", variant="champion",
+                           metric="accuracy")
+        assert 0.9 < accuracy <= 1.0
+        assert not [m for m in got[t["alerts"]] if decode(catalog, m.value())[1]["kind"] in
+                    ("concept_drift", "performance_drop")], "a quality alert before the rule changed"
+
+        # Phase 2: the label rule changes (a third of the outcomes flip): concept drift and an accuracy drop.
+        recs, labels = requests(3000)
+        flipped = labels ^ (np.random.default_rng(1).random(3000) < 0.33)
+        send_requests(recs)
+        collector.until(lambda r: len(r[t["predictions"]]) >= 5000, timeout_s=90, check=alive)
+        send_labels([r["request_id"] for r in recs], flipped)
+
+        def kinds(r: dict) -> set[str]:
+            return {decode(catalog, m.value())[1]["kind"] for m in r[t["alerts"]]}
+
+        got = collector.until(lambda r: {"concept_drift", "performance_drop"} <= kinds(r)
+                              and len(r[t["labeled"]]) >= 5000, timeout_s=90, check=alive)
+    finally:
+        collector.close()
+        worker.stop()
+    drop = next(decode(catalog, m.value())[1] for m in got[t["alerts"]]
+                if decode(catalog, m.value())[1]["kind"] == "performance_drop")
+    assert drop["value"] < drop["threshold"] < accuracy and drop["sample_size"] == 500
+    assert len(list(iter_topic(settings.confluent(), t["labeled"]))) == 5000
