@@ -11,6 +11,8 @@ The cases, explicitly:
 - a second label for a request already joined: a duplicate, counted once
   and dropped (the first label wins);
 - a prediction scored twice (at-least-once after a restart): the first wins;
+- a request scored by several versions (a shadow next to the champion): the
+  label joins each of them, whichever comes first;
 - a label whose prediction never comes, or came more than ``ttl_ms``
   earlier: after ``ttl_ms`` it is unmatched and goes to the dead letters.
 
@@ -65,20 +67,31 @@ class JoinCounts:
 @dataclass
 class FeedbackJoin:
     ttl_ms: int
-    predictions: dict[str, tuple[Scored, int]] = field(default_factory=dict)
-    waiting: dict[str, tuple[Label, int]] = field(default_factory=dict)
-    done: dict[str, int] = field(default_factory=dict)  # joined request ids → when, for duplicate detection
+    predictions: dict[str, tuple[list[Scored], int]] = field(default_factory=dict)  # waiting for a label
+    waiting: dict[str, tuple[Label, int]] = field(default_factory=dict)  # labels waiting for a prediction
+    done: dict[str, tuple[Label, set[tuple[str, str]], int]] = field(default_factory=dict)  # joined, by request
     counts: JoinCounts = field(default_factory=JoinCounts)
 
     def add_prediction(self, s: Scored, now_ms: int) -> list[Joined]:
-        rid = s.request_id
-        if rid in self.predictions or rid in self.done:
-            self.counts.duplicate_predictions += 1
-            return []
+        rid, which = s.request_id, (s.version, s.variant)
+        joined = self.done.get(rid)
+        if joined is not None:  # the label is here already: join this version too, once
+            label, seen, at = joined
+            if which in seen:
+                self.counts.duplicate_predictions += 1
+                return []
+            seen.add(which)
+            return [Joined(s, label, label.event_time - s.event_time)]
         early = self.waiting.pop(rid, None)
         if early is not None:
-            return [self._join(s, early[0], now_ms)]
-        self.predictions[rid] = (s, now_ms)
+            return self._join([s], early[0], now_ms)
+        pending = self.predictions.get(rid)
+        if pending is None:
+            self.predictions[rid] = ([s], now_ms)
+        elif any((p.version, p.variant) == which for p in pending[0]):
+            self.counts.duplicate_predictions += 1
+        else:
+            pending[0].append(s)
         return []
 
     def add_label(self, label: Label, now_ms: int) -> list[Joined]:
@@ -89,7 +102,7 @@ class FeedbackJoin:
             return []
         pending = self.predictions.pop(rid, None)
         if pending is not None:
-            return [self._join(pending[0], label, now_ms)]
+            return self._join(pending[0], label, now_ms)
         self.waiting[rid] = (label, now_ms)
         return []
 
@@ -99,7 +112,7 @@ class FeedbackJoin:
         for rid in [r for r, (_, at) in self.predictions.items() if at <= cutoff]:
             del self.predictions[rid]
             self.counts.expired_predictions += 1
-        for rid in [r for r, at in self.done.items() if at <= cutoff]:
+        for rid in [r for r, (_, _, at) in self.done.items() if at <= cutoff]:
             del self.done[rid]
         unmatched = [lab for rid, (lab, at) in list(self.waiting.items()) if at <= cutoff]
         for lab in unmatched:
@@ -107,7 +120,7 @@ class FeedbackJoin:
         self.counts.unmatched += len(unmatched)
         return unmatched
 
-    def _join(self, s: Scored, label: Label, now_ms: int) -> Joined:
-        self.done[s.request_id] = now_ms
+    def _join(self, scored: list[Scored], label: Label, now_ms: int) -> list[Joined]:
+        self.done[label.request_id] = (label, {(s.version, s.variant) for s in scored}, now_ms)
         self.counts.joined += 1
-        return Joined(s, label, label.event_time - s.event_time)
+        return [Joined(s, label, label.event_time - s.event_time) for s in scored]

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 import numpy as np
 
@@ -279,30 +280,36 @@ class ScorePipeline:
         out.predictions.extend(
             OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True)
         )
-        self._shadow(out, served, checked.matrix, checked.rows, rows, common, ids, now_ms)
-        if self._scored is not None:
-            encoder, scored_topic = self._scored
-            matrix = checked.matrix if len(rows) == len(checked.rows) else checked.matrix[np.isin(checked.rows, rows)]
-            matrix = np.ascontiguousarray(matrix, dtype="<f4")
-            features = matrix.view(np.dtype((np.void, matrix.shape[1] * 4))).ravel().tolist()  # one bytes per row
-            values = encoder.encode(len(rows), {
-                "request_id": ids, "model": name, "model_version": version, "variant": variant, "score": scores,
-                "predicted": labels, "event_time": event_ms, "features": features,
-            })
-            out.scored.extend(
-                OutRecord(scored_topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True)
-            )
+        matrix = checked.matrix if len(rows) == len(checked.rows) else checked.matrix[np.isin(checked.rows, rows)]
+        features = self._features(matrix)
+        self._emit_scored(out, common, version, variant, scores, labels, features)
+        self._shadow(out, served, matrix, common, ids, features)
         return cols, rows, scores, checked.codes
 
-    def _shadow(self, out: BatchOutcome, served: ServedModel, matrix: np.ndarray, checked_rows: np.ndarray,
-                rows: np.ndarray, common: dict[str, object], ids: np.ndarray, now_ms: int) -> None:
-        """Score the served rows with every shadow version; their outputs go to the shadow topic only."""
-        shadows = served.deployment.shadows
-        if not shadows:
+    def _features(self, matrix: np.ndarray) -> list[bytes] | None:
+        """Each row of the model input as float32 bytes (one numpy view, no per-row work), for {ns}.scored."""
+        if self._scored is None:
+            return None
+        m = np.ascontiguousarray(matrix, dtype="<f4")
+        return cast(list[bytes], m.view(np.dtype((np.void, m.shape[1] * 4))).ravel().tolist())
+
+    def _emit_scored(self, out: BatchOutcome, common: dict[str, object], version: object, variant: object,
+                     scores: np.ndarray, labels: object, features: list[bytes] | None) -> None:
+        if self._scored is None or features is None:
             return
-        if len(rows) != len(checked_rows):
-            matrix = matrix[np.isin(checked_rows, rows)]
-        for ver in shadows:
+        encoder, topic = self._scored
+        ids = common["request_id"]
+        assert isinstance(ids, np.ndarray)  # noqa: S101 - set by _process_model
+        values = encoder.encode(len(ids), {
+            "request_id": ids, "model": common["model"], "model_version": version, "variant": variant,
+            "score": scores, "predicted": labels, "event_time": common["event_time"], "features": features,
+        })
+        out.scored.extend(OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True))
+
+    def _shadow(self, out: BatchOutcome, served: ServedModel, matrix: np.ndarray, common: dict[str, object],
+                ids: np.ndarray, features: list[bytes] | None) -> None:
+        """Score the served rows with every shadow version; their outputs go to the shadow topic only."""
+        for ver in served.deployment.shadows:
             model = served.versions[ver]
             started = time.perf_counter()
             try:
@@ -310,14 +317,16 @@ class ScorePipeline:
             except Exception as exc:  # noqa: BLE001 - a shadow's failure must not touch served traffic
                 out.shadow_errors.append(f"{model.name} v{ver}: {type(exc).__name__}: {exc}")
                 continue
-            values = self._encoder.encode(len(rows), {
-                **common, "model_version": ver, "variant": SHADOW, "score": scores, "label": model.labels(scores),
+            labels = model.labels(scores)
+            values = self._encoder.encode(len(ids), {
+                **common, "model_version": ver, "variant": SHADOW, "score": scores, "label": labels,
                 "provider": model.active_provider or "none",
             })
+            self._emit_scored(out, common, ver, SHADOW, scores, labels, features)
             out.shadow_predictions.extend(
                 OutRecord(self.shadow_topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True)
             )
-            out.stats.append(ModelStats(model.name, ver, SHADOW, model.active_provider or "none", len(rows),
+            out.stats.append(ModelStats(model.name, ver, SHADOW, model.active_provider or "none", len(ids),
                                         time.perf_counter() - started, np.empty(0), scores))
 
     def _deadletter(self, out: BatchOutcome, msg: RawMessage, failure: Failure, model: str, now_ms: int) -> None:

@@ -38,9 +38,19 @@ def test_join_late_duplicate_early_and_unmatched_labels_reconcile() -> None:
     assert lost.request_id == "x"
     assert j.add_label(label("b"), 96_000) == []  # its prediction expired: waits, then no_prediction
     assert [x.request_id for x in j.expire(200_000)] == ["b"]
+    # A shadow version scored the same request: the label joins both, whichever arrives first.
+    assert j.add_prediction(scored("s"), 200_000) == []
+    shadow = Scored("s", "fraud", "2", "shadow", 0.4, "legit", 1_000)
+    assert j.add_prediction(shadow, 200_001) == []
+    assert {(x.scored.version, x.scored.variant) for x in j.add_label(label("s"), 200_002)} == \
+        {("1", "champion"), ("2", "shadow")}
+    late_shadow = Scored("a2", "fraud", "2", "shadow", 0.4, "legit", 1_000)
+    assert j.add_prediction(scored("a2"), 200_003) == [] and len(j.add_label(label("a2"), 200_004)) == 1
+    assert [x.scored.variant for x in j.add_prediction(late_shadow, 200_005)] == ["shadow"]
+    assert j.add_prediction(late_shadow, 200_006) == []  # once
     c = j.counts
     assert (c.labels, c.joined, c.duplicates, c.unmatched, c.duplicate_predictions, c.expired_predictions) == \
-        (5, 2, 1, 2, 1, 1)
+        (7, 4, 1, 2, 2, 1)
     assert c.labels == c.joined + c.duplicates + c.unmatched + len(j.waiting)
 
 
