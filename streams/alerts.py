@@ -23,6 +23,8 @@ def format_event(record: dict[str, Any], *, colour: bool = False) -> str:
                 f"v{record['model_version']} {record['message']} (n={record['sample_size']})")
     else:
         level = "retrain"
+        candidate = record.get("candidate_version")
         text = (f"{_when(record['requested_at'])} RETRAIN  {record['stage']:16} {record['model']} "
-                f"v{record['model_version']}: {record['reason']} ({len(record['alert_ids'])} alerts)")
+                f"v{record['model_version']}{f' → v{candidate}' if candidate else ''}: {record['reason']}"
+                f" ({len(record['alert_ids'])} alerts)")
     return f"{_COLOURS[level]}{text}{_RESET}" if colour else text

@@ -213,6 +213,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trainer(args: argparse.Namespace) -> int:
+    from streams.trainer import run_trainer
+    from streams.worker import build_catalog
+
+    settings = _settings(args)
+    return run_trainer(settings, build_catalog(settings), once=args.once)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="driftline", description="Streaming data plane for ML models.")
     p.add_argument("--log-level", default="info", help="debug, info, warning, error")
@@ -266,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out-dir", default=".", help="where to write driftline-report-<model>.html")
     rep.add_argument("--broker")
     rep.set_defaults(func=cmd_report)
+
+    tr = sub.add_parser("trainer", help="retrain requests → challenger → shadow → promoted or rejected")
+    tr.add_argument("--broker")
+    tr.add_argument("--once", action="store_true", help="stop when no request is left (tests, cron)")
+    tr.set_defaults(func=cmd_trainer)
 
     st = sub.add_parser("status", help="topics and lag, live models and provider, the last alerts")
     st.add_argument("--broker")

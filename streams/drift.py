@@ -186,4 +186,5 @@ def retrain_record(sketch: WindowSketch, decision: RetrainDecision, alert_ids: l
         "id": hashlib.sha256(text.encode()).hexdigest()[:32], "model": sketch.model,
         "model_version": sketch.version, "stage": "requested", "reason": decision.reason,
         "alert_ids": alert_ids, "data_start": start, "data_end": sketch.end_ms, "requested_at": now_ms,
+        "candidate_version": None,
     }

@@ -130,6 +130,9 @@ def add_feedback_agent(app: faust.App, settings: Settings, catalog: SchemaCatalo
     labeled = app.topic(settings.topic("labeled"), partitions=settings.partitions.labeled, **raw)
     deadletter = app.topic(settings.topic("deadletter"), partitions=settings.partitions.deadletter, **raw)
     alerts = app.topic(settings.topic("alerts"), partitions=settings.partitions.alerts, **raw)
+    retrains = app.topic(settings.topic("retrain"), partitions=settings.partitions.retrain, **raw)
+    retrain_schema = catalog.latest("driftline.RetrainRequest")
+    requested: set[tuple[str, str]] = set()  # one concept-drift retrain request per (model, version)
     labeled_schema = catalog.latest("driftline.Labeled")
     alert_schema = catalog.latest("driftline.Alert")
     join = FeedbackJoin(int(settings.feedback_ttl_s * 1000))
@@ -174,6 +177,16 @@ def add_feedback_agent(app: faust.App, settings: Settings, catalog: SchemaCatalo
                                 f"{settings.concept_detector if m.task != 'regression' else 'adwin'} saw the error "
                                 f"rate change after {tracker.concept[(s.model, s.version)].seen} labeled events", now)
             await send_alert(rec)
+            if (s.model, s.version) not in requested:  # the concept moved: train on labels from now on
+                requested.add((s.model, s.version))
+                text = f"{s.model}|{s.version}|concept_drift|{now}"
+                req = {"id": hashlib.sha256(text.encode()).hexdigest()[:32], "model": s.model,
+                       "model_version": s.version, "stage": "requested",
+                       "reason": f"concept drift on v{s.version}: {rec['message']}", "alert_ids": [rec["id"]],
+                       "data_start": now, "data_end": now, "requested_at": now, "candidate_version": None}
+                log.info("retrain requested for %s: %s", s.model, req["reason"])
+                metrics.retrains.labels(s.model).inc()
+                await retrains.send(key=s.model.encode(), value=encode(retrain_schema, req, fast=True))
 
     async def send_alert(rec: dict[str, Any]) -> None:
         log.info("alert %s %s: %s", rec["severity"], rec["kind"], rec["message"])

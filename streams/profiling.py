@@ -52,3 +52,36 @@ def build_profile(model_dir: Path, data: Path, catalog: SchemaCatalog, *, force:
             refs.append(CategoricalReference.build(f.name, good.values[f.name], f.categories, nulls))
     ReferenceProfile(tuple(refs), NumericReference.build("score", scores)).save(target)
     return target, len(checked.rows)
+
+
+def profile_from_matrix(model_dir: Path, matrix: np.ndarray, scores: np.ndarray) -> Path:
+    """``profile.json`` of a version from model input rows (what labeled records carry) and its scores.
+
+    Numeric features are their matrix columns; a one-hot categorical is the
+    category of its hot column (none hot: outside the categories); an
+    ordinal one is its code. Missing values were imputed before the matrix
+    was made, so the null rates read zero here: the reference for nulls is
+    the champion's until a profile is built from raw requests.
+    """
+    from schemas.profile import CategoricalFeature
+
+    manifest = OnnxModel(model_dir, providers="cpu").manifest
+    refs: list[Reference] = []
+    col = 0
+    for f in manifest.profile.features:
+        if isinstance(f, CategoricalFeature):
+            cats = np.array([*f.categories, "\0other"], dtype=object)
+            if f.encoding == "onehot":
+                block = matrix[:, col:col + len(f.categories)]
+                hot = np.where(block.max(axis=1) > 0.5, block.argmax(axis=1), len(f.categories))
+                col += len(f.categories)
+            else:
+                hot = np.clip(np.rint(matrix[:, col]).astype(np.int64), 0, len(f.categories))
+                col += 1
+            refs.append(CategoricalReference.build(f.name, cats[hot], f.categories))
+        else:
+            refs.append(NumericReference.build(f.name, matrix[:, col].astype(np.float64)))
+            col += 1
+    target = model_dir / PROFILE_FILE
+    ReferenceProfile(tuple(refs), NumericReference.build("score", np.asarray(scores, dtype=np.float64))).save(target)
+    return target

@@ -160,6 +160,12 @@ class Settings(BaseSettings):
     quality_window_labels: int = Field(500, ge=10, description="labeled events per quality window")
     performance_drop_min: float = Field(0.05, gt=0, lt=1, description="accuracy drop that matters (absolute)")
     concept_detector: Literal["hddm_a", "hddm_w", "adwin", "ddm", "eddm"] = "hddm_a"
+    trainer_min_labels: int = Field(2000, ge=50, description="labels since the drift before training")
+    trainer_wait_s: float = Field(3600.0, gt=0, description="how long the trainer waits for them")
+    trainer_shadow_labels: int = Field(1000, ge=50, description="labeled shadow requests before deciding")
+    trainer_shadow_wait_s: float = Field(6 * 3600.0, gt=0, description="how long a challenger may stay in shadow")
+    promote_metric: Literal["log_loss", "accuracy"] = "log_loss"
+    promote_margin: float = Field(0.0, ge=0, description="improvement the challenger needs, besides significance")
     stall_s: float = Field(60.0, gt=0, le=86_400, description="/readyz: lag and no finished batch this long = stalled")
     fault_stall_after_batches: int | None = Field(
         None, ge=0, description="fault injection: the score agent hangs after N batches (readiness tests, drills)"

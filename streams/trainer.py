@@ -1,0 +1,287 @@
+"""``driftline trainer``: retrain requests in, a better model in production out — every stage an event.
+
+For each ``requested`` record on ``{ns}.retrain``:
+
+1. ``training`` — wait until ``trainer_min_labels`` labeled records of the
+   champion exist since the request's ``data_start`` (``{ns}.labeled``), then
+   fit a challenger on their input rows (same features, same encodings);
+2. ``registered`` — the challenger becomes the next version in the registry,
+   with its manifest (the champion's meaning, its own hash, metrics on a
+   holdout of the labels, the training data's fingerprint) and a reference
+   profile built from the same rows;
+3. ``shadow`` — it scores every request next to the champion, on the shadow
+   topic, and its predictions are joined to labels like the champion's;
+4. ``promoted`` or ``rejected`` — once ``trainer_shadow_labels`` requests were
+   labeled for both, a paired test on those same requests decides
+   (``promote_metric``, ``promote_margin``, ``drift_alpha``): promoted to
+   champion, or taken out of shadow, with the numbers in the reason.
+
+The trainer is a plain process (run it where training is cheap: the spot
+Job in ``deploy/k8s``); its state is the retrain topic itself, so a restarted
+trainer skips requests that already reached a final stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, Producer
+
+from detectors.compare import compare
+from inference.deployment import Deployment
+from inference.errors import ModelError
+from inference.manifest import Manifest
+from inference.registry import ModelRegistry, register_version
+from inference.training import train_challenger
+from schemas.catalog import SchemaCatalog
+from schemas.codec import encode
+from streams.errors import BrokerError, ConfigError
+from streams.kafka import iter_topic
+from streams.labels import decode_fast
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+FINAL = ("promoted", "rejected", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class LabeledRow:
+    request_id: str
+    version: str
+    variant: str
+    score: float
+    truth: float  # 1/0 for classifiers, the target for regressors
+    label_time: int
+    features: bytes
+
+
+class Trainer:
+    def __init__(self, settings: Settings, catalog: SchemaCatalog, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.clock = clock
+        self.registry = ModelRegistry(settings.model_dir)
+        self.conf = settings.confluent(**{"log_level": 0})
+        self.producer = Producer({**self.conf, "linger.ms": 5})
+        self.retrain_schema = catalog.latest("driftline.RetrainRequest")
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def emit(self, request: dict[str, Any], stage: str, reason: str, candidate: str | None = None) -> None:
+        rec = {**request, "stage": stage, "reason": reason, "candidate_version": candidate,
+               "requested_at": int(self.clock() * 1000)}
+        log.info("retrain %s %s: %s", request["model"], stage, reason)
+        self.producer.produce(self.settings.topic("retrain"), encode(self.retrain_schema, rec, fast=True),
+                              request["model"].encode())
+        if self.producer.flush(15) != 0:
+            raise BrokerError("could not write a retrain event")
+
+    def write_deployment(self, dep: Deployment) -> None:
+        self.producer.produce(self.settings.topic("models"), json.dumps(dep.to_dict()).encode(), dep.model.encode())
+        if self.producer.flush(15) != 0:
+            raise BrokerError("could not write the deployment")
+
+    def deployment(self, model: str) -> Deployment:
+        from streams.model_cli import configured, read_deployments
+
+        return read_deployments(self.settings).get(model) or configured(self.settings, model)
+
+    # -- labeled data -----------------------------------------------------------------------------
+
+    def labeled(self, model: str, since_ms: int, positive: str) -> list[LabeledRow]:
+        out = []
+        for m in iter_topic(self.conf, self.settings.topic("labeled")):
+            try:
+                r = decode_fast(self.catalog, m.value())
+            except (ValueError, KeyError, EOFError):
+                continue
+            if r["model"] != model or r["label_time"] < since_ms:
+                continue
+            truth = float(r["target"]) if r.get("target") is not None else float(r.get("label") == positive)
+            out.append(LabeledRow(r["request_id"], r["model_version"], r["variant"], float(r["score"]), truth,
+                                  int(r["label_time"]), bytes(r["features"])))
+        return out
+
+    def wait_for(self, what: str, ready: Callable[[], Any], timeout_s: float) -> Any:
+        deadline = self.clock() + timeout_s
+        while True:
+            got = ready()
+            if got:
+                return got
+            if self.clock() > deadline:
+                return None
+            log.info("waiting for %s", what)
+            time.sleep(2.0)
+
+    # -- one request ------------------------------------------------------------------------------
+
+    def handle(self, request: dict[str, Any]) -> str:
+        """Take one retrain request through its stages; returns the final stage."""
+        s = self.settings
+        model = request["model"]
+        dep = self.deployment(model)
+        champion = Manifest.read(self.registry.path(model, dep.champion))
+        positive = champion.labels[1]
+        since = int(request["data_start"])
+        self.emit(request, "training", f"waiting for {s.trainer_min_labels} labels of v{dep.champion} since "
+                  f"{datetime.fromtimestamp(since / 1000, tz=UTC):%H:%M:%S}")
+
+        def training_rows() -> list[LabeledRow] | None:
+            rows = [r for r in self.labeled(model, since, positive) if r.version == dep.champion
+                    and r.variant != "shadow"]
+            return rows if len(rows) >= s.trainer_min_labels else None
+
+        rows = self.wait_for("training labels", training_rows, s.trainer_wait_s)
+        if rows is None:
+            self.emit(request, "failed", f"fewer than {s.trainer_min_labels} labels within {s.trainer_wait_s:g}s")
+            return "failed"
+        x = np.frombuffer(b"".join(r.features for r in rows), dtype="<f4").reshape(len(rows), -1)
+        y = np.array([r.truth for r in rows])
+        cut = int(0.8 * len(rows))
+        try:
+            onnx_bytes, section = train_challenger(x[:cut], y[:cut], champion.task)
+        except ModelError as exc:
+            self.emit(request, "failed", str(exc))
+            return "failed"
+        version = self.next_version(model)
+        holdout = self.holdout(onnx_bytes, section, champion, x[cut:], y[cut:], np.array([r.score for r in rows[cut:]]))
+        template = {**dict(champion.raw), "onnx": section}
+        fingerprint = {"source": self.settings.topic("labeled"), "rows": len(rows),
+                       "from": min(r.label_time for r in rows), "to": max(r.label_time for r in rows),
+                       "sha256": hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()}
+
+        def finish(staging: Path) -> None:
+            from inference.model import OnnxModel
+            from streams.profiling import profile_from_matrix
+
+            m = OnnxModel(staging, providers="cpu")
+            m.load()
+            profile_from_matrix(staging, x, m.predict(x))
+
+        onnx_file = Path(self.settings.data_dir) / f"challenger-{model}-{version}.onnx"
+        onnx_file.parent.mkdir(parents=True, exist_ok=True)
+        onnx_file.write_bytes(onnx_bytes)
+        from streams.model_cli import code_version
+
+        register_version(self.settings.model_dir, onnx_file, template, name=model, version=version,
+                         created_at=datetime.now(UTC), code_version=code_version(), metrics=holdout,
+                         training_data=fingerprint, finish=finish)
+        onnx_file.unlink()
+        self.emit(request, "registered", f"trained on {len(rows)} labels; holdout {_fmt(holdout)}", version)
+        shadow_from = int(self.clock() * 1000)
+        self.write_deployment(self.deployment(model).add_shadow(version, shadow_from))
+        self.emit(request, "shadow", f"v{version} scores every request next to v{dep.champion}", version)
+
+        def pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+            got = self.labeled(model, shadow_from, positive)
+            champ = {r.request_id: r for r in got if r.version == dep.champion and r.variant != "shadow"}
+            chal = {r.request_id: r for r in got if r.version == version and r.variant == "shadow"}
+            both = sorted(champ.keys() & chal.keys())
+            if len(both) < s.trainer_shadow_labels:
+                return None
+            return (np.array([champ[k].truth for k in both]), np.array([champ[k].score for k in both]),
+                    np.array([chal[k].score for k in both]))
+
+        paired = self.wait_for("shadow labels", pairs, s.trainer_shadow_wait_s)
+        current = self.deployment(model)
+        if paired is None:
+            self.write_deployment(current.remove_shadow(version, int(self.clock() * 1000)))
+            self.emit(request, "rejected", f"fewer than {s.trainer_shadow_labels} labeled shadow requests within "
+                      f"{s.trainer_shadow_wait_s:g}s", version)
+            return "rejected"
+        verdict = compare(*paired, metric=s.promote_metric, threshold=champion.threshold, margin=s.promote_margin,
+                          alpha=s.drift_alpha)
+        detail = (f"{verdict['metric']} v{dep.champion} {verdict['champion']:.4f} vs v{version} "
+                  f"{verdict['challenger']:.4f} on {verdict['n']} shadow requests (p={verdict['p_value']:.2g})")
+        if verdict["better"]:
+            self.write_deployment(current.promote(version, int(self.clock() * 1000)))
+            self.emit(request, "promoted", detail, version)
+            return "promoted"
+        self.write_deployment(current.remove_shadow(version, int(self.clock() * 1000)))
+        self.emit(request, "rejected", f"not better by {s.promote_margin:g} at alpha {s.drift_alpha:g}: {detail}",
+                  version)
+        return "rejected"
+
+    def next_version(self, model: str) -> str:
+        numbers = [int(v) for v in self.registry.versions(model) if v.isdigit()]
+        return str(max(numbers, default=0) + 1)
+
+    def holdout(self, onnx_bytes: bytes, section: dict[str, Any], champion: Manifest, x: np.ndarray, y: np.ndarray,
+                champion_scores: np.ndarray) -> dict[str, float]:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        out = np.asarray(session.run([section["output"]], {section["input"]: x.astype(np.float32)})[0])
+        scores = out[:, section.get("output_index", 0)] if out.ndim == 2 else out
+        if champion.task == "regression":
+            return {"holdout_rmse": float(np.sqrt(np.mean((scores - y) ** 2))),
+                    "champion_holdout_rmse": float(np.sqrt(np.mean((champion_scores - y) ** 2)))}
+        from detectors.compare import log_losses
+
+        return {"holdout_log_loss": float(log_losses(y, scores).mean()),
+                "champion_holdout_log_loss": float(log_losses(y, champion_scores).mean()),
+                "holdout_rows": float(len(y))}
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+
+
+def run_trainer(settings: Settings, catalog: SchemaCatalog, *, once: bool = False) -> int:
+    """Follow ``{ns}.retrain``; handle each request that has not reached a final stage. ``once``: stop when idle."""
+    trainer = Trainer(settings, catalog)
+    topic = settings.topic("retrain")
+    consumer = Consumer({**trainer.conf, "group.id": f"{settings.namespace}-trainer", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    consumer.subscribe([topic])
+    final: set[str] = set()
+    for m in iter_topic(trainer.conf, topic):  # what earlier runs finished (the topic is the trainer's state)
+        try:
+            rec = decode_fast(catalog, m.value())
+        except (ValueError, KeyError, EOFError):
+            continue
+        if rec["stage"] in FINAL:
+            final.add(rec["id"])
+    pending: dict[str, dict[str, Any]] = {}
+    idle_since = time.monotonic()
+    try:
+        while True:
+            for msg in consumer.consume(100, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        log.warning("retrain topic: %s", err)
+                    continue
+                try:
+                    rec = decode_fast(catalog, msg.value())
+                except (ValueError, KeyError, EOFError):
+                    continue
+                if rec["stage"] in FINAL:
+                    final.add(rec["id"])
+                    pending.pop(rec["id"], None)
+                elif rec["stage"] == "requested" and rec["id"] not in final:
+                    pending[rec["id"]] = rec
+            if pending:
+                rid, rec = next(iter(pending.items()))
+                del pending[rid]
+                try:
+                    trainer.handle(rec)
+                except (ModelError, ConfigError) as exc:
+                    trainer.emit(rec, "failed", str(exc))
+                final.add(rid)
+                idle_since = time.monotonic()
+            elif once and time.monotonic() - idle_since > 5:
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        consumer.close()
