@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     feedback_ttl_s: float = Field(3600.0, gt=0, le=30 * 86_400, description="how long a prediction waits for its label")
     quality_window_labels: int = Field(500, ge=10, description="labeled events per quality window")
     performance_drop_min: float = Field(0.05, gt=0, lt=1, description="accuracy drop that matters (absolute)")
-    concept_detector: Literal["hddm_a", "hddm_w", "adwin", "ddm", "eddm"] = "hddm_a"
+    concept_detector: Literal["adwin", "hddm_a", "hddm_w", "ddm", "eddm"] = "adwin"
     trainer_min_labels: int = Field(2000, ge=50, description="labels since the drift before training")
     trainer_wait_s: float = Field(3600.0, gt=0, description="how long the trainer waits for them")
     trainer_shadow_labels: int = Field(1000, ge=50, description="labeled shadow requests before deciding")
