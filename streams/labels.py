@@ -35,6 +35,7 @@ from confluent_kafka import Producer
 from fastavro import schemaless_reader
 
 from detectors.concept import ConceptDetector
+from detectors.estimate import Calibration, estimate
 from detectors.quality import QualitySketch, accuracy_drop
 from schemas.catalog import SchemaCatalog
 from schemas.codec import HEADER, MAGIC, encode
@@ -148,6 +149,39 @@ class FeedbackAgent:
         self.retrain_schema = catalog.latest("driftline.RetrainRequest")
         self.requested: set[tuple[str, str]] = set()  # one concept-drift retrain request per (model, version)
         self.reported_duplicates = 0
+        # Label-free estimate: calibrated on each version's first labeled window, applied to its scores.
+        self.calibration: dict[tuple[str, str], Calibration] = {}
+        self.calibration_data: dict[tuple[str, str], list[tuple[float, bool]]] = {}
+        self.unlabeled: dict[tuple[str, str, str], list[float]] = {}
+        self.estimates: dict[tuple[str, str, str], float] = {}
+
+    def _estimate(self, sc: Scored) -> None:
+        """Fold a prediction's score into its window; estimate the window's quality once full."""
+        served = self.served.get(sc.model)
+        cal = self.calibration.get((sc.model, sc.version))
+        if served is None or cal is None or served.model.manifest.task == "regression":
+            return
+        key = (sc.model, sc.version, sc.variant)
+        scores = self.unlabeled.setdefault(key, [])
+        scores.append(sc.score)
+        if len(scores) < self.settings.quality_window_labels:
+            return
+        est = estimate(cal.apply(np.array(scores)), served.model.manifest.threshold)
+        del self.unlabeled[key]
+        self.estimates[key] = est["accuracy"]
+        for name, value in est.items():
+            self.metrics.quality_estimate.labels(*key, name).set(value)
+
+    def _calibrate(self, j: Joined, positive: str) -> None:
+        key = (j.scored.model, j.scored.version)
+        if key in self.calibration or j.scored.variant == "shadow":
+            return
+        data = self.calibration_data.setdefault(key, [])
+        data.append((j.scored.score, j.label.label == positive))
+        if len(data) >= self.settings.quality_window_labels:
+            scores, labels = zip(*data, strict=True)
+            self.calibration[key] = Calibration.fit(np.array(scores), np.array(labels), bins=10)
+            del self.calibration_data[key]
 
     def process(self, messages: list[RawMessage], now_ms: int) -> list[OutRecord]:
         out: list[OutRecord] = []
@@ -164,6 +198,7 @@ class FeedbackAgent:
                 sc = Scored(rec["request_id"], rec["model"], rec["model_version"], rec["variant"],
                             float(rec["score"]), rec.get("predicted"), int(rec["event_time"]), bytes(rec["features"]))
                 joined = self.join.add_prediction(sc, now_ms)
+                self._estimate(sc)
             else:
                 if rec.get("label") is None and rec.get("target") is None:
                     out.append(self._dead(msg.key, msg.value, "bad_feedback", "a label or a target is required",
@@ -212,10 +247,14 @@ class FeedbackAgent:
         if served is None:
             return out
         m = served.model.manifest
+        if m.task != "regression":
+            self._calibrate(j, m.labels[1])
         closed, change = self.tracker.add(j, m.task, m.threshold, m.labels[1])
         for key, window, verdict in closed:
             for name, value in window.metrics(m.task).items():
                 self.metrics.quality.labels(key[0], key[1], key[2], name).set(value)
+            if key in self.estimates:  # how far the label-free estimate was from the truth
+                self.metrics.quality_estimate_gap.labels(*key).set(self.estimates[key] - window.accuracy)
             if verdict is not None:
                 out.append(self._alert(quality_alert(
                     key, "performance_drop", verdict["accuracy"], verdict["threshold"], window.n,

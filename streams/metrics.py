@@ -131,6 +131,14 @@ class Metrics:
             "driftline_quality", "Quality of the last closed window of labeled events (accuracy, precision, "
             "recall, f1, log_loss; mae, rmse).", ["model", "version", "variant", "metric"], registry=registry,
         )
+        self.quality_estimate = Gauge(
+            "driftline_quality_estimate", "Label-free estimate (CBPE) of the last window of predictions: accuracy, "
+            "precision, recall, f1.", ["model", "version", "variant", "metric"], registry=registry,
+        )
+        self.quality_estimate_gap = Gauge(
+            "driftline_quality_estimate_gap", "Estimated minus real accuracy, when a labeled window closes.",
+            ["model", "version", "variant"], registry=registry,
+        )
         self.build_info = Info("driftline_build", "Versions of driftline and its engines.", registry=registry)
         self.build_info.info(build_versions())
 

@@ -97,6 +97,14 @@ def test_join_quality_concept_drift_and_performance_drop(
         flipped = labels ^ (np.random.default_rng(1).random(3000) < 0.33)
         send_requests(recs)
         collector.until(lambda r: len(r[t["predictions"]]) >= 5000, timeout_s=90, check=alive)
+        # Before their labels: the label-free estimate (calibrated on the version's first 500 labels) is
+        # close to the accuracy seen so far — it cannot know the rule is about to change.
+        estimate_key = dict(model="fraud", version="1", variant="champion", metric="accuracy")
+        deadline = time.monotonic() + 30
+        while (estimated := counter(worker.metrics(), "driftline_quality_estimate", **estimate_key)) == 0.0:
+            assert time.monotonic() < deadline, "no label-free estimate"
+            time.sleep(0.5)
+        assert abs(estimated - accuracy) < 0.03, (estimated, accuracy)
         send_labels([r["request_id"] for r in recs], flipped)
 
         def kinds(r: dict) -> set[str]:
@@ -104,10 +112,13 @@ def test_join_quality_concept_drift_and_performance_drop(
 
         got = collector.until(lambda r: {"concept_drift", "performance_drop"} <= kinds(r)
                               and len(r[t["labeled"]]) >= 5000, timeout_s=90, check=alive)
+        gap = counter(worker.metrics(), "driftline_quality_estimate_gap", model="fraud", version="1",
+                      variant="champion")
     finally:
         collector.close()
         worker.stop()
     drop = next(decode(catalog, m.value())[1] for m in got[t["alerts"]]
                 if decode(catalog, m.value())[1]["kind"] == "performance_drop")
     assert drop["value"] < drop["threshold"] < accuracy and drop["sample_size"] == 500
+    assert gap > 0.1  # after the rule change the estimate overstates accuracy: the gap is the signal
     assert len(list(iter_topic(settings.confluent(), t["labeled"]))) == 5000
