@@ -70,5 +70,14 @@ class ConceptDetector:
         self.seen += len(errors)
         return first
 
+    def update(self, error: float) -> bool:
+        """One event; True when it raised a change point."""
+        self._detector.update(bool(error) if self.kind != "adwin" else float(error))
+        self.seen += 1
+        if self._detector.drift_detected:
+            self.changes += 1
+            return True
+        return False
+
     def reset(self) -> None:
         self._detector = make(self.kind)

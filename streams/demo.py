@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -24,6 +25,7 @@ import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 from fastavro import schemaless_reader
 
+from inference.registry import ModelRegistry
 from schemas.catalog import SchemaCatalog
 from schemas.codec import HEADER, decode, encode_many
 from streams.alerts import format_event
@@ -68,11 +70,20 @@ def _bad_value(i: int, good: bytes, rng: np.random.Generator) -> bytes:
     return good[:-7]
 
 
+LABEL_DELAY_S = 1.0  # outcomes become known a second after the request (a chargeback takes days)
+
+
 def drive(settings: Settings, catalog: SchemaCatalog, rate: float, duration: float,
           drift_at: float | None, watch: Watch, stop: threading.Event) -> None:
-    """Produce example requests at ``rate``/s; switch on drift at ``drift_at`` s."""
+    """Produce example requests at ``rate``/s, and their labels a second later; drift from ``drift_at`` s.
+
+    The drift moves two features, brings in an unknown category and changes
+    the fraud rule, so the labels show concept drift too.
+    """
     gen = fraud_generator()
     schema = catalog.latest("driftline.examples.CardTransaction")
+    feedback = catalog.latest("driftline.Feedback")
+    pending: deque[tuple[float, list[str], np.ndarray]] = deque()
     topic = settings.requests_topic(settings.models[0])
     producer = Producer(settings.producer_config())
     rng = np.random.default_rng()
@@ -89,13 +100,20 @@ def drive(settings: Settings, catalog: SchemaCatalog, rate: float, duration: flo
         if due > 0:
             drifting = drift_at is not None and elapsed >= drift_at
             now_ms = int(time.time() * 1000)
-            records, _ = gen.generate(due, rng, start_ms=now_ms, step_ms=0,
-                                      drift=drift if drifting else gen.NO_DRIFT)
+            records, labels = gen.generate(due, rng, start_ms=now_ms, step_ms=0,
+                                           drift=drift if drifting else gen.NO_DRIFT)
             values = encode_many(schema, records)
             for j, (rec, value) in enumerate(zip(records, values, strict=True)):
                 if (sent + j) % BAD_EVERY == BAD_EVERY - 1:
                     value = _bad_value(sent + j, value, rng)
                 producer.produce(topic, value, rec["card_id"].encode())
+            pending.append((time.monotonic() + LABEL_DELAY_S, [r["request_id"] for r in records], labels))
+            while pending and pending[0][0] <= time.monotonic():
+                _, ids, ys = pending.popleft()
+                outcomes = [{"request_id": rid, "label": "fraud" if y else "legit", "target": None,
+                             "event_time": int(time.time() * 1000)} for rid, y in zip(ids, ys.tolist(), strict=True)]
+                for rid, value in zip(ids, encode_many(feedback, outcomes), strict=True):
+                    producer.produce(settings.topic("feedback"), value, rid.encode())
             producer.poll(0)
             sent += due
             watch.produced = sent
@@ -176,18 +194,35 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
     bootstrap = broker.start()
     stop = threading.Event()
     worker: subprocess.Popen[bytes] | None = None
+    trainer: subprocess.Popen[bytes] | None = None
     try:
         settings = settings.model_copy(update={"broker": bootstrap})
         create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
         catalog = build_catalog(settings)
+        models = data_dir / "models"  # a scratch registry: the trainer registers challengers into it
+        shutil.rmtree(models, ignore_errors=True)
+        shutil.copytree(settings.model_dir, models)
+        registry = ModelRegistry(models)
+        pinned = [{"name": b.name, "version": registry.path(b.name, b.version).name} for b in settings.models]
         env = {**os.environ, "DRIFTLINE_BROKER": bootstrap, "DRIFTLINE_SESSION_TIMEOUT_S": "6",
-               "DRIFTLINE_WINDOW_S": str(settings.window_s), "DRIFTLINE_WINDOW_GRACE_S": str(settings.window_grace_s)}
+               "DRIFTLINE_WINDOW_S": str(settings.window_s), "DRIFTLINE_WINDOW_GRACE_S": str(settings.window_grace_s),
+               "DRIFTLINE_MODEL_DIR": str(models), "DRIFTLINE_FEEDBACK": "true",
+               "DRIFTLINE_MODELS": json.dumps(pinned),  # pinned: challengers join this registry
+               # a demo-sized loop: train on 1,500 labels, decide after 1,000 labeled shadow requests
+               "DRIFTLINE_TRAINER_MIN_LABELS": "1500", "DRIFTLINE_TRAINER_SHADOW_LABELS": "1000",
+               "DRIFTLINE_TRAINER_WAIT_S": "60", "DRIFTLINE_TRAINER_SHADOW_WAIT_S": "60"}
         with (data_dir / "worker.log").open("wb") as log_file:
             worker = subprocess.Popen(  # noqa: S603 - our own CLI
                 [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log_file,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
-        print(f"broker {bootstrap}; worker pid {worker.pid} (log {data_dir / 'worker.log'})", file=out)
+        with (data_dir / "trainer.log").open("wb") as log_file:
+            trainer = subprocess.Popen(  # noqa: S603 - our own CLI
+                [sys.executable, "-m", "streams.cli", "trainer"], env={**env, "DRIFTLINE_WEB_PORT": "0"},
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        print(f"broker {bootstrap}; worker pid {worker.pid} (log {data_dir / 'worker.log'}); "
+              f"trainer pid {trainer.pid} (log {data_dir / 'trainer.log'})", file=out)
         print(f"follow it: DRIFTLINE_BROKER={bootstrap} driftline tail {settings.topic('predictions')}",
               file=out)
         print(f"dashboard: http://127.0.0.1:{settings.web_port}/  (metrics /metrics, readiness /readyz)",
@@ -232,6 +267,9 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
             print(f"first prediction {watch.first_prediction_s:.1f}s after start", file=out)
     finally:
         stop.set()
+        if trainer is not None and trainer.poll() is None:
+            trainer.terminate()
+            trainer.wait(timeout=20)
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
             try:

@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import io
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,7 +48,6 @@ from streams.pipeline import ERROR_HEADER, OutRecord, RawMessage, ServedModel
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-COOLDOWN_WINDOWS = 5
 
 
 def decode_fast(catalog: SchemaCatalog, value: bytes | None) -> dict[str, Any]:
@@ -70,48 +70,67 @@ class QualityTracker:
     drop_min: float
     concept_kind: str
     windows: dict[tuple[str, str, str], QualitySketch] = field(default_factory=dict)
-    closed: dict[tuple[str, str, str], int] = field(default_factory=dict)
     baseline: dict[tuple[str, str, str], float] = field(default_factory=dict)
-    last_alert: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    open: set[tuple[str, str, str]] = field(default_factory=set)  # keys with a performance_drop incident open
     concept: dict[tuple[str, str], ConceptDetector] = field(default_factory=dict)
 
     def add(self, j: Joined, task: str, threshold: float, positive: str) -> tuple[
             list[tuple[tuple[str, str, str], QualitySketch, dict[str, float] | None]], bool]:
-        """Fold one labeled event; returns (closed windows with a drop verdict, concept change point?)."""
+        """Fold one labeled event; returns (closed windows with a drop verdict, concept change point?).
+
+        Plain arithmetic per event (a few microseconds): labels arrive one by
+        one from the join, and numpy's per-call overhead would dominate.
+        """
         s, lab = j.scored, j.label
         key = (s.model, s.version, s.variant)
+        w = self.windows.get(key)
+        if w is None:
+            w = self.windows[key] = QualitySketch()
         if task == "regression":
             if lab.target is None:
                 return [], False
-            q = QualitySketch.of_regressor(np.array([lab.target]), np.array([s.score]))
-            error = abs(s.score - lab.target)
+            err = s.score - lab.target
+            w.n += 1
+            w.abs_err_sum += abs(err)
+            w.sq_err_sum += err * err
+            error = abs(err)
         else:
-            truth = np.array([lab.label == positive])
-            q = QualitySketch.of_classifier(truth, np.array([s.score]), threshold)
-            error = float((s.score >= threshold) != truth[0])
-        self.windows[key] = self.windows[key] + q if key in self.windows else q
-        detector = self.concept.setdefault((s.model, s.version), ConceptDetector(
-            self.concept_kind if task != "regression" else "adwin"))
-        change = detector.update_many(np.array([error])) is not None
+            y = lab.label == positive
+            decided = s.score >= threshold
+            w.n += 1
+            if decided:
+                w.tp, w.fp = w.tp + y, w.fp + (not y)
+            else:
+                w.fn, w.tn = w.fn + y, w.tn + (not y)
+            p = min(max(s.score, 1e-15), 1 - 1e-15)
+            w.log_loss_sum -= math.log(p if y else 1 - p)
+            error = float(decided != y)
+        detector = self.concept.get((s.model, s.version))
+        if detector is None:
+            kind = self.concept_kind if task != "regression" else "adwin"
+            detector = self.concept[(s.model, s.version)] = ConceptDetector(kind)
+        change = detector.update(error)
         out: list[tuple[tuple[str, str, str], QualitySketch, dict[str, float] | None]] = []
-        window = self.windows[key]
-        if window.n >= self.window_labels:
+        if w.n >= self.window_labels:
             del self.windows[key]
-            index = self.closed[key] = self.closed.get(key, 0) + 1
-            verdict = None
-            if task != "regression":
-                if key not in self.baseline:
-                    self.baseline[key] = window.accuracy
-                else:
-                    base = self.baseline[key]
-                    p, below = accuracy_drop(base, window, self.alpha)
-                    last = self.last_alert.get(key)
-                    cooled = last is None or index - last > COOLDOWN_WINDOWS
-                    if p < self.alpha and base - window.accuracy >= self.drop_min and cooled:
-                        self.last_alert[key] = index
-                        verdict = {"baseline": base, "accuracy": window.accuracy, "p_value": p, "threshold": below}
-            out.append((key, window, verdict))
+            out.append((key, w, self._verdict(key, w) if task != "regression" else None))
         return out, change
+
+    def _verdict(self, key: tuple[str, str, str], window: QualitySketch) -> dict[str, float] | None:
+        """A performance_drop to raise, or None. One alert per incident: it stays open until a window recovers."""
+        if key not in self.baseline:
+            self.baseline[key] = window.accuracy
+            return None
+        base = self.baseline[key]
+        p, below = accuracy_drop(base, window, self.alpha)
+        dropped = p < self.alpha and base - window.accuracy >= self.drop_min
+        if not dropped:
+            self.open.discard(key)
+            return None
+        if key in self.open:
+            return None
+        self.open.add(key)
+        return {"baseline": base, "accuracy": window.accuracy, "p_value": p, "threshold": below}
 
 
 def quality_alert(key: tuple[str, str, str], kind: str, value: float, threshold: float, n: int, message: str,

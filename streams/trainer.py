@@ -90,10 +90,16 @@ class Trainer:
         if self.producer.flush(15) != 0:
             raise BrokerError("could not write the deployment")
 
-    def deployment(self, model: str) -> Deployment:
+    def deployment(self, model: str, fallback: Deployment | None = None) -> Deployment:
+        """The control topic's record; without one, ``fallback`` or the configured version.
+
+        The fallback is read before a challenger is registered: with a
+        configured version of ``latest``, the new version would otherwise look
+        like the champion.
+        """
         from streams.model_cli import configured, read_deployments
 
-        return read_deployments(self.settings).get(model) or configured(self.settings, model)
+        return read_deployments(self.settings).get(model) or fallback or configured(self.settings, model)
 
     # -- labeled data -----------------------------------------------------------------------------
 
@@ -178,7 +184,7 @@ class Trainer:
         onnx_file.unlink()
         self.emit(request, "registered", f"trained on {len(rows)} labels; holdout {_fmt(holdout)}", version)
         shadow_from = int(self.clock() * 1000)
-        self.write_deployment(self.deployment(model).add_shadow(version, shadow_from))
+        self.write_deployment(self.deployment(model, dep).add_shadow(version, shadow_from))
         self.emit(request, "shadow", f"v{version} scores every request next to v{dep.champion}", version)
 
         def pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -192,7 +198,7 @@ class Trainer:
                     np.array([chal[k].score for k in both]))
 
         paired = self.wait_for("shadow labels", pairs, s.trainer_shadow_wait_s)
-        current = self.deployment(model)
+        current = self.deployment(model, dep)
         if paired is None:
             self.write_deployment(current.remove_shadow(version, int(self.clock() * 1000)))
             self.emit(request, "rejected", f"fewer than {s.trainer_shadow_labels} labeled shadow requests within "
