@@ -132,8 +132,8 @@ class WorkerProcess:
 
 
 def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes | None]],
-            headers: list[tuple[str, bytes]] | None = None) -> int:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+            headers: list[tuple[str, bytes]] | None = None, partitioner: str = "consistent_random") -> int:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": partitioner})
     n = 0
     for key, value in items:
         p.produce(topic, value, key, headers=headers)

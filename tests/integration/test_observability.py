@@ -52,13 +52,22 @@ def samples(metrics_text: str) -> dict[str, float]:
     return out
 
 
-def send_requests(bootstrap: str, topic: str, catalog: SchemaCatalog, generator, rng, n: int, bad: int = 0) -> int:  # type: ignore[no-untyped-def]
-    recs, _ = generator.generate(n, rng, start_ms=int(time.time() * 1000), step_ms=0)
+def send_requests(bootstrap: str, topic: str, catalog: SchemaCatalog, generator, rng, n: int, bad: int = 0,  # type: ignore[no-untyped-def]
+                  labels_to: str | None = None) -> int:
+    """Produce ``n`` requests (and ``bad`` junk ones); with ``labels_to``, their labels there afterwards."""
+    recs, labels = generator.generate(n, rng, start_ms=int(time.time() * 1000), step_ms=0)
     recs = [{**r, "ip_risk": r["ip_risk"] or 0.1} for r in recs]
     values = encode_many(catalog.latest("driftline.examples.CardTransaction"), recs)
     items = [(r["card_id"].encode(), v) for r, v in zip(recs, values, strict=True)]
     items += [(b"junk", b"not avro at all")] * bad
-    return produce(bootstrap, topic, items)
+    sent = produce(bootstrap, topic, items)
+    if labels_to is not None:
+        outcomes = [{"request_id": r["request_id"], "label": "fraud" if y else "legit", "target": None,
+                     "event_time": int(time.time() * 1000)} for r, y in zip(recs, labels.tolist(), strict=True)]
+        encoded = encode_many(catalog.latest("driftline.Feedback"), outcomes)
+        produce(bootstrap, labels_to, [(o["request_id"].encode(), v) for o, v in zip(outcomes, encoded, strict=True)],
+                partitioner="murmur2_random")
+    return sent
 
 
 def test_readyz_catches_a_stalled_agent(
@@ -142,10 +151,12 @@ def test_dashboard_numbers_match_metrics_in_headless_chromium(
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
     create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
-    worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, window_events="500", window_grace_s="0").start()
+    worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, window_events="500", window_grace_s="0",
+                           feedback="true", quality_window_labels="500").start()
     base = f"http://127.0.0.1:{worker.port}"
     try:
-        n = send_requests(broker.bootstrap, settings.topic("requests"), catalog, generator, rng, 3000, bad=25)
+        n = send_requests(broker.bootstrap, settings.topic("requests"), catalog, generator, rng, 3000, bad=25,
+                          labels_to=settings.topic("feedback"))
         done = 'driftline_requests_total{model="fraud",outcome="predicted"}'
         dead = 'driftline_requests_total{model="fraud",outcome="dead_letter"}'
 
@@ -155,6 +166,8 @@ def test_dashboard_numbers_match_metrics_in_headless_chromium(
 
         wait_until(lambda: _up(base) and handled(), worker, "every request handled")
         wait_until(lambda: json.loads(get(base + "/api/recent")[1])["windows"], worker, "a drift window")
+        wait_until(lambda: samples(worker.metrics()).get(
+            'driftline_labels_total{model="fraud",outcome="joined"}', 0) >= 3000, worker, "every label joined")
         dom = chromium("--virtual-time-budget=6000", "--dump-dom", base + "/", profile=tmp_path / "chrome")
         metrics = samples(worker.metrics())
         shot = REPO_ROOT / ".driftline" / "dashboard.png"  # git-ignored; docs/dashboard.png is a copy
@@ -175,6 +188,7 @@ def test_dashboard_numbers_match_metrics_in_headless_chromium(
         any(k.startswith("driftline_dead_letters_total") for k in page.metric)
     assert any(k.startswith("driftline_predictions_total") and 'variant="champion"' in k for k in page.metric)
     assert "<rect" in dom  # the drift heat map drew the window
+    assert any(k.startswith("driftline_quality{") for k in page.metric)  # quality from labels, on the page too
     png = (tmp_path / "dash.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     shot.write_bytes(png)

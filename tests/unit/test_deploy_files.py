@@ -25,7 +25,7 @@ def promtool(*args: str) -> str:
 
 
 def test_promtool_accepts_the_rules_and_config_and_the_rules_fire_as_intended() -> None:
-    assert "SUCCESS: 7 rules found" in promtool("check", "rules", "rules.yml")
+    assert "SUCCESS: 8 rules found" in promtool("check", "rules", "rules.yml")
     promtool("check", "config", "prometheus.yml")
     assert "SUCCESS" in promtool("test", "rules", "rules.test.yml")  # stalled worker, dead letters, refused load
 
