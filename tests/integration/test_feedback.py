@@ -119,6 +119,7 @@ def test_join_quality_concept_drift_and_performance_drop(
         worker.stop()
     drop = next(decode(catalog, m.value())[1] for m in got[t["alerts"]]
                 if decode(catalog, m.value())[1]["kind"] == "performance_drop")
-    assert drop["value"] < drop["threshold"] < accuracy and drop["sample_size"] == 500
+    # Below its threshold (set by the first window), and a real drop from the accuracy before the change.
+    assert drop["value"] < drop["threshold"] and drop["value"] < accuracy - 0.05 and drop["sample_size"] == 500
     assert gap > 0.1  # after the rule change the estimate overstates accuracy: the gap is the signal
     assert len(list(iter_topic(settings.confluent(), t["labeled"]))) == 5000
