@@ -51,7 +51,8 @@ class Load:
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
         self.topic, self.generator, self.rate = topic, generator, rate
         self.schema = catalog.latest("driftline.examples.CardTransaction")
-        self.sent: list[str] = []
+        self.sent: list[str] = []  # ids the broker acknowledged
+        self.failed: list[str] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -62,11 +63,16 @@ class Load:
             recs, _ = self.generator.generate(self.rate // 10, rng, start_ms=int(time.time() * 1000), step_ms=0)
             recs = [{**r, "ip_risk": r["ip_risk"] or 0.1} for r in recs]
             for r, v in zip(recs, encode_many(self.schema, recs), strict=True):
-                self.producer.produce(self.topic, v, r["card_id"].encode())
-            self.sent.extend(r["request_id"] for r in recs)
+                self.producer.produce(self.topic, v, r["card_id"].encode(),
+                                      on_delivery=self._delivered(r["request_id"]))
             while time.monotonic() < tick + 0.1:
                 self.producer.poll(0.01)
         assert self.producer.flush(30) == 0
+
+    def _delivered(self, rid: str):  # type: ignore[no-untyped-def]
+        def done(err, _msg) -> None:  # type: ignore[no-untyped-def]
+            (self.failed if err is not None else self.sent).append(rid)
+        return done
 
     def __enter__(self) -> Load:
         self.thread.start()
@@ -75,6 +81,7 @@ class Load:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(60)
+        assert not self.thread.is_alive() and not self.failed, f"{len(self.failed)} requests not delivered"
 
 
 def applied(worker: WorkerProcess, outcome: str = "applied") -> int:
