@@ -115,15 +115,19 @@ def _py(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def decode(catalog: SchemaCatalog, value: bytes) -> tuple[WireSchema, dict[str, Any]]:
-    """Decode one framed message with its own writer schema (for tools, not the hot path)."""
-    if len(value) < HEADER.size or value[0] != MAGIC:
+def decode(catalog: SchemaCatalog, value: bytes | None, *, fast: bool = False) -> tuple[WireSchema, dict[str, Any]]:
+    """Decode one framed message with its own writer schema (for tools, not the hot path).
+
+    ``fast=True`` reads with the logical-type-free schema: timestamps stay
+    epoch milliseconds instead of becoming datetimes.
+    """
+    if value is None or len(value) < HEADER.size or value[0] != MAGIC:
         raise ValueError("not a Confluent-framed Avro message")
     _, sid = HEADER.unpack_from(value)
     schema = catalog.by_id(sid)
     if schema is None:
         raise KeyError(f"unknown schema id {sid}")
-    record = schemaless_reader(io.BytesIO(value[HEADER.size :]), schema.parsed, None)
+    record = schemaless_reader(io.BytesIO(value[HEADER.size :]), schema.fast if fast else schema.parsed, None)
     return schema, cast(dict[str, Any], record)
 
 

@@ -9,10 +9,13 @@ _COLOURS = {"critical": "\x1b[1;31m", "warning": "\x1b[33m", "retrain": "\x1b[1;
 _RESET = "\x1b[0m"
 
 
+def millis(value: Any) -> int:
+    """An Avro timestamp-millis as epoch ms: the full schema decodes datetimes, the fast one ints."""
+    return int(value.timestamp() * 1000) if isinstance(value, datetime) else int(value)
+
+
 def _when(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%H:%M:%S")
-    return datetime.fromtimestamp(int(value) / 1000, tz=UTC).strftime("%H:%M:%S")
+    return datetime.fromtimestamp(millis(value) / 1000, tz=UTC).strftime("%H:%M:%S")
 
 
 def format_event(record: dict[str, Any], *, colour: bool = False) -> str:

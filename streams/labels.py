@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import logging
 import math
 import time
@@ -33,13 +32,12 @@ from typing import Any, cast
 import faust
 import numpy as np
 from confluent_kafka import Producer
-from fastavro import schemaless_reader
 
 from detectors.concept import ConceptDetector
 from detectors.estimate import Calibration, estimate
 from detectors.quality import QualitySketch, accuracy_drop
 from schemas.catalog import SchemaCatalog
-from schemas.codec import HEADER, MAGIC, encode
+from schemas.codec import decode, encode
 from streams.clients import BatchSource
 from streams.feedback import FeedbackJoin, Joined, Label, Scored
 from streams.metrics import Metrics
@@ -48,17 +46,6 @@ from streams.pipeline import ERROR_HEADER, OutRecord, RawMessage, ServedModel
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def decode_fast(catalog: SchemaCatalog, value: bytes | None) -> dict[str, Any]:
-    """One framed record with its writer schema, timestamps as ints (ValueError/KeyError when it is not one)."""
-    if value is None or len(value) < HEADER.size or value[0] != MAGIC:
-        raise ValueError("not a Confluent-framed Avro message")
-    _, sid = HEADER.unpack_from(value)
-    schema = catalog.by_id(sid)
-    if schema is None:
-        raise KeyError(f"unknown schema id {sid}")
-    return dict(schemaless_reader(io.BytesIO(value[HEADER.size:]), schema.fast, None))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -206,7 +193,7 @@ class FeedbackAgent:
         out: list[OutRecord] = []
         for msg in messages:
             try:
-                rec = decode_fast(self.catalog, msg.value)
+                rec = decode(self.catalog, msg.value, fast=True)[1]
             except (ValueError, KeyError, EOFError, TypeError) as exc:
                 if msg.topic == self.feedback_topic:
                     out.append(self._dead(msg.key, msg.value, "malformed_feedback", str(exc), now_ms))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.deployment import Deployment, live_variants
-from inference.manifest import MANIFEST, Manifest
+from inference.manifest import MANIFEST, Manifest, sha256_file
 from inference.registry import ModelRegistry, register_version
 from streams.errors import BrokerError, ConfigError
 from streams.settings import REPO_ROOT, Settings, load_settings
@@ -35,11 +34,7 @@ def code_version() -> str:
 
 
 def file_fingerprint(path: Path) -> dict[str, Any]:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return {"file": path.name, "sha256": h.hexdigest(), "bytes": path.stat().st_size}
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def cmd_register(args: argparse.Namespace) -> int:

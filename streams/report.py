@@ -22,6 +22,7 @@ import numpy as np
 from detectors.evaluate import ColumnResult, bin_labels, dead_letter_result, evaluate
 from detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
 from detectors.sketch import ColumnSketch, WindowSketch
+from streams.alerts import millis
 from streams.drift import column_label
 from streams.errors import ConfigError
 
@@ -192,11 +193,6 @@ def render(model: str, reports: list[VersionReport], alerts: list[dict[str, Any]
         out.append("<p>None.</p>")
     out.append("</body></html>")
     return "\n".join(out)
-
-
-def millis(value: Any) -> int:
-    """Avro timestamp-millis decode to datetimes; the fast schema gives ints."""
-    return int(value.timestamp() * 1000) if isinstance(value, datetime) else int(value)
 
 
 def sketches_from(values: Iterable[bytes | None]) -> list[WindowSketch]:

@@ -61,9 +61,9 @@ def worker_models(url: str) -> list[dict[str, str]]:
 
 def render_status(settings: Any, worker_url: str, alerts: int = 5) -> str:
     from schemas.codec import decode
+    from streams.alerts import millis
     from streams.kafka import iter_topic
     from streams.model_cli import configured, read_deployments
-    from streams.report import millis
     from streams.worker import build_catalog
 
     conf = settings.confluent(**{"log_level": 0})

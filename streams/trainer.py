@@ -43,10 +43,9 @@ from inference.manifest import Manifest
 from inference.registry import ModelRegistry, register_version
 from inference.training import train_challenger
 from schemas.catalog import SchemaCatalog
-from schemas.codec import encode
+from schemas.codec import decode, encode
 from streams.errors import BrokerError, ConfigError
 from streams.kafka import iter_topic
-from streams.labels import decode_fast
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ class Trainer:
         out = []
         for m in iter_topic(self.conf, self.settings.topic("labeled")):
             try:
-                r = decode_fast(self.catalog, m.value())
+                r = decode(self.catalog, m.value(), fast=True)[1]
             except (ValueError, KeyError, EOFError):
                 continue
             if r["model"] != model or r["label_time"] < since_ms:
@@ -252,7 +251,7 @@ def run_trainer(settings: Settings, catalog: SchemaCatalog, *, once: bool = Fals
     final: set[str] = set()
     for m in iter_topic(trainer.conf, topic):  # what earlier runs finished (the topic is the trainer's state)
         try:
-            rec = decode_fast(catalog, m.value())
+            rec = decode(catalog, m.value(), fast=True)[1]
         except (ValueError, KeyError, EOFError):
             continue
         if rec["stage"] in FINAL:
@@ -268,7 +267,7 @@ def run_trainer(settings: Settings, catalog: SchemaCatalog, *, once: bool = Fals
                         log.warning("retrain topic: %s", err)
                     continue
                 try:
-                    rec = decode_fast(catalog, msg.value())
+                    rec = decode(catalog, msg.value(), fast=True)[1]
                 except (ValueError, KeyError, EOFError):
                     continue
                 if rec["stage"] in FINAL:

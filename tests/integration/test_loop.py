@@ -17,9 +17,9 @@ from confluent_kafka import Producer
 from detectors.compare import log_losses
 from schemas.catalog import SchemaCatalog
 from schemas.codec import decode, encode, encode_many
+from streams.alerts import millis
 from streams.broker import EmbeddedBroker
 from streams.kafka import create_topics, iter_topic
-from streams.report import millis
 from streams.settings import EXAMPLE_MODELS, REPO_ROOT, load_settings
 from tests.helpers import Collector, WorkerProcess
 
