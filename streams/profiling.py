@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from detectors.profile import CategoricalReference, NumericReference, Reference, ReferenceProfile
+from inference.errors import ModelError
 from inference.model import OnnxModel
+from inference.registry import ModelRegistry
 from schemas.catalog import SchemaCatalog
 from schemas.columnar import columns_from_records, flat_fields
 from schemas.errors import SchemaError
@@ -17,6 +20,7 @@ from streams.errors import ConfigError
 from streams.records import coerce, read_input
 
 PROFILE_FILE = "profile.json"
+log = logging.getLogger(__name__)
 
 
 def build_profile(model_dir: Path, data: Path, catalog: SchemaCatalog, *, force: bool = False) -> tuple[Path, int]:
@@ -52,6 +56,25 @@ def build_profile(model_dir: Path, data: Path, catalog: SchemaCatalog, *, force:
             refs.append(CategoricalReference.build(f.name, good.values[f.name], f.categories, nulls))
     ReferenceProfile(tuple(refs), NumericReference.build("score", scores)).save(target)
     return target, len(checked.rows)
+
+
+class ProfileStore:
+    """Each model version's reference profile from the registry, read once; None where a version has none."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self._cache: dict[tuple[str, str], ReferenceProfile | None] = {}
+
+    def get(self, model: str, version: str) -> ReferenceProfile | None:
+        key = (model, version)
+        if key not in self._cache:
+            try:
+                path = self.registry.path(model, version) / PROFILE_FILE
+                self._cache[key] = ReferenceProfile.load(path) if path.is_file() else None
+            except (ModelError, ValueError, OSError) as exc:
+                log.warning("no reference profile for %s v%s: %s", model, version, exc)
+                self._cache[key] = None
+        return self._cache[key]
 
 
 def profile_from_matrix(model_dir: Path, matrix: np.ndarray, scores: np.ndarray) -> Path:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -211,11 +212,10 @@ def write_reports(settings: Any, models: list[str], window_ms: int, out_dir: Any
     """Read the sketches and alerts topics once and write ``driftline-report-<model>.html`` per model."""
     from pathlib import Path
 
-    from inference.errors import ModelError
     from inference.registry import ModelRegistry
     from schemas.codec import decode
     from streams.kafka import iter_topic
-    from streams.profiling import PROFILE_FILE
+    from streams.profiling import ProfileStore
     from streams.worker import build_catalog
 
     conf = settings.confluent(**{"log_level": 0})
@@ -229,25 +229,14 @@ def write_reports(settings: Any, models: list[str], window_ms: int, out_dir: Any
         except Exception:  # noqa: BLE001, S112 - a foreign record on the alerts topic is not ours to report
             continue
         alerts.append({**rec, "created_at": millis(rec["created_at"])})
-    registry = ModelRegistry(settings.model_dir)
+    profiles = ProfileStore(ModelRegistry(settings.model_dir))
     written = []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for model in models:
-        cache: dict[str, ReferenceProfile | None] = {}
-
-        def profile_of(version: str, model: str = model, cache: dict[str, ReferenceProfile | None] = cache
-                       ) -> ReferenceProfile | None:
-            if version not in cache:
-                try:
-                    path = registry.path(model, version) / PROFILE_FILE
-                    cache[version] = ReferenceProfile.load(path) if path.is_file() else None
-                except ModelError:
-                    cache[version] = None
-            return cache[version]
-
         windows = merge_windows(sketches, model, since_ms, until_ms)
-        reports = analyse(windows, profile_of, settings.drift_alpha, settings.expected_dead_letter_rate)
+        reports = analyse(windows, partial(profiles.get, model), settings.drift_alpha,
+                          settings.expected_dead_letter_rate)
         mine = [a for a in alerts if a["model"] == model and since_ms <= a["created_at"] < until_ms]
         path = out / f"driftline-report-{model}.html"
         path.write_text(render(model, reports, mine, since_ms, until_ms, settings.drift_alpha))

@@ -41,7 +41,7 @@ from streams.kafka import create_topics, latest_by_key
 from streams.metrics import Metrics
 from streams.observe import Progress, Recent, readiness
 from streams.pipeline import OutRecord, ScorePipeline, ServedModel
-from streams.profiling import PROFILE_FILE
+from streams.profiling import PROFILE_FILE, ProfileStore
 from streams.rollout import ControlFollower, load_failed_alert, loader_from
 from streams.settings import Settings
 from streams.windows import WindowFolder
@@ -350,22 +350,10 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
     """
     alert_schema = catalog.latest("driftline.Alert")
     retrain_schema = catalog.latest("driftline.RetrainRequest")
-    registry = ModelRegistry(settings.model_dir)
-    cache: dict[tuple[str, str], ReferenceProfile | None] = {}
-
-    def profile_of(model: str, version: str) -> ReferenceProfile | None:
-        """Each version's own reference profile (sketches of another worker may name any version)."""
-        if (model, version) not in cache:
-            try:
-                path = registry.path(model, version) / PROFILE_FILE
-                cache[(model, version)] = ReferenceProfile.load(path) if path.is_file() else None
-            except (ModelError, ValueError, OSError) as exc:
-                log.warning("no reference profile for %s v%s: %s", model, version, exc)
-                cache[(model, version)] = None
-        return cache[(model, version)]
-
+    # Each version against its own reference: sketches of another worker may name any version.
+    profiles = ProfileStore(ModelRegistry(settings.model_dir))
     monitor = DriftMonitor(
-        profile_of,
+        profiles.get,
         PolicyConfig(alpha=settings.drift_alpha, k=settings.drift_k, m=settings.drift_m,
                      cooldown=settings.drift_cooldown_windows, retrain_cooldown=settings.retrain_cooldown_windows,
                      detector=settings.drift_detector),
