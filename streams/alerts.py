@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
 _COLOURS = {"critical": "\x1b[1;31m", "warning": "\x1b[33m", "retrain": "\x1b[1;35m"}
 _RESET = "\x1b[0m"
+
+
+def point_alert(model: str, version: str, kind: str, statistic: str, value: float, threshold: float, message: str,
+                now_ms: int, *, sample_size: int = 0, scope: tuple[str, ...] = (), severity: str = "critical",
+                ) -> dict[str, Any]:
+    """A ``driftline.Alert`` record about a moment, not a drift window (a refused load, a quality verdict).
+
+    Its id hashes model, version, ``scope`` (the variant, say), kind and time,
+    so the same event sent twice keeps one id.
+    """
+    text = "|".join((model, version, *scope, kind, str(now_ms)))
+    return {
+        "id": hashlib.sha256(text.encode()).hexdigest()[:32], "model": model, "model_version": version,
+        "kind": kind, "severity": severity, "feature": None, "statistic": statistic, "value": float(value),
+        "threshold": float(threshold), "window_start": now_ms, "window_end": now_ms, "sample_size": int(sample_size),
+        "reference_size": 0, "top_bins": [], "message": message, "created_at": now_ms,
+    }
 
 
 def millis(value: Any) -> int:

@@ -38,6 +38,7 @@ from detectors.estimate import Calibration, estimate
 from detectors.quality import QualitySketch, accuracy_drop
 from schemas.catalog import SchemaCatalog
 from schemas.codec import decode, encode
+from streams.alerts import point_alert
 from streams.clients import BatchSource
 from streams.feedback import FeedbackJoin, Joined, Label, Scored
 from streams.metrics import Metrics
@@ -123,14 +124,9 @@ class QualityTracker:
 def quality_alert(key: tuple[str, str, str], kind: str, value: float, threshold: float, n: int, message: str,
                   now_ms: int, severity: str = "critical") -> dict[str, Any]:
     model, version, variant = key
-    text = f"{model}|{version}|{variant}|{kind}|{now_ms}"
-    return {
-        "id": hashlib.sha256(text.encode()).hexdigest()[:32], "model": model, "model_version": version,
-        "kind": kind, "severity": severity, "feature": None,
-        "statistic": "accuracy" if kind == "performance_drop" else "error_rate", "value": float(value),
-        "threshold": float(threshold), "window_start": now_ms, "window_end": now_ms, "sample_size": int(n),
-        "reference_size": 0, "top_bins": [], "message": message, "created_at": now_ms,
-    }
+    statistic = "accuracy" if kind == "performance_drop" else "error_rate"
+    return point_alert(model, version, kind, statistic, value, threshold, message, now_ms, sample_size=n,
+                       scope=(variant,), severity=severity)
 
 
 class FeedbackAgent:

@@ -8,7 +8,6 @@ its end at start (the score path does not start before), then follows it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import uuid
@@ -21,6 +20,7 @@ from inference.deployment import Deployment
 from inference.errors import ModelError
 from inference.model import CUDA, GraphOptimization, OnnxModel, ProviderChoice
 from inference.registry import ModelRegistry
+from streams.alerts import point_alert
 from streams.errors import BrokerError, ConfigError
 from streams.settings import Settings
 
@@ -139,11 +139,5 @@ class ControlFollower:
 
 def load_failed_alert(model: str, version: str, reason: str, now_ms: int) -> dict[str, Any]:
     """The ``driftline.Alert`` record (kind model_load_failed) of a refused version."""
-    text = f"{model}|{version}|model_load_failed|{now_ms}"
-    return {
-        "id": hashlib.sha256(text.encode()).hexdigest()[:32], "model": model, "model_version": version,
-        "kind": "model_load_failed", "severity": "critical", "feature": None, "statistic": "model_load",
-        "value": 1.0, "threshold": 0.0, "window_start": now_ms, "window_end": now_ms, "sample_size": 0,
-        "reference_size": 0, "top_bins": [],
-        "message": f"v{version} refused, the previous deployment keeps serving: {reason}", "created_at": now_ms,
-    }
+    return point_alert(model, version, "model_load_failed", "model_load", 1.0, 0.0,
+                       f"v{version} refused, the previous deployment keeps serving: {reason}", now_ms)
