@@ -47,6 +47,26 @@ class QualitySketch:
         err = np.asarray(predictions, dtype=np.float64) - np.asarray(targets, dtype=np.float64)
         return QualitySketch(n=len(err), abs_err_sum=float(np.abs(err).sum()), sq_err_sum=float(np.dot(err, err)))
 
+    def add_decision(self, truth: bool, score: float, threshold: float) -> bool:
+        """Fold one labeled classification (plain arithmetic: labels arrive one at a time); True if it was wrong."""
+        decided = score >= threshold
+        self.n += 1
+        if decided:
+            self.tp, self.fp = self.tp + truth, self.fp + (not truth)
+        else:
+            self.fn, self.tn = self.fn + truth, self.tn + (not truth)
+        p = min(max(score, _EPS), 1 - _EPS)
+        self.log_loss_sum -= math.log(p if truth else 1 - p)
+        return decided != truth
+
+    def add_error(self, target: float, prediction: float) -> float:
+        """Fold one labeled regression; returns the absolute error."""
+        err = prediction - target
+        self.n += 1
+        self.abs_err_sum += abs(err)
+        self.sq_err_sum += err * err
+        return abs(err)
+
     def __add__(self, other: QualitySketch) -> QualitySketch:
         return QualitySketch(self.n + other.n, self.tp + other.tp, self.fp + other.fp, self.tn + other.tn,
                              self.fn + other.fn, self.log_loss_sum + other.log_loss_sum,

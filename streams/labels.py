@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -66,8 +65,8 @@ class QualityTracker:
             list[tuple[tuple[str, str, str], QualitySketch, dict[str, float] | None]], bool]:
         """Fold one labeled event; returns (closed windows with a drop verdict, concept change point?).
 
-        Plain arithmetic per event (a few microseconds): labels arrive one by
-        one from the join, and numpy's per-call overhead would dominate.
+        Per event, with the sketch's scalar folds (a few microseconds): labels
+        arrive one by one from the join, and numpy's per-call overhead would dominate.
         """
         s, lab = j.scored, j.label
         key = (s.model, s.version, s.variant)
@@ -77,22 +76,9 @@ class QualityTracker:
         if task == "regression":
             if lab.target is None:
                 return [], False
-            err = s.score - lab.target
-            w.n += 1
-            w.abs_err_sum += abs(err)
-            w.sq_err_sum += err * err
-            error = abs(err)
+            error = w.add_error(lab.target, s.score)
         else:
-            y = lab.label == positive
-            decided = s.score >= threshold
-            w.n += 1
-            if decided:
-                w.tp, w.fp = w.tp + y, w.fp + (not y)
-            else:
-                w.fn, w.tn = w.fn + y, w.tn + (not y)
-            p = min(max(s.score, 1e-15), 1 - 1e-15)
-            w.log_loss_sum -= math.log(p if y else 1 - p)
-            error = float(decided != y)
+            error = float(w.add_decision(lab.label == positive, s.score, threshold))
         detector = self.concept.get((s.model, s.version))
         if detector is None:
             kind = self.concept_kind if task != "regression" else "adwin"

@@ -118,3 +118,21 @@ def test_label_free_estimate_tracks_real_accuracy_without_concept_drift() -> Non
         real = ((s >= 0.5) == y).mean()
         est = estimate(cal.apply(s), 0.5)["accuracy"]
         assert abs(est - real) < 0.02, (shift, est, real)
+
+
+def test_folding_one_event_at_a_time_equals_the_vectorised_sketch() -> None:
+    rng = np.random.default_rng(5)
+    y = rng.random(700) < 0.2
+    p = rng.random(700)
+    one = QualitySketch()
+    wrong = [one.add_decision(bool(t), float(s), 0.5) for t, s in zip(y, p, strict=True)]
+    whole = QualitySketch.of_classifier(y, p, 0.5)
+    assert (one.n, one.tp, one.fp, one.tn, one.fn) == (whole.n, whole.tp, whole.fp, whole.tn, whole.fn)
+    assert one.log_loss_sum == pytest.approx(whole.log_loss_sum)
+    assert sum(wrong) == whole.fp + whole.fn
+    t, f = rng.normal(size=300), rng.normal(size=300)
+    r = QualitySketch()
+    for a, b in zip(t, f, strict=True):
+        r.add_error(float(a), float(b))
+    assert r.mae == pytest.approx(QualitySketch.of_regressor(t, f).mae)
+    assert r.rmse == pytest.approx(QualitySketch.of_regressor(t, f).rmse)
