@@ -55,27 +55,35 @@ def iter_topic(
         "enable.partition.eof": True, "auto.offset.reset": "earliest",
     })
     try:
-        meta = consumer.list_topics(topic, timeout=10)
-        info = meta.topics.get(topic)
-        if info is None or info.error is not None:
-            raise BrokerError(f"topic {topic} does not exist")
-        parts = [TopicPartition(topic, p, 0) for p in info.partitions]
-        consumer.assign(parts)
-        pending = {p.partition for p in parts}
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"reading {topic} did not reach its end within {timeout_s:.0f}s")
-            for msg in consumer.consume(10_000, timeout=0.5):
-                err = msg.error()
-                if err is None:
-                    yield msg
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                else:
-                    raise BrokerError(f"reading {topic}: {err}")
+        yield from read_to_end(consumer, topic, timeout_s=timeout_s)
     finally:
         consumer.close()
+
+
+def read_to_end(consumer: Consumer, topic: str, *, timeout_s: float = 30.0, missing: str = "") -> Iterator[Any]:
+    """Assign every partition of ``topic`` from offset 0 and yield its records up to each partition's EOF.
+
+    The consumer needs ``enable.partition.eof``; it stays open, positioned at
+    the end, so a caller may go on following the topic. ``missing`` is added
+    to the error when the topic does not exist (what to do about it).
+    """
+    info = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if info is None or info.error is not None:
+        raise BrokerError(f"topic {topic} does not exist{missing}")
+    consumer.assign([TopicPartition(topic, p, 0) for p in info.partitions])
+    pending = set(info.partitions)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        if time.monotonic() > deadline:
+            raise BrokerError(f"reading {topic} did not reach its end within {timeout_s:.0f}s")
+        for msg in consumer.consume(10_000, timeout=0.5):
+            err = msg.error()
+            if err is None:
+                yield msg
+            elif err.code() == KafkaError._PARTITION_EOF:
+                pending.discard(msg.partition())
+            else:
+                raise BrokerError(f"reading {topic}: {err}")
 
 
 def latest_by_key(conf: Mapping[str, Any], topic: str, *, timeout_s: float = 30.0) -> dict[bytes, bytes]:

@@ -14,14 +14,15 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer
 
 from inference.deployment import Deployment
 from inference.errors import ModelError
 from inference.model import CUDA, GraphOptimization, OnnxModel, ProviderChoice
 from inference.registry import ModelRegistry
 from streams.alerts import point_alert
-from streams.errors import BrokerError, ConfigError
+from streams.errors import ConfigError
+from streams.kafka import read_to_end
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,28 +102,12 @@ class ControlFollower:
         })
 
     def read_to_end(self, timeout_s: float = 30.0) -> dict[str, Deployment]:
-        """Assign every partition from offset 0 and read to the end: the latest deployment per model."""
-        import time
-
-        info = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-        if info is None or info.error is not None:
-            raise BrokerError(f"control topic {self.topic} does not exist; run driftline topics create")
-        self._consumer.assign([TopicPartition(self.topic, p, 0) for p in info.partitions])
-        pending = set(info.partitions)
+        """Read the topic from offset 0 to its end (the consumer stays there to follow it): the latest per model."""
         latest: dict[str, Deployment] = {}
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"reading {self.topic} did not reach its end within {timeout_s:.0f}s")
-            for msg in self._consumer.consume(1000, timeout=0.5):
-                err = msg.error()
-                if err is None:
-                    if (dep := parse_deployment(msg.key(), msg.value())) is not None:
-                        latest[dep.model] = dep
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                else:
-                    raise BrokerError(f"reading {self.topic}: {err}")
+        for msg in read_to_end(self._consumer, self.topic, timeout_s=timeout_s,
+                               missing=" (the control topic); run driftline topics create"):
+            if (dep := parse_deployment(msg.key(), msg.value())) is not None:
+                latest[dep.model] = dep
         return latest
 
     def poll(self, timeout_s: float) -> list[Deployment]:
