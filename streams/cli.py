@@ -49,10 +49,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    from streams.kafka import create_topics
+    from streams.kafka import ensure_topics
 
     settings = _settings(args)
-    created = create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    created = ensure_topics(settings)
     for topic, n in settings.topic_partitions().items():
         print(f"{topic}\t{n} partitions\t{'created' if topic in created else 'exists'}")
     return 0

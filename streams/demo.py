@@ -31,7 +31,7 @@ from schemas.codec import HEADER, decode, encode_many
 from streams.alerts import format_event
 from streams.broker import EmbeddedBroker
 from streams.example import fraud_generator
-from streams.kafka import count_records, create_topics
+from streams.kafka import count_records, ensure_topics
 from streams.pipeline import Headers
 from streams.settings import Settings
 from streams.worker import build_catalog
@@ -197,7 +197,7 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
     trainer: subprocess.Popen[bytes] | None = None
     try:
         settings = settings.model_copy(update={"broker": bootstrap})
-        create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+        ensure_topics(settings)
         catalog = build_catalog(settings)
         models = data_dir / "models"  # a scratch registry: the trainer registers challengers into it
         shutil.rmtree(models, ignore_errors=True)

@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.errors import BrokerError
+from streams.settings import Settings
 
 
 def create_topics(conf: Mapping[str, Any], partitions: Mapping[str, int], timeout_s: float = 15.0,
@@ -44,6 +45,12 @@ def create_topics(conf: Mapping[str, Any], partitions: Mapping[str, int], timeou
             return created
         time.sleep(0.05)
     raise BrokerError(f"topics did not appear within {timeout_s:.0f}s: {sorted(partitions)}")
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
+    """Every topic driftline uses, with its partition count and configs; returns those created."""
+    return create_topics(settings.confluent(), settings.topic_partitions(), timeout_s,
+                         configs=settings.topic_configs())
 
 
 def iter_topic(

@@ -37,7 +37,7 @@ from schemas.codec import encode
 from streams.clients import AckedSink, BatchSource
 from streams.drift import DriftMonitor, alert_record, retrain_record
 from streams.errors import BrokerError, ConfigError, DeliveryError
-from streams.kafka import create_topics, latest_by_key
+from streams.kafka import ensure_topics, latest_by_key
 from streams.metrics import Metrics
 from streams.observe import Progress, Recent, readiness
 from streams.pipeline import OutRecord, ScorePipeline, ServedModel
@@ -464,7 +464,7 @@ def run_worker(settings: Settings) -> None:
                 f"({', '.join(ort.get_available_providers())}); install driftline[gpu] on a machine with CUDA, "
                 "or unset DRIFTLINE_REQUIRE_GPU"
             )
-    created = create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    created = ensure_topics(settings)
     if created:
         log.info("created missing topics: %s", ", ".join(created))
     app = build_app(settings)

@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 from schemas.catalog import SchemaCatalog
 from schemas.codec import decode, encode_many
 from streams.broker import EmbeddedBroker
-from streams.kafka import create_topics
+from streams.kafka import create_topics, ensure_topics
 from streams.settings import load_settings
 from tests.helpers import Collector, WorkerProcess
 
@@ -104,7 +104,7 @@ def test_a_restarted_worker_resumes_the_drift_state(
     from tests.helpers import produce
 
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
-    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    ensure_topics(settings)
     schema = catalog.latest("driftline.examples.CardTransaction")
     state_t = settings.topic("drift-state")
 

@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 from schemas.catalog import SchemaCatalog
 from schemas.codec import decode, encode, encode_many
 from streams.broker import EmbeddedBroker
-from streams.kafka import create_topics, iter_topic
+from streams.kafka import ensure_topics, iter_topic
 from streams.settings import load_settings
 from tests.helpers import Collector, WorkerProcess
 
@@ -31,7 +31,7 @@ def test_join_quality_concept_drift_and_performance_drop(
     broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
-    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    ensure_topics(settings)
     worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, feedback="true", feedback_ttl_s="5",
                            quality_window_labels="500").start()
     card = catalog.latest("driftline.examples.CardTransaction")

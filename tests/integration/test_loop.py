@@ -19,7 +19,7 @@ from schemas.catalog import SchemaCatalog
 from schemas.codec import decode, encode, encode_many
 from streams.alerts import millis
 from streams.broker import EmbeddedBroker
-from streams.kafka import create_topics, iter_topic
+from streams.kafka import ensure_topics, iter_topic
 from streams.settings import EXAMPLE_MODELS, REPO_ROOT, load_settings
 from tests.helpers import Collector, WorkerProcess
 
@@ -94,7 +94,7 @@ def loop_env(broker: EmbeddedBroker, namespace: str, tmp_path: Path):  # type: i
     models = tmp_path / "models"
     shutil.copytree(EXAMPLE_MODELS / "fraud", models / "fraud")
     settings = load_settings(broker=broker.bootstrap, namespace=namespace, model_dir=models)
-    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    ensure_topics(settings)
     worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, model_dir=str(models), **LOOP).start()
     trainer, trainer_log = start_trainer(tmp_path, {**worker.env, "DRIFTLINE_WEB_PORT": "0"})
     yield settings, worker, trainer, trainer_log

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.catalog import SchemaCatalog
 from schemas.codec import encode_many
 from streams.broker import EmbeddedBroker
-from streams.kafka import create_topics
+from streams.kafka import ensure_topics
 from streams.settings import REPO_ROOT, load_settings
 from tests.helpers import WorkerProcess, free_port, produce
 from tests.unit.test_deploy_files import exported_names, used_names
@@ -75,7 +75,7 @@ def test_readyz_catches_a_stalled_agent(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
-    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    ensure_topics(settings)
     worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, batch_max="100", stall_s="3",
                            fault_stall_after_batches="5").start()
     base = f"http://127.0.0.1:{worker.port}"
@@ -150,7 +150,7 @@ def test_dashboard_numbers_match_metrics_in_headless_chromium(
     broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
-    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    ensure_topics(settings)
     worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, window_events="500", window_grace_s="0",
                            feedback="true", quality_window_labels="500").start()
     base = f"http://127.0.0.1:{worker.port}"
@@ -200,7 +200,7 @@ def test_a_real_prometheus_scrapes_the_worker(
     exe = shutil.which("prometheus")
     assert exe, "Debian's prometheus is needed for this test (.ci/run installs it: apt-get install prometheus)"
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
-    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    ensure_topics(settings)
     worker = WorkerProcess(broker.bootstrap, namespace, tmp_path).start()
     port = free_port()
     config = tmp_path / "prometheus.yml"

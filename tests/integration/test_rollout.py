@@ -20,7 +20,7 @@ from schemas.catalog import SchemaCatalog
 from schemas.codec import decode, encode_many
 from streams.broker import EmbeddedBroker
 from streams.cli import main as cli
-from streams.kafka import create_topics, iter_topic
+from streams.kafka import ensure_topics, iter_topic
 from streams.settings import EXAMPLE_MODELS, load_settings
 from tests.helpers import Collector, WorkerProcess
 
@@ -105,7 +105,7 @@ def test_hot_swap_canary_shadow_and_rollback_under_load(
     monkeypatch.setenv("DRIFTLINE_NAMESPACE", namespace)
     monkeypatch.setenv("DRIFTLINE_MODELS", V1)  # "latest" would be v3
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
-    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    ensure_topics(settings)
     worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, model_dir=str(registry), batch_max="250",
                            models=V1).start()
     pred_t, shadow_t = settings.topic("predictions"), settings.topic("predictions.shadow")
@@ -180,7 +180,7 @@ def test_a_refused_version_leaves_the_old_one_serving_and_raises_an_alert(
     monkeypatch.setenv("DRIFTLINE_NAMESPACE", namespace)
     monkeypatch.setenv("DRIFTLINE_MODELS", V1)  # "latest" would be v3
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
-    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    ensure_topics(settings)
     fraud = json.loads((registry / "fraud" / "1" / "manifest.json").read_text())
     (registry / "fraud" / "3" / "model.onnx").write_bytes(  # changed after registration: hash mismatch
         (registry / "fraud" / "3" / "model.onnx").read_bytes() + b"\0")

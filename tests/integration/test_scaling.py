@@ -14,7 +14,7 @@ import pytest
 from schemas.catalog import SchemaCatalog
 from schemas.codec import decode
 from streams.broker import EmbeddedBroker
-from streams.kafka import create_topics, iter_topic
+from streams.kafka import ensure_topics, iter_topic
 from streams.settings import load_settings
 from tests.helpers import Collector, WorkerProcess
 from tests.integration.test_rollout import Load
@@ -40,7 +40,7 @@ def test_two_processes_share_partitions_and_one_takes_over_when_the_other_dies(
     broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator  # type: ignore[no-untyped-def]
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
-    create_topics(settings.confluent(), settings.topic_partitions(), configs=settings.topic_configs())
+    ensure_topics(settings)
     sup = WorkerProcess(broker.bootstrap, namespace, tmp_path, args=("--processes", "2", "--restart-delay", "0"),
                         port=two_free_ports(), batch_max="200").start()
     pred_t = settings.topic("predictions")

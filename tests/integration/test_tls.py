@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from schemas.catalog import SchemaCatalog
 from schemas.codec import encode_many
 from streams.broker import EmbeddedBroker, free_port
-from streams.kafka import create_topics, latest_by_key
+from streams.kafka import ensure_topics, latest_by_key
 from streams.settings import KafkaSecurity, load_settings
 from tests.helpers import WorkerProcess
 
@@ -87,7 +87,7 @@ def test_worker_over_mtls_with_verification_and_refusal_of_an_unknown_ca(
                           ssl_key_file=tls_broker["key"], ssl_key_password=KEY_PASSWORD)  # type: ignore[arg-type]
     settings = load_settings(broker=tls_broker["bootstrap"], namespace=namespace, kafka=kafka)
     conf = settings.confluent()
-    create_topics(conf, settings.topic_partitions(), configs=settings.topic_configs())
+    ensure_topics(settings)
     worker = WorkerProcess(tls_broker["bootstrap"], namespace, tmp_path, window_events="500", window_grace_s="0",
                            **security).start()
     try:
