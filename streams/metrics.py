@@ -139,6 +139,17 @@ class Metrics:
             "driftline_quality_estimate_gap", "Estimated minus real accuracy, when a labeled window closes.",
             ["model", "version", "variant"], registry=registry,
         )
+        self.skipped = Counter(
+            "driftline_records_skipped_total", "Records on control, state, sketch, retrain and alert topics that "
+            "did not parse or validate and were skipped.", ["topic", "reason"], registry=registry,
+        )
+        self.feedback_pending = Gauge(
+            "driftline_feedback_pending", "Entries held by the label join: predictions and labels waiting, "
+            "joined requests remembered for the TTL.", ["kind"], registry=registry,
+        )
+        self.feedback_pending_bytes = Gauge(
+            "driftline_feedback_pending_bytes", "Estimated bytes held by the label join.", registry=registry,
+        )
         self.build_info = Info("driftline_build", "Versions of driftline and its engines.", registry=registry)
         self.build_info.info(build_versions())
 

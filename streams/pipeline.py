@@ -165,7 +165,7 @@ class ScorePipeline:
         *,
         predictions_topic: str,
         deadletter_topic: str,
-        deadletter_max_value_bytes: int,
+        deadletter_max_bytes: int,
         shadow_topic: str | None = None,
         scored: tuple[WireSchema, str] | None = None,
     ) -> None:
@@ -177,7 +177,7 @@ class ScorePipeline:
         self.shadow_topic = shadow_topic or f"{predictions_topic}.shadow"
         self._scored = (BatchEncoder(scored[0]), scored[1]) if scored is not None else None
         self.deadletter_topic = deadletter_topic
-        self.dlq_max = deadletter_max_value_bytes
+        self.dlq_max = deadletter_max_bytes
 
     def process(self, messages: Sequence[RawMessage], now_ms: int) -> BatchOutcome:
         out = BatchOutcome()

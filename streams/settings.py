@@ -154,9 +154,19 @@ class Settings(BaseSettings):
     max_inflight_batches: int = Field(8, ge=1, le=1_000)
     producer_linger_ms: int = Field(5, ge=0, le=1_000)
     max_message_bytes: int = Field(256 * 1024, ge=64)
-    deadletter_max_value_bytes: int = Field(1024 * 1024, ge=64)
+    deadletter_max_bytes: int = Field(
+        1_000_000, ge=4096, le=100 * 1024 * 1024,
+        description="a dead letter's whole record (key + value + headers) is cut and hashed to fit here",
+    )
+    broker_wait_s: float = Field(60.0, ge=0, le=3_600, description="how long to wait for the broker at start")
     feedback: bool = Field(False, description="join labels on {ns}.feedback to predictions (emits {ns}.scored)")
     feedback_ttl_s: float = Field(3600.0, gt=0, le=30 * 86_400, description="how long a prediction waits for its label")
+    feedback_max_pending: int = Field(
+        1_000_000, ge=100, description="the label join holds at most this many waiting entries"
+    )
+    feedback_max_pending_bytes: int = Field(
+        256 * 1024 * 1024, ge=64 * 1024, description="...and at most this many bytes (estimated) of them"
+    )
     quality_window_labels: int = Field(500, ge=10, description="labeled events per quality window")
     performance_drop_min: float = Field(0.05, gt=0, lt=1, description="accuracy drop that matters (absolute)")
     concept_detector: Literal["adwin", "hddm_a", "hddm_w", "ddm", "eddm"] = "adwin"
@@ -180,6 +190,10 @@ class Settings(BaseSettings):
     drift_m: int = Field(3, ge=1)
     drift_cooldown_windows: int = Field(5, ge=0)
     retrain_cooldown_windows: int = Field(30, ge=0)
+    sketch_max_skew_s: float = Field(
+        86_400.0, gt=0, description="sketches whose window starts further than this from now are rejected"
+    )
+    drift_max_pending_windows: int = Field(1_000, ge=1, description="open drift windows kept at most, per worker")
     expected_dead_letter_rate: float = Field(0.02, gt=0.0, lt=1.0)
     group_id: str | None = Field(None, pattern=_NAME)
     fetch_wait_ms: int = Field(10, ge=1, le=5_000)
@@ -247,12 +261,13 @@ class Settings(BaseSettings):
             self.topic("models"): p.models,
             self.topic("drift-state"): p.drift_state,
             self.topic("scored"): p.scored,
+            self.topic("feedback-state"): p.scored,  # partition p holds the join state of scored/feedback p
         }
         return out
 
     def topic_configs(self) -> dict[str, dict[str, str]]:
         """State topics (last record per key wins) are compacted on real Kafka."""
-        return {self.topic(role): {"cleanup.policy": "compact"} for role in ("models", "drift-state")}
+        return {self.topic(role): {"cleanup.policy": "compact"} for role in ("models", "drift-state", "feedback-state")}
 
     # -- client configs ------------------------------------------------------------
 
@@ -265,7 +280,7 @@ class Settings(BaseSettings):
                 "linger.ms": self.producer_linger_ms,
                 "enable.idempotence": True,
                 "acks": "all",
-                "message.max.bytes": max(self.deadletter_max_value_bytes, self.max_message_bytes) + 64 * 1024,
+                "message.max.bytes": max(self.deadletter_max_bytes, self.max_message_bytes) + 64 * 1024,
                 "queue.buffering.max.messages": 1_000_000,
                 # The Java client's partitioner: a key lands on the same partition whoever produces it,
                 # so {ns}.scored and a team's {ns}.feedback (keyed by request id) are co-partitioned.

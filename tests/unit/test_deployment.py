@@ -127,7 +127,7 @@ def test_variants_in_one_batch_canary_and_shadow(
     v1, v2 = _load(registry_dir, "1"), _load(registry_dir, "2")
     served = ServedModel(v1, catalog, max_message_bytes=8192)
     pipe = ScorePipeline({"req": served}, catalog.latest("driftline.Prediction"), predictions_topic="p",
-                         deadletter_topic="d", deadletter_max_value_bytes=8192)
+                         deadletter_topic="d", deadletter_max_bytes=8192)
     dep = Deployment("fraud", "1").start_canary("2", 0.25, NOW)
     assert served.deploy(dep, {"1": v1, "2": v2}) == []
     recs, _ = generator.generate(2000, rng)

@@ -31,7 +31,7 @@ def profile() -> ReferenceProfile:
 def pipeline_with(catalog: SchemaCatalog, model: OnnxModel, folder: WindowFolder) -> ScorePipeline:
     return ScorePipeline({"req": ServedModel(model, catalog, max_message_bytes=8192, folder=folder)},
                          catalog.latest("driftline.Prediction"), predictions_topic="p", deadletter_topic="d",
-                         deadletter_max_value_bytes=8192)
+                         deadletter_max_bytes=8192)
 
 
 def traffic(catalog: SchemaCatalog, generator, rng, n: int, drift=None) -> list[RawMessage]:  # type: ignore[no-untyped-def]

@@ -23,7 +23,7 @@ def _pipeline(catalog: SchemaCatalog, served: dict[str, OnnxModel], dlq_max: int
         {t: ServedModel(m, catalog, max_message_bytes=MAX) for t, m in served.items()},
         catalog.latest("driftline.Prediction"),
         predictions_topic="ns.predictions", deadletter_topic="ns.deadletter",
-        deadletter_max_value_bytes=dlq_max,
+        deadletter_max_bytes=dlq_max,
     )
 
 

@@ -1,0 +1,130 @@
+"""The drift agent: merges the workers' window sketches per model and raises alerts and retrain requests.
+
+Low volume (one sketch per worker per window), so a plain Faust agent with
+Faust's producer. Its state (alert policy, River detectors, pending windows,
+the last sketch applied) is written to ``{ns}.drift-state`` after every
+change and read back when this worker takes the sketches partition over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import faust
+
+from detectors.policy import PolicyConfig
+from detectors.sketch import WindowSketch
+from inference.registry import ModelRegistry
+from schemas.catalog import SchemaCatalog
+from schemas.codec import encode
+from streams.drift import DriftMonitor, alert_record, retrain_record
+from streams.errors import BrokerError
+from streams.kafka import latest_by_key
+from streams.metrics import Metrics
+from streams.observe import Recent
+from streams.profiling import ProfileStore
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, metrics: Metrics,
+                    recent: Recent) -> None:
+    """Merge the workers' window sketches per model, evaluate closed windows, send alerts and retrains.
+
+    The sketches topic is keyed by model, so one worker sees all sketches of
+    a model; low volume, so a plain Faust agent with Faust's producer.
+    """
+    alert_schema = catalog.latest("driftline.Alert")
+    retrain_schema = catalog.latest("driftline.RetrainRequest")
+    # Each version against its own reference: sketches of another worker may name any version.
+    profiles = ProfileStore(ModelRegistry(settings.model_dir))
+    monitor = DriftMonitor(
+        profiles.get,
+        PolicyConfig(alpha=settings.drift_alpha, k=settings.drift_k, m=settings.drift_m,
+                     cooldown=settings.drift_cooldown_windows, retrain_cooldown=settings.retrain_cooldown_windows,
+                     detector=settings.drift_detector),
+        grace_ms=int(settings.window_grace_s * 1000),
+        expected_dead_letter_rate=settings.expected_dead_letter_rate,
+    )
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    sketches_name, state_name = settings.topic("sketches"), settings.topic("drift-state")
+    sketches = app.topic(sketches_name, partitions=settings.partitions.sketches, **raw)
+    alerts = app.topic(settings.topic("alerts"), partitions=settings.partitions.alerts, **raw)
+    retrains = app.topic(settings.topic("retrain"), partitions=settings.partitions.retrain, **raw)
+    states = app.topic(state_name, partitions=settings.partitions.drift_state, **raw)
+    lookback_ms = int(settings.window_s * 1000) * settings.drift_m
+    resumed: set[str] = set()  # models whose state this worker has taken over since its last assignment
+    stored: dict[str, Any] = {}  # the state topic as read at that time, by model
+
+    async def take_over(model: str) -> None:
+        """Resume a model's drift state from the state topic before its first sketch here."""
+        if model in resumed:
+            return
+        if not resumed and not stored:
+            loop = asyncio.get_running_loop()
+            try:
+                latest = await loop.run_in_executor(None, latest_by_key, settings.confluent(), state_name)
+            except BrokerError as exc:
+                log.error("cannot read the drift state (%s); alert policies start afresh", exc)
+                latest = {}
+            stored.update({k.decode(errors="replace"): v for k, v in latest.items()})
+        resumed.add(model)
+        value = stored.pop(model, None)
+        if value is None:
+            return
+        try:
+            monitor.restore(model, json.loads(value))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("drift state of %s does not parse (%s); starting it afresh", model, exc)
+            return
+        log.info("resumed drift state of %s after window %d", model, monitor.window_count(model))
+
+    async def save(model: str) -> None:
+        """Write the model's state and wait for the broker: the sketch offset is committed after this."""
+        fut = await states.send(key=model.encode(), value=json.dumps(monitor.snapshot(model)).encode())
+        await fut
+
+    @app.on_partitions_revoked.connect
+    async def release(_app: Any, /, *args: Any, signal: Any, **_kw: Any) -> None:
+        revoked = args[0] if args else ()
+        if any(tp.topic == sketches_name for tp in revoked):
+            monitor.forget()  # the next owner (maybe this worker again) resumes from the state topic
+            resumed.clear()
+            stored.clear()
+
+    @app.agent(sketches)
+    async def drift(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                sketch = WindowSketch.from_dict(json.loads(event.value))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignored a sketch that does not parse: %s", exc)
+                continue
+            await take_over(sketch.model)
+            if monitor.add(sketch, (event.message.partition, event.message.offset)):
+                await save(sketch.model)
+
+    @app.timer(interval=0.5)
+    async def close_windows() -> None:
+        now = int(time.time() * 1000)
+        closed = monitor.close_due(now)
+        for window in closed:
+            sketch, decisions, retrain, _ = window
+            metrics.observe_window(window)
+            recent.add_window(window)
+            records = [alert_record(sketch, d, now) for d in decisions]
+            for rec in records:
+                log.info("alert %s %s: %s", rec["severity"], rec["kind"], rec["message"])
+                recent.add_alert(rec)
+                await alerts.send(key=sketch.model.encode(), value=encode(alert_schema, rec, fast=True))
+            if retrain is not None:
+                rec = retrain_record(sketch, retrain, [r["id"] for r in records], lookback_ms, now)
+                log.info("retrain requested for %s: %s", sketch.model, rec["reason"])
+                await retrains.send(key=sketch.model.encode(), value=encode(retrain_schema, rec, fast=True))
+        for model in sorted({window.sketch.model for window in closed}):
+            await save(model)
