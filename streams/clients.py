@@ -8,8 +8,10 @@ librdkafka in batches; Faust only carries one event per batch.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -20,15 +22,81 @@ from streams.pipeline import Headers, OutRecord, RawMessage
 log = logging.getLogger(__name__)
 
 
-class BatchSource:
-    """A consumer-group member that hands out batches and stores offsets only when told."""
+Partition = tuple[str, int]
 
-    def __init__(self, conf: Mapping[str, Any], topics: Sequence[str]) -> None:
-        self._consumer = Consumer(dict(conf), logger=log)
-        self._consumer.subscribe(list(topics), on_assign=_log_assignment, on_revoke=_log_revocation)
-        self.high_watermarks: dict[tuple[str, int], int] = {}
-        self.processed: dict[tuple[str, int], int] = {}  # next offset after the last stored one
+
+class BatchSource:
+    """A consumer-group member that hands out batches and stores offsets only when told.
+
+    Rebalances are handled here, explicitly: before a partition is revoked,
+    the member waits (up to ``drain_timeout_s``) until ``busy()`` says no
+    batch is being scored or waiting for acknowledgements, so what it did is
+    stored and committed before the partition moves; records of a partition
+    revoked during a poll are dropped from the batch (the new owner reads them
+    from the committed offset). Progress bookkeeping (lag) starts afresh for
+    every partition assigned.
+    """
+
+    def __init__(self, conf: Mapping[str, Any], topics: Sequence[str], *,
+                 busy: Callable[[], bool] | None = None, drain_timeout_s: float = 10.0) -> None:
+        self._consumer = Consumer({**conf, "error_cb": self._on_error}, logger=log)
+        self._consumer.subscribe(list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
+        self._busy = busy
+        self._drain_timeout_s = drain_timeout_s
+        self._lock = threading.Lock()  # bookkeeping is written on the consumer thread, read on the loop's
+        self.high_watermarks: dict[Partition, int] = {}
+        self.processed: dict[Partition, int] = {}  # next offset after the last stored one
+        self.assigned: set[Partition] = set()
+        self.revoked_during_poll = False
         self.broker_down: str | None = None  # the last "all brokers down" error, until a record arrives
+        self.fatal_error: str | None = None  # librdkafka says the client is unusable
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal_error = f"consumer fatal error: {err}"
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.broker_down = str(err)
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        added = {(tp.topic, tp.partition) for tp in partitions}
+        with self._lock:
+            for key in added:  # counted afresh from the committed offset, whoever held it before
+                self.processed.pop(key, None)
+                self.high_watermarks.pop(key, None)
+            self.assigned |= added
+        names = ", ".join(f"{t}[{p}]" for t, p in sorted(added)) or "none"
+        log.info("assigned %d partitions (+%s)", len(self.assigned), names)
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Let in-flight batches finish and store their offsets before the partitions move (bounded wait)."""
+        self._release(partitions, drained=self._drain())
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Partitions lost (session timed out): nothing can be committed for them any more."""
+        self._release(partitions, drained=False)
+
+    def _release(self, partitions: list[TopicPartition], *, drained: bool) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        with self._lock:
+            self.assigned -= gone
+            for key in gone:
+                self.processed.pop(key, None)
+                self.high_watermarks.pop(key, None)
+            self.revoked_during_poll = True
+        names = ", ".join(f"{t}[{p}]" for t, p in sorted(gone)) or "none"
+        log.info("revoked %s%s", names, "" if drained else
+                 f" with batches still unacknowledged after {self._drain_timeout_s:g}s (the next owner redoes them)")
+
+    def _drain(self) -> bool:
+        if self._busy is None:
+            return True
+        deadline = time.monotonic() + self._drain_timeout_s
+        while self._busy():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def poll_batch(self, max_messages: int, timeout_s: float) -> list[RawMessage]:
         """Up to ``max_messages`` records: what is already fetched, else the first to arrive.
@@ -38,13 +106,14 @@ class BatchSource:
         record waits for a batch to fill.
         """
         consume = self._consumer.consume
+        self.revoked_during_poll = False
         raw = consume(max_messages, timeout=0)
         if not raw:
             raw = consume(1, timeout=timeout_s)
             if raw and max_messages > 1:
                 raw += consume(max_messages - 1, timeout=0)
         out: list[RawMessage] = []
-        seen: set[tuple[str, int]] = set()
+        seen: set[Partition] = set()
         for m in raw:
             err = m.error()
             if err is not None:
@@ -53,15 +122,20 @@ class BatchSource:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", err)
                 continue
-            key = (cast(str, m.topic()), cast(int, m.partition()))
+            msg = raw_message(m)
+            key = (msg.topic, msg.partition)
             if key not in seen:
                 seen.add(key)
-                self.processed.setdefault(key, cast(int, m.offset()))
-            ts_type, ts = m.timestamp()
-            out.append(RawMessage(
-                cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset()), m.key(), m.value(),
-                cast(Headers | None, m.headers()), ts if ts_type else 0,
-            ))
+                with self._lock:
+                    self.processed.setdefault(key, msg.offset)
+            out.append(msg)
+        if self.revoked_during_poll:  # fetched before a revocation in this poll: the new owner reads them
+            with self._lock:
+                mine = set(self.assigned)
+            dropped = [m for m in out if (m.topic, m.partition) not in mine]
+            if dropped:
+                log.info("dropped %d records of partitions revoked during the poll", len(dropped))
+                out = [m for m in out if (m.topic, m.partition) in mine]
         if out:
             self.broker_down = None
         for topic, part in seen:
@@ -75,7 +149,9 @@ class BatchSource:
         except (KafkaException, RuntimeError):
             return
         if high >= 0:
-            self.high_watermarks[(topic, partition)] = high
+            with self._lock:
+                if (topic, partition) in self.assigned:
+                    self.high_watermarks[(topic, partition)] = high
 
     def refresh_watermarks(self) -> None:
         """Refresh the cached high watermarks of every assigned partition (fetches keep them current).
@@ -92,22 +168,21 @@ class BatchSource:
         if fresh:  # assigned but nothing consumed yet: lag counts from the committed offset
             try:
                 for tp in self._consumer.committed(fresh, timeout=2):
-                    if tp.offset >= 0:
-                        self.processed.setdefault((tp.topic, tp.partition), tp.offset)
-                    else:
-                        low, _ = self._consumer.get_watermark_offsets(tp, cached=True)
-                        if low >= 0:
-                            self.processed.setdefault((tp.topic, tp.partition), low)
+                    offset = tp.offset
+                    if offset < 0:
+                        offset, _ = self._consumer.get_watermark_offsets(tp, cached=True)
+                    if offset >= 0:
+                        with self._lock:
+                            if (tp.topic, tp.partition) in self.assigned:
+                                self.processed.setdefault((tp.topic, tp.partition), offset)
             except (KafkaException, RuntimeError):
                 pass
-        mine = {(tp.topic, tp.partition) for tp in assigned}
-        for key in [k for k in self.high_watermarks if k not in mine]:  # moved to another member
-            del self.high_watermarks[key]
 
-    def lag(self) -> dict[tuple[str, int], int]:
+    def lag(self) -> dict[Partition, int]:
         """Records behind, per assigned partition: fetched high watermark minus the next offset to finish."""
-        return {k: max(0, high - self.processed[k]) for k, high in self.high_watermarks.items()
-                if k in self.processed}
+        with self._lock:
+            return {k: max(0, high - self.processed[k]) for k, high in self.high_watermarks.items()
+                    if k in self.processed}
 
     def reachable(self, timeout_s: float = 2.0) -> str | None:
         """None when the broker answers a metadata request, else why not."""
@@ -126,9 +201,17 @@ class BatchSource:
                 last[key] = m.offset
         if not last:
             return
+        with self._lock:
+            gone = [k for k in last if k not in self.assigned]
+            for k in gone:  # moved to another member, which redoes them from the committed offset
+                del last[k]
+            for (t, p), o in last.items():
+                self.processed[(t, p)] = max(o + 1, self.processed.get((t, p), 0))
+        if gone:
+            log.info("offsets of revoked partitions not stored: %s", ", ".join(f"{t}[{p}]" for t, p in gone))
+        if not last:
+            return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-        for (t, p), o in last.items():
-            self.processed[(t, p)] = max(o + 1, self.processed.get((t, p), 0))
         try:
             self._consumer.store_offsets(offsets=offsets)
         except (KafkaException, RuntimeError) as exc:
@@ -143,15 +226,22 @@ class BatchSource:
             pass  # already closed
 
 
-def _log_assignment(consumer: Any, partitions: list[TopicPartition]) -> None:
-    """Cooperative rebalancing hands out increments: log what came and what this member holds now."""
-    held = {(tp.topic, tp.partition) for tp in consumer.assignment()} | {(tp.topic, tp.partition) for tp in partitions}
-    added = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
-    log.info("assigned %d partitions (+%s)", len(held), added or "none")
+def raw_message(m: Any) -> RawMessage:
+    """A consumed record as the pipeline sees it; headers librdkafka cannot read are marked, not raised.
 
-
-def _log_revocation(consumer: Any, partitions: list[TopicPartition]) -> None:
-    log.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "none")
+    confluent-kafka decodes header names as UTF-8 and raises (SystemError)
+    on any other bytes, with no way to read them raw: such a record keeps its
+    key and value and carries ``header_error``, so the pipeline dead-letters
+    it instead of the whole worker stopping on it.
+    """
+    try:
+        headers = cast(Headers | None, m.headers())
+        header_error = None
+    except Exception as exc:  # noqa: BLE001 - any header decoding failure is the record's, not the worker's
+        headers, header_error = None, f"headers unreadable ({type(exc).__name__}): a header name is not UTF-8"
+    ts_type, ts = m.timestamp()
+    return RawMessage(cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset()), m.key(), m.value(),
+                      headers, ts if ts_type else 0, header_error)
 
 
 class _Pending:
@@ -182,19 +272,29 @@ class AckedSink:
     """
 
     def __init__(self, conf: Mapping[str, Any]) -> None:
-        self._producer = Producer(dict(conf), logger=log)
+        self._producer = Producer({**conf, "error_cb": self._on_error}, logger=log)
         self._inflight: deque[_Pending] = deque()
+        self.fatal_error: str | None = None  # set the moment librdkafka says the producer is unusable
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal_error = f"producer fatal error: {err}"
 
     @property
     def in_flight(self) -> int:
         return len(self._inflight)
 
     def send(self, records: Sequence[OutRecord], token: Any) -> None:
-        """Queue one batch's records; ``token`` comes back from :meth:`poll` once all are acknowledged."""
+        """Queue one batch's records; ``token`` comes back from :meth:`poll` once all are acknowledged.
+
+        A record the producer refuses outright (too large, unknown topic, a
+        fatal producer) raises :class:`DeliveryError`: the batch is marked
+        failed, never left half-counted, so nothing after it is stored either.
+        """
         pending = _Pending(len(records), token)
         self._inflight.append(pending)
         produce, callback = self._producer.produce, pending.delivered
-        for r in records:
+        for i, r in enumerate(records):
             while True:
                 try:
                     produce(r.topic, r.value, r.key, headers=r.headers,  # type: ignore[arg-type]
@@ -202,6 +302,10 @@ class AckedSink:
                     break
                 except BufferError:
                     self._producer.poll(0.05)
+                except (KafkaException, TypeError, ValueError) as exc:
+                    pending.left -= len(records) - i  # these will never be acknowledged
+                    pending.error = f"cannot produce to {r.topic}: {exc}"
+                    raise DeliveryError(f"{pending.error}; the batch's offsets stay uncommitted") from exc
 
     def poll(self, timeout_s: float = 0.0) -> list[Any]:
         """Serve delivery reports; return the tokens of batches now fully acknowledged, oldest first."""
@@ -218,7 +322,7 @@ class AckedSink:
 
     def _completed(self) -> list[Any]:
         done = []
-        while self._inflight and self._inflight[0].left <= 0:
+        while self._inflight and (self._inflight[0].left <= 0 or self._inflight[0].error is not None):
             pending = self._inflight.popleft()
             if pending.error is not None:
                 raise DeliveryError(

@@ -7,8 +7,9 @@ which librdkafka derives from the high watermark returned with fetched data.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -16,6 +17,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.errors import BrokerError
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def create_topics(conf: Mapping[str, Any], partitions: Mapping[str, int], timeout_s: float = 15.0,
@@ -45,6 +48,33 @@ def create_topics(conf: Mapping[str, Any], partitions: Mapping[str, int], timeou
             return created
         time.sleep(0.05)
     raise BrokerError(f"topics did not appear within {timeout_s:.0f}s: {sorted(partitions)}")
+
+
+def wait_for_broker(conf: Mapping[str, Any], wait_s: float, *, sleep: Any = time.sleep,
+                    clock: Any = time.monotonic) -> None:
+    """Return once the broker answers a metadata request; retry with backoff for ``wait_s``, then one error.
+
+    A worker started before its broker (a pod beside a Kafka that is still
+    starting) waits instead of crash-looping; a wrong address still fails,
+    with a message that says what to check.
+    """
+    admin = AdminClient({**conf, "log_level": 0})
+    deadline = clock() + wait_s
+    delay = 0.25
+    while True:
+        try:
+            admin.list_topics(timeout=max(0.5, min(5.0, deadline - clock())))
+            return
+        except KafkaException as exc:
+            problem = exc.args[0]
+        left = deadline - clock()
+        if left <= 0:
+            raise BrokerError(f"cannot reach the broker at {conf.get('bootstrap.servers')} after {wait_s:g}s "
+                              f"({problem}); check DRIFTLINE_BROKER, the DRIFTLINE_KAFKA__* security settings, "
+                              "or raise DRIFTLINE_BROKER_WAIT_S")
+        log.info("waiting for the broker at %s (%s)", conf.get("bootstrap.servers"), problem)
+        sleep(min(delay, left))
+        delay = min(delay * 2, 5.0)
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
@@ -77,8 +107,19 @@ def read_to_end(consumer: Consumer, topic: str, *, timeout_s: float = 30.0, miss
     info = consumer.list_topics(topic, timeout=10).topics.get(topic)
     if info is None or info.error is not None:
         raise BrokerError(f"topic {topic} does not exist{missing}")
-    consumer.assign([TopicPartition(topic, p, 0) for p in info.partitions])
-    pending = set(info.partitions)
+    yield from read_partitions(consumer, topic, info.partitions, timeout_s=timeout_s)
+
+
+def read_partitions(consumer: Consumer, topic: str, partitions: Iterable[int], *,
+                    timeout_s: float = 30.0) -> Iterator[Any]:
+    """Assign the given partitions of ``topic`` from offset 0 and yield their records up to each one's EOF.
+
+    The consumer needs ``enable.partition.eof`` (the end is the high watermark
+    returned with fetched data, never the broker's "latest offset").
+    """
+    partitions = list(partitions)
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    pending = set(partitions)
     deadline = time.monotonic() + timeout_s
     while pending:
         if time.monotonic() > deadline:
@@ -91,6 +132,19 @@ def read_to_end(consumer: Consumer, topic: str, *, timeout_s: float = 30.0, miss
                 pending.discard(msg.partition())
             else:
                 raise BrokerError(f"reading {topic}: {err}")
+
+
+def iter_partitions(conf: Mapping[str, Any], topic: str, partitions: Iterable[int], *,
+                    timeout_s: float = 30.0) -> Iterator[Any]:
+    """Every record of some partitions of a topic, from the beginning to their current end, with its own consumer."""
+    consumer = Consumer({
+        **conf, "group.id": "driftline-reader", "enable.auto.commit": False,
+        "enable.partition.eof": True, "auto.offset.reset": "earliest",
+    })
+    try:
+        yield from read_partitions(consumer, topic, partitions, timeout_s=timeout_s)
+    finally:
+        consumer.close()
 
 
 def latest_by_key(conf: Mapping[str, Any], topic: str, *, timeout_s: float = 30.0) -> dict[bytes, bytes]:

@@ -54,6 +54,25 @@ def readiness(progress: Progress, now_s: float, *, broker_problem: str | None, m
 
 
 @dataclass
+class Liveness:
+    """The worker's long-running loops: ``/healthz`` fails once one of them has ended."""
+
+    running: set[str] = field(default_factory=set)
+    ended: dict[str, str] = field(default_factory=dict)
+
+    def started(self, name: str) -> None:
+        self.running.add(name)
+        self.ended.pop(name, None)
+
+    def stopped(self, name: str, why: str) -> None:
+        self.running.discard(name)
+        self.ended[name] = why
+
+    def problems(self) -> dict[str, str]:
+        return dict(self.ended)
+
+
+@dataclass
 class Recent:
     """The last drift windows (for the dashboard's heat map) and the last alerts, newest last."""
 

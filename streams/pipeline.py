@@ -7,7 +7,7 @@ one validation pass, one ONNX call per model, one encode pass per batch.
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +26,10 @@ from schemas.codec import BatchDecoder, BatchEncoder, Failure
 from schemas.columnar import Columns
 from schemas.profile import CategoricalFeature
 from schemas.validation import Validator
+from streams.deadletters import ERROR_HEADER, MAX_MESSAGE_CHARS, Headers, bound_record
 from streams.windows import WindowFolder
 
-Headers = list[tuple[str, bytes]]
-ERROR_HEADER = "driftline.errors."
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,7 @@ class RawMessage:
     value: bytes | None
     headers: Headers | None = None
     timestamp_ms: int = 0
+    header_error: str | None = None  # the headers could not be read: the record is dead-lettered
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,7 @@ class OutRecord:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: Headers | None = None
+    headers: Sequence[tuple[str, bytes | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +139,8 @@ class ServedModel:
         return [m for v, m in old.items() if v not in self.versions]
 
 
-def deadletter_headers(msg: RawMessage, failure: Failure, model: str, now_ms: int) -> Headers:
-    """The original headers plus Kafka-Connect-style error headers (string values)."""
+def error_headers(msg: RawMessage, failure: Failure, model: str, now_ms: int) -> Headers:
+    """Kafka-Connect-style error headers (string values) that say where and why."""
     when = datetime.fromtimestamp(now_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
     added = {
         "topic": msg.topic,
@@ -148,11 +149,11 @@ def deadletter_headers(msg: RawMessage, failure: Failure, model: str, now_ms: in
         "stage": failure.stage,
         "reason": failure.reason,
         "class.name": failure.error_class,
-        "exception.message": failure.message,
+        "exception.message": failure.message[:MAX_MESSAGE_CHARS],
         "model": model,
         "timestamp": when,
     }
-    return list(msg.headers or []) + [(ERROR_HEADER + k, v.encode()) for k, v in added.items()]
+    return [(ERROR_HEADER + k, v.encode()) for k, v in added.items()]
 
 
 class ScorePipeline:
@@ -179,10 +180,44 @@ class ScorePipeline:
         self.deadletter_topic = deadletter_topic
         self.dlq_max = deadletter_max_bytes
 
+    def process_safely(self, messages: Sequence[RawMessage], now_ms: int) -> BatchOutcome:
+        """:meth:`process`, but a batch that raises is redone record by record.
+
+        Whatever in one record makes the scoring code raise (a bug, a model
+        that fails on one input) must neither stop the worker nor make a
+        restart loop on the same batch: the records that raise on their own
+        go to the dead letters (stage ``score``, reason ``internal_error``),
+        the others are scored as usual.
+        """
+        try:
+            return self.process(messages, now_ms)
+        except Exception as exc:  # noqa: BLE001 - isolated below, record by record
+            log.error("a batch of %d records raised %s: %s; scoring it record by record",
+                      len(messages), type(exc).__name__, exc)
+        out = BatchOutcome()
+        for m in messages:
+            try:
+                one = self.process([m], now_ms)
+            except Exception as exc:  # noqa: BLE001 - this record goes to the dead letters
+                f = Failure(0, "score", "internal_error", f"{type(exc).__name__}: {exc}", type(exc).__name__)
+                self._deadletter(out, m, f, self._model_of(m.topic), now_ms)
+                continue
+            for name in BatchOutcome.__slots__:
+                getattr(out, name).extend(getattr(one, name))
+        return out
+
+    def _model_of(self, topic: str) -> str:
+        served = self.served.get(topic)
+        return served.model.name if served is not None else "-"
+
     def process(self, messages: Sequence[RawMessage], now_ms: int) -> BatchOutcome:
         out = BatchOutcome()
         by_topic: dict[str, list[RawMessage]] = {}
         for m in messages:
+            if m.header_error is not None:
+                f = Failure(0, "decode", "malformed_headers", m.header_error)
+                self._deadletter(out, m, f, self._model_of(m.topic), now_ms)
+                continue
             by_topic.setdefault(m.topic, []).append(m)
         for topic, msgs in by_topic.items():
             served = self.served.get(topic)
@@ -330,14 +365,7 @@ class ScorePipeline:
                                         time.perf_counter() - started, np.empty(0), scores))
 
     def _deadletter(self, out: BatchOutcome, msg: RawMessage, failure: Failure, model: str, now_ms: int) -> None:
-        headers = deadletter_headers(msg, failure, model, now_ms)
-        value = msg.value
-        if value is not None and len(value) > self.dlq_max:
-            headers += [
-                (ERROR_HEADER + "value.truncated", b"true"),
-                (ERROR_HEADER + "value.size", str(len(value)).encode()),
-                (ERROR_HEADER + "value.sha256", hashlib.sha256(value).hexdigest().encode()),
-            ]
-            value = value[: self.dlq_max]
-        out.deadletters.append(OutRecord(self.deadletter_topic, msg.key, value, headers))
+        errors = error_headers(msg, failure, model, now_ms)
+        key, value, headers = bound_record(msg.key, msg.value, msg.headers, errors, self.dlq_max)
+        out.deadletters.append(OutRecord(self.deadletter_topic, key, value, headers))
         out.failures.append((model, failure))

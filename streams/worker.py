@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 from prometheus_client import CollectorRegistry, generate_latest
@@ -35,17 +35,19 @@ from schemas.codec import encode
 from streams.clients import AckedSink, BatchSource
 from streams.drift_agent import add_drift_agent
 from streams.errors import ConfigError, DeliveryError
-from streams.kafka import ensure_topics
+from streams.kafka import ensure_topics, wait_for_broker
 from streams.metrics import Metrics
-from streams.observe import Progress, Recent, readiness
-from streams.pipeline import OutRecord, ScorePipeline, ServedModel
+from streams.observe import Liveness, Progress, Recent, readiness
+from streams.pipeline import OutRecord, RawMessage, ScorePipeline, ServedModel
 from streams.profiling import PROFILE_FILE
 from streams.rollout import ControlFollower, load_failed_alert, loader_from
 from streams.settings import Settings
 from streams.windows import WindowFolder
 
 log = logging.getLogger(__name__)
-EXIT_DELIVERY = 70
+EXIT_DELIVERY = 70  # outputs could not be delivered, or a Kafka client became unusable (broker lost its state)
+EXIT_CRASH = 71  # a worker loop raised: a bug; nothing after the failure was committed
+REVOKE_DRAIN_S = 10.0  # how long a revocation waits for in-flight batches to be acknowledged
 
 
 @functools.cache
@@ -151,41 +153,13 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
         autodiscover=False,
         store="memory://",
     )
-    batches = app.channel(maxsize=2)
     topics = list(pipeline.served)
     consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="driftline-consume")
-    source = BatchSource(settings.consumer_config(), topics)
     sink = AckedSink(settings.producer_config())
-
-    @app.task
-    async def feed() -> None:
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + 30
-        while batches.subscriber_count == 0:  # the agent's stream must exist before a put
-            if time.monotonic() > deadline:
-                raise RuntimeError("score agent never subscribed to its channel")
-            await asyncio.sleep(0.01)
-        log.info("consuming %s as group %s", ", ".join(topics), settings.score_group)
-        wait_s = settings.batch_wait_ms / 1000
-        try:
-            while not app.should_stop:
-                msgs = await loop.run_in_executor(
-                    consumer_thread, source.poll_batch, settings.batch_max, wait_s
-                )
-                if msgs:
-                    progress.backlog += len(msgs)
-                    await batches.put(msgs)  # type: ignore[arg-type]  # non-Event values pass through
-        finally:
-            # Store what the broker has acknowledged, then close (after any in-flight
-            # poll on the same thread), which commits the stored offsets and leaves
-            # the group at once. Unacknowledged batches are redone after a restart.
-            try:
-                for done in sink.flush(10):
-                    source.store_through(done)
-            except DeliveryError as exc:
-                log.warning("stopping with unacknowledged outputs: %s", exc)
-            consumer_thread.submit(source.close)
-            consumer_thread.shutdown(wait=False)
+    scoring = [False]  # a batch is between poll and send
+    source = BatchSource(settings.consumer_config(), topics,
+                         busy=lambda: scoring[0] or sink.in_flight > 0, drain_timeout_s=REVOKE_DRAIN_S)
+    liveness = Liveness()
 
     def store_acknowledged(timeout_s: float = 0.0) -> None:
         try:
@@ -194,52 +168,111 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
         except DeliveryError as exc:
             fatal(exc)
 
+    def client_problem() -> str | None:
+        """Why the Kafka clients cannot go on (librdkafka's fatal errors), or None."""
+        return sink.fatal_error or source.fatal_error
+
     sketches_topic_name = settings.topic("sketches")
 
     def sketch_records(sketches: list[WindowSketch]) -> list[OutRecord]:
         return [OutRecord(sketches_topic_name, s.model.encode(), json.dumps(s.to_dict()).encode()) for s in sketches]
 
+    def score_batch(msgs: list[RawMessage]) -> None:
+        """Score, send and account for one batch; its offsets are stored once the broker acknowledges it."""
+        progress.backlog = len(msgs)
+        outcome = pipeline.process_safely(msgs, int(time.time() * 1000))
+        sink.send(outcome.predictions + outcome.shadow_predictions + outcome.scored + outcome.deadletters
+                  + sketch_records(outcome.sketches), msgs)
+        for error in outcome.shadow_errors:
+            log.warning("shadow scoring failed (served traffic unaffected): %s", error)
+        metrics.observe_batch(len(msgs), outcome, time.time())
+        progress.backlog = 0
+        progress.batch_done(time.time())
+
     stall_after = settings.fault_stall_after_batches
 
-    @app.agent(batches)
-    async def score(stream: Any) -> None:
+    @app.task
+    async def score() -> None:
+        """Consume batches with librdkafka and score them, in one task.
+
+        No queue stands between consuming and scoring (a Faust channel is
+        cleared on every rebalance of Faust's own consumer, which lost whole
+        batches): the next poll runs on the consumer thread while this batch
+        is scored, and a revocation waits there for this batch's
+        acknowledgements (see :class:`BatchSource`).
+        """
+        loop = asyncio.get_running_loop()
+        log.info("consuming %s as group %s", ", ".join(topics), settings.score_group)
+        wait_s = settings.batch_wait_ms / 1000
         done = 0
-        async for msgs in stream:
-            if stall_after is not None and done >= stall_after:
-                log.warning("fault injection: the score agent stalls now (fault_stall_after_batches=%d)", done)
-                await asyncio.Event().wait()  # an await that never returns: the failure /readyz must catch
-            done += 1
-            outcome = pipeline.process(msgs, int(time.time() * 1000))
-            sink.send(outcome.predictions + outcome.shadow_predictions + outcome.scored + outcome.deadletters
-                      + sketch_records(outcome.sketches), msgs)
-            for error in outcome.shadow_errors:
-                log.warning("shadow scoring failed (served traffic unaffected): %s", error)
-            metrics.observe_batch(len(msgs), outcome, time.time())
-            progress.backlog -= len(msgs)
-            progress.batch_done(time.time())
-            store_acknowledged()
-            while sink.in_flight > settings.max_inflight_batches:
-                await asyncio.sleep(0.001)
+        liveness.started("score")
+        try:
+            polling = loop.run_in_executor(consumer_thread, source.poll_batch, settings.batch_max, wait_s)
+            while not app.should_stop:
+                msgs = await polling
+                scoring[0] = bool(msgs)
+                polling = loop.run_in_executor(consumer_thread, source.poll_batch, settings.batch_max, wait_s)
+                if msgs:
+                    if stall_after is not None and done >= stall_after:
+                        log.warning("fault injection: the score loop stalls now (fault_stall_after_batches=%d)",
+                                    done)
+                        await asyncio.Event().wait()  # an await that never returns: the failure /readyz must catch
+                    done += 1
+                    try:
+                        score_batch(msgs)
+                    finally:
+                        scoring[0] = False
                 store_acknowledged()
+                while sink.in_flight > settings.max_inflight_batches:
+                    await asyncio.sleep(0.001)
+                    store_acknowledged()
+        except DeliveryError as exc:
+            fatal(exc)
+        except Exception as exc:  # noqa: BLE001 - a dead score loop behind a live process is the worst failure
+            fatal(exc, EXIT_CRASH)
+        finally:
+            liveness.stopped("score", "the score loop has ended")
+            # Store what the broker has acknowledged, then close (after any in-flight
+            # poll on the same thread), which commits the stored offsets and leaves
+            # the group at once. Unacknowledged batches are redone after a restart.
+            try:
+                for finished in sink.flush(10):
+                    source.store_through(finished)
+            except DeliveryError as exc:
+                log.warning("stopping with unacknowledged outputs: %s", exc)
+            consumer_thread.submit(source.close)
+            consumer_thread.shutdown(wait=False)
 
     @app.task
     async def acknowledge() -> None:
-        """Serve delivery reports while the agent waits for its next batch; close idle windows."""
+        """Serve delivery reports while the score loop waits for its next batch; close idle windows."""
         next_tick = 0.0
-        while not app.should_stop:
-            store_acknowledged()
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + 0.5
-                closed = pipeline.tick(int(time.time() * 1000))
-                if closed:
-                    sink.send(sketch_records(closed), [])
-                await asyncio.get_running_loop().run_in_executor(None, source.refresh_watermarks)
-                lag = source.lag()
-                metrics.observe_lag(lag)
-                progress.lag = sum(lag.values())
-                metrics.ready.set(1.0 if ready_now(None)[0] else 0.0)
-            await asyncio.sleep(0.002)
+        liveness.started("acknowledge")
+        try:
+            while not app.should_stop:
+                store_acknowledged()
+                problem = client_problem()
+                if problem is not None:
+                    metrics.ready.set(0.0)
+                    fatal(DeliveryError(f"{problem}; its outputs cannot be acknowledged"))
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + 0.5
+                    closed = pipeline.tick(int(time.time() * 1000))
+                    if closed:
+                        sink.send(sketch_records(closed), [])
+                    await asyncio.get_running_loop().run_in_executor(None, source.refresh_watermarks)
+                    lag = source.lag()
+                    metrics.observe_lag(lag)
+                    progress.lag = sum(lag.values())
+                    metrics.ready.set(1.0 if ready_now(None)[0] else 0.0)
+                await asyncio.sleep(0.002)
+        except DeliveryError as exc:
+            fatal(exc)
+        except Exception as exc:  # noqa: BLE001 - see score()
+            fatal(exc, EXIT_CRASH)
+        finally:
+            liveness.stopped("acknowledge", "the acknowledgement loop has ended")
 
     add_drift_agent(app, settings, catalog, metrics, recent)
     if settings.feedback:
@@ -290,14 +323,34 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
 
     @app.task
     async def follow_control() -> None:
-        """Deployment records (last one per model wins), applied between batches without a restart."""
+        """Deployment records (last one per model wins), applied between batches without a restart.
+
+        Control records that are not deployments were skipped by the follower,
+        at start or since: each is counted and raises a critical
+        bad_control_record alert, and what served before keeps serving.
+        """
+        from streams.rollout import bad_control_alert
+
+        async def report_skipped() -> None:
+            counts, kept = follower.skips.drain()
+            for (topic, reason), n in counts.items():
+                metrics.skipped.labels(topic, reason).inc(n)
+            for skipped in kept:
+                rec = bad_control_alert(skipped, by_model, int(time.time() * 1000))
+                log.error("alert critical bad_control_record: %s", rec["message"])
+                metrics.alerts.labels(rec["model"], "bad_control_record", "critical").inc()
+                recent.add_alert(rec)
+                await alerts.send(key=rec["model"].encode(), value=encode(alert_schema, rec, fast=True))
+
         for rec in refused:
             await alerts.send(key=rec["model"].encode(), value=encode(alert_schema, rec, fast=True))
         loop = asyncio.get_running_loop()
         try:
+            await report_skipped()
             while not app.should_stop:
                 for dep in await loop.run_in_executor(control_thread, follower.poll, 0.5):
                     await apply(dep)
+                await report_skipped()
         finally:
             control_thread.submit(follower.close)
             control_thread.shutdown(wait=False)
@@ -308,12 +361,18 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
 
     @app.page("/healthz")
     async def healthz(_self: Any, request: Any) -> Any:
+        """200 while the score and acknowledgement loops run and the Kafka clients are usable; else 503."""
+        problems = liveness.problems()
+        if (problem := client_problem()) is not None:
+            problems["kafka"] = problem
+        if problems:
+            return _self.json({"status": "dead", "problems": problems}, status=503)
         return _self.json({"status": "alive"})
 
     probe: dict[str, Any] = {"at": 0.0, "problem": None}
 
     def ready_now(broker_problem: str | None) -> tuple[bool, dict[str, str]]:
-        return readiness(progress, time.time(), broker_problem=broker_problem or probe["problem"],
+        return readiness(progress, time.time(), broker_problem=client_problem() or broker_problem or probe["problem"],
                          models_ready={s.model.name: s.model.ready for s in pipeline.served.values()})
 
     @app.page("/readyz")
@@ -339,16 +398,18 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     return app
 
 
-def fatal(exc: BaseException) -> None:
-    """Stop the process at once without storing more offsets: a restart redoes the batch.
+def fatal(exc: BaseException, code: int = EXIT_DELIVERY) -> NoReturn:
+    """Stop the process at once without storing more offsets: a restart redoes the unfinished batches.
 
-    Used when outputs could not be delivered. Exiting (rather than letting Faust
-    restart the agent) hands the decision to the supervisor and keeps the
+    Used when outputs could not be delivered (``EXIT_DELIVERY``) or a loop
+    of the worker raised (``EXIT_CRASH``). Exiting (rather than letting Faust
+    restart a task) hands the decision to the supervisor and keeps the
     at-least-once promise simple: nothing after the failure is committed.
     """
-    log.critical("%s; exiting with code %d so the supervisor restarts the worker", exc, EXIT_DELIVERY)
+    log.critical("%s: %s; exiting with code %d so the supervisor restarts the worker",
+                 type(exc).__name__, exc, code)
     logging.shutdown()
-    os._exit(EXIT_DELIVERY)
+    os._exit(code)
 
 
 def run_worker(settings: Settings) -> None:
@@ -364,6 +425,7 @@ def run_worker(settings: Settings) -> None:
                 f"({', '.join(ort.get_available_providers())}); install driftline[gpu] on a machine with CUDA, "
                 "or unset DRIFTLINE_REQUIRE_GPU"
             )
+    wait_for_broker(settings.confluent(), settings.broker_wait_s)
     created = ensure_topics(settings)
     if created:
         log.info("created missing topics: %s", ", ".join(created))

@@ -1,0 +1,118 @@
+"""Dead letters always fit, a record that breaks the scoring code is isolated, the sink never stalls."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inference.model import OnnxModel
+from schemas.catalog import SchemaCatalog
+from schemas.codec import encode
+from streams.clients import AckedSink
+from streams.deadletters import ERROR_HEADER, RECORD_OVERHEAD, bound_record, header_bytes, record_bytes
+from streams.errors import DeliveryError
+from streams.pipeline import OutRecord, RawMessage, ScorePipeline, ServedModel
+
+NOW = 1_767_225_700_000
+ERRORS = [(ERROR_HEADER + "reason", b"malformed_avro"), (ERROR_HEADER + "exception.message", b"x" * 300)]
+
+blobs = st.one_of(st.none(), st.binary(max_size=64), st.integers(0, 300_000).map(lambda n: b"k" * n))
+header_lists = st.lists(st.tuples(st.text(max_size=40), st.one_of(st.none(), st.binary(max_size=3000))),
+                        max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=blobs, value=blobs, headers=header_lists, limit=st.integers(4096, 600_000))
+def test_a_dead_letter_always_fits_and_says_what_was_cut(key: bytes | None, value: bytes | None,
+                                                         headers: list[Any], limit: int) -> None:
+    k, v, h = bound_record(key, value, headers, ERRORS, limit)
+    assert record_bytes(k, v, h) <= limit
+    assert all(e in h for e in ERRORS)  # driftline's own headers are never cut
+    marks = {name: val for name, val in h if name.startswith(ERROR_HEADER)}
+    if record_bytes(key, value, headers) + header_bytes(ERRORS) + RECORD_OVERHEAD <= limit:
+        assert (k, v, h) == (key, value, headers + ERRORS)  # nothing changes when it fits
+    for part, original, kept in (("key", key, k), ("value", value, v)):
+        if kept != original:
+            assert original is not None and kept is not None and original.startswith(kept)
+            assert marks[f"{ERROR_HEADER}{part}.size"] == str(len(original)).encode()
+            assert marks[f"{ERROR_HEADER}{part}.sha256"] == hashlib.sha256(original).hexdigest().encode()
+    kept_original = [x for x in h if x not in ERRORS and not x[0].startswith(ERROR_HEADER)]
+    assert kept_original == headers[: len(kept_original)]  # a prefix, in order
+    if len(kept_original) < len(headers):
+        assert marks[f"{ERROR_HEADER}headers.dropped"] == str(len(headers) - len(kept_original)).encode()
+
+
+def _pipeline(catalog: SchemaCatalog, model: OnnxModel, limit: int = 100_000) -> ScorePipeline:
+    return ScorePipeline({"ns.requests": ServedModel(model, catalog, max_message_bytes=4096)},
+                         catalog.latest("driftline.Prediction"), predictions_topic="ns.predictions",
+                         deadletter_topic="ns.deadletter", deadletter_max_bytes=limit)
+
+
+def _requests(catalog: SchemaCatalog, generator: Any, rng: Any, n: int) -> list[RawMessage]:
+    card = catalog.latest("driftline.examples.CardTransaction")
+    records, _ = generator.generate(n, rng)
+    return [RawMessage("ns.requests", 0, i, r["card_id"].encode(), encode(card, r), None, 0)
+            for i, r in enumerate(records)]
+
+
+def test_a_garbage_request_with_a_huge_key_and_many_headers_gives_a_bounded_dead_letter(
+        catalog: SchemaCatalog, fraud_model: OnnxModel) -> None:
+    msg = RawMessage("ns.requests", 0, 7, b"K" * 2_000_000, b"garbage",
+                     [(f"h{i}", b"v" * 100) for i in range(5000)], 0)
+    out = _pipeline(catalog, fraud_model).process([msg], NOW)
+    [dead] = out.deadletters
+    assert record_bytes(dead.key, dead.value, dead.headers) <= 100_000
+    h = dict(dead.headers or [])
+    assert h[ERROR_HEADER + "key.size"] == b"2000000"
+    assert h[ERROR_HEADER + "key.sha256"] == hashlib.sha256(b"K" * 2_000_000).hexdigest().encode()
+    assert int(h[ERROR_HEADER + "headers.dropped"]) > 4000
+    assert dead.value == b"garbage" and h[ERROR_HEADER + "reason"] == b"bad_magic"
+
+
+def test_unreadable_headers_go_to_the_dead_letters_with_key_and_value(catalog: SchemaCatalog,
+                                                                      fraud_model: OnnxModel, generator,  # type: ignore[no-untyped-def]
+                                                                      rng) -> None:
+    good = _requests(catalog, generator, rng, 3)
+    bad = RawMessage("ns.requests", 0, 3, b"key", good[0].value, None, 0, "a header name is not UTF-8")
+    out = _pipeline(catalog, fraud_model).process([*good, bad], NOW)
+    assert len(out.predictions) == 3
+    [dead] = out.deadletters
+    h = dict(dead.headers or [])
+    assert (h[ERROR_HEADER + "reason"], dead.key, dead.value) == (b"malformed_headers", b"key", good[0].value)
+
+
+def test_a_record_that_breaks_the_scoring_code_is_isolated(catalog: SchemaCatalog, fraud_model: OnnxModel,
+                                                           generator, rng, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    msgs = _requests(catalog, generator, rng, 20)
+    poison = msgs[13].value
+    pipeline = _pipeline(catalog, fraud_model)
+    real = pipeline._process_model
+
+    def broken(out: Any, served: Any, batch: list[RawMessage], now_ms: int) -> Any:
+        if any(m.value == poison for m in batch):
+            raise IndexError("a bug that one record triggers")
+        return real(out, served, batch, now_ms)
+
+    monkeypatch.setattr(pipeline, "_process_model", broken)
+    with pytest.raises(IndexError):
+        pipeline.process(msgs, NOW)
+    out = pipeline.process_safely(msgs, NOW)
+    assert len(out.predictions) == 19
+    [dead] = out.deadletters
+    h = dict(dead.headers or [])
+    assert (h[ERROR_HEADER + "reason"], h[ERROR_HEADER + "offset"]) == (b"internal_error", b"13")
+    assert h[ERROR_HEADER + "class.name"] == b"IndexError"
+
+
+def test_a_record_the_producer_refuses_fails_the_batch_instead_of_stalling_it() -> None:
+    sink = AckedSink({"bootstrap.servers": "127.0.0.1:1", "message.max.bytes": 10_000, "log_level": 0})
+    ok = OutRecord("t", b"k", b"small")
+    with pytest.raises(DeliveryError, match="cannot produce to t"):
+        sink.send([ok, OutRecord("t", b"k", b"x" * 50_000), ok], ["batch-1"])
+    assert sink.in_flight == 1
+    with pytest.raises(DeliveryError):  # the batch never counts as done: its offsets are never stored
+        sink.poll(0)
