@@ -136,13 +136,24 @@ def read_partitions(consumer: Consumer, topic: str, partitions: Iterable[int], *
 
 def iter_partitions(conf: Mapping[str, Any], topic: str, partitions: Iterable[int], *,
                     timeout_s: float = 30.0) -> Iterator[Any]:
-    """Every record of some partitions of a topic, from the beginning to their current end, with its own consumer."""
+    """Every record of some partitions of a topic, from the beginning to their current end, with its own consumer.
+
+    Partitions the topic does not have are read as empty (with a warning):
+    waiting for their end would only time out. A missing topic is a BrokerError.
+    """
     consumer = Consumer({
         **conf, "group.id": "driftline-reader", "enable.auto.commit": False,
         "enable.partition.eof": True, "auto.offset.reset": "earliest",
     })
     try:
-        yield from read_partitions(consumer, topic, partitions, timeout_s=timeout_s)
+        info = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if info is None or info.error is not None:
+            raise BrokerError(f"topic {topic} does not exist; driftline topics create makes it")
+        wanted = list(partitions)
+        absent = [p for p in wanted if p not in info.partitions]
+        if absent:
+            log.warning("topic %s has no partition %s (it has %d): read as empty", topic, absent, len(info.partitions))
+        yield from read_partitions(consumer, topic, [p for p in wanted if p in info.partitions], timeout_s=timeout_s)
     finally:
         consumer.close()
 

@@ -3,10 +3,19 @@
 With ``feedback`` on, the score path also emits every prediction with its
 input row to ``{ns}.scored``; labels arrive on ``{ns}.feedback``. Both are
 keyed by request id and have the same partition count (and driftline's
-producers use the Java client's partitioner), so Faust hands a worker the
-same partitions of both and the join is local. Joined pairs go to
-``{ns}.labeled`` (what the trainer reads); labels with no prediction after
-the TTL go to the dead letters with reason ``no_prediction``.
+producers use the Java client's partitioner), so the consumer group
+``{ns}-feedback`` with the range assignor hands a member the same partition
+numbers of both and the join is local. Joined pairs go to ``{ns}.labeled``
+(what the trainer reads); labels with no prediction after the TTL go to the
+dead letters with reason ``no_prediction``, labels evicted from a full join
+with reason ``join_overflow``.
+
+At least once: a batch's offsets are stored only once everything it
+produced is acknowledged (:class:`FeedbackLoop`), including the state
+records that keep the waiting labels and predictions on
+``{ns}.feedback-state`` (partition p holds the join state of the inputs'
+partition p). A member reads partition p of it back when p is assigned, so a
+restart or a rebalance loses no waiting label.
 
 Per (model, version, variant), labeled events are counted into quality
 windows of ``quality_window_labels``; each closed window sets the quality
@@ -22,15 +31,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import sys
 import time
+from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import faust
 import numpy as np
-from confluent_kafka import Producer
 
 from detectors.concept import ConceptDetector
 from detectors.estimate import Calibration, estimate
@@ -38,11 +49,26 @@ from detectors.quality import QualitySketch, accuracy_drop
 from schemas.catalog import SchemaCatalog
 from schemas.codec import decode, encode
 from streams.alerts import point_alert
-from streams.clients import BatchSource
-from streams.feedback import FeedbackJoin, Joined, Label, Scored
+from streams.clients import AckedSink, BatchSource
+from streams.deadletters import ERROR_HEADER, bound_record
+from streams.errors import BrokerError, DeliveryError
+from streams.feedback import (
+    KINDS,
+    STATE_LABEL,
+    FeedbackJoin,
+    Joined,
+    Label,
+    Pending,
+    Scored,
+    StateRecord,
+    Waiting,
+    decode_state,
+    encode_state,
+)
+from streams.kafka import iter_partitions
 from streams.metrics import Metrics
 from streams.observe import Recent
-from streams.pipeline import ERROR_HEADER, OutRecord, RawMessage, ServedModel
+from streams.pipeline import OutRecord, RawMessage, ServedModel
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,18 +144,23 @@ def quality_alert(key: tuple[str, str, str], kind: str, value: float, threshold:
 class FeedbackAgent:
     """The join and quality bookkeeping of one worker, fed with raw records, returning records to produce.
 
-    Synchronous and clock-driven (``now_ms`` passed in): the worker's task
-    moves bytes between a librdkafka consumer and producer around it. Faust's
-    per-event path was measured at under 100 joined labels a second here (one
-    awaited send per record), far below the score path; batches through
-    librdkafka keep up with it.
+    Synchronous and clock-driven (``now_ms`` passed in): :class:`FeedbackLoop`
+    moves bytes between a librdkafka consumer and producer around it, on its
+    own thread. Faust's per-event path was measured at under 100 joined
+    labels a second here (one awaited send per record), far below the score
+    path; batches through librdkafka keep up with it.
     """
 
     def __init__(self, settings: Settings, catalog: SchemaCatalog, served: dict[str, ServedModel],
                  metrics: Metrics, recent: Recent) -> None:
         self.settings, self.catalog, self.served, self.metrics, self.recent = settings, catalog, served, metrics, recent
         self.scored_topic, self.feedback_topic = settings.topic("scored"), settings.topic("feedback")
-        self.join = FeedbackJoin(int(settings.feedback_ttl_s * 1000))
+        self.state_topic = settings.topic("feedback-state")
+        self.join = FeedbackJoin(int(settings.feedback_ttl_s * 1000), settings.feedback_max_pending,
+                                 settings.feedback_max_pending_bytes)
+        self.scored_schema = catalog.latest("driftline.Scored")
+        self.warned_key = False  # a feedback record keyed by something else than its request id was logged
+        self.reported_evictions = (0, 0)  # (labels, predictions) evicted, as last logged
         self.tracker = QualityTracker(settings.quality_window_labels, settings.drift_alpha,
                                       settings.performance_drop_min, settings.concept_detector)
         self.labeled_schema = catalog.latest("driftline.Labeled")
@@ -172,55 +203,166 @@ class FeedbackAgent:
             del self.calibration_data[key]
 
     def process(self, messages: list[RawMessage], now_ms: int) -> list[OutRecord]:
+        """Join one batch; the records to produce (labeled events, alerts, retrain requests, dead letters)."""
         out: list[OutRecord] = []
         for msg in messages:
             try:
                 rec = decode(self.catalog, msg.value, fast=True)[1]
+                entry = scored_of(rec) if msg.topic == self.scored_topic else label_of(rec, msg.key, msg.value)
             except (ValueError, KeyError, EOFError, TypeError) as exc:
                 if msg.topic == self.feedback_topic:
                     out.append(self._dead(msg.key, msg.value, "malformed_feedback", str(exc), now_ms))
                 else:
                     log.warning("ignored a scored record that does not decode: %s", exc)
                 continue
-            if msg.topic == self.scored_topic:
-                sc = Scored(rec["request_id"], rec["model"], rec["model_version"], rec["variant"],
-                            float(rec["score"]), rec.get("predicted"), int(rec["event_time"]), bytes(rec["features"]))
-                joined = self.join.add_prediction(sc, now_ms)
-                self._estimate(sc)
+            if isinstance(entry, Scored):
+                joined = self.join.add_prediction(entry, now_ms, msg.partition)
+                self._estimate(entry)
+            elif entry is None:
+                out.append(self._dead(msg.key, msg.value, "bad_feedback", "a label or a target is required", now_ms))
+                continue
             else:
-                if rec.get("label") is None and rec.get("target") is None:
-                    out.append(self._dead(msg.key, msg.value, "bad_feedback", "a label or a target is required",
-                                          now_ms))
-                    continue
-                target = rec.get("target")
-                label = Label(rec["request_id"], rec.get("label"), None if target is None else float(target),
-                              int(rec["event_time"]), (msg.key, msg.value))
-                joined = self.join.add_label(label, now_ms)
+                self._check_key(msg.key, entry.request_id)
+                joined = self.join.add_label(entry, now_ms, msg.partition)
                 self.metrics.labels.labels("-", "received").inc()
             for j in joined:
                 out.extend(self._use(j, now_ms))
         return out
 
+    def _check_key(self, key: bytes | None, rid: str) -> None:
+        """Say once that labels keyed otherwise than by request id cannot be co-partitioned with their predictions."""
+        if self.warned_key or key == rid.encode():
+            return
+        self.warned_key = True
+        log.warning("a record on %s is keyed %r, not by its request id %r: key feedback records by request id "
+                    "and produce them with the murmur2 partitioner, or they land on other partitions than their "
+                    "predictions and wait in vain", self.feedback_topic, key, rid)
+
     def tick(self, now_ms: int) -> list[OutRecord]:
-        """Labels whose prediction never came within the TTL: dead letters."""
+        """Labels whose prediction never came within the TTL, and labels evicted from a full join: dead letters.
+
+        Expiry is incremental (a capped chunk per call, see ``FeedbackJoin.expire``).
+        """
         out = []
         for lab in self.join.expire(now_ms):
-            key, value = lab.raw if lab.raw is not None else (None, None)
-            out.append(self._dead(key, value, "no_prediction", f"no prediction for request {lab.request_id} within "
-                                  f"feedback_ttl_s={self.settings.feedback_ttl_s:g}", now_ms))
-            self.metrics.labels.labels("-", "no_prediction").inc()
+            out.append(self._dead_label(lab, "no_prediction", f"no prediction for request {lab.request_id} within "
+                                        f"feedback_ttl_s={self.settings.feedback_ttl_s:g}", now_ms))
+        for lab in self.join.take_overflowed():
+            out.append(self._dead_label(lab, "join_overflow", f"the label join was full "
+                                        f"(feedback_max_pending={self.settings.feedback_max_pending}, "
+                                        f"feedback_max_pending_bytes={self.settings.feedback_max_pending_bytes}): "
+                                        f"request {lab.request_id} was evicted, oldest first", now_ms))
         dup = self.join.counts.duplicates
         self.metrics.labels.labels("-", "duplicate").inc(dup - self.reported_duplicates)
         self.reported_duplicates = dup
+        self._log_evictions()
         return out
+
+    def _log_evictions(self) -> None:
+        c = self.join.counts
+        now = (c.overflow, c.evicted_predictions)
+        if now == self.reported_evictions:
+            return
+        labels, predictions = now[0] - self.reported_evictions[0], now[1] - self.reported_evictions[1]
+        self.reported_evictions = now
+        log.warning("the label join is full (%d entries, %d bytes): evicted %d waiting labels (dead letters, "
+                    "reason join_overflow) and %d predictions, oldest first; raise feedback_max_pending / "
+                    "feedback_max_pending_bytes or lower feedback_ttl_s", self.join.size, self.join.bytes,
+                    labels, predictions)
+
+    def _dead_label(self, lab: Label, reason: str, message: str, now_ms: int) -> OutRecord:
+        key, value = lab.raw if lab.raw is not None else (None, None)
+        self.metrics.labels.labels("-", reason).inc()
+        return self._dead(key, value, reason, message, now_ms)
 
     def _dead(self, key: bytes | None, value: bytes | None, reason: str, message: str, now_ms: int) -> OutRecord:
         when = datetime.fromtimestamp(now_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
-        headers = [(ERROR_HEADER + k, v.encode()) for k, v in {
+        errors: list[tuple[str, bytes | None]] = [(ERROR_HEADER + k, v.encode()) for k, v in {
             "topic": self.feedback_topic, "stage": "feedback", "reason": reason, "exception.message": message,
             "timestamp": when}.items()]
         self.metrics.dead_letters.labels("-", "feedback", reason).inc()
+        key, value, headers = bound_record(key, value, None, errors, self.settings.deadletter_max_bytes)
         return OutRecord(self.settings.topic("deadletter"), key, value, headers)
+
+    # -- the join's state on {ns}.feedback-state ---------------------------------------------------------------
+
+    def state_changes(self) -> tuple[list[OutRecord], list[tuple[int, str]]]:
+        """State records of the requests now waiting, and the (partition, request id) that stopped waiting.
+
+        The first go out with the batch (its offsets wait for them); the
+        tombstones of the others only once the batch's joined records and
+        dead letters are acknowledged (:meth:`tombstones`), so a crash in
+        between leaves the entry restorable instead of lost.
+        """
+        upserts: list[OutRecord] = []
+        removed: list[tuple[int, str]] = []
+        for p, rid in self.join.take_changed():
+            e = self.join.waiting_entry(p, rid)
+            if e is None:
+                removed.append((p, rid))
+            else:
+                key, value = encode_state(self._state_record(rid, e))
+                upserts.append(OutRecord(self.state_topic, key, value))
+        return upserts, removed
+
+    def tombstones(self, removed: Iterable[tuple[int, str]]) -> list[OutRecord]:
+        """Tombstones of requests still gone from partitions this member still holds."""
+        return [OutRecord(self.state_topic, rid.encode(), None) for p, rid in removed
+                if self.join.owns(p) and self.join.waiting_entry(p, rid) is None]
+
+    def _state_record(self, rid: str, e: Pending | Waiting) -> StateRecord:
+        if isinstance(e, Waiting):
+            return StateRecord(STATE_LABEL, rid, e.at, e.label.raw or (None, None))
+        return StateRecord("predictions", rid, e.at, tuple(self._scored_bytes(s) for s in e.scored))
+
+    def _scored_bytes(self, s: Scored) -> bytes:
+        return encode(self.scored_schema, {
+            "request_id": s.request_id, "model": s.model, "model_version": s.version, "variant": s.variant,
+            "score": s.score, "predicted": s.predicted, "event_time": s.event_time, "features": s.features,
+        }, fast=True)
+
+    def restore(self, latest: dict[int, dict[bytes, bytes]]) -> None:
+        """Load the waiting entries of newly assigned partitions: the last state record per request, oldest first.
+
+        Entries older than the TTL expire at the next tick as usual (a label: ``no_prediction``).
+        """
+        for p, records in latest.items():
+            self.join.assign(p)
+            states = []
+            for key, value in records.items():
+                try:
+                    states.append(decode_state(key, value))
+                except (ValueError, UnicodeDecodeError) as exc:
+                    self._skip_state(p, key, exc)
+            states.sort(key=lambda st: st.at)
+            before = (self.join.counts.restored_labels, self.join.counts.restored_predictions)
+            for st in states:
+                try:
+                    self._restore_one(p, st)
+                except (ValueError, KeyError, EOFError, TypeError) as exc:
+                    self._skip_state(p, st.request_id.encode(), exc)
+            log.info("restored %s[%d]: %d waiting labels, %d waiting predictions", self.state_topic, p,
+                     self.join.counts.restored_labels - before[0], self.join.counts.restored_predictions - before[1])
+
+    def _restore_one(self, p: int, st: StateRecord) -> None:
+        if st.kind == STATE_LABEL:
+            key, value = st.items
+            label = label_of(decode(self.catalog, value, fast=True)[1], key, value)
+            if label is not None:
+                self.join.restore_label(p, label, st.at)
+            return
+        scored = tuple(scored_of(decode(self.catalog, item, fast=True)[1]) for item in st.items)
+        self.join.restore_predictions(p, scored, st.at)
+
+    def _skip_state(self, p: int, key: bytes, exc: Exception) -> None:
+        self.metrics.skipped.labels(self.state_topic, "malformed").inc()
+        log.warning("skipped a state record of %s[%d] (key %r) that does not decode: %s", self.state_topic, p,
+                    key[:64], exc)
+
+    def publish_sizes(self) -> None:
+        for kind in KINDS:
+            self.metrics.feedback_pending.labels(kind).set(self.join.held[kind])
+        self.metrics.feedback_pending_bytes.set(self.join.bytes)
 
     def _use(self, j: Joined, now: int) -> list[OutRecord]:
         s, lab = j.scored, j.label
@@ -275,49 +417,191 @@ class FeedbackAgent:
         return OutRecord(self.settings.topic("alerts"), rec["model"].encode(), value)
 
 
+def scored_of(rec: dict[str, Any]) -> Scored:
+    """A decoded ``driftline.Scored`` record as the join holds it (repeated names shared, not copied)."""
+    predicted = rec.get("predicted")
+    return Scored(rec["request_id"], sys.intern(rec["model"]), sys.intern(rec["model_version"]),
+                  sys.intern(rec["variant"]), float(rec["score"]), None if predicted is None else sys.intern(predicted),
+                  int(rec["event_time"]), bytes(rec["features"]))
+
+
+def label_of(rec: dict[str, Any], key: bytes | None, value: bytes | None) -> Label | None:
+    """A decoded ``driftline.Feedback`` record as the join holds it; None when it has neither label nor target."""
+    label, target = rec.get("label"), rec.get("target")
+    if label is None and target is None:
+        return None
+    return Label(rec["request_id"], None if label is None else sys.intern(label),
+                 None if target is None else float(target), int(rec["event_time"]), (key, value))
+
+
+BATCH_MAX = 5_000
+POLL_S = 0.2
+DRAIN_S = 10.0  # how long a revocation waits for this member's outputs to be acknowledged
+RESTORE_TIMEOUT_S = 240.0  # reading the assigned partitions of {ns}.feedback-state
+FIRST, TOMBSTONES = 1, 2  # the two phases of a batch's outputs
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One batch's bookkeeping: its input records, the requests whose tombstones follow its outputs."""
+
+    msgs: list[RawMessage]
+    removed: list[tuple[int, str]]
+    done: bool = False
+
+
+@dataclass
+class FeedbackLoop:
+    """The feedback agent's Kafka ends, all on the feedback thread: consume, join, produce, store offsets.
+
+    Each :meth:`step` polls a batch, joins it, expires a chunk of the join
+    and sends the outputs through an :class:`AckedSink`; the offsets of a
+    batch are stored when its outputs, then the tombstones of the entries it
+    removed, are acknowledged, in batch order. A partition newly assigned is
+    restored from ``{ns}.feedback-state`` before its first record is joined;
+    a partition revoked is dropped from memory once this member's outputs are
+    acknowledged (the consumer waits for :meth:`busy` before letting it go),
+    so the next owner reads a complete state.
+    """
+
+    agent: FeedbackAgent
+    source: BatchSource
+    sink: AckedSink
+    state_conf: dict[str, Any]
+    max_inflight: int = 8
+    order: deque[_Batch] = field(default_factory=deque)
+
+    def step(self) -> None:
+        """One batch (or an idle poll): never blocks for long; raises DeliveryError when outputs are lost."""
+        problem = self.sink.fatal_error or self.source.fatal_error
+        if problem is not None:
+            raise DeliveryError(f"{problem}; the feedback outputs cannot be acknowledged")
+        msgs = self.source.poll_batch(BATCH_MAX, 0.0 if self.agent.join.behind else POLL_S)
+        self.follow_assignment()
+        now = int(time.time() * 1000)
+        out = self.agent.process(msgs, now) if msgs else []
+        out += self.agent.tick(now)
+        upserts, removed = self.agent.state_changes()
+        out += upserts
+        if msgs or out or removed:
+            batch = _Batch(msgs, removed)
+            self.order.append(batch)
+            self.sink.send(out, (FIRST, batch))
+        self.acknowledged(0.0)
+        while self.sink.in_flight > self.max_inflight:
+            self.acknowledged(0.01)
+        self.agent.publish_sizes()
+
+    def follow_assignment(self) -> None:
+        """Drop partitions this member lost; restore those it gained (before any of their records is joined).
+
+        After a revocation every partition is dropped and the ones still held
+        are read back: with the range assignor a rebalance revokes them all,
+        and a partition may have been someone else's meanwhile.
+        """
+        held = {p for _, p in set(self.source.assigned)}
+        join = self.agent.join
+        gone = set(join.parts) if self.source.revoked_during_poll else set(join.parts) - held
+        for p in sorted(gone):
+            join.drop(p)
+        new = sorted(held - set(join.parts))
+        if new:
+            self.agent.restore(self.read_state(new))
+
+    def read_state(self, partitions: list[int]) -> dict[int, dict[bytes, bytes]]:
+        """The last value of every key of these partitions of the state topic (tombstones remove)."""
+        topic = self.agent.state_topic
+        latest: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
+        started = time.monotonic()
+        n = 0
+        try:
+            for msg in iter_partitions(self.state_conf, topic, partitions, timeout_s=RESTORE_TIMEOUT_S):
+                n += 1
+                key, value, part = msg.key(), msg.value(), latest[msg.partition()]
+                if key is None:
+                    continue
+                if value is None:
+                    part.pop(key, None)
+                else:
+                    part[key] = value
+        except BrokerError as exc:
+            raise BrokerError(f"cannot restore the label join from {topic} {partitions}: {exc}; check the broker "
+                              f"(driftline topics create makes the topic) and restart the worker") from exc
+        log.info("read %d records of %s %s in %.1fs", n, topic, partitions, time.monotonic() - started)
+        return latest
+
+    def busy(self) -> bool:
+        """Serve acknowledgements (storing offsets, sending tombstones); True while outputs are in flight.
+
+        Called by the consumer before it lets partitions go, inside its poll, on this same thread.
+        """
+        self.acknowledged(0.0)
+        return self.sink.in_flight > 0
+
+    def acknowledged(self, timeout_s: float) -> None:
+        """Finish the batches the broker acknowledged; store offsets of the finished ones, in order."""
+        for phase, batch in self.sink.poll(timeout_s):
+            self._finished(phase, batch)
+        while self.order and self.order[0].done:
+            batch = self.order.popleft()
+            if batch.msgs:
+                self.source.store_through(batch.msgs)
+
+    def _finished(self, phase: int, batch: _Batch) -> None:
+        if phase == FIRST and batch.removed:
+            tombstones = self.agent.tombstones(batch.removed)
+            batch.removed = []
+            if tombstones:
+                self.sink.send(tombstones, (TOMBSTONES, batch))
+                return
+        batch.done = True
+
+    def close(self) -> None:
+        """Store what is acknowledged (within 10 s), then leave the group."""
+        try:
+            deadline = time.monotonic() + 10.0
+            while self.sink.in_flight and time.monotonic() < deadline:
+                for phase, batch in self.sink.flush(max(0.1, deadline - time.monotonic())):
+                    self._finished(phase, batch)
+            self.acknowledged(0.0)
+        except DeliveryError as exc:
+            log.warning("feedback agent stopping with unacknowledged outputs (redone after a restart): %s", exc)
+        self.source.close()
+
+
 def add_feedback_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog,
                        served: dict[str, ServedModel], metrics: Metrics, recent: Recent) -> None:
-    """A task that feeds :class:`FeedbackAgent` in batches from its own consumer group.
+    """A task that runs :class:`FeedbackLoop` steps on the feedback thread; the event loop only awaits them.
 
     The group ``{ns}-feedback`` uses the range assignor, which hands a member
     the same partition numbers of both topics (equal partition counts): the
-    join stays local. Offsets are committed as consumed; the pending joins
-    live in memory, so after a restart labels whose prediction came before it
-    find none and go to the dead letters after the TTL.
+    join stays local. A step used to run on the event loop (decode, join,
+    produce, and a full scan of the join every second: 1.8 s at 2M entries),
+    which delayed Faust's heartbeats into rebalances.
     """
+    from streams.worker import EXIT_CRASH, fatal  # the worker imports this module lazily
+
     agent = FeedbackAgent(settings, catalog, served, metrics, recent)
-    conf = {**settings.consumer_config(f"{settings.namespace}-feedback"),
-            "partition.assignment.strategy": "range", "enable.auto.offset.store": True}
-    source = BatchSource(conf, [agent.scored_topic, agent.feedback_topic])
-    producer = Producer({**settings.producer_config(), "enable.idempotence": False})
+    conf = {**settings.consumer_config(f"{settings.namespace}-feedback"), "partition.assignment.strategy": "range",
+            "max.poll.interval.ms": int(RESTORE_TIMEOUT_S * 1000) + 60_000}  # a restore runs between two polls
+    holder: list[FeedbackLoop] = []
+    source = BatchSource(conf, [agent.scored_topic, agent.feedback_topic], busy=lambda: holder[0].busy(),
+                         drain_timeout_s=DRAIN_S)
+    runner = FeedbackLoop(agent, source, AckedSink(settings.producer_config()), settings.confluent(),
+                          settings.max_inflight_batches)
+    holder.append(runner)
     thread = ThreadPoolExecutor(1, thread_name_prefix="driftline-feedback")
-    failures: list[str] = []
-
-    def delivered(err: Any, _msg: Any) -> None:
-        if err is not None:
-            failures.append(str(err))
-
-    def send(records: list[OutRecord]) -> None:
-        for r in records:
-            producer.produce(r.topic, r.value, r.key, headers=cast(Any, r.headers), on_delivery=delivered)
-        producer.poll(0)
-        if failures:
-            log.error("feedback outputs not delivered: %s", failures[:3])
-            failures.clear()
 
     @app.task
     async def feedback() -> None:
         loop = asyncio.get_running_loop()
-        next_tick = 0.0
         try:
             while not app.should_stop:
-                msgs = await loop.run_in_executor(thread, source.poll_batch, 5000, 0.2)
-                now = time.time()
-                send(agent.process(msgs, int(now * 1000)))
-                if now >= next_tick:
-                    next_tick = now + 1.0
-                    send(agent.tick(int(now * 1000)))
+                await loop.run_in_executor(thread, runner.step)
+        except (DeliveryError, BrokerError) as exc:
+            fatal(exc)
+        except Exception as exc:  # noqa: BLE001 - a dead label join behind a live worker loses labels silently
+            fatal(exc, EXIT_CRASH)
         finally:
-            producer.flush(10)
-            thread.submit(source.close)
+            thread.submit(runner.close)
             thread.shutdown(wait=False)
