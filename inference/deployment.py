@@ -14,6 +14,8 @@ per-entity features and outcomes comparable between arms.
 
 from __future__ import annotations
 
+import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -151,19 +153,28 @@ class Deployment:
                 "updated_at": self.updated_at}
 
     @staticmethod
-    def from_dict(d: Mapping[str, Any]) -> Deployment:
-        try:
-            ab = d.get("ab")
-            return Deployment(
-                model=str(d["model"]), champion=str(d["champion"]),
-                canary=None if d.get("canary") is None else str(d["canary"]),
-                canary_fraction=float(d.get("canary_fraction", 0.0)),
-                ab=None if ab is None else (str(ab[0]), str(ab[1])), ab_split=float(d.get("ab_split", 0.5)),
-                shadows=tuple(str(s) for s in d.get("shadows", ())),
-                history=tuple(str(s) for s in d.get("history", ())), updated_at=int(d.get("updated_at", 0)),
-            )
-        except (KeyError, TypeError, IndexError, ValueError) as exc:
-            raise ModelError(f"deployment record does not parse: {exc!r}") from exc
+    def from_dict(d: Any) -> Deployment:
+        """A deployment from its wire form; ModelError saying what is wrong for anything else.
+
+        The record comes from a topic anyone with access can write to, so
+        every field's type is checked here instead of coerced: a coercion
+        like ``str(None)`` or ``int(1e999)`` would either invent a version or
+        raise something no caller expects.
+        """
+        if not isinstance(d, Mapping):
+            raise ModelError(f"deployment record does not parse: a JSON {_json_type(d)}, not an object")
+        ab = d.get("ab")
+        if ab is not None and (not isinstance(ab, list | tuple) or len(ab) != 2):
+            raise ModelError(f"deployment record does not parse: ab must be null or two versions, got {_brief(ab)}")
+        return Deployment(  # __post_init__ checks the combination (ModelError naming the model)
+            model=_text(d, "model"), champion=_text(d, "champion"),
+            canary=None if d.get("canary") is None else _text(d, "canary"),
+            canary_fraction=_number(d, "canary_fraction", 0.0),
+            ab=None if ab is None else (_name(ab[0], "ab"), _name(ab[1], "ab")),
+            ab_split=_number(d, "ab_split", 0.5),
+            shadows=_texts(d, "shadows"), history=_texts(d, "history"),
+            updated_at=_integer(d, "updated_at", 0),
+        )
 
 
 def live_variants(dep: Deployment) -> list[tuple[str, str]]:
@@ -211,3 +222,67 @@ def _nonempty(routes: list[tuple[str, str, np.ndarray]]) -> list[tuple[str, str,
 
 def _dupe(items: list[str]) -> str:
     return next(i for i in items if items.count(i) > 1)
+
+
+_MAX_NAME = 200  # model and version names are directory names: short
+_MAX_MS = 2**53  # epoch ms beyond this are not times
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+
+
+def _brief(value: Any) -> str:
+    """A short repr of untrusted data, whatever its size or depth."""
+    return _REPR.repr(value)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number" if isinstance(value, int | float) else type(value).__name__)
+
+
+def _text(d: Mapping[str, Any], key: str) -> str:
+    """A required name (model or version)."""
+    if key not in d:
+        raise ModelError(f"deployment record does not parse: {key!r} is missing")
+    return _name(d[key], key)
+
+
+def _name(value: Any, what: str) -> str:
+    """A non-empty printable name of bounded length, as ``driftline model`` and the trainer write them.
+
+    Printable excludes control characters and lone surrogates (JSON can
+    spell ``"\\ud800"``): a name goes into metric labels, log lines and
+    Avro alerts, and a surrogate cannot be encoded as UTF-8 in any of them.
+    """
+    if not isinstance(value, str) or not value or len(value) > _MAX_NAME or not value.isprintable():
+        raise ModelError(f"deployment record does not parse: {what} must be a non-empty printable string of at "
+                         f"most {_MAX_NAME} characters, got a JSON {_json_type(value)} {_brief(value)}")
+    return value
+
+
+def _texts(d: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = d.get(key, ())
+    if not isinstance(value, list | tuple):
+        raise ModelError(f"deployment record does not parse: {key} must be a list of versions, "
+                         f"got a JSON {_json_type(value)}")
+    return tuple(_name(v, key) for v in value)
+
+
+def _number(d: Mapping[str, Any], key: str, default: float) -> float:
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ModelError(f"deployment record does not parse: {key} must be a number, got a JSON {_json_type(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = float("inf")
+    if not math.isfinite(number):
+        raise ModelError(f"deployment record does not parse: {key} must be finite, got {_brief(value)}")
+    return number
+
+
+def _integer(d: Mapping[str, Any], key: str, default: int) -> int:
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_MS:
+        raise ModelError(f"deployment record does not parse: {key} must be epoch milliseconds, got {_brief(value)}")
+    return value

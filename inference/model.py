@@ -122,8 +122,30 @@ class OnnxModel:
         self.active_provider = active
         self._bound = self.io_binding if self.io_binding is not None else active == CUDA
         self._device = "cuda" if active == CUDA else "cpu"
-        self.predict(np.zeros((1, m.profile.width), dtype=np.float32))  # warm-up
+        self._warm_up()
         log.info("model %s v%s loaded on %s", m.name, m.version, active)
+
+    def _warm_up(self) -> None:
+        """Score one row of zeros: a graph that loads but cannot run is refused here, not on live traffic.
+
+        Some failures show only at run time, and only on one provider (a
+        kernel CUDA lacks, a shape the graph cannot take), so whatever the
+        run raises becomes a ModelError naming the provider, and the version
+        is left unloaded.
+        """
+        m = self.manifest
+        try:
+            scores = self.predict(np.zeros((1, m.profile.width), dtype=np.float32))
+            if scores.shape != (1,):
+                raise ValueError(f"one input row gave output of shape {scores.shape}, not one score")
+        except Exception as exc:  # noqa: BLE001 - ORT and numpy raise several unrelated types
+            provider = self.active_provider
+            self.unload()
+            raise ModelError(
+                f"{m.name} v{m.version}: the warm-up run on {provider} failed ({type(exc).__name__}: "
+                f"{str(exc)[:500]}); it cannot serve there: export a graph that runs on {provider}, or serve it "
+                "with other providers (DRIFTLINE_PROVIDERS)"
+            ) from exc
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """Scores for a batch: positive-class probability, or the regression value."""

@@ -6,6 +6,10 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
+from schemas.catalog import SchemaCatalog
+from streams.poison import BadRecord, Skip, decode_avro
+
+EVENT_SUBJECTS = ("driftline.Alert", "driftline.RetrainRequest")
 _COLOURS = {"critical": "\x1b[1;31m", "warning": "\x1b[33m", "retrain": "\x1b[1;35m"}
 _RESET = "\x1b[0m"
 
@@ -33,7 +37,23 @@ def millis(value: Any) -> int:
 
 
 def _when(value: Any) -> str:
-    return datetime.fromtimestamp(millis(value) / 1000, tz=UTC).strftime("%H:%M:%S")
+    """HH:MM:SS of an epoch-ms timestamp; ``??:??:??`` for one no calendar has (records are untrusted)."""
+    try:
+        return datetime.fromtimestamp(millis(value) / 1000, tz=UTC).strftime("%H:%M:%S")
+    except (ValueError, OverflowError, OSError, TypeError):
+        return "??:??:??"
+
+
+def read_event(catalog: SchemaCatalog, value: bytes | None) -> dict[str, Any] | Skip:
+    """An alert or retrain record from ``{ns}.alerts``/``{ns}.retrain`` (timestamps as epoch ms), or why not.
+
+    Never raises: readers of these topics (``driftline alerts``) print what
+    they can and skip the rest.
+    """
+    try:
+        return decode_avro(catalog, value, EVENT_SUBJECTS)
+    except BadRecord as exc:
+        return exc.skip()
 
 
 def format_event(record: dict[str, Any], *, colour: bool = False) -> str:
@@ -48,4 +68,4 @@ def format_event(record: dict[str, Any], *, colour: bool = False) -> str:
         text = (f"{_when(record['requested_at'])} RETRAIN  {record['stage']:16} {record['model']} "
                 f"v{record['model_version']}{f' → v{candidate}' if candidate else ''}: {record['reason']}"
                 f" ({len(record['alert_ids'])} alerts)")
-    return f"{_COLOURS[level]}{text}{_RESET}" if colour else text
+    return f"{_COLOURS.get(level, '')}{text}{_RESET}" if colour else text

@@ -158,8 +158,8 @@ def cmd_profile_build(args: argparse.Namespace) -> int:
 def cmd_alerts(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
-    from schemas.codec import decode
-    from streams.alerts import format_event
+    from streams.alerts import format_event, read_event
+    from streams.poison import Skip, SkipLog
     from streams.worker import build_catalog
 
     settings = _settings(args)
@@ -171,6 +171,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     parts = settings.topic_partitions()
     consumer.assign([TopicPartition(t, p, start) for t in topics for p in range(parts[t])])
     colour = sys.stdout.isatty()
+    skips = SkipLog(logging.getLogger("driftline.alerts"))
     at_end: set[tuple[str, int]] = set()
     total = sum(parts[t] for t in topics)
     try:
@@ -183,7 +184,10 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                 if err.code() == KafkaError._PARTITION_EOF:
                     at_end.add((str(msg.topic()), int(msg.partition() or 0)))
                 continue
-            _, record = decode(catalog, msg.value() or b"")
+            record = read_event(catalog, msg.value())
+            if isinstance(record, Skip):  # not an alert or retrain event: say where it is, print the rest
+                skips.skip(str(msg.topic()), msg.partition(), msg.offset(), msg.key(), record)
+                continue
             print(format_event(record, colour=colour), flush=True)
     except KeyboardInterrupt:
         pass

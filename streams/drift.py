@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from detectors.evaluate import DEAD_LETTERS, SCORE, ColumnResult, dead_letter_result, evaluate
 from detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
-from detectors.profile import ReferenceProfile
-from detectors.sketch import WindowSketch
+from detectors.profile import NumericReference, ReferenceProfile
+from detectors.river_signal import KINDS
+from detectors.sketch import ColumnSketch, WindowSketch
+from streams.poison import BadRecord, Skip, brief, load_json
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = 1
+MAX_NAME = 200  # model and version names are directory names
+MAX_MS = 2**53  # epoch ms beyond this are no time
+MAX_COUNT = 2**40  # a count no real sketch reaches; keeps merged int64 counts far from overflow
 
 
 def column_label(column: str) -> str:
@@ -49,6 +57,8 @@ class DriftMonitor:
     config: PolicyConfig
     grace_ms: int
     expected_dead_letter_rate: float = 0.02
+    max_pending: int = 1_000  # open windows kept at most; the oldest is evicted (and logged) beyond
+    max_skew_ms: int | None = None  # sketches whose window starts further from now are refused (None: any)
     pending: dict[tuple[str, str, int], WindowSketch] = field(default_factory=dict)
     policies: dict[str, AlertPolicy] = field(default_factory=dict)
     policy_versions: dict[str, str] = field(default_factory=dict)
@@ -71,11 +81,47 @@ class DriftMonitor:
         have = self.pending.get(key)
         if have is None:
             self.pending[key] = sketch
+            self._evict()
         else:
-            merged = have + sketch
+            merged = have + replace(sketch, end_ms=have.end_ms)  # count windows of two workers end apart
             merged.end_ms = max(have.end_ms, sketch.end_ms)
             self.pending[key] = merged
         return True
+
+    def check(self, sketch: WindowSketch, now_ms: int) -> None:
+        """BadRecord unless ``sketch`` may be merged: its window is near ``now_ms`` and it fits a known profile.
+
+        A far-future window would never close, and every (model, version,
+        start) opens a pending window: without these checks the sketches
+        topic decides how much this monitor holds.
+        """
+        self._check_time(sketch, now_ms)
+        self._check_shape(sketch)
+
+    def _check_time(self, sketch: WindowSketch, now_ms: int) -> None:
+        if self.max_skew_ms is None:
+            return
+        for name, at in (("starts", sketch.start_ms), ("ends", sketch.end_ms)):
+            if abs(at - now_ms) > self.max_skew_ms:
+                raise BadRecord("window_out_of_range",
+                                f"sketch of {sketch.model!r} v{sketch.version!r}: its window {name} "
+                                f"{(at - now_ms) / 1000:+.0f}s from now, beyond sketch_max_skew_s "
+                                f"({self.max_skew_ms / 1000:g}s); is that worker's clock right?")
+
+    def _check_shape(self, sketch: WindowSketch) -> None:
+        profile = self._profile(sketch.model, sketch.version)
+        if profile is None:
+            raise BadRecord("unknown_model", f"no reference profile for model {sketch.model!r} "
+                                             f"v{sketch.version!r} in this registry")
+        fits_profile(sketch, profile)
+
+    def _evict(self) -> None:
+        while len(self.pending) > self.max_pending:
+            oldest = min(self.pending, key=lambda k: (self.pending[k].start_ms, k))
+            sketch = self.pending.pop(oldest)
+            log.warning("drift window of %s v%s from %d dropped unevaluated: more than %d windows pending "
+                        "(drift_max_pending_windows)", sketch.model, sketch.version, sketch.start_ms,
+                        self.max_pending)
 
     def close_due(self, now_ms: int) -> list[ClosedWindow]:
         """Evaluate every window whose end is more than the grace period ago, oldest first."""
@@ -123,18 +169,46 @@ class DriftMonitor:
             "applied": list(applied) if applied is not None else None,
         }
 
-    def restore(self, model: str, state: Mapping[str, Any]) -> None:
-        """Replace what the monitor knows of ``model`` with a :meth:`snapshot`."""
+    def restore(self, model: str, state: Any, now_ms: int | None = None) -> None:
+        """Replace what the monitor knows of ``model`` with a :meth:`snapshot`.
+
+        The state comes from a topic, so all of it is checked before any of
+        it is used: BadRecord (a ValueError) leaves the monitor as it was.
+        With ``now_ms``, pending windows outside ``max_skew_ms`` are dropped.
+        """
+        if not isinstance(state, Mapping):
+            raise BadRecord("invalid_state", f"drift state of {brief(model)} is not a JSON object")
         if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"drift state format {state.get('format')!r} is not {STATE_FORMAT}")
-        self.policies[model] = AlertPolicy.restore(state["policy"], self.config)
-        if state.get("version") is not None:
-            self.policy_versions[model] = str(state["version"])
-        self.pending = {k: v for k, v in self.pending.items() if k[0] != model}
-        for d in state["pending"]:
-            sketch = WindowSketch.from_dict(d)
-            self.pending[(model, sketch.version, sketch.start_ms)] = sketch
+            raise BadRecord("invalid_state", f"drift state format {brief(state.get('format'))} is not {STATE_FORMAT}")
+        policy = _policy(state.get("policy"), self.config)
+        version = state.get("version")
+        if version is not None:
+            _name(version, "version")
+        pending = _list(state.get("pending"), "pending")
+        windows = [sketch_from_dict(d) for d in pending]
+        for sketch in windows:
+            if sketch.model != model:
+                raise BadRecord("invalid_state", f"drift state of {brief(model)} holds a window of another model")
+            self._check_shape(sketch)
+        if now_ms is not None:
+            kept = []
+            for sketch in windows:
+                try:
+                    self._check_time(sketch, now_ms)
+                    kept.append(sketch)
+                except BadRecord as exc:
+                    log.warning("drift state of %s: a pending window is dropped: %s", model, exc.detail)
+            windows = kept
         applied = state.get("applied")
+        if applied is not None and not (isinstance(applied, list) and len(applied) == 2
+                                        and all(_is_int(a, MAX_MS) for a in applied)):
+            raise BadRecord("invalid_state", "applied must be null or [partition, offset]")
+        self.policies[model] = policy
+        if version is not None:
+            self.policy_versions[model] = version
+        self.pending = {k: v for k, v in self.pending.items() if k[0] != model}
+        for sketch in windows:
+            self.add(sketch)
         if applied is None:
             self.applied.pop(model, None)
         else:
@@ -150,6 +224,142 @@ class DriftMonitor:
         self.policies.clear()
         self.policy_versions.clear()
         self.applied.clear()
+
+
+def parse_sketch(value: bytes | None, monitor: DriftMonitor, now_ms: int) -> WindowSketch | Skip:
+    """A record of ``{ns}.sketches`` as a sketch ``monitor`` may merge, or why not; never raises."""
+    try:
+        sketch = sketch_from_dict(load_json(value))
+        monitor.check(sketch, now_ms)
+    except BadRecord as exc:
+        return exc.skip()
+    return sketch
+
+
+def resume(monitor: DriftMonitor, model: str, value: bytes | None, now_ms: int) -> Skip | None:
+    """Restore ``model`` from its record on ``{ns}.drift-state``; why not (the monitor unchanged); never raises."""
+    try:
+        monitor.restore(model, load_json(value), now_ms)
+    except BadRecord as exc:
+        return exc.skip()
+    return None
+
+
+def sketch_from_dict(d: Any) -> WindowSketch:
+    """A window sketch from JSON data checked field by field; BadRecord (invalid_sketch) saying what is wrong.
+
+    :meth:`WindowSketch.from_dict` trusts its input (it reads what this
+    code wrote); records on the sketches and state topics are not trusted.
+    """
+    if not isinstance(d, Mapping):
+        raise BadRecord("invalid_sketch", "a sketch must be a JSON object")
+    start, end = _int(d, "start_ms", MAX_MS), _int(d, "end_ms", MAX_MS)
+    if end < start:
+        raise BadRecord("invalid_sketch", f"end_ms {end} is before start_ms {start}")
+    columns = d.get("columns")
+    if not isinstance(columns, Mapping):
+        raise BadRecord("invalid_sketch", "columns must be an object of column sketches")
+    messages, dead = _int(d, "messages", MAX_COUNT), _int(d, "dead_letters", MAX_COUNT)
+    if dead > messages:
+        raise BadRecord("invalid_sketch", f"{dead} dead letters out of {messages} messages")
+    contributors = _list(d.get("contributors", []), "contributors")
+    return WindowSketch(
+        _name(d.get("model"), "model"), _name(d.get("version"), "version"), start, end,
+        {_name(k, "column"): _column(v, k) for k, v in columns.items()}, _column(d.get("score"), "score"),
+        messages, dead, frozenset(_name(c, "contributor") for c in contributors),
+    )
+
+
+def fits_profile(sketch: WindowSketch, profile: ReferenceProfile) -> None:
+    """BadRecord (profile_mismatch) unless every column of ``sketch`` has the shape its reference has."""
+    names = [f.name for f in profile.features]
+    if set(sketch.columns) != set(names):
+        raise BadRecord("profile_mismatch", f"sketch of {sketch.model!r} v{sketch.version!r} has columns "
+                                            f"{brief(sorted(sketch.columns))}, the profile {brief(names)}")
+    for ref, col in ((*zip(profile.features, (sketch.columns[n] for n in names), strict=True),
+                     (profile.score, sketch.score))):
+        fine = len(ref.fine_counts) if isinstance(ref, NumericReference) else 0
+        if len(col.counts) != len(ref.counts) or len(col.fine) != fine:
+            raise BadRecord("profile_mismatch", f"column {ref.name!r} has {len(col.counts)}/{len(col.fine)} "
+                                                f"bins, the profile {len(ref.counts)}/{fine}")
+        if int(col.counts.sum()) != col.n or (fine and int(col.fine.sum()) != col.n):
+            raise BadRecord("profile_mismatch", f"column {ref.name!r}: its bins do not add up to its n {col.n}")
+
+
+def _column(d: Any, name: Any) -> ColumnSketch:
+    if not isinstance(d, Mapping):
+        raise BadRecord("invalid_sketch", f"column {str(name)[:80]!r} must be an object")
+    total, total_sq = d.get("sum", 0.0), d.get("sum_sq", 0.0)
+    for what, value in (("sum", total), ("sum_sq", total_sq)):
+        if not _is_finite(value):
+            raise BadRecord("invalid_sketch", f"column {str(name)[:80]!r}: {what} must be a finite number")
+    return ColumnSketch(_counts(d.get("counts"), name), _counts(d.get("fine"), name), _int(d, "n", MAX_COUNT),
+                        _int(d, "nulls", MAX_COUNT), float(total), float(total_sq))
+
+
+def _counts(value: Any, name: Any) -> np.ndarray:
+    if not isinstance(value, list) or not all(_is_int(v, MAX_COUNT) for v in value):
+        raise BadRecord("invalid_sketch", f"column {str(name)[:80]!r}: counts must be lists of counts")
+    return np.asarray(value, dtype=np.int64).reshape(len(value))
+
+
+def _policy(d: Any, config: PolicyConfig) -> AlertPolicy:
+    """An alert policy from its checked snapshot (the shapes :meth:`AlertPolicy.snapshot` writes)."""
+    if not isinstance(d, Mapping):
+        raise BadRecord("invalid_state", "policy must be an object")
+    history, last_alert, runs, detectors = (_mapping(d.get(k, {}), k)
+                                            for k in ("history", "last_alert", "critical_runs", "detectors"))
+    last_retrain = d.get("last_retrain")
+    ok = (_is_int(d.get("window_index"), MAX_MS)
+          and all(isinstance(v, list) and all(isinstance(b, bool) for b in v) for v in history.values())
+          and all(_is_int(v, MAX_MS) for v in (*last_alert.values(), *runs.values()))
+          and (last_retrain is None or _is_int(last_retrain, MAX_MS))
+          and all(isinstance(v, Mapping) and v.get("kind") in KINDS and isinstance(v.get("history"), list)
+                  and all(_is_finite(x) for x in v["history"]) for v in detectors.values()))
+    if not ok:
+        raise BadRecord("invalid_state", "policy does not have the shape of an alert policy snapshot")
+    return AlertPolicy.restore({**d, "history": history, "last_alert": last_alert, "critical_runs": runs,
+                                "detectors": detectors}, config)
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise BadRecord("invalid_state", f"{what} must be an object")
+    return dict(value)
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise BadRecord("invalid_sketch", f"{what} must be a list")
+    return value
+
+
+def _name(value: Any, what: str) -> str:
+    """Printable (no control characters, no lone surrogates): names end up in metric labels and logs."""
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME or not value.isprintable():
+        raise BadRecord("invalid_sketch", f"{what} must be a non-empty printable string of at most {MAX_NAME} "
+                                          "characters")
+    return value
+
+
+def _int(d: Mapping[str, Any], key: str, limit: int) -> int:
+    value: Any = d.get(key)
+    if not _is_int(value, limit):
+        raise BadRecord("invalid_sketch", f"{key} must be an integer in [0, {limit}), got {brief(value)}")
+    return int(value)
+
+
+def _is_int(value: Any, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit
+
+
+def _is_finite(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def alert_id(sketch: WindowSketch, result: ColumnResult) -> str:

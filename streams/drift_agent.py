@@ -12,24 +12,48 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import faust
 
 from detectors.policy import PolicyConfig
-from detectors.sketch import WindowSketch
 from inference.registry import ModelRegistry
 from schemas.catalog import SchemaCatalog
 from schemas.codec import encode
-from streams.drift import DriftMonitor, alert_record, retrain_record
+from streams.drift import DriftMonitor, alert_record, parse_sketch, resume, retrain_record
 from streams.errors import BrokerError
-from streams.kafka import latest_by_key
+from streams.kafka import iter_topic
 from streams.metrics import Metrics
 from streams.observe import Recent
+from streams.poison import Skip, SkipLog
 from streams.profiling import ProfileStore
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class StateRecord(NamedTuple):
+    """The last record of one model on the state topic, and where it is (for the log if it is skipped)."""
+
+    value: bytes | None
+    partition: int
+    offset: int
+
+
+def latest_states(conf: Mapping[str, Any], topic: str) -> dict[str, StateRecord]:
+    """The last state record per model (the key), read from the start (compaction is not relied on)."""
+    latest: dict[str, StateRecord] = {}
+    for msg in iter_topic(conf, topic):
+        key = msg.key()
+        if key is None:
+            continue
+        model = key.decode(errors="replace")
+        if msg.value() is None:
+            latest.pop(model, None)  # a tombstone
+        else:
+            latest[model] = StateRecord(msg.value(), int(msg.partition()), int(msg.offset()))
+    return latest
 
 
 def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, metrics: Metrics,
@@ -50,7 +74,10 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
                      detector=settings.drift_detector),
         grace_ms=int(settings.window_grace_s * 1000),
         expected_dead_letter_rate=settings.expected_dead_letter_rate,
+        max_pending=settings.drift_max_pending_windows,
+        max_skew_ms=int(settings.sketch_max_skew_s * 1000),
     )
+    skips = SkipLog(log, metrics.skipped)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     sketches_name, state_name = settings.topic("sketches"), settings.topic("drift-state")
     sketches = app.topic(sketches_name, partitions=settings.partitions.sketches, **raw)
@@ -59,7 +86,7 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
     states = app.topic(state_name, partitions=settings.partitions.drift_state, **raw)
     lookback_ms = int(settings.window_s * 1000) * settings.drift_m
     resumed: set[str] = set()  # models whose state this worker has taken over since its last assignment
-    stored: dict[str, Any] = {}  # the state topic as read at that time, by model
+    stored: dict[str, StateRecord] = {}  # the state topic as read at that time, by model
 
     async def take_over(model: str) -> None:
         """Resume a model's drift state from the state topic before its first sketch here."""
@@ -68,19 +95,19 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
         if not resumed and not stored:
             loop = asyncio.get_running_loop()
             try:
-                latest = await loop.run_in_executor(None, latest_by_key, settings.confluent(), state_name)
+                latest = await loop.run_in_executor(None, latest_states, settings.confluent(), state_name)
             except BrokerError as exc:
                 log.error("cannot read the drift state (%s); alert policies start afresh", exc)
                 latest = {}
-            stored.update({k.decode(errors="replace"): v for k, v in latest.items()})
+            stored.update(latest)
         resumed.add(model)
-        value = stored.pop(model, None)
-        if value is None:
+        found = stored.pop(model, None)
+        if found is None:
             return
-        try:
-            monitor.restore(model, json.loads(value))
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("drift state of %s does not parse (%s); starting it afresh", model, exc)
+        skipped = resume(monitor, model, found.value, int(time.time() * 1000))
+        if skipped is not None:
+            skips.skip(state_name, found.partition, found.offset, model.encode(), skipped)
+            log.warning("drift state of %s is not usable; its alert policy starts afresh", model)
             return
         log.info("resumed drift state of %s after window %d", model, monitor.window_count(model))
 
@@ -100,13 +127,13 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
     @app.agent(sketches)
     async def drift(stream: Any) -> None:
         async for event in stream.events():
-            try:
-                sketch = WindowSketch.from_dict(json.loads(event.value))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("ignored a sketch that does not parse: %s", exc)
+            msg = event.message
+            sketch = parse_sketch(event.value, monitor, int(time.time() * 1000))
+            if isinstance(sketch, Skip):
+                skips.skip(sketches_name, msg.partition, msg.offset, event.key, sketch)
                 continue
             await take_over(sketch.model)
-            if monitor.add(sketch, (event.message.partition, event.message.offset)):
+            if monitor.add(sketch, (msg.partition, msg.offset)):
                 await save(sketch.model)
 
     @app.timer(interval=0.5)

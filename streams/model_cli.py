@@ -12,6 +12,7 @@ from typing import Any
 
 from inference.deployment import Deployment, live_variants
 from inference.manifest import MANIFEST, Manifest, sha256_file
+from inference.model import ProviderChoice
 from inference.registry import ModelRegistry, register_version
 from streams.errors import BrokerError, ConfigError
 from streams.settings import REPO_ROOT, Settings, load_settings
@@ -53,14 +54,19 @@ def cmd_register(args: argparse.Namespace) -> int:
         raise ConfigError(f"model {args.name} has no versions yet: give --spec FILE.json (features, task, request)")
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
     data = Path(args.data) if args.data else None
-    finish = None
+    providers: ProviderChoice = args.providers or settings.providers
+    catalog = None
     if data is not None:
-        from streams.profiling import build_profile
         from streams.worker import build_catalog
 
         catalog = build_catalog(settings)
 
-        def finish(staging: Path) -> None:
+    def finish(staging: Path) -> None:
+        """Before the version becomes visible: it must warm up where the workers run it; then its profile."""
+        check_runs(staging, providers)
+        if data is not None and catalog is not None:
+            from streams.profiling import build_profile
+
             _, rows = build_profile(staging, data, catalog)
             print(f"reference profile built from {rows} rows of {data}")
 
@@ -131,9 +137,10 @@ def cmd_change(args: argparse.Namespace) -> int:
     registry = ModelRegistry(settings.model_dir)
     current = read_deployments(settings).get(args.name) or configured(settings, args.name)
     now = int(time.time() * 1000)
+    providers: ProviderChoice = args.providers or settings.providers
     for version in (getattr(args, "version", None), *(getattr(args, "versions", None) or ())):
         if version is not None and not getattr(args, "stop", False):
-            check_servable(registry, current, str(version))
+            check_servable(registry, current, str(version), providers)
     action = args.model_command
     if action == "promote":
         new = current.promote(args.version, now)
@@ -150,6 +157,9 @@ def cmd_change(args: argparse.Namespace) -> int:
             new = current.start_ab(args.versions[0], args.versions[1], args.split, now)
     else:
         new = current.rollback(now)
+        for version in new.versions():  # the champion it restores may have been loaded nowhere for a while
+            if version not in current.versions():
+                check_servable(registry, current, version, providers)
     producer = Producer(settings.confluent(**{"log_level": 0}))
     producer.produce(settings.topic("models"), json.dumps(new.to_dict()).encode(), args.name.encode())
     if producer.flush(15) != 0:
@@ -158,18 +168,32 @@ def cmd_change(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_servable(registry: ModelRegistry, current: Deployment, version: str) -> None:
-    """Refuse here what the workers would refuse: unknown version, bad hash, inputs unlike the champion's."""
-    from inference.manifest import input_mismatch
-    from inference.model import OnnxModel
+def check_servable(registry: ModelRegistry, current: Deployment, version: str,
+                   providers: ProviderChoice = "auto") -> None:
+    """Refuse here what the workers would refuse: unknown version, bad hash, a failed warm-up, inputs unlike the
+    champion's.
 
-    model = OnnxModel(registry.path(current.model, version), providers="cpu")
-    model.load()
-    model.unload()
+    ``providers`` should be the workers' (``--providers``, default
+    DRIFTLINE_PROVIDERS): a graph can warm up on CPU and fail on CUDA.
+    """
+    from inference.manifest import input_mismatch
+
+    check_runs(registry.path(current.model, version), providers)
+    model = Manifest.read(registry.path(current.model, version))
     champion = Manifest.read(registry.path(current.model, current.champion))
-    reason = input_mismatch(champion, model.manifest)
+    reason = input_mismatch(champion, model)
     if reason is not None:
         raise ConfigError(f"{current.model}: {reason}")
+
+
+def check_runs(directory: Path, providers: ProviderChoice) -> None:
+    """Load and warm up a version as a worker with ``providers`` would; ModelError when it cannot serve there."""
+    from inference.model import OnnxModel
+
+    model = OnnxModel(directory, providers=providers)
+    model.load()
+    print(f"{model.name} v{model.version} warms up on {model.active_provider}")
+    model.unload()
 
 
 def _need(args: argparse.Namespace) -> str:
@@ -182,10 +206,14 @@ def add_model_commands(sub: Any) -> None:
     model = sub.add_parser("model", help="model registry and rollout: register, list, promote, canary, ...")
     msub = model.add_subparsers(dest="model_command", required=True)
 
-    def common(p: argparse.ArgumentParser, broker: bool = True) -> None:
+    def common(p: argparse.ArgumentParser, broker: bool = True, check: bool = True) -> None:
         p.add_argument("--model-dir", help="registry root (DRIFTLINE_MODEL_DIR)")
         if broker:
             p.add_argument("--broker", help="bootstrap servers (DRIFTLINE_BROKER)")
+        if check:
+            p.add_argument("--providers", choices=["auto", "cpu", "cuda"],
+                           help="ONNX Runtime providers to check the version with: the workers' "
+                                "(default DRIFTLINE_PROVIDERS)")
 
     reg = msub.add_parser("register", help="add an immutable version: hash, manifest, input check, profile")
     reg.add_argument("file", help="the .onnx file")
@@ -200,7 +228,7 @@ def add_model_commands(sub: Any) -> None:
 
     ls = msub.add_parser("list", help="versions, and which serve (champion, canary, a/b, shadow)")
     ls.add_argument("name", nargs="?")
-    common(ls)
+    common(ls, check=False)
     ls.set_defaults(func=cmd_list)
 
     pro = msub.add_parser("promote", help="make a version the champion")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -59,22 +60,42 @@ def build_profile(model_dir: Path, data: Path, catalog: SchemaCatalog, *, force:
 
 
 class ProfileStore:
-    """Each model version's reference profile from the registry, read once; None where a version has none."""
+    """Each model version's reference profile from the registry; None where a version has none.
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    The (model, version) pairs asked for come from the sketches topic, so
+    the cache is bounded: the ``max_entries`` most recently used are kept
+    (misses included, so a flood of unknown names does not hit the disk
+    each time); an evicted profile is read again when asked for.
+    """
+
+    def __init__(self, registry: ModelRegistry, max_entries: int = 64) -> None:
         self.registry = registry
-        self._cache: dict[tuple[str, str], ReferenceProfile | None] = {}
+        self.max_entries = max_entries
+        self._cache: OrderedDict[tuple[str, str], ReferenceProfile | None] = OrderedDict()
 
     def get(self, model: str, version: str) -> ReferenceProfile | None:
         key = (model, version)
-        if key not in self._cache:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        found = None
+        if _plain_name(model) and _plain_name(version):  # names from a topic never leave the registry
             try:
                 path = self.registry.path(model, version) / PROFILE_FILE
-                self._cache[key] = ReferenceProfile.load(path) if path.is_file() else None
-            except (ModelError, ValueError, OSError) as exc:
-                log.warning("no reference profile for %s v%s: %s", model, version, exc)
-                self._cache[key] = None
-        return self._cache[key]
+                found = ReferenceProfile.load(path) if path.is_file() else None
+            except ModelError as exc:  # no such model or version here
+                log.debug("no reference profile for %.80r v%.80r: %s", model, version, exc)
+            except (ValueError, KeyError, TypeError, OSError) as exc:
+                log.warning("the reference profile of %s v%s does not load: %s", model, version, exc)
+        self._cache[key] = found
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+        return found
+
+
+def _plain_name(name: str) -> bool:
+    """A registry directory name: no path separators, no leading dot, no NUL, not absurdly long."""
+    return 0 < len(name) <= 200 and not name.startswith(".") and not any(c in name for c in "/\\\0")
 
 
 def profile_from_matrix(model_dir: Path, matrix: np.ndarray, scores: np.ndarray) -> Path:

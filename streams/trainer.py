@@ -43,9 +43,10 @@ from inference.manifest import Manifest
 from inference.registry import ModelRegistry, register_version
 from inference.training import train_challenger
 from schemas.catalog import SchemaCatalog
-from schemas.codec import decode, encode
+from schemas.codec import encode
 from streams.errors import BrokerError, ConfigError
 from streams.kafka import iter_topic
+from streams.poison import DETAIL_CHARS, BadRecord, Skip, SkipLog, decode_avro
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Trainer:
         self.conf = settings.confluent(**{"log_level": 0})
         self.producer = Producer({**self.conf, "linger.ms": 5})
         self.retrain_schema = catalog.latest("driftline.RetrainRequest")
+        self.skips = SkipLog(log)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -104,16 +106,14 @@ class Trainer:
 
     def labeled(self, model: str, since_ms: int, positive: str) -> list[LabeledRow]:
         out = []
-        for m in iter_topic(self.conf, self.settings.topic("labeled")):
-            try:
-                r = decode(self.catalog, m.value(), fast=True)[1]
-            except (ValueError, KeyError, EOFError):
+        topic = self.settings.topic("labeled")
+        for m in iter_topic(self.conf, topic):
+            r = parse_labeled(self.catalog, m.value(), positive)
+            if isinstance(r, Skip):
+                self.skips.skip(topic, m.partition(), m.offset(), m.key(), r)
                 continue
-            if r["model"] != model or r["label_time"] < since_ms:
-                continue
-            truth = float(r["target"]) if r.get("target") is not None else float(r.get("label") == positive)
-            out.append(LabeledRow(r["request_id"], r["model_version"], r["variant"], float(r["score"]), truth,
-                                  int(r["label_time"]), bytes(r["features"])))
+            if r.model == model and r.label_time >= since_ms:
+                out.append(r.row)
         return out
 
     def wait_for(self, what: str, ready: Callable[[], Any], timeout_s: float) -> Any:
@@ -140,9 +140,11 @@ class Trainer:
         self.emit(request, "training", f"waiting for {s.trainer_min_labels} labels of v{dep.champion} since "
                   f"{datetime.fromtimestamp(since / 1000, tz=UTC):%H:%M:%S}")
 
+        width = 4 * champion.profile.width  # float32 features: rows of another width were not this model's input
+
         def training_rows() -> list[LabeledRow] | None:
             rows = [r for r in self.labeled(model, since, positive) if r.version == dep.champion
-                    and r.variant != "shadow"]
+                    and r.variant != "shadow" and len(r.features) == width]
             return rows if len(rows) >= s.trainer_min_labels else None
 
         rows = self.wait_for("training labels", training_rows, s.trainer_wait_s)
@@ -241,20 +243,72 @@ def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
+_MAX_MS = 253_402_300_799_999  # 9999-12-31: later epoch ms are no date at all
+RETRAIN_TEXT = ("id", "model", "model_version", "stage", "reason")
+
+
+def parse_retrain(catalog: SchemaCatalog, value: bytes | None) -> dict[str, Any] | Skip:
+    """A ``driftline.RetrainRequest`` record from ``{ns}.retrain`` (times as epoch ms), or why not; never raises.
+
+    Beyond the schema, its times must be dates: the trainer prints them and
+    computes with them, and a record it cannot handle would be handled again
+    after every restart.
+    """
+    try:
+        rec = decode_avro(catalog, value, ("driftline.RetrainRequest",))
+    except BadRecord as exc:
+        return exc.skip()
+    for name in RETRAIN_TEXT:
+        if not isinstance(rec.get(name), str) or not rec[name]:
+            return Skip("invalid_retrain", f"{name} must be a non-empty string")
+    for name in ("data_start", "data_end", "requested_at"):
+        if not isinstance(rec.get(name), int) or not 0 <= rec[name] <= _MAX_MS:
+            return Skip("invalid_retrain", f"{name} must be epoch milliseconds, got {str(rec.get(name))[:40]}")
+    return rec
+
+
+@dataclass(frozen=True, slots=True)
+class Labeled:
+    """One record of ``{ns}.labeled``: whose it is, and the row the trainer uses."""
+
+    model: str
+    label_time: int
+    row: LabeledRow
+
+
+def parse_labeled(catalog: SchemaCatalog, value: bytes | None, positive: str) -> Labeled | Skip:
+    """A ``driftline.Labeled`` record as a training row (``positive``: the label that means 1), or why not."""
+    try:
+        r = decode_avro(catalog, value, ("driftline.Labeled",))
+    except BadRecord as exc:
+        return exc.skip()
+    features = r.get("features")
+    if not isinstance(features, bytes) or len(features) % 4:
+        return Skip("invalid_labeled", "features must be float32 bytes")
+    try:
+        truth = float(r["target"]) if r.get("target") is not None else float(r.get("label") == positive)
+        row = LabeledRow(str(r["request_id"]), str(r["model_version"]), str(r["variant"]), float(r["score"]),
+                         truth, int(r["label_time"]), features)
+    except (KeyError, TypeError, ValueError) as exc:
+        return Skip("invalid_labeled", f"{type(exc).__name__}: {exc}")
+    return Labeled(str(r["model"]), row.label_time, row)
+
+
 def run_trainer(settings: Settings, catalog: SchemaCatalog, *, once: bool = False) -> int:
     """Follow ``{ns}.retrain``; handle each request that has not reached a final stage. ``once``: stop when idle."""
     trainer = Trainer(settings, catalog)
     topic = settings.topic("retrain")
     consumer = Consumer({**trainer.conf, "group.id": f"{settings.namespace}-trainer", "enable.auto.commit": False,
                          "auto.offset.reset": "earliest", "enable.partition.eof": True})
-    consumer.subscribe([topic])
+    assigned: set[int] = set()
+    at_end: set[int] = set()  # assigned partitions read to their end (``once`` stops only then)
+    consumer.subscribe([topic], on_assign=lambda _c, tps: assigned.update(tp.partition for tp in tps))
     final: set[str] = set()
     for m in iter_topic(trainer.conf, topic):  # what earlier runs finished (the topic is the trainer's state)
-        try:
-            rec = decode(catalog, m.value(), fast=True)[1]
-        except (ValueError, KeyError, EOFError):
-            continue
-        if rec["stage"] in FINAL:
+        rec = parse_retrain(catalog, m.value())
+        if isinstance(rec, Skip):
+            trainer.skips.skip(topic, m.partition(), m.offset(), m.key(), rec)
+        elif rec["stage"] in FINAL:
             final.add(rec["id"])
     pending: dict[str, dict[str, Any]] = {}
     idle_since = time.monotonic()
@@ -263,12 +317,15 @@ def run_trainer(settings: Settings, catalog: SchemaCatalog, *, once: bool = Fals
             for msg in consumer.consume(100, timeout=0.5):
                 err = msg.error()
                 if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(msg.partition() or 0)
+                    else:
                         log.warning("retrain topic: %s", err)
                     continue
-                try:
-                    rec = decode(catalog, msg.value(), fast=True)[1]
-                except (ValueError, KeyError, EOFError):
+                at_end.discard(msg.partition() or 0)
+                rec = parse_retrain(catalog, msg.value())
+                if isinstance(rec, Skip):
+                    trainer.skips.skip(topic, msg.partition(), msg.offset(), msg.key(), rec)
                     continue
                 if rec["stage"] in FINAL:
                     final.add(rec["id"])
@@ -282,10 +339,15 @@ def run_trainer(settings: Settings, catalog: SchemaCatalog, *, once: bool = Fals
                     trainer.handle(rec)
                 except (ModelError, ConfigError) as exc:
                     trainer.emit(rec, "failed", str(exc))
+                except BrokerError:
+                    raise  # the broker's fault, not the request's: a restart retries it
+                except Exception as exc:  # noqa: BLE001 - a request that breaks the trainer must fail, not crash-loop it
+                    log.exception("retrain %s failed", rid)
+                    trainer.emit(rec, "failed", f"{type(exc).__name__}: {exc}"[:DETAIL_CHARS])
                 final.add(rid)
                 idle_since = time.monotonic()
-            elif once and time.monotonic() - idle_since > 5:
-                return 0
+            elif once and time.monotonic() - idle_since > (5 if assigned and at_end >= assigned else 60):
+                return 0  # idle: read to the end and nothing left (or never assigned a partition in a minute)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -214,7 +214,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
                 polling = loop.run_in_executor(consumer_thread, source.poll_batch, settings.batch_max, wait_s)
                 if msgs:
                     if stall_after is not None and done >= stall_after:
-                        log.warning("fault injection: the score loop stalls now (fault_stall_after_batches=%d)",
+                        log.warning("fault injection: the score agent stalls now (fault_stall_after_batches=%d)",
                                     done)
                         await asyncio.Event().wait()  # an await that never returns: the failure /readyz must catch
                     done += 1

@@ -23,6 +23,7 @@ from streams.cli import main as cli
 from streams.kafka import ensure_topics, iter_topic
 from streams.settings import EXAMPLE_MODELS, load_settings
 from tests.helpers import Collector, WorkerProcess
+from tests.unit.test_model import register_warmup_failing
 
 pytestmark = pytest.mark.kafka
 CANARY_FRACTION = 0.3
@@ -186,8 +187,9 @@ def test_a_refused_version_leaves_the_old_one_serving_and_raises_an_alert(
         (registry / "fraud" / "3" / "model.onnx").read_bytes() + b"\0")
     write_version(registry, (housing_dir / "model.onnx").read_bytes(), {**fraud, "version": "4"})  # wrong inputs
     write_version(registry, b"this is not an ONNX file", {**fraud, "version": "5"})  # corrupt
+    register_warmup_failing(registry, "6")  # loads, but its warm-up run fails
     flags = ["--broker", broker.bootstrap, "--model-dir", str(registry)]
-    for bad in ("3", "4", "5"):  # the CLI refuses them before anything is written
+    for bad in ("3", "4", "5", "6"):  # the CLI refuses them before anything is written
         assert cli(["model", "promote", "fraud", bad, *flags]) != 0
 
     worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, model_dir=str(registry), models=V1).start()
@@ -199,13 +201,13 @@ def test_a_refused_version_leaves_the_old_one_serving_and_raises_an_alert(
             collector.until(lambda r: len(r[pred_t]) >= 500, timeout_s=60,
                             check=lambda: None if worker.alive() else pytest.fail(worker.log()[-3000:]))
             # What a file changed after the CLI's check, or another registry, would send: straight to the topic.
-            for bad in ("3", "4", "5"):
+            for bad in ("3", "4", "5", "6"):
                 dep = Deployment("fraud", "1").promote(bad, int(time.time() * 1000))
                 producer.produce(settings.topic("models"), json.dumps(dep.to_dict()).encode(), b"fraud")
             assert producer.flush(10) == 0
-            wait(lambda: applied(worker, "refused") >= 3, worker, "three refusals")
+            wait(lambda: applied(worker, "refused") >= 4, worker, "four refusals")
             seen = len(collector.records[pred_t])
-            got = collector.until(lambda r: len(r[alerts_t]) >= 3 and len(r[pred_t]) >= seen + 1000, timeout_s=60)
+            got = collector.until(lambda r: len(r[alerts_t]) >= 4 and len(r[pred_t]) >= seen + 1000, timeout_s=60)
             after = [decode(catalog, m.value())[1] for m in got[pred_t][seen:]]
             alerts = [decode(catalog, m.value())[1] for m in got[alerts_t]]
             assert cli(["model", "promote", "fraud", "2", *flags]) == 0  # a good version still deploys
@@ -216,8 +218,9 @@ def test_a_refused_version_leaves_the_old_one_serving_and_raises_an_alert(
 
     assert {p["model_version"] for p in after} == {"1"}  # the old version kept serving
     by_version = {a["model_version"]: a for a in alerts if a["kind"] == "model_load_failed"}
-    assert set(by_version) == {"3", "4", "5"}
+    assert set(by_version) == {"3", "4", "5", "6"}
     assert "sha256" in by_version["3"]["message"]
     assert "columns" in by_version["4"]["message"] or "input" in by_version["4"]["message"]
     assert "cannot load" in by_version["5"]["message"]
+    assert re.search(r"warm-up run on \w+ExecutionProvider failed", by_version["6"]["message"])
     assert all(a["severity"] == "critical" for a in by_version.values())

@@ -136,3 +136,102 @@ def test_require_gpu_stops_the_worker_at_start_with_one_line() -> None:
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no CUDA provider" in done.stderr
     assert "DRIFTLINE_REQUIRE_GPU" in done.stderr
+
+
+def warmup_failing_onnx(width: int) -> bytes:
+    """A graph that loads as a fraud model (input ``features`` of ``width`` columns, output ``probabilities``)
+    but fails when run on one row: it reshapes the batch to rows of ``width + 1``, which only some batch sizes
+    allow. ONNX Runtime cannot know that before it runs.
+    """
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, width])
+    y = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, None])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, width + 1])
+    graph = helper.make_graph([helper.make_node("Reshape", ["features", "shape"], ["probabilities"])],
+                              "fails_at_run_time", [x], [y], initializer=[shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def register_warmup_failing(root: Path, version: str = "6") -> Path:
+    """fraud v``version``: the fraud manifest (so the same inputs as v1) on a graph that fails its warm-up."""
+    manifest = json.loads((FRAUD / "manifest.json").read_text())
+    return write_version(root, warmup_failing_onnx(Manifest.read(FRAUD).profile.width),
+                         {**manifest, "version": version})
+
+
+def test_a_version_that_fails_its_warm_up_is_refused_not_a_crash(tmp_path: Path) -> None:
+    model = OnnxModel(register_warmup_failing(tmp_path), providers="cpu")
+    with pytest.raises(ModelError, match="warm-up run on CPUExecutionProvider failed"):
+        model.load()
+    assert not model.ready and model.active_provider is None
+
+
+def test_a_deployment_that_fails_warm_up_is_refused_and_the_champion_keeps_serving(
+    tmp_path: Path, catalog  # type: ignore[no-untyped-def]
+) -> None:
+    from schemas.codec import encode
+    from streams.pipeline import ServedModel
+    from streams.rollout import ModelLoader, load_failed_alert
+
+    shutil.copytree(FRAUD, tmp_path / "fraud" / "1")
+    register_warmup_failing(tmp_path)
+    loader = ModelLoader(ModelRegistry(tmp_path), providers="cpu", intra_op_threads=1)
+    served = ServedModel(loader.load("fraud", "1"), catalog, max_message_bytes=8192)
+    before = served.deployment
+    for dep in (before.promote("6", 1), before.start_canary("6", 0.2, 1), before.add_shadow("6", 1)):
+        with pytest.raises(ModelError, match="warm-up") as refused:
+            loader.prepare(dep, served.versions)  # what the worker's apply() turns into model_load_failed
+        alert = load_failed_alert("fraud", "6", str(refused.value), 1)
+        assert alert["kind"] == "model_load_failed" and alert["severity"] == "critical"
+        assert "warm-up" in alert["message"] and "CPUExecutionProvider" in alert["message"]
+        encode(catalog.latest("driftline.Alert"), alert)
+    assert served.deployment == before and served.model.ready
+    assert served.model.predict(np.zeros((3, Manifest.read(FRAUD).profile.width), np.float32)).shape == (3,)
+
+
+def test_model_commands_check_with_the_workers_providers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference.deployment import Deployment
+    from streams.cli import build_parser
+    from streams.model_cli import check_servable
+
+    shutil.copytree(FRAUD, tmp_path / "fraud" / "1")
+    register_warmup_failing(tmp_path)
+    registry, current = ModelRegistry(tmp_path), Deployment("fraud", "1")
+    with pytest.raises(ModelError, match="warm-up"):
+        check_servable(registry, current, "6", "cpu")
+    check_servable(registry, current, "1", "cpu")
+    if not HAS_CUDA:  # the flag reaches the load: here CUDA is not there, as a GPU worker would need it
+        with pytest.raises(ModelError, match="no CUDA provider"):
+            check_servable(registry, current, "1", "cuda")
+    for command in (["promote", "fraud", "2"], ["canary", "fraud", "2"], ["shadow", "fraud", "2"],
+                    ["ab", "fraud", "1", "2"], ["rollback", "fraud"], ["register", "f.onnx", "--name", "fraud",
+                                                                        "--version", "7"]):
+        assert build_parser().parse_args(["model", *command, "--providers", "cuda"]).providers == "cuda"
+        assert build_parser().parse_args(["model", *command]).providers is None  # then DRIFTLINE_PROVIDERS
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["model", "promote", "fraud", "2", "--providers", "tpu"])
+
+
+def test_register_refuses_a_version_that_fails_its_warm_up(tmp_path: Path) -> None:
+    from streams.cli import main
+
+    onnx_file = tmp_path / "bad.onnx"
+    onnx_file.write_bytes(warmup_failing_onnx(Manifest.read(FRAUD).profile.width))
+    code = main(["model", "register", str(onnx_file), "--name", "fraud", "--version", "2", "--like", str(FRAUD),
+                 "--model-dir", str(tmp_path / "models"), "--providers", "cpu"])
+    assert code == 1 and ModelRegistry(tmp_path / "models").versions("fraud") == []
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA; the version would run on it")
+def test_a_deployment_a_require_gpu_worker_cannot_run_is_refused_not_a_crash(tmp_path: Path) -> None:
+    from inference.deployment import Deployment
+    from streams.rollout import ModelLoader
+
+    manifest = json.loads((FRAUD / "manifest.json").read_text())
+    write_version(tmp_path, (FRAUD / "model.onnx").read_bytes(), {**manifest, "version": "2"})
+    loader = ModelLoader(ModelRegistry(tmp_path), providers="auto", intra_op_threads=1, require_gpu=True)
+    with pytest.raises(ModelError, match="require_gpu"):  # a ConfigError before: the worker stopped at start
+        loader.prepare(Deployment("fraud", "1").promote("2", 1), {})
