@@ -47,9 +47,14 @@ def find_tansu() -> str:
 
 
 def free_port(preferred: int | None = None) -> int:
-    """``preferred`` if it is free on loopback, else any free port."""
+    """``preferred`` if it is free on loopback, else any free port.
+
+    Checked as a listening server binds (SO_REUSEADDR), so a port whose last
+    connections are in TIME_WAIT, as after a broker restart, counts as free.
+    """
     if preferred:
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", preferred))
                 return preferred

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -108,6 +110,23 @@ class WorkerProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:  # noqa: S310
             return json.loads(r.read())
 
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) of /readyz; 503 is an answer, not an error."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5) as r:  # noqa: S310
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def wait_log(self, pattern: str, timeout_s: float = 60) -> re.Match[str]:
+        """The first match of ``pattern`` in the worker's log, waiting for it (fails if the worker dies)."""
+        deadline = time.monotonic() + timeout_s
+        while (m := re.search(pattern, self.log(), re.M)) is None:
+            assert self.alive(), self.log()[-3000:]
+            assert time.monotonic() < deadline, f"no {pattern!r} within {timeout_s}s in: {self.log()[-3000:]}"
+            time.sleep(0.1)
+        return m
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:  # noqa: S310
             return r.read().decode()
@@ -136,10 +155,26 @@ def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, byte
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": partitioner})
     n = 0
     for key, value in items:
-        p.produce(topic, value, key, headers=headers)
+        while True:
+            try:
+                p.produce(topic, value, key, headers=headers)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                p.poll(0.1)
         n += 1
     assert p.flush(30) == 0
     return n
+
+
+def valid_requests(catalog: Any, generator: Any, n: int, seed: int) -> tuple[list[str], list[tuple[bytes, bytes]]]:
+    """``n`` valid card transactions: their request ids, and (key, Avro value) pairs to produce."""
+    from schemas.codec import encode_many
+
+    records, _ = generator.generate(n, np.random.default_rng(seed), step_ms=0)
+    records = [{**r, "ip_risk": r["ip_risk"] or 0.1} for r in records]  # a null ip_risk is a dead letter
+    values = encode_many(catalog.latest("driftline.examples.CardTransaction"), records)
+    return [r["request_id"] for r in records], [(r["card_id"].encode(), v) for r, v in zip(records, values,
+                                                                                            strict=True)]
 
 
 class Collector:
