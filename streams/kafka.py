@@ -63,7 +63,7 @@ def wait_for_broker(conf: Mapping[str, Any], wait_s: float, *, sleep: Any = time
     delay = 0.25
     while True:
         try:
-            admin.list_topics(timeout=max(0.5, min(5.0, deadline - clock())))
+            admin.list_topics(timeout=max(0.5, min(1.0, deadline - clock())))
             return
         except KafkaException as exc:
             problem = exc.args[0]
