@@ -77,6 +77,24 @@ def wait_for_broker(conf: Mapping[str, Any], wait_s: float, *, sleep: Any = time
         delay = min(delay * 2, 5.0)
 
 
+def topic_max_message_bytes(conf: Mapping[str, Any], topic: str, timeout_s: float = 10.0) -> int | None:
+    """The topic's ``max.message.bytes`` as the broker reports it, or None where it reports none (Tansu)."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    admin = AdminClient({**conf, "log_level": 0})
+    try:
+        futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)], request_timeout=timeout_s)
+        entries = next(iter(futures.values())).result(timeout=timeout_s)
+    except (KafkaException, ValueError, TypeError, RuntimeError) as exc:
+        log.info("cannot read the configs of %s (%s); using the configured limits", topic, exc)
+        return None
+    entry = entries.get("max.message.bytes")
+    try:
+        return int(entry.value) if entry is not None and entry.value is not None else None
+    except ValueError:
+        return None
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
     """Every topic driftline uses, with its partition count and configs; returns those created."""
     return create_topics(settings.confluent(), settings.topic_partitions(), timeout_s,

@@ -35,7 +35,7 @@ from schemas.codec import encode
 from streams.clients import AckedSink, BatchSource
 from streams.drift_agent import add_drift_agent
 from streams.errors import ConfigError, DeliveryError
-from streams.kafka import ensure_topics, wait_for_broker
+from streams.kafka import ensure_topics, topic_max_message_bytes, wait_for_broker
 from streams.metrics import Metrics
 from streams.observe import Liveness, Progress, Recent, readiness
 from streams.pipeline import OutRecord, RawMessage, ScorePipeline, ServedModel
@@ -80,7 +80,8 @@ def build_folder(settings: Settings, model: OnnxModel, contributor: str) -> Wind
 
 def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None,
                    deployments: Mapping[str, Deployment] | None = None,
-                   refused: list[dict[str, Any]] | None = None) -> ScorePipeline:
+                   refused: list[dict[str, Any]] | None = None, deadletter_bytes: int | None = None
+                   ) -> ScorePipeline:
     """Load every served model, as its deployment record says, and wire it to its requests topic.
 
     A model with a deployment on the control topic serves that; one whose
@@ -111,10 +112,23 @@ def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None,
         catalog.latest("driftline.Prediction"),
         predictions_topic=settings.topic("predictions"),
         deadletter_topic=settings.topic("deadletter"),
-        deadletter_max_bytes=settings.deadletter_max_bytes,
+        deadletter_max_bytes=deadletter_bytes or settings.deadletter_max_bytes,
         shadow_topic=settings.topic("predictions.shadow"),
         scored=(catalog.latest("driftline.Scored"), settings.topic("scored")) if settings.feedback else None,
     )
+
+
+def deadletter_limit(settings: Settings, topic_limit: int | None) -> int:
+    """Dead letters are bounded below ``deadletter_max_bytes`` and below the dead-letter topic's own limit.
+
+    A topic configured with a smaller ``max.message.bytes`` than the setting
+    would refuse a large dead letter, and the batch with it, on every restart.
+    """
+    if topic_limit is None or topic_limit >= settings.deadletter_max_bytes:
+        return settings.deadletter_max_bytes
+    log.warning("the dead-letter topic accepts at most %d bytes (max.message.bytes), less than "
+                "deadletter_max_bytes=%d: dead letters are cut to fit it", topic_limit, settings.deadletter_max_bytes)
+    return topic_limit
 
 
 def publish_deployment(metrics: Metrics, served: ServedModel) -> None:
@@ -129,7 +143,9 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     catalog = build_catalog(settings)
     follower = ControlFollower(settings.confluent(), settings.topic("models"))
     refused: list[dict[str, Any]] = []
-    pipeline = build_pipeline(settings, catalog, follower.read_to_end(), refused)
+    pipeline = build_pipeline(settings, catalog, follower.read_to_end(), refused,
+                              deadletter_limit(settings, topic_max_message_bytes(settings.confluent(),
+                                                                                 settings.topic("deadletter"))))
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     for served in pipeline.served.values():

@@ -116,3 +116,24 @@ def test_a_record_the_producer_refuses_fails_the_batch_instead_of_stalling_it() 
     assert sink.in_flight == 1
     with pytest.raises(DeliveryError):  # the batch never counts as done: its offsets are never stored
         sink.poll(0)
+
+
+def test_the_dead_letter_bound_follows_a_smaller_topic_limit() -> None:
+    from streams.settings import load_settings
+    from streams.worker import deadletter_limit
+
+    settings = load_settings(deadletter_max_bytes=500_000)
+    assert deadletter_limit(settings, None) == 500_000  # the broker reports no limit (the embedded one)
+    assert deadletter_limit(settings, 1_048_588) == 500_000  # Kafka's default is larger
+    assert deadletter_limit(settings, 100_000) == 100_000  # a topic configured smaller wins
+
+
+def test_liveness_reports_a_loop_that_ended() -> None:
+    from streams.observe import Liveness
+
+    live = Liveness()
+    live.started("score")
+    live.started("acknowledge")
+    assert live.problems() == {}
+    live.stopped("score", "the score loop has ended")
+    assert live.problems() == {"score": "the score loop has ended"}
