@@ -2,13 +2,15 @@
 
 The worker runs as its own process, as in production; this process drives
 traffic, watches the output topics and, at the end, counts every topic by
-reading it (the embedded broker's latest-offset answer is wrong).
+reading it (the embedded broker's latest-offset answer is wrong). A record
+on a watched topic that does not parse is skipped, logged once with its
+position and counted on the screen.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -23,20 +25,23 @@ from typing import Any, TextIO, cast
 
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
-from fastavro import schemaless_reader
 
 from inference.registry import ModelRegistry
 from schemas.catalog import SchemaCatalog
-from schemas.codec import HEADER, decode, encode_many
+from schemas.codec import encode_many
 from streams.alerts import format_event
 from streams.broker import EmbeddedBroker
 from streams.example import fraud_generator
 from streams.kafka import count_records, ensure_topics
 from streams.pipeline import Headers
+from streams.poison import BadRecord, Skip, SkipLog, decode_avro
 from streams.settings import Settings
 from streams.worker import build_catalog
 
 BAD_EVERY = 97  # one malformed request in about a hundred, so dead letters show
+MAX_REASON = 60  # a dead-letter reason header is cut here: the topic is shared, the screen is not
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,6 +58,7 @@ class Watch:
     events: list[str] = field(default_factory=list)
     alerts: int = 0
     retrains: int = 0
+    skipped: int = 0  # records of the watched topics that do not parse
 
     def rate(self) -> float:
         if len(self.rate_window) < 2:
@@ -121,6 +127,25 @@ def drive(settings: Settings, catalog: SchemaCatalog, rate: float, duration: flo
     producer.flush(30)
 
 
+def read_watched(catalog: SchemaCatalog, value: bytes | None, subject: str) -> dict[str, Any] | Skip:
+    """A record of one watched topic as ``subject`` (times as epoch ms), or why not; never raises."""
+    try:
+        return decode_avro(catalog, value, (subject,))
+    except BadRecord as exc:
+        return exc.skip()
+
+
+def dead_letter_reason(headers: Any) -> str:
+    """The ``driftline.errors.reason`` header of a dead letter, printable and short whatever the record holds."""
+    try:
+        raw = dict(cast(Headers, headers or [])).get("driftline.errors.reason")
+    except (TypeError, ValueError):
+        raw = None
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else "?"
+    text = "".join(c if c.isprintable() else "?" for c in text[:MAX_REASON])
+    return text or "?"
+
+
 def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: threading.Event,
             started: float, colour: bool = False) -> None:
     """Follow predictions and dead letters from the beginning; update ``watch``."""
@@ -133,34 +158,39 @@ def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: thre
     parts = settings.topic_partitions()
     watched = (pred_topic, dlq_topic, alert_topic, retrain_topic)
     consumer.assign([TopicPartition(t, p, 0) for t in watched for p in range(parts[t])])
-    schema = catalog.latest("driftline.Prediction")
+    subjects = {pred_topic: "driftline.Prediction", alert_topic: "driftline.Alert",
+                retrain_topic: "driftline.RetrainRequest"}
+    skips = SkipLog(log)
     try:
         while not stop.is_set():
             for m in consumer.consume(5000, timeout=0.05):
                 if m.error():
                     continue
-                if m.topic() == pred_topic:
-                    rec = cast(dict[str, Any],
-                               schemaless_reader(io.BytesIO((m.value() or b"")[HEADER.size:]), schema.fast, None))
+                topic = str(m.topic())
+                if topic == dlq_topic:  # any record: the worker's own dead letters are counted by their header
+                    watch.deadletters += 1
+                    watch.reasons[dead_letter_reason(m.headers())] += 1
+                    continue
+                rec = read_watched(catalog, m.value(), subjects[topic])
+                if isinstance(rec, Skip):
+                    skips.skip(topic, m.partition(), m.offset(), m.key(), rec)
+                    watch.skipped += 1
+                elif topic == pred_topic:
                     watch.predictions += 1
                     watch.latencies_ms.append(time.time() * 1000 - float(rec["event_time"]))
                     if watch.first_prediction_s is None:
                         watch.first_prediction_s = time.monotonic() - started
-                elif m.topic() in (alert_topic, retrain_topic):
-                    _, event = decode(catalog, m.value() or b"")
-                    watch.events.append(format_event(event, colour=colour))
-                    if m.topic() == alert_topic:
+                else:
+                    watch.events.append(format_event(rec, colour=colour))
+                    if topic == alert_topic:
                         watch.alerts += 1
                     else:
                         watch.retrains += 1
-                else:
-                    watch.deadletters += 1
-                    headers = dict(cast(Headers, m.headers() or []))
-                    watch.reasons[(headers.get("driftline.errors.reason") or b"?").decode()] += 1
             now = time.monotonic()
             watch.rate_window.append((now, watch.predictions + watch.deadletters))
             watch.rate_window = [(t, n) for t, n in watch.rate_window if now - t <= 5.0]
             watch.latencies_ms = watch.latencies_ms[-20_000:]
+            watch.events = watch.events[-1000:]  # what the last screen shows at most
     finally:
         consumer.close()
 
@@ -181,6 +211,8 @@ def render(watch: Watch, elapsed: float, duration: float, drift_at: float | None
         f"  alerts       {watch.alerts:9d}   retrain requests {watch.retrains}",
         *(f"    {line}" for line in watch.events[-max_events:]),
     ]
+    if watch.skipped:
+        lines.append(f"  skipped {watch.skipped} records that do not parse (see the log for where)")
     return "\n".join(lines)
 
 

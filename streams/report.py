@@ -5,15 +5,20 @@ The data are what the workers already publish: the window sketches on
 the alerts on ``{ns}.alerts``; the reference profile comes from the model
 version's directory. Nothing is fetched by the page: the charts are inline
 SVG and there is no script.
+
+Both topics are shared with whoever can write to them, so every record is
+parsed as the drift agent parses it (:mod:`streams.poison`): one that does
+not parse, or does not fit its version's reference profile, is skipped,
+logged once with its position and counted in the report.
 """
 
 from __future__ import annotations
 
 import html
-import json
+import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -23,9 +28,13 @@ import numpy as np
 from detectors.evaluate import ColumnResult, bin_labels, dead_letter_result, evaluate
 from detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
 from detectors.sketch import ColumnSketch, WindowSketch
+from schemas.catalog import SchemaCatalog
 from streams.alerts import millis
-from streams.drift import column_label
+from streams.drift import column_label, fits_profile, sketch_from_dict
 from streams.errors import ConfigError
+from streams.poison import BadRecord, Skip, SkipLog, decode_avro, load_json
+
+log = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -48,8 +57,9 @@ def merge_windows(sketches: Iterable[WindowSketch], model: str, since_ms: int, u
             continue
         key = (s.version, s.start_ms)
         if key in out:
-            merged = out[key] + s
-            merged.end_ms = max(out[key].end_ms, s.end_ms)
+            have = out[key]  # as the drift agent merges: the windows of two workers may end apart
+            merged = have + replace(s, end_ms=have.end_ms)
+            merged.end_ms = max(have.end_ms, s.end_ms)
             out[key] = merged
         else:
             out[key] = s
@@ -146,13 +156,17 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 
 
 def render(model: str, reports: list[VersionReport], alerts: list[dict[str, Any]], since_ms: int, until_ms: int,
-           alpha: float) -> str:
+           alpha: float, skipped: int = 0) -> str:
+    """The report page; ``skipped``: records of the sketches and alerts topics left out because they do not parse."""
     e = html.escape
     out = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>driftline report: {e(model)}</title>"
            f"<style>{_CSS}</style></head><body>",
            f"<h1>Drift report: {e(model)}</h1>",
            f"<p class=dim>{_ts(since_ms)} to {_ts(until_ms)} · false-alarm rate per column and window "
            f"{alpha:g} · generated {_ts(int(datetime.now(UTC).timestamp() * 1000))}</p>"]
+    if skipped:
+        out.append(f"<p class=warning>Skipped {skipped:,} records of the sketches and alerts topics that do not "
+                   "parse (or do not fit their version's reference profile); the command's log says where.</p>")
     if not reports:
         out.append("<p>No drift window of this model closed in the period (or no reference profile).</p>")
     for rep in reports:
@@ -187,7 +201,7 @@ def render(model: str, reports: list[VersionReport], alerts: list[dict[str, Any]
     if alerts:
         out.append("<table><tr><th>time</th><th>severity</th><th>kind</th><th>version</th><th>message</th></tr>")
         for a in sorted(alerts, key=lambda a: a["created_at"]):
-            out.append(f"<tr class={e(a['severity'])}><td>{_ts(a['created_at'])}</td><td>{e(a['severity'])}</td>"
+            out.append(f"<tr class=\"{e(a['severity'])}\"><td>{_ts(a['created_at'])}</td><td>{e(a['severity'])}</td>"
                        f"<td>{e(a['kind'])}</td><td>{e(a['model_version'])}</td><td>{e(a['message'])}</td></tr>")
         out.append("</table>")
     else:
@@ -196,40 +210,106 @@ def render(model: str, reports: list[VersionReport], alerts: list[dict[str, Any]
     return "\n".join(out)
 
 
-def sketches_from(values: Iterable[bytes | None]) -> list[WindowSketch]:
+def read_sketch(value: bytes | None) -> WindowSketch | Skip:
+    """A record of ``{ns}.sketches`` checked field by field, as the drift agent reads it, or why not; never raises."""
+    try:
+        return sketch_from_dict(load_json(value))
+    except BadRecord as exc:
+        return exc.skip()
+
+
+def fitting(sketch: WindowSketch, profile_of: Callable[[str, str], ReferenceProfile | None]) -> WindowSketch | Skip:
+    """``sketch`` if its columns have the shape of its version's reference profile (so it merges), else why not."""
+    profile = profile_of(sketch.model, sketch.version)
+    if profile is None:
+        return Skip("unknown_model", f"no reference profile for model {sketch.model!r} v{sketch.version!r} "
+                                     "in this registry")
+    try:
+        fits_profile(sketch, profile)
+    except BadRecord as exc:
+        return exc.skip()
+    return sketch
+
+
+def read_alert(catalog: SchemaCatalog, value: bytes | None) -> dict[str, Any] | Skip:
+    """A ``driftline.Alert`` record from ``{ns}.alerts`` (times as epoch ms), or why not; never raises."""
+    try:
+        rec = decode_avro(catalog, value, ("driftline.Alert",))
+        return {**rec, "created_at": millis(rec["created_at"])}
+    except BadRecord as exc:
+        return exc.skip()
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # a schema registered without created_at
+        return Skip("wrong_schema", f"not an alert: {type(exc).__name__}: {exc}"[:300])
+
+
+def _skip(skips: SkipLog, msg: Any, why: Skip) -> None:
+    skips.skip(str(msg.topic()), msg.partition(), msg.offset(), msg.key(), why)
+
+
+def read_sketches(messages: Iterable[Any], models: Collection[str], since_ms: int, until_ms: int,
+                  profile_of: Callable[[str, str], ReferenceProfile | None], skips: SkipLog) -> list[WindowSketch]:
+    """The sketches of ``models`` whose window started in [since, until), each fitting its profile.
+
+    A record that does not parse, or a sketch of the period that does not
+    fit its version's profile (it would not merge), goes to ``skips``;
+    sketches of other models or periods are not looked at further.
+    """
     out = []
-    for v in values:
-        if v is None:
-            continue
-        try:
-            out.append(WindowSketch.from_dict(json.loads(v)))
-        except (ValueError, KeyError, TypeError):
-            continue  # the drift agent ignores these too
+    for msg in messages:
+        got = read_sketch(msg.value())
+        if not isinstance(got, Skip):
+            if got.model not in models or not since_ms <= got.start_ms < until_ms:
+                continue
+            got = fitting(got, profile_of)
+        if isinstance(got, Skip):
+            _skip(skips, msg, got)
+        else:
+            out.append(got)
     return out
 
 
+def read_alerts(messages: Iterable[Any], catalog: SchemaCatalog, skips: SkipLog) -> list[dict[str, Any]]:
+    """Every ``driftline.Alert`` of ``messages``; the other records go to ``skips``."""
+    out = []
+    for msg in messages:
+        got = read_alert(catalog, msg.value())
+        if isinstance(got, Skip):
+            _skip(skips, msg, got)
+        else:
+            out.append(got)
+    return out
+
+
+def skipped_count(skips: SkipLog) -> int:
+    """How many records ``skips`` has taken since the last call (each record once)."""
+    counts, _ = skips.drain()
+    return sum(counts.values())
+
+
 def write_reports(settings: Any, models: list[str], window_ms: int, out_dir: Any, now_ms: int) -> list[Any]:
-    """Read the sketches and alerts topics once and write ``driftline-report-<model>.html`` per model."""
+    """Read the sketches and alerts topics once and write ``driftline-report-<model>.html`` per model.
+
+    Records that do not parse are skipped (each logged once with its
+    position); their number is logged and written into every report.
+    """
     from pathlib import Path
 
     from inference.registry import ModelRegistry
-    from schemas.codec import decode
     from streams.kafka import iter_topic
     from streams.profiling import ProfileStore
     from streams.worker import build_catalog
 
     conf = settings.confluent(**{"log_level": 0})
     since_ms, until_ms = now_ms - window_ms, now_ms
-    sketches = sketches_from(m.value() for m in iter_topic(conf, settings.topic("sketches")))
-    catalog = build_catalog(settings)
-    alerts = []
-    for m in iter_topic(conf, settings.topic("alerts")):
-        try:
-            _, rec = decode(catalog, m.value() or b"")
-        except Exception:  # noqa: BLE001, S112 - a foreign record on the alerts topic is not ours to report
-            continue
-        alerts.append({**rec, "created_at": millis(rec["created_at"])})
     profiles = ProfileStore(ModelRegistry(settings.model_dir))
+    skips = SkipLog(log)
+    sketches = read_sketches(iter_topic(conf, settings.topic("sketches")), set(models), since_ms, until_ms,
+                             profiles.get, skips)
+    alerts = read_alerts(iter_topic(conf, settings.topic("alerts")), build_catalog(settings), skips)
+    skipped = skipped_count(skips)
+    if skipped:
+        log.warning("skipped %d records that do not parse on %s and %s (or do not fit their reference profile)",
+                    skipped, settings.topic("sketches"), settings.topic("alerts"))
     written = []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,6 +319,6 @@ def write_reports(settings: Any, models: list[str], window_ms: int, out_dir: Any
                           settings.expected_dead_letter_rate)
         mine = [a for a in alerts if a["model"] == model and since_ms <= a["created_at"] < until_ms]
         path = out / f"driftline-report-{model}.html"
-        path.write_text(render(model, reports, mine, since_ms, until_ms, settings.drift_alpha))
+        path.write_text(render(model, reports, mine, since_ms, until_ms, settings.drift_alpha, skipped))
         written.append(path)
     return written

@@ -2,11 +2,14 @@
 
 Lag is the score group's committed offset against the high watermark that
 comes back with fetched data (the broker's "latest offset" answer is not
-trusted: the embedded broker gets it wrong).
+trusted: the embedded broker gets it wrong). A record on the alerts topic
+that is not an alert is skipped (logged once with its position) and counted
+on the screen.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import urllib.request
@@ -16,6 +19,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streams.errors import BrokerError
+
+log = logging.getLogger(__name__)
 
 
 def fetched_watermarks(conf: Mapping[str, Any], topics: Mapping[str, int], timeout_s: float = 10.0
@@ -52,7 +57,7 @@ def committed(conf: Mapping[str, Any], group: str, topics: Mapping[str, int]) ->
 def worker_models(url: str) -> list[dict[str, str]]:
     """``driftline_model_info`` series of a running worker's /metrics (model, version, variant, provider)."""
     with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=3) as r:  # noqa: S310 - operator's URL
-        text = r.read().decode()
+        text = r.read().decode(errors="replace")
     out = []
     for labels in re.findall(r"^driftline_model_info\{(.*)\} 1\.0$", text, re.M):
         out.append(dict(re.findall(r'(\w+)="([^"]*)"', labels)))
@@ -60,10 +65,11 @@ def worker_models(url: str) -> list[dict[str, str]]:
 
 
 def render_status(settings: Any, worker_url: str, alerts: int = 5) -> str:
-    from schemas.codec import decode
-    from streams.alerts import millis
+    from streams.alerts import format_event
     from streams.kafka import iter_topic
     from streams.model_cli import configured, read_deployments
+    from streams.poison import SkipLog
+    from streams.report import read_alerts, skipped_count
     from streams.worker import build_catalog
 
     conf = settings.confluent(**{"log_level": 0})
@@ -93,15 +99,11 @@ def render_status(settings: Any, worker_url: str, alerts: int = 5) -> str:
     except OSError as exc:
         lines.append(f"  provider: unknown (no worker answers at {worker_url}: {exc})")
     lines += ["", f"LAST {alerts} ALERTS"]
-    catalog = build_catalog(settings)
-    found = []
-    for m in iter_topic(conf, settings.topic("alerts")):
-        try:
-            found.append(decode(catalog, m.value() or b"")[1])
-        except Exception:  # noqa: BLE001, S112 - skip what is not an alert
-            continue
-    from streams.alerts import format_event
-
-    found.sort(key=lambda a: millis(a["created_at"]))
+    skips = SkipLog(log)
+    found = read_alerts(iter_topic(conf, settings.topic("alerts")), build_catalog(settings), skips)
+    found.sort(key=lambda a: a["created_at"])
     lines += [f"  {format_event(a, colour=False)}" for a in found[-alerts:]] or ["  none"]
+    skipped = skipped_count(skips)
+    if skipped:
+        lines.append(f"  (skipped {skipped} records that do not parse as alerts on {settings.topic('alerts')})")
     return "\n".join(lines)

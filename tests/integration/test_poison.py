@@ -171,3 +171,44 @@ def test_the_trainer_and_the_alerts_command_skip_poison(
     out = capsys.readouterr().out.splitlines()
     assert any("amount moved" in line for line in out)
     assert any("failed" in line and "ghost" in line for line in out)
+
+
+def test_the_status_and_report_commands_skip_poison_and_say_how_many(
+    broker: EmbeddedBroker, namespace: str, catalog: SchemaCatalog, tmp_path: Path,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from streams.settings import REPO_ROOT
+
+    settings = load_settings(broker=broker.bootstrap, namespace=namespace)
+    ensure_topics(settings)
+    now = int(time.time() * 1000)
+    profile = ReferenceProfile.load(EXAMPLE_MODELS / "fraud" / "1" / PROFILE_FILE)
+    good = WindowSketch.empty(profile, "fraud", "1", now - 60_000, now - 50_000, "w").to_dict()
+    produce(broker.bootstrap, settings.topic("sketches"), [
+        *sketch_poison(),  # 4 that do not parse; a far-future window and a model not asked for are not looked at
+        (b"fraud", json.dumps({**good, "columns": {}}).encode()),  # parses, does not fit the profile
+        (b"fraud", json.dumps(good).encode()),
+    ])
+    alert_s = catalog.latest("driftline.Alert")
+    produce(broker.bootstrap, settings.topic("alerts"), [
+        (b"fraud", b"\xff\x00 not Avro"), (b"fraud", encode(catalog.latest("driftline.RetrainRequest"), RETRAIN)),
+        (b"fraud", frame(alert_s.id, b"\x02")), (b"fraud", encode(alert_s, {**ALERT, "created_at": now - 1000})),
+    ])
+    env = {**os.environ, "DRIFTLINE_BROKER": broker.bootstrap, "DRIFTLINE_NAMESPACE": namespace}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    status = run("status", "--worker", "http://127.0.0.1:1")
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert "amount moved" in status.stdout
+    assert f"skipped 3 records that do not parse as alerts on {settings.topic('alerts')}" in status.stdout
+    report = run("report", "--model", "fraud", "--out-dir", str(tmp_path))
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "skipped 8 records that do not parse" in report.stderr
+    page = (tmp_path / "driftline-report-fraud.html").read_text()
+    assert "Skipped 8 records" in page and "amount moved" in page and "Version 1" in page
