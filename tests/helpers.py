@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,39 @@ def valid_requests(catalog: Any, generator: Any, n: int, seed: int) -> tuple[lis
     values = encode_many(catalog.latest("driftline.examples.CardTransaction"), records)
     return [r["request_id"] for r in records], [(r["card_id"].encode(), v) for r, v in zip(records, values,
                                                                                             strict=True)]
+
+
+@dataclass
+class StoredMessage:
+    """What driftline's readers use of a confluent_kafka ``Message``, for tests of readers without a broker."""
+
+    topic_: str
+    value_: bytes | None
+    offset_: int
+    partition_: int = 0
+    key_: bytes | None = b"fraud"
+    headers_: Any = None
+
+    def topic(self) -> str:
+        return self.topic_
+
+    def value(self) -> bytes | None:
+        return self.value_
+
+    def offset(self) -> int:
+        return self.offset_
+
+    def partition(self) -> int:
+        return self.partition_
+
+    def key(self) -> bytes | None:
+        return self.key_
+
+    def headers(self) -> Any:
+        return self.headers_
+
+    def error(self) -> None:
+        return None
 
 
 class Collector:

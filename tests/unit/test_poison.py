@@ -34,6 +34,7 @@ from streams.profiling import PROFILE_FILE, ProfileStore
 from streams.rollout import ControlFollower, bad_control_alert, parse_deployment
 from streams.settings import EXAMPLE_MODELS
 from streams.trainer import parse_labeled, parse_retrain
+from tests.helpers import StoredMessage
 
 NOW = 1_767_225_700_000
 SKEW_MS = 86_400_000
@@ -126,31 +127,11 @@ def test_each_reviewed_control_poison_is_skipped_with_a_reason_and_from_dict_say
     assert parse_deployment(b"fraud", json.dumps(VALID_DEP).encode()) == Deployment.from_dict(VALID_DEP)
 
 
-class FakeMessage:
-    def __init__(self, key: bytes | None, value: bytes | None, offset: int, partition: int = 0) -> None:
-        self._key, self._value, self._offset, self._partition = key, value, offset, partition
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def offset(self) -> int:
-        return self._offset
-
-    def partition(self) -> int:
-        return self._partition
-
-    def error(self) -> None:
-        return None
-
-
 def test_the_follower_skips_bad_records_and_keeps_them_for_counts_and_alerts(catalog: SchemaCatalog) -> None:
     follower = ControlFollower({"bootstrap.servers": "127.0.0.1:9"}, "ns.models")
     try:
         good = json.dumps(VALID_DEP).encode()
-        parsed = [follower._parse(FakeMessage(k, v, i)) for i, (k, v) in enumerate(
+        parsed = [follower._parse(StoredMessage("ns.models", v, i, key_=k)) for i, (k, v) in enumerate(
             [(b"fraud", b"null"), (b"fraud", good), (b"\xffwho", b"[" * 100_000), (b"fraud", b"1e999")])]
         assert parsed[1] == Deployment.from_dict(VALID_DEP) and parsed.count(None) == 3
         counts, kept = follower.skips.drain()

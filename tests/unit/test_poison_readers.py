@@ -13,7 +13,6 @@ import logging
 import math
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from streams.alerts import format_event
 from streams.poison import Skip, SkipLog
 from streams.profiling import PROFILE_FILE, ProfileStore
 from streams.settings import EXAMPLE_MODELS, Settings
+from tests.helpers import StoredMessage
 
 NOW = 1_767_225_700_000
 HOUR = 3_600_000
@@ -62,41 +62,8 @@ def garbage() -> st.SearchStrategy[bytes | None]:
     )
 
 
-@dataclass
-class Msg:
-    """What the readers use of a confluent_kafka message."""
-
-    topic_: str
-    value_: bytes | None
-    offset_: int
-    partition_: int = 0
-    key_: bytes | None = b"fraud"
-    headers_: Any = None
-
-    def topic(self) -> str:
-        return self.topic_
-
-    def value(self) -> bytes | None:
-        return self.value_
-
-    def offset(self) -> int:
-        return self.offset_
-
-    def partition(self) -> int:
-        return self.partition_
-
-    def key(self) -> bytes | None:
-        return self.key_
-
-    def headers(self) -> Any:
-        return self.headers_
-
-    def error(self) -> None:
-        return None
-
-
-def msgs(topic: str, values: list[bytes | None]) -> list[Msg]:
-    return [Msg(topic, v, i) for i, v in enumerate(values)]
+def msgs(topic: str, values: list[bytes | None]) -> list[StoredMessage]:
+    return [StoredMessage(topic, v, i) for i, v in enumerate(values)]
 
 
 # -- sketches (driftline report) ----------------------------------------------------------------------------------
@@ -285,7 +252,7 @@ def test_a_dead_letter_reason_is_short_and_printable_whatever_the_header(headers
 class FakeConsumer:
     """One batch of records, then nothing; stops the monitor after the second poll."""
 
-    batch: list[Msg] = []
+    batch: list[StoredMessage] = []
     stop: threading.Event
 
     def __init__(self, conf: Any) -> None:
@@ -294,7 +261,7 @@ class FakeConsumer:
     def assign(self, parts: Any) -> None:
         pass
 
-    def consume(self, n: int, timeout: float) -> list[Msg]:
+    def consume(self, n: int, timeout: float) -> list[StoredMessage]:
         self.polls += 1
         if self.polls == 1:
             return self.batch
@@ -317,7 +284,8 @@ def test_the_demo_monitor_skips_and_counts_poison_on_every_watched_topic(
                        encode(catalog.latest("driftline.Alert"), ALERT)]),
         *msgs(retrain, [*poison, encode(catalog.latest("driftline.Alert"), ALERT),
                         encode(catalog.latest("driftline.RetrainRequest"), RETRAIN)]),
-        Msg(dlq, b"x", 0, headers_=[("driftline.errors.reason", b"\xff\x1b[2J" * 40)]), Msg(dlq, None, 1),
+        StoredMessage(dlq, b"x", 0, headers_=[("driftline.errors.reason", b"\xff\x1b[2J" * 40)]),
+        StoredMessage(dlq, None, 1),
     ]
     FakeConsumer.stop = stop = threading.Event()
     monkeypatch.setattr(demo, "Consumer", FakeConsumer)
@@ -333,13 +301,13 @@ def test_the_demo_monitor_skips_and_counts_poison_on_every_watched_topic(
 
 # -- driftline report and status, with the topics as lists ------------------------------------------------------
 
-def fake_topics(topics: dict[str, list[Msg]]) -> Any:
-    def iter_topic(conf: Any, topic: str, **_: Any) -> Iterator[Msg]:
+def fake_topics(topics: dict[str, list[StoredMessage]]) -> Any:
+    def iter_topic(conf: Any, topic: str, **_: Any) -> Iterator[StoredMessage]:
         yield from topics.get(topic, [])
     return iter_topic
 
 
-def poisoned_topics(catalog: SchemaCatalog, s: Settings) -> dict[str, list[Msg]]:
+def poisoned_topics(catalog: SchemaCatalog, s: Settings) -> dict[str, list[StoredMessage]]:
     alert = encode(catalog.latest("driftline.Alert"), {**ALERT, "created_at": NOW - 1000})
     return {
         s.topic("sketches"): msgs(s.topic("sketches"), [
