@@ -8,6 +8,9 @@
    group join are not counted).
 2. Baseline: the same work one event at a time in a plain Faust agent
    (``bench/naive_worker.py``), timed the same way on its own topics.
+   The worker's CPU per event is its process CPU time (``/proc``) between
+   those same two predictions, divided by the events: on a worker that is
+   not saturated, throughput hides what an event costs.
 3. Latency: a steady offered load (default 5,000 requests/s for 10 s)
    against a fresh worker; latency is from the request's produce time (its
    event_time) to the moment this process reads the prediction back, an
@@ -99,6 +102,12 @@ def read_predictions(bootstrap: str, topic: str, n: int, timeout_s: float, on_me
     return np.asarray(stamps)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/<pid>/stat``), all its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rate_of(stamps: np.ndarray) -> float:
     span = (stamps.max() - stamps.min()) / 1000
     return (len(stamps) - 1) / span if span > 0 else float("inf")
@@ -112,7 +121,8 @@ def env_for(bootstrap: str, ns: str, data: Path, drift: bool = True) -> dict[str
 
 
 def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog, gen,  # type: ignore[no-untyped-def]
-               drift: bool = True) -> float:
+               drift: bool = True) -> tuple[float, float]:
+    """(events/s, the worker's CPU µs per event), both between its first and its last prediction."""
     settings = load_settings(broker=bootstrap, namespace=ns)
     create_topics(settings.confluent(), settings.topic_partitions())
     records, _ = gen.generate(n, np.random.default_rng(5))
@@ -122,11 +132,19 @@ def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog
     cmd = ([sys.executable, "bench/naive_worker.py", "worker", "-l", "info"] if naive
            else [sys.executable, "-m", "streams.cli", "worker"])
     proc = start(cmd, env_for(bootstrap, ns, data, drift), data / f"{ns}.log")
+    cpu_at_first: list[float] = []
+
+    def on_message(_m) -> None:  # type: ignore[no-untyped-def]
+        if not cpu_at_first:
+            cpu_at_first.append(cpu_seconds(proc.pid))
+
     try:
-        stamps = read_predictions(bootstrap, settings.topic("predictions"), good, timeout_s=600, proc=proc)
+        stamps = read_predictions(bootstrap, settings.topic("predictions"), good, timeout_s=600, proc=proc,
+                                  on_message=on_message)
+        cpu = cpu_seconds(proc.pid) - cpu_at_first[0]
     finally:
         stop(proc)
-    return rate_of(stamps)
+    return rate_of(stamps), 1e6 * cpu / max(1, len(stamps) - 1)
 
 
 def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, catalog, gen) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -244,18 +262,20 @@ def main() -> None:
     # Each phase gets a fresh broker: Tansu's memory engine slows down as it holds
     # more data, and one phase's topics must not tax the next one's.
     with EmbeddedBroker(log_file=data / "broker-batched.log") as broker:
-        batched = throughput(broker.bootstrap, "benchbatched", args.n, data, naive=False, catalog=catalog, gen=gen)
-    print(f"batched worker: {batched:,.0f} events/s over {args.n:,} requests", flush=True)
-    no_drift = None
+        batched, batched_cpu = throughput(broker.bootstrap, "benchbatched", args.n, data, naive=False,
+                                          catalog=catalog, gen=gen)
+    print(f"batched worker: {batched:,.0f} events/s over {args.n:,} requests, worker CPU {batched_cpu:.1f} µs "
+          "per event", flush=True)
+    no_drift = no_drift_cpu = None
     if args.no_drift:
         with EmbeddedBroker(log_file=data / "broker-nodrift.log") as broker:
-            no_drift = throughput(broker.bootstrap, "benchnodrift", args.n, data, naive=False, catalog=catalog,
-                                  gen=gen, drift=False)
-        print(f"batched worker, drift off: {no_drift:,.0f} events/s (drift costs "
-              f"{100 * (1 - batched / no_drift):.1f} %)", flush=True)
+            no_drift, no_drift_cpu = throughput(broker.bootstrap, "benchnodrift", args.n, data, naive=False,
+                                                catalog=catalog, gen=gen, drift=False)
+        print(f"batched worker, drift off: {no_drift:,.0f} events/s, worker CPU {no_drift_cpu:.1f} µs per event "
+              f"(drift costs {batched_cpu - no_drift_cpu:.1f} µs of CPU per event)", flush=True)
     with EmbeddedBroker(log_file=data / "broker-naive.log") as broker:
-        naive = throughput(broker.bootstrap, "benchnaive", args.baseline_n, data, naive=True, catalog=catalog,
-                           gen=gen)
+        naive, naive_cpu = throughput(broker.bootstrap, "benchnaive", args.baseline_n, data, naive=True,
+                                      catalog=catalog, gen=gen)
     print(f"naive per-event Faust agent: {naive:,.0f} events/s over {args.baseline_n:,} requests", flush=True)
     with EmbeddedBroker(log_file=data / "broker-latency.log") as broker:
         lat = latency(broker.bootstrap, "benchlatency", args.latency_rate, args.latency_s, data, catalog, gen)
@@ -271,9 +291,10 @@ def main() -> None:
     print(json.dumps({
         "events_per_s": round(batched), "baseline_events_per_s": round(naive),
         "ratio": round(batched / naive, 2), "p50_ms": round(float(p50), 1), "p99_ms": round(float(p99), 1),
+        "worker_cpu_us_per_event": round(batched_cpu, 1), "baseline_cpu_us_per_event": round(naive_cpu, 1),
         "p99_ms_by_second": by_second,
-        **({"no_drift_events_per_s": round(no_drift), "drift_cost_pct": round(100 * (1 - batched / no_drift), 1)}
-           if no_drift else {}),
+        **({"no_drift_events_per_s": round(no_drift), "drift_cost_pct": round(100 * (1 - batched / no_drift), 1),
+            "no_drift_cpu_us_per_event": round(no_drift_cpu or 0.0, 1)} if no_drift else {}),
         "broker_hop_p50_ms": round(float(h50), 1), "broker_hop_p99_ms": round(float(h99), 1),
         "n": args.n, "baseline_n": args.baseline_n, "latency_rate": args.latency_rate,
         "latency_s": args.latency_s,

@@ -50,29 +50,43 @@ def create_topics(conf: Mapping[str, Any], partitions: Mapping[str, int], timeou
     raise BrokerError(f"topics did not appear within {timeout_s:.0f}s: {sorted(partitions)}")
 
 
+NOT_TRANSIENT = frozenset({KafkaError._SSL, KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
+
+
 def wait_for_broker(conf: Mapping[str, Any], wait_s: float, *, sleep: Any = time.sleep,
                     clock: Any = time.monotonic) -> None:
     """Return once the broker answers a metadata request; retry with backoff for ``wait_s``, then one error.
 
     A worker started before its broker (a pod beside a Kafka that is still
-    starting) waits instead of crash-looping; a wrong address still fails,
-    with a message that says what to check.
+    starting) waits instead of crash-looping. A TLS or authentication failure
+    is not going to pass by waiting: it fails at once. Either error names
+    librdkafka's own reason (a refused connection, a certificate that does
+    not verify), not only "transport failure".
     """
-    admin = AdminClient({**conf, "log_level": 0})
+    errors: list[KafkaError] = []
+    admin_conf: dict[str, Any] = {**conf, "log_level": 0, "error_cb": errors.append}
+    admin = AdminClient(admin_conf)
     deadline = clock() + wait_s
     delay = 0.25
     while True:
+        errors.clear()
         try:
             admin.list_topics(timeout=max(0.5, min(1.0, deadline - clock())))
             return
         except KafkaException as exc:
-            problem = exc.args[0]
+            admin.poll(0)  # serves the error callbacks, which carry the detailed reason
+            detailed = [e for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
+            cause = detailed[-1] if detailed else exc.args[0]
+        permanent = isinstance(cause, KafkaError) and cause.code() in NOT_TRANSIENT
         left = deadline - clock()
-        if left <= 0:
-            raise BrokerError(f"cannot reach the broker at {conf.get('bootstrap.servers')} after {wait_s:g}s "
-                              f"({problem}); check DRIFTLINE_BROKER, the DRIFTLINE_KAFKA__* security settings, "
+        if left <= 0 or permanent:
+            waited = "" if permanent else f" after {wait_s:g}s"
+            raise BrokerError(f"cannot reach the broker at {conf.get('bootstrap.servers')}{waited} "
+                              f"({cause.str() if isinstance(cause, KafkaError) else cause}); check "
+                              "DRIFTLINE_BROKER, the DRIFTLINE_KAFKA__* security settings, "
                               "or raise DRIFTLINE_BROKER_WAIT_S")
-        log.info("waiting for the broker at %s (%s)", conf.get("bootstrap.servers"), problem)
+        log.info("waiting for the broker at %s (%s)", conf.get("bootstrap.servers"),
+                 cause.str() if isinstance(cause, KafkaError) else cause)
         sleep(min(delay, left))
         delay = min(delay * 2, 5.0)
 
