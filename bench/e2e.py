@@ -42,10 +42,10 @@ sys.path.insert(0, str(ROOT))
 
 from schemas.codec import HEADER, encode_many  # noqa: E402
 from streams.broker import EmbeddedBroker, free_port  # noqa: E402
+from streams.catalog import build_catalog  # noqa: E402
 from streams.example import fraud_generator  # noqa: E402
 from streams.kafka import create_topics  # noqa: E402
 from streams.settings import load_settings  # noqa: E402
-from streams.worker import build_catalog  # noqa: E402
 
 SUBJECT = "driftline.examples.CardTransaction"
 

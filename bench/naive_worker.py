@@ -27,8 +27,8 @@ from inference.model import OnnxModel  # noqa: E402
 from inference.registry import ModelRegistry  # noqa: E402
 from schemas.codec import encode  # noqa: E402
 from schemas.profile import NumericFeature  # noqa: E402
+from streams.catalog import build_catalog  # noqa: E402
 from streams.settings import load_settings  # noqa: E402
-from streams.worker import build_catalog  # noqa: E402
 
 settings = load_settings()
 catalog = build_catalog(settings)

@@ -64,8 +64,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from inference.manifest import Manifest
     from inference.registry import ModelRegistry
     from schemas.codec import encode
+    from streams.catalog import build_catalog
     from streams.records import coerce, read_input
-    from streams.worker import build_catalog
 
     settings = _settings(args)
     binding = next((m for m in settings.models if m.name == args.model), None) if args.model else settings.models[0]
@@ -98,9 +98,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
+    from streams.catalog import build_catalog
     from streams.errors import BrokerError
     from streams.records import message_to_json
-    from streams.worker import build_catalog
 
     settings = _settings(args)
     catalog = build_catalog(settings)
@@ -146,8 +146,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_build(args: argparse.Namespace) -> int:
+    from streams.catalog import build_catalog
     from streams.profiling import build_profile
-    from streams.worker import build_catalog
 
     target, rows = build_profile(Path(args.model_dir), Path(args.data), build_catalog(_settings(args)),
                                  force=args.force)
@@ -159,8 +159,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
     from streams.alerts import format_event, read_event
+    from streams.catalog import build_catalog
     from streams.poison import Skip, SkipLog
-    from streams.worker import build_catalog
 
     settings = _settings(args)
     catalog = build_catalog(settings)
@@ -218,8 +218,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:
+    from streams.catalog import build_catalog
     from streams.trainer import run_trainer
-    from streams.worker import build_catalog
 
     settings = _settings(args)
     return run_trainer(settings, build_catalog(settings), once=args.once)

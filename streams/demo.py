@@ -31,12 +31,12 @@ from schemas.catalog import SchemaCatalog
 from schemas.codec import encode_many
 from streams.alerts import format_event
 from streams.broker import EmbeddedBroker
+from streams.catalog import build_catalog
 from streams.example import fraud_generator
 from streams.kafka import count_records, ensure_topics
 from streams.pipeline import Headers
 from streams.poison import BadRecord, Skip, SkipLog, decode_avro
 from streams.settings import Settings
-from streams.worker import build_catalog
 
 BAD_EVERY = 97  # one malformed request in about a hundred, so dead letters show
 MAX_REASON = 60  # a dead-letter reason header is cut here: the topic is shared, the screen is not

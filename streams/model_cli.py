@@ -57,7 +57,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     providers: ProviderChoice = args.providers or settings.providers
     catalog = None
     if data is not None:
-        from streams.worker import build_catalog
+        from streams.catalog import build_catalog
 
         catalog = build_catalog(settings)
 

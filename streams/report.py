@@ -295,9 +295,9 @@ def write_reports(settings: Any, models: list[str], window_ms: int, out_dir: Any
     from pathlib import Path
 
     from inference.registry import ModelRegistry
+    from streams.catalog import build_catalog
     from streams.kafka import iter_topic
     from streams.profiling import ProfileStore
-    from streams.worker import build_catalog
 
     conf = settings.confluent(**{"log_level": 0})
     since_ms, until_ms = now_ms - window_ms, now_ms

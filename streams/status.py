@@ -66,11 +66,11 @@ def worker_models(url: str) -> list[dict[str, str]]:
 
 def render_status(settings: Any, worker_url: str, alerts: int = 5) -> str:
     from streams.alerts import format_event
+    from streams.catalog import build_catalog
     from streams.kafka import iter_topic
     from streams.model_cli import configured, read_deployments
     from streams.poison import SkipLog
     from streams.report import read_alerts, skipped_count
-    from streams.worker import build_catalog
 
     conf = settings.confluent(**{"log_level": 0})
     parts = settings.topic_partitions()

@@ -30,8 +30,9 @@ from detectors.sketch import WindowSketch
 from inference.deployment import Deployment, live_variants
 from inference.errors import ModelError
 from inference.model import CUDA, OnnxModel
-from schemas.catalog import SchemaCatalog, builtin_schema_dir
+from schemas.catalog import SchemaCatalog
 from schemas.codec import encode
+from streams.catalog import build_catalog
 from streams.clients import AckedSink, BatchSource
 from streams.drift_agent import add_drift_agent
 from streams.errors import ConfigError, DeliveryError
@@ -54,10 +55,6 @@ REVOKE_DRAIN_S = 10.0  # how long a revocation waits for in-flight batches to be
 def dashboard_html() -> str:
     """The dashboard page: one self-contained file (no CDN), read once."""
     return (Path(__file__).parent / "web" / "dashboard.html").read_text()
-
-
-def build_catalog(settings: Settings) -> SchemaCatalog:
-    return SchemaCatalog.from_dirs([builtin_schema_dir(), *settings.schema_dirs])
 
 
 def contributor_id() -> str:

@@ -36,3 +36,31 @@ def test_importing_the_libraries_loads_no_kafka_module() -> None:
     loaded = set(json.loads(out.stdout))
     assert not loaded & FORBIDDEN
     assert "onnxruntime" not in loaded  # heavy work waits for load()
+
+
+# Every module a command other than `driftline worker` imports, at module level or inside its function.
+COMMAND_MODULES = ("streams.cli", "streams.demo", "streams.supervisor", "streams.kafka", "streams.records",
+                   "streams.profiling", "streams.alerts", "streams.poison", "streams.report", "streams.status",
+                   "streams.trainer", "streams.model_cli", "streams.catalog")
+
+
+def test_commands_that_run_no_worker_import_no_faust() -> None:
+    """`driftline --help`, `tail`, `alerts`, `status`, `report`, `trainer`, `model …` start without Faust.
+
+    Faust (with aiokafka and mode) is most of a command's start-up time; only
+    the worker needs it. Measured here as the modules loaded, not as a time.
+    """
+    code = (
+        "import sys, json, importlib\n"
+        f"for m in {COMMAND_MODULES!r}: importlib.import_module(m)\n"
+        "from streams.cli import build_parser\n"
+        "try:\n    build_parser().parse_args(['tail', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    loaded = set(json.loads(out.stdout.splitlines()[-1]))
+    assert not loaded & {"faust", "aiokafka", "mode"}
+    body = (ROOT / "streams" / "cli.py").read_text()
+    lazy = {n.module for n in ast.walk(ast.parse(body)) if isinstance(n, ast.ImportFrom) and n.module}
+    assert {m for m in lazy if m.startswith("streams.")} - set(COMMAND_MODULES) <= {"streams.worker", "streams.errors",
+                                                                                      "streams.settings"}
