@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from detectors.compare import compare
 from inference.deployment import Deployment
@@ -64,16 +65,106 @@ class LabeledRow:
     features: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class LabeledRecord:
+    """A parsed ``driftline.Labeled`` record, kept as read: the truth depends on the model's positive label."""
+
+    model: str
+    request_id: str
+    version: str
+    variant: str
+    score: float
+    label: str | None
+    target: float | None
+    label_time: int
+    features: bytes
+
+    def row(self, positive: str) -> LabeledRow:
+        truth = self.target if self.target is not None else float(self.label == positive)
+        return LabeledRow(self.request_id, self.version, self.variant, self.score, truth, self.label_time,
+                          self.features)
+
+
+class LabeledReader:
+    """``{ns}.labeled`` read once, then read on from where it was: one consumer for the trainer's life.
+
+    The trainer asks for labels every couple of seconds while it waits for
+    enough of them; re-reading the topic from offset 0 each time was work
+    that grew with the topic. Records are kept in memory, the oldest dropped
+    past ``max_records``.
+    """
+
+    def __init__(self, consumer: Any, topic: str, catalog: SchemaCatalog, skips: SkipLog,
+                 max_records: int = 2_000_000) -> None:
+        self._consumer, self.topic, self.catalog, self.skips = consumer, topic, catalog, skips
+        self.records: deque[LabeledRecord] = deque(maxlen=max_records)
+        self._assigned = False
+        self._partitions: set[int] = set()
+        self._at_end: set[int] = set()
+
+    def read_new(self, timeout_s: float = 30.0) -> int:
+        """Read what arrived since the last call, up to each partition's end; returns how many records came.
+
+        librdkafka reports a partition's end (EOF) once each time it gets
+        there, so which partitions are at their end is remembered between
+        calls; a record on one moves it back, and the next call waits for
+        its next EOF. A call waits only for the partitions not at their end
+        when it starts, so steady traffic cannot keep it from returning.
+        """
+        if not self._assigned:
+            info = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            if info is None or info.error is not None:
+                raise BrokerError(f"topic {self.topic} does not exist; run driftline topics create")
+            self._consumer.assign([TopicPartition(self.topic, p, 0) for p in info.partitions])
+            self._partitions = set(info.partitions)
+            self._assigned = True
+        before = len(self.records)
+        deadline = time.monotonic() + timeout_s
+        pending = self._partitions - self._at_end  # fixed for this call, so steady traffic cannot keep it open
+        polled = False
+        while not polled or pending:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"reading {self.topic} did not reach its end within {timeout_s:.0f}s")
+            polled = True
+            for m in self._consumer.consume(10_000, timeout=0.1):
+                err = m.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        raise BrokerError(f"reading {self.topic}: {err}")
+                    self._at_end.add(m.partition())
+                    pending.discard(m.partition())
+                    continue
+                self._at_end.discard(m.partition())  # past its end: the next call waits for its next EOF
+                r = decode_labeled(self.catalog, m.value())
+                if isinstance(r, Skip):
+                    self.skips.skip(self.topic, m.partition(), m.offset(), m.key(), r)
+                else:
+                    self.records.append(r)
+        return len(self.records) - before
+
+    def rows(self, model: str, since_ms: int, positive: str) -> list[LabeledRow]:
+        return [r.row(positive) for r in self.records if r.model == model and r.label_time >= since_ms]
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 class Trainer:
-    def __init__(self, settings: Settings, catalog: SchemaCatalog, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, catalog: SchemaCatalog, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep, reader: LabeledReader | None = None) -> None:
         self.settings = settings
         self.catalog = catalog
         self.clock = clock
+        self.sleep = sleep
         self.registry = ModelRegistry(settings.model_dir)
         self.conf = settings.confluent(**{"log_level": 0})
         self.producer = Producer({**self.conf, "linger.ms": 5})
         self.retrain_schema = catalog.latest("driftline.RetrainRequest")
         self.skips = SkipLog(log)
+        self.reader = reader or LabeledReader(
+            Consumer({**self.conf, "group.id": f"{settings.namespace}-trainer-reader", "enable.auto.commit": False,
+                      "enable.partition.eof": True, "auto.offset.reset": "earliest"}),
+            settings.topic("labeled"), catalog, self.skips)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -105,16 +196,9 @@ class Trainer:
     # -- labeled data -----------------------------------------------------------------------------
 
     def labeled(self, model: str, since_ms: int, positive: str) -> list[LabeledRow]:
-        out = []
-        topic = self.settings.topic("labeled")
-        for m in iter_topic(self.conf, topic):
-            r = parse_labeled(self.catalog, m.value(), positive)
-            if isinstance(r, Skip):
-                self.skips.skip(topic, m.partition(), m.offset(), m.key(), r)
-                continue
-            if r.model == model and r.label_time >= since_ms:
-                out.append(r.row)
-        return out
+        """The model's labeled rows since ``since_ms``, with what arrived since the last call read first."""
+        self.reader.read_new()
+        return self.reader.rows(model, since_ms, positive)
 
     def wait_for(self, what: str, ready: Callable[[], Any], timeout_s: float) -> Any:
         deadline = self.clock() + timeout_s
@@ -125,7 +209,7 @@ class Trainer:
             if self.clock() > deadline:
                 return None
             log.info("waiting for %s", what)
-            time.sleep(2.0)
+            self.sleep(2.0)
 
     # -- one request ------------------------------------------------------------------------------
 
@@ -180,7 +264,8 @@ class Trainer:
         from streams.model_cli import code_version
 
         register_version(self.settings.model_dir, onnx_file, template, name=model, version=version,
-                         created_at=datetime.now(UTC), code_version=code_version(), metrics=holdout,
+                         created_at=datetime.fromtimestamp(self.clock(), tz=UTC), code_version=code_version(),
+                         metrics=holdout,
                          training_data=fingerprint, finish=finish)
         onnx_file.unlink()
         self.emit(request, "registered", f"trained on {len(rows)} labels; holdout {_fmt(holdout)}", version)
@@ -276,8 +361,8 @@ class Labeled:
     row: LabeledRow
 
 
-def parse_labeled(catalog: SchemaCatalog, value: bytes | None, positive: str) -> Labeled | Skip:
-    """A ``driftline.Labeled`` record as a training row (``positive``: the label that means 1), or why not."""
+def decode_labeled(catalog: SchemaCatalog, value: bytes | None) -> LabeledRecord | Skip:
+    """A ``driftline.Labeled`` record, or why it is not one."""
     try:
         r = decode_avro(catalog, value, ("driftline.Labeled",))
     except BadRecord as exc:
@@ -286,12 +371,21 @@ def parse_labeled(catalog: SchemaCatalog, value: bytes | None, positive: str) ->
     if not isinstance(features, bytes) or len(features) % 4:
         return Skip("invalid_labeled", "features must be float32 bytes")
     try:
-        truth = float(r["target"]) if r.get("target") is not None else float(r.get("label") == positive)
-        row = LabeledRow(str(r["request_id"]), str(r["model_version"]), str(r["variant"]), float(r["score"]),
-                         truth, int(r["label_time"]), features)
+        target = r.get("target")
+        label = r.get("label")
+        return LabeledRecord(str(r["model"]), str(r["request_id"]), str(r["model_version"]), str(r["variant"]),
+                             float(r["score"]), None if label is None else str(label),
+                             None if target is None else float(target), int(r["label_time"]), features)
     except (KeyError, TypeError, ValueError) as exc:
         return Skip("invalid_labeled", f"{type(exc).__name__}: {exc}")
-    return Labeled(str(r["model"]), row.label_time, row)
+
+
+def parse_labeled(catalog: SchemaCatalog, value: bytes | None, positive: str) -> Labeled | Skip:
+    """A ``driftline.Labeled`` record as a training row (``positive``: the label that means 1), or why not."""
+    r = decode_labeled(catalog, value)
+    if isinstance(r, Skip):
+        return r
+    return Labeled(r.model, r.label_time, r.row(positive))
 
 
 def run_trainer(settings: Settings, catalog: SchemaCatalog, *, once: bool = False) -> int:
@@ -352,3 +446,4 @@ def run_trainer(settings: Settings, catalog: SchemaCatalog, *, once: bool = Fals
         return 0
     finally:
         consumer.close()
+        trainer.reader.close()
