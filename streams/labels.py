@@ -43,9 +43,8 @@ from typing import Any
 import faust
 import numpy as np
 
-from detectors.concept import ConceptDetector
 from detectors.estimate import Calibration, estimate
-from detectors.quality import QualitySketch, accuracy_drop
+from detectors.quality_policy import QualityPolicy
 from schemas.catalog import SchemaCatalog
 from schemas.codec import decode, encode
 from streams.alerts import point_alert
@@ -72,65 +71,6 @@ from streams.pipeline import OutRecord, RawMessage, ServedModel
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class QualityTracker:
-    """Quality windows, baselines and concept detectors of every (model, version[, variant])."""
-
-    window_labels: int
-    alpha: float
-    drop_min: float
-    concept_kind: str
-    windows: dict[tuple[str, str, str], QualitySketch] = field(default_factory=dict)
-    baseline: dict[tuple[str, str, str], float] = field(default_factory=dict)
-    open: set[tuple[str, str, str]] = field(default_factory=set)  # keys with a performance_drop incident open
-    concept: dict[tuple[str, str], ConceptDetector] = field(default_factory=dict)
-
-    def add(self, j: Joined, task: str, threshold: float, positive: str) -> tuple[
-            list[tuple[tuple[str, str, str], QualitySketch, dict[str, float] | None]], bool]:
-        """Fold one labeled event; returns (closed windows with a drop verdict, concept change point?).
-
-        Per event, with the sketch's scalar folds (a few microseconds): labels
-        arrive one by one from the join, and numpy's per-call overhead would dominate.
-        """
-        s, lab = j.scored, j.label
-        key = (s.model, s.version, s.variant)
-        w = self.windows.get(key)
-        if w is None:
-            w = self.windows[key] = QualitySketch()
-        if task == "regression":
-            if lab.target is None:
-                return [], False
-            error = w.add_error(lab.target, s.score)
-        else:
-            error = float(w.add_decision(lab.label == positive, s.score, threshold))
-        detector = self.concept.get((s.model, s.version))
-        if detector is None:
-            kind = self.concept_kind if task != "regression" else "adwin"
-            detector = self.concept[(s.model, s.version)] = ConceptDetector(kind)
-        change = detector.update(error)
-        out: list[tuple[tuple[str, str, str], QualitySketch, dict[str, float] | None]] = []
-        if w.n >= self.window_labels:
-            del self.windows[key]
-            out.append((key, w, self._verdict(key, w) if task != "regression" else None))
-        return out, change
-
-    def _verdict(self, key: tuple[str, str, str], window: QualitySketch) -> dict[str, float] | None:
-        """A performance_drop to raise, or None. One alert per incident: it stays open until a window recovers."""
-        if key not in self.baseline:
-            self.baseline[key] = window.accuracy
-            return None
-        base = self.baseline[key]
-        p, below = accuracy_drop(base, window, self.alpha)
-        dropped = p < self.alpha and base - window.accuracy >= self.drop_min
-        if not dropped:
-            self.open.discard(key)
-            return None
-        if key in self.open:
-            return None
-        self.open.add(key)
-        return {"baseline": base, "accuracy": window.accuracy, "p_value": p, "threshold": below}
 
 
 def quality_alert(key: tuple[str, str, str], kind: str, value: float, threshold: float, n: int, message: str,
@@ -161,7 +101,7 @@ class FeedbackAgent:
         self.scored_schema = catalog.latest("driftline.Scored")
         self.warned_key = False  # a feedback record keyed by something else than its request id was logged
         self.reported_evictions = (0, 0)  # (labels, predictions) evicted, as last logged
-        self.tracker = QualityTracker(settings.quality_window_labels, settings.drift_alpha,
+        self.tracker = QualityPolicy(settings.quality_window_labels, settings.drift_alpha,
                                       settings.performance_drop_min, settings.concept_detector)
         self.labeled_schema = catalog.latest("driftline.Labeled")
         self.alert_schema = catalog.latest("driftline.Alert")
@@ -379,19 +319,22 @@ class FeedbackAgent:
         m = served.model.manifest
         if m.task != "regression":
             self._calibrate(j, m.labels[1])
-        closed, change = self.tracker.add(j, m.task, m.threshold, m.labels[1])
-        for key, window, verdict in closed:
+        closed, change = self.tracker.add((s.model, s.version, s.variant), m.task, s.score,
+                                          positive=lab.label == m.labels[1], target=lab.target,
+                                          threshold=m.threshold)
+        for c in closed:
+            key, window = c.key, c.window
             for name, value in window.metrics(m.task).items():
                 self.metrics.quality.labels(key[0], key[1], key[2], name).set(value)
             if key in self.estimates:  # how far the label-free estimate was from the truth
                 self.metrics.quality_estimate_gap.labels(*key).set(self.estimates[key] - window.accuracy)
-            if verdict is not None:
+            if c.drop is not None:
                 out.append(self._alert(quality_alert(
-                    key, "performance_drop", verdict["accuracy"], verdict["threshold"], window.n,
-                    f"accuracy {verdict['accuracy']:.3f} vs {verdict['baseline']:.3f} at first "
-                    f"(p={verdict['p_value']:.2g}, {window.n} labels)", now)))
+                    key, "performance_drop", c.drop.accuracy, c.drop.threshold, window.n,
+                    f"accuracy {c.drop.accuracy:.3f} vs {c.drop.baseline:.3f} at first "
+                    f"(p={c.drop.p_value:.2g}, {window.n} labels)", now)))
         if change and s.variant != "shadow":
-            seen = self.tracker.concept[(s.model, s.version)].seen
+            seen = self.tracker.concept_seen(s.model, s.version)
             kind = self.settings.concept_detector if m.task != "regression" else "adwin"
             rec = quality_alert((s.model, s.version, s.variant), "concept_drift", 1.0, 0.0, seen,
                                 f"{kind} saw the error rate change after {seen} labeled events", now)

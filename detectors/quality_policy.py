@@ -1,0 +1,132 @@
+"""The quality policy: labeled events into windows, a baseline per version, a drop test, one alert per incident.
+
+Pure and per event, like the drift policy in :mod:`detectors.policy`: the
+feedback agent hands in one joined (prediction, label) pair at a time and
+gets back the windows that closed, each with a verdict, and whether the
+concept detector saw a change point. Per (model, version, variant), events
+fill windows of ``window_labels``; the first closed window is the baseline,
+and a later one whose accuracy is significantly lower (one-sided test at
+``alpha``, sample-size aware) by at least ``drop_min`` opens an incident,
+reported once until a window recovers. Every event also feeds a River
+concept-drift detector per (model, version) with the decision's error.
+
+>>> p = QualityPolicy(window_labels=4, alpha=0.01, drop_min=0.05, concept_kind="adwin")
+>>> key = ("fraud", "1", "champion")
+>>> closed = [c for s, y in [(0.9, True), (0.1, False), (0.8, True), (0.2, False)]
+...           for c in p.add(key, "classification", s, positive=y, threshold=0.5)[0]]
+>>> closed[0].window.accuracy, closed[0].drop, p.baseline[key]
+(1.0, None, 1.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from detectors.concept import ConceptDetector
+from detectors.quality import QualitySketch, accuracy_drop
+
+Key = tuple[str, str, str]  # (model, version, variant)
+SNAPSHOT_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class QualityDrop:
+    """A significant accuracy drop against the baseline: a ``performance_drop`` to raise."""
+
+    baseline: float
+    accuracy: float
+    p_value: float
+    threshold: float  # the accuracy below which the drop is significant at this window's size
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedQuality:
+    """A full window of labeled events, and the drop it shows (None: no new incident, or a regressor)."""
+
+    key: Key
+    window: QualitySketch
+    drop: QualityDrop | None
+
+
+@dataclass
+class QualityPolicy:
+    """Quality windows, baselines, open incidents and concept detectors of every (model, version[, variant])."""
+
+    window_labels: int
+    alpha: float
+    drop_min: float
+    concept_kind: str
+    windows: dict[Key, QualitySketch] = field(default_factory=dict)
+    baseline: dict[Key, float] = field(default_factory=dict)
+    open: set[Key] = field(default_factory=set)  # keys with a performance_drop incident open
+    concept: dict[tuple[str, str], ConceptDetector] = field(default_factory=dict)
+
+    def add(self, key: Key, task: str, score: float, *, positive: bool | None = None,
+            target: float | None = None, threshold: float = 0.5) -> tuple[list[ClosedQuality], bool]:
+        """Fold one labeled event; returns (closed windows with their verdicts, concept change point?).
+
+        ``positive``: whether the true class is the positive one (classifiers);
+        ``target``: the true value (regressors; an event without one is ignored).
+        Per event, with the sketch's scalar folds (a few microseconds): labels
+        arrive one by one from the join, and numpy's per-call overhead would dominate.
+        """
+        w = self.windows.get(key)
+        if w is None:
+            w = self.windows[key] = QualitySketch()
+        if task == "regression":
+            if target is None:
+                return [], False
+            error = w.add_error(target, score)
+        else:
+            error = float(w.add_decision(bool(positive), score, threshold))
+        model_version = (key[0], key[1])
+        detector = self.concept.get(model_version)
+        if detector is None:
+            detector = self.concept[model_version] = ConceptDetector(
+                self.concept_kind if task != "regression" else "adwin")
+        change = detector.update(error)
+        if w.n < self.window_labels:
+            return [], change
+        del self.windows[key]
+        return [ClosedQuality(key, w, self._verdict(key, w) if task != "regression" else None)], change
+
+    def concept_seen(self, model: str, version: str) -> int:
+        """Labeled events the concept detector of (model, version) has seen."""
+        detector = self.concept.get((model, version))
+        return detector.seen if detector is not None else 0
+
+    def _verdict(self, key: Key, window: QualitySketch) -> QualityDrop | None:
+        if key not in self.baseline:
+            self.baseline[key] = window.accuracy
+            return None
+        base = self.baseline[key]
+        p, below = accuracy_drop(base, window, self.alpha)
+        if not (p < self.alpha and base - window.accuracy >= self.drop_min):
+            self.open.discard(key)  # recovered: the next drop is a new incident
+            return None
+        if key in self.open:
+            return None
+        self.open.add(key)
+        return QualityDrop(base, window.accuracy, p, below)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Windows, baselines and open incidents as JSON-ready data (concept detectors start afresh on restore)."""
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "windows": [[*k, w.to_dict()] for k, w in self.windows.items()],
+            "baseline": [[*k, v] for k, v in self.baseline.items()],
+            "open": [list(k) for k in sorted(self.open)],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`snapshot`; ``ValueError`` (and nothing changed) when it is not one."""
+        try:
+            if state.get("format") != SNAPSHOT_FORMAT:
+                raise ValueError(f"unknown quality state format {state.get('format')!r}")
+            windows = {(str(m), str(v), str(var)): QualitySketch.from_dict(d) for m, v, var, d in state["windows"]}
+            baseline = {(str(m), str(v), str(var)): float(b) for m, v, var, b in state["baseline"]}
+            open_ = {(str(m), str(v), str(var)) for m, v, var in state["open"]}
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a quality state: {type(exc).__name__}: {exc}") from None
+        self.windows, self.baseline, self.open = windows, baseline, open_
