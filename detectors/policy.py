@@ -12,7 +12,7 @@ change point in a flagged window; warning otherwise. River never decides
 alone whether an alert fires, so the false-alarm rate stays ``alpha``.
 
 The state is plain data (``snapshot``/``restore``) so the drift agent can
-keep it in a table and a restarted worker resumes where it stopped.
+write it to its state topic and a restarted worker resumes where it stopped.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One model version served through ONNX Runtime.
 
-Follows the load / predict / unload life cycle: constructing is cheap and
-touches no file; ``load()`` checks the hash, opens the session on the best
+Follows the load / predict / unload life cycle: constructing is cheap (it
+reads only the small manifest); ``load()`` checks the hash, opens the session on the best
 provider it can really use, checks the inputs against the manifest and warms
 up. ``predict`` takes the whole batch's matrix in one call.
 """

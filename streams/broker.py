@@ -1,9 +1,12 @@
 """The embedded Kafka-protocol broker (Tansu) for the demo and the tests.
 
-Tansu keeps everything in memory and answers at once; see
-``../shared/BROKER-NOTES.md`` for what it does not do (no TLS/SASL, no
-transactions for aiokafka, a wrong latest-offset answer, no size limit).
-Production points ``DRIFTLINE_BROKER`` at real Kafka instead.
+Tansu keeps everything in memory and answers at once. What it does not
+do, and what driftline therefore never relies on: TLS and SASL, working
+transactions, compaction, a message-size limit (driftline enforces its
+own), CreatePartitions, and a right answer to ListOffsets(latest) (topics
+are read to the end by waiting for each partition's EOF, which librdkafka
+derives from the high watermark returned with fetched data). A restart
+loses every topic. Production points ``DRIFTLINE_BROKER`` at real Kafka.
 """
 
 from __future__ import annotations

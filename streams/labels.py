@@ -18,9 +18,10 @@ partition p). A member reads partition p of it back when p is assigned, so a
 restart or a rebalance loses no waiting label.
 
 Per (model, version, variant), labeled events are counted into quality
-windows of ``quality_window_labels``; each closed window sets the quality
-gauges and is tested against the version's first window (a one-sided,
-sample-size-aware accuracy test): a significant drop of at least
+windows of ``quality_window_labels`` by the pure
+:class:`detectors.quality_policy.QualityPolicy`; each closed window sets the
+quality gauges and is tested against the version's first window (a
+one-sided, sample-size-aware accuracy test): a significant drop of at least
 ``performance_drop_min`` raises a ``performance_drop`` alert. Every labeled
 event also feeds a River concept-drift detector per (model, version) with
 the decision's error; a change point raises a ``concept_drift`` alert.

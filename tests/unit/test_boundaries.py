@@ -1,4 +1,4 @@
-"""The pure libraries never import Kafka, Faust or Prometheus (STYLE.md)."""
+"""The pure libraries never import Kafka, Faust or Prometheus; commands other than the worker import no Faust."""
 
 from __future__ import annotations
 
