@@ -10,6 +10,7 @@ through librdkafka, and Faust only runs the worker's tasks around it.
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from collections import deque
@@ -228,19 +229,31 @@ class BatchSource:
             pass  # already closed
 
 
+_headers_of = operator.methodcaller("headers")
+
+
+def read_headers(m: Any) -> tuple[Headers | None, str | None]:
+    """A consumed record's headers, or (None, why) when librdkafka's Python client cannot read them.
+
+    confluent-kafka decodes header names as UTF-8 and, on other bytes,
+    returns a value with an exception still set instead of raising. Called
+    directly from warm (specialised) bytecode, that exception surfaces later,
+    at an unrelated call; called through ``operator.methodcaller`` (CPython's
+    checked call path) it is raised here, where it is caught.
+    """
+    try:
+        return cast(Headers | None, _headers_of(m)), None
+    except Exception as exc:  # noqa: BLE001 - any header decoding failure is the record's, not the process's
+        return None, f"headers unreadable ({type(exc).__name__}): a header name is not UTF-8"
+
+
 def raw_message(m: Any) -> RawMessage:
     """A consumed record as the pipeline sees it; headers librdkafka cannot read are marked, not raised.
 
-    confluent-kafka decodes header names as UTF-8 and raises (SystemError)
-    on any other bytes, with no way to read them raw: such a record keeps its
-    key and value and carries ``header_error``, so the pipeline dead-letters
-    it instead of the whole worker stopping on it.
+    Such a record keeps its key and value and carries ``header_error``, so
+    the pipeline dead-letters it instead of the whole worker stopping on it.
     """
-    try:
-        headers = cast(Headers | None, m.headers())
-        header_error = None
-    except Exception as exc:  # noqa: BLE001 - any header decoding failure is the record's, not the worker's
-        headers, header_error = None, f"headers unreadable ({type(exc).__name__}): a header name is not UTF-8"
+    headers, header_error = read_headers(m)
     ts_type, ts = m.timestamp()
     return RawMessage(cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset()), m.key(), m.value(),
                       headers, ts if ts_type else 0, header_error)

@@ -18,10 +18,12 @@ Headers = list[tuple[str, bytes | None]]
 ERROR_HEADER = "driftline.errors."
 RECORD_OVERHEAD = 1024  # record framing, varints and the marker headers added here
 MAX_MESSAGE_CHARS = 1024  # an exception message in a header is cut here
+HEADER_OVERHEAD = 10  # on the wire a header also takes two varints (name and value lengths), up to 5 bytes each
 
 
 def header_bytes(headers: Sequence[tuple[str, bytes | None]] | None) -> int:
-    return sum(len(k.encode()) + len(v or b"") for k, v in headers or ())
+    """What headers weigh on the wire: names, values and each header's length varints (counted at their most)."""
+    return sum(len(k.encode()) + len(v or b"") + HEADER_OVERHEAD for k, v in headers or ())
 
 
 def record_bytes(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> int:
@@ -60,7 +62,7 @@ def bound_record(key: bytes | None, value: bytes | None, original: Sequence[tupl
     kept: Headers = []
     used, cap = 0, room // 4
     for k, v in original:
-        size = len(k.encode()) + len(v or b"")
+        size = len(k.encode()) + len(v or b"") + HEADER_OVERHEAD
         if used + size > cap:
             break
         kept.append((k, v))

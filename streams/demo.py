@@ -32,6 +32,7 @@ from schemas.codec import encode_many
 from streams.alerts import format_event
 from streams.broker import EmbeddedBroker
 from streams.catalog import build_catalog
+from streams.clients import read_headers
 from streams.example import fraud_generator
 from streams.kafka import count_records, ensure_topics
 from streams.pipeline import Headers
@@ -169,7 +170,7 @@ def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: thre
                 topic = str(m.topic())
                 if topic == dlq_topic:  # any record: the worker's own dead letters are counted by their header
                     watch.deadletters += 1
-                    watch.reasons[dead_letter_reason(m.headers())] += 1
+                    watch.reasons[dead_letter_reason(read_headers(m)[0])] += 1
                     continue
                 rec = read_watched(catalog, m.value(), subjects[topic])
                 if isinstance(rec, Skip):

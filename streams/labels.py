@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,14 +147,23 @@ class FeedbackAgent:
         """Join one batch; the records to produce (labeled events, alerts, retrain requests, dead letters)."""
         out: list[OutRecord] = []
         for msg in messages:
+            size = len(msg.key or b"") + len(msg.value or b"")
+            if size > self.settings.max_message_bytes:  # its state record could not be written: never let it wait
+                if msg.topic == self.feedback_topic:
+                    out.append(self._dead(msg.key, msg.value, "too_large", f"{size} bytes, over max_message_bytes="
+                                          f"{self.settings.max_message_bytes}", now_ms))
+                else:
+                    self._skip_scored(msg, f"{size} bytes, over max_message_bytes")
+                continue
             try:
                 rec = decode(self.catalog, msg.value, fast=True)[1]
                 entry = scored_of(rec) if msg.topic == self.scored_topic else label_of(rec, msg.key, msg.value)
-            except (ValueError, KeyError, EOFError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - untrusted bytes: fastavro raises IndexError, OverflowError, ...
                 if msg.topic == self.feedback_topic:
-                    out.append(self._dead(msg.key, msg.value, "malformed_feedback", str(exc), now_ms))
+                    out.append(self._dead(msg.key, msg.value, "malformed_feedback", f"{type(exc).__name__}: {exc}",
+                                          now_ms))
                 else:
-                    log.warning("ignored a scored record that does not decode: %s", exc)
+                    self._skip_scored(msg, f"{type(exc).__name__}: {exc}")
                 continue
             if isinstance(entry, Scored):
                 joined = self.join.add_prediction(entry, now_ms, msg.partition)
@@ -169,6 +178,10 @@ class FeedbackAgent:
             for j in joined:
                 out.extend(self._use(j, now_ms))
         return out
+
+    def _skip_scored(self, msg: RawMessage, why: str) -> None:
+        self.metrics.skipped.labels(self.scored_topic, "malformed").inc()
+        log.warning("skipped the record at %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, why[:300])
 
     def _check_key(self, key: bytes | None, rid: str) -> None:
         """Say once that labels keyed otherwise than by request id cannot be co-partitioned with their predictions."""
@@ -262,25 +275,28 @@ class FeedbackAgent:
             "score": s.score, "predicted": s.predicted, "event_time": s.event_time, "features": s.features,
         }, fast=True)
 
-    def restore(self, latest: dict[int, dict[bytes, bytes]]) -> None:
+    def restore(self, latest: dict[int, dict[bytes, bytes]], now_ms: int | None = None) -> None:
         """Load the waiting entries of newly assigned partitions: the last state record per request, oldest first.
 
-        Entries older than the TTL expire at the next tick as usual (a label: ``no_prediction``).
+        Entries older than the TTL expire at the next tick as usual (a label: ``no_prediction``); an entry
+        dated after ``now_ms`` is dated ``now_ms`` (a record from the future would stop the partition's clock).
         """
         for p, records in latest.items():
             self.join.assign(p)
             states = []
             for key, value in records.items():
                 try:
-                    states.append(decode_state(key, value))
-                except (ValueError, UnicodeDecodeError) as exc:
+                    st = decode_state(key, value)
+                except Exception as exc:  # noqa: BLE001 - untrusted bytes on the state topic
                     self._skip_state(p, key, exc)
+                    continue
+                states.append(st if now_ms is None or st.at <= now_ms else replace(st, at=now_ms))
             states.sort(key=lambda st: st.at)
             before = (self.join.counts.restored_labels, self.join.counts.restored_predictions)
             for st in states:
                 try:
                     self._restore_one(p, st)
-                except (ValueError, KeyError, EOFError, TypeError) as exc:
+                except Exception as exc:  # noqa: BLE001 - untrusted bytes inside a state record
                     self._skip_state(p, st.request_id.encode(), exc)
             log.info("restored %s[%d]: %d waiting labels, %d waiting predictions", self.state_topic, p,
                      self.join.counts.restored_labels - before[0], self.join.counts.restored_predictions - before[1])
@@ -450,7 +466,7 @@ class FeedbackLoop:
             join.drop(p)
         new = sorted(held - set(join.parts))
         if new:
-            self.agent.restore(self.read_state(new))
+            self.agent.restore(self.read_state(new), int(time.time() * 1000))
 
     def read_state(self, partitions: list[int]) -> dict[int, dict[bytes, bytes]]:
         """The last value of every key of these partitions of the state topic (tombstones remove)."""

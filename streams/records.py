@@ -15,6 +15,7 @@ from typing import Any
 from schemas.catalog import SchemaCatalog, WireSchema
 from schemas.codec import decode
 from schemas.profile import _base_type
+from streams.clients import read_headers
 
 
 def jsonable(value: Any) -> Any:
@@ -35,8 +36,11 @@ def message_to_json(catalog: SchemaCatalog, msg: Any) -> dict[str, Any]:
         "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
         "key": msg.key().decode(errors="replace") if msg.key() is not None else None,
     }
-    if msg.headers():
-        out["headers"] = {k: (v or b"").decode(errors="replace") for k, v in msg.headers()}
+    headers, unreadable = read_headers(msg)
+    if headers:
+        out["headers"] = {k: (v or b"").decode(errors="replace") for k, v in headers}
+    elif unreadable:
+        out["headers_error"] = unreadable
     value = msg.value()
     try:
         schema, record = decode(catalog, value)

@@ -137,3 +137,14 @@ def test_liveness_reports_a_loop_that_ended() -> None:
     assert live.problems() == {}
     live.stopped("score", "the score loop has ended")
     assert live.problems() == {"score": "the score loop has ended"}
+
+
+def test_a_hundred_thousand_empty_headers_are_weighed_as_the_wire_carries_them(catalog: SchemaCatalog,
+                                                                               fraud_model: OnnxModel) -> None:
+    """Each header costs at least two length varints: counted at one byte each, such a dead letter overflowed."""
+    msg = RawMessage("ns.requests", 0, 1, b"k", b"G" * 850_000, [("a", None)] * 100_000, 0)
+    [dead] = _pipeline(catalog, fraud_model, limit=1_000_000).process([msg], NOW).deadletters
+    headers = dead.headers or []
+    wire = len(dead.key or b"") + len(dead.value or b"") + sum(len(k) + len(v or b"") + 2 for k, v in headers)
+    assert wire <= 1_000_000
+    assert int(dict(headers)[ERROR_HEADER + "headers.dropped"]) > 0
