@@ -198,6 +198,10 @@ class Settings(BaseSettings):
     group_id: str | None = Field(None, pattern=_NAME)
     fetch_wait_ms: int = Field(10, ge=1, le=5_000)
     session_timeout_s: float = Field(10.0, ge=1.0, le=300.0)
+    assignment_strategy: Literal["range", "roundrobin", "cooperative-sticky"] = Field(
+        "range", description="how the score group shares partitions; cooperative-sticky moves fewer of them on "
+        "Apache Kafka, but the embedded broker can leave partitions unassigned with it after a member dies",
+    )
     web_port: int = Field(6066, ge=0, le=65535)
     data_dir: Path = Path(".driftline")
 
@@ -302,7 +306,7 @@ class Settings(BaseSettings):
                 "heartbeat.interval.ms": max(timeout_ms // 6, 500),
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "fetch.wait.max.ms": self.fetch_wait_ms,
-                "partition.assignment.strategy": "cooperative-sticky",
+                "partition.assignment.strategy": self.assignment_strategy,
             }
         )
 
