@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -46,14 +45,7 @@ def test_two_processes_share_partitions_and_one_takes_over_when_the_other_dies(
     pred_t = settings.topic("predictions")
     collector = Collector(broker.bootstrap, {pred_t: 4})
 
-    def wait_log(pattern: str, timeout_s: float = 60) -> re.Match[str]:
-        deadline = time.monotonic() + timeout_s
-        while (m := re.search(pattern, sup.log(), re.M)) is None:
-            assert sup.alive(), sup.log()[-3000:]
-            assert time.monotonic() < deadline, f"no {pattern!r} in: {sup.log()[-3000:]}"
-            time.sleep(0.2)
-        return m
-
+    wait_log = sup.wait_log
     try:
         pid0 = int(wait_log(r"started score process 0 \(pid (\d+)").group(1))
         pid1 = int(wait_log(r"started score process 1 \(pid (\d+)").group(1))

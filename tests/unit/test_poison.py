@@ -34,6 +34,7 @@ from streams.profiling import PROFILE_FILE, ProfileStore
 from streams.rollout import ControlFollower, bad_control_alert, parse_deployment
 from streams.settings import EXAMPLE_MODELS
 from streams.trainer import parse_labeled, parse_retrain
+from tests.garbage import NAMED_POISON, garbage, json_values
 from tests.helpers import StoredMessage
 
 NOW = 1_767_225_700_000
@@ -42,28 +43,6 @@ PROFILE = ReferenceProfile.load(EXAMPLE_MODELS / "fraud" / "1" / PROFILE_FILE)
 FEW = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # -- garbage -------------------------------------------------------------------------------------------------------
-
-odd_text = st.sampled_from(["\ud800", "a\udcffb", "line\nbreak", "\x00", "\u202e"])  # surrogates, controls
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(st.characters(), max_size=12) \
-    | odd_text
-json_values = st.recursive(
-    json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=16,
-)
-NAMED_POISON = [b"null", b"[]", b"5", b'"x"', b"true", b"{}", b"[" * 100_000, b'{"a":' * 50_000, b"1e999",
-                b"-1e999", b"9" * 5000, b"NaN", b"\xff\xfe\xfa", b"\x80abc", "é".encode("latin-1"), b"", None,
-                b'{"model": "fraud", "champion": "\\ud800"}', b'{"model": "\\udcff", "champion": "1"}']
-
-
-def garbage() -> st.SearchStrategy[bytes | None]:
-    """Bytes no reader can use: random, JSON of any shape, deep, huge, not UTF-8, empty, a tombstone."""
-    return st.one_of(
-        st.binary(max_size=300),
-        json_values.map(lambda v: json.dumps(v).encode()),
-        st.sampled_from(NAMED_POISON),
-        st.integers(min_value=1, max_value=20_000).map(lambda n: b"[" * n + b"]" * n),
-        st.binary(min_size=1, max_size=50).map(lambda b: b"\xff" + b),  # never valid UTF-8
-    )
 
 
 def wrong(valid: dict[str, Any], bad: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[bytes]:

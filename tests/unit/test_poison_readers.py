@@ -30,6 +30,7 @@ from streams.alerts import format_event
 from streams.poison import Skip, SkipLog
 from streams.profiling import PROFILE_FILE, ProfileStore
 from streams.settings import EXAMPLE_MODELS, Settings
+from tests.garbage import garbage, json_values
 from tests.helpers import StoredMessage
 
 NOW = 1_767_225_700_000
@@ -38,29 +39,6 @@ PROFILE = ReferenceProfile.load(EXAMPLE_MODELS / "fraud" / "1" / PROFILE_FILE)
 FEW = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # -- garbage -------------------------------------------------------------------------------------------------------
-
-json_scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-                | st.sampled_from(["\ud800", "a\udcffb", "\x00", "\u202e", "<script>x</script>"]))
-json_values = st.recursive(
-    json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=16,
-)
-NAMED_POISON: list[bytes | None] = [
-    b"null", b"[]", b"5", b'"x"', b"true", b"{}", b"[" * 100_000, b'{"a":' * 50_000, b"1e999", b"-1e999",
-    b"9" * 5000, b"NaN", b"Infinity", b"\xff\xfe\xfa", b"\x80abc", "é".encode("latin-1"), b"", None,
-    b'{"model": "\\ud800", "version": "1"}', b'{"model": "fraud", "version": "1", "start_ms": 1e999}',
-]
-
-
-def garbage() -> st.SearchStrategy[bytes | None]:
-    return st.one_of(
-        st.binary(max_size=300),
-        json_values.map(lambda v: json.dumps(v).encode()),
-        st.sampled_from(NAMED_POISON),
-        st.integers(min_value=1, max_value=20_000).map(lambda n: b"[" * n + b"]" * n),
-        st.binary(min_size=1, max_size=50).map(lambda b: b"\xff" + b),  # never valid UTF-8
-    )
-
 
 def msgs(topic: str, values: list[bytes | None]) -> list[StoredMessage]:
     return [StoredMessage(topic, v, i) for i, v in enumerate(values)]
