@@ -104,7 +104,10 @@ def test_join_quality_concept_drift_and_performance_drop(
         while (estimated := counter(worker.metrics(), "driftline_quality_estimate", **estimate_key)) == 0.0:
             assert time.monotonic() < deadline, "no label-free estimate"
             time.sleep(0.5)
-        assert abs(estimated - accuracy) < 0.03, (estimated, accuracy)
+        # Two windows of 500 (the estimate's and the labels'): their difference has a sampling error; allow 4 of
+        # it plus one point of calibration bias (a fixed 3 points failed about one run in thirty at ~0.97).
+        tolerance = 0.01 + 4 * np.sqrt(2 * accuracy * (1 - accuracy) / 500)
+        assert abs(estimated - accuracy) < tolerance, (estimated, accuracy, tolerance)
         send_labels([r["request_id"] for r in recs], flipped)
 
         def kinds(r: dict) -> set[str]:
