@@ -17,14 +17,14 @@ demo: $(STAMP)
 	$(VENV)/bin/driftline up --duration 60 --rate 2000 --drift-at 30
 
 lint: $(STAMP)
-	$(PY) -m ruff check schemas inference detectors streams tests bench examples
+	$(PY) -m ruff check driftline schemas inference detectors streams tests bench examples
 	$(PY) -m mypy
 
 sysdeps:
 	scripts/system-deps
 
 test: lint sysdeps
-	$(PY) -m pytest --doctest-modules schemas inference detectors tests
+	$(PY) -m pytest --doctest-modules driftline/schemas driftline/inference driftline/detectors tests
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit

@@ -40,12 +40,12 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from schemas.codec import HEADER, encode_many  # noqa: E402
-from streams.broker import EmbeddedBroker, free_port  # noqa: E402
-from streams.catalog import build_catalog  # noqa: E402
-from streams.example import fraud_generator  # noqa: E402
-from streams.kafka import create_topics  # noqa: E402
-from streams.settings import load_settings  # noqa: E402
+from driftline.schemas.codec import HEADER, encode_many  # noqa: E402
+from driftline.streams.catalog import build_catalog  # noqa: E402
+from driftline.streams.example import fraud_generator  # noqa: E402
+from driftline.streams.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
+from driftline.streams.kafka.topics import create_topics  # noqa: E402
+from driftline.streams.settings import load_settings  # noqa: E402
 
 SUBJECT = "driftline.examples.CardTransaction"
 
@@ -130,7 +130,7 @@ def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog
     preload(bootstrap, settings.topic("requests"), values, [r["card_id"].encode() for r in records])
     good = sum(1 for r in records if r["ip_risk"] is not None)  # the example model needs ip_risk
     cmd = ([sys.executable, "bench/naive_worker.py", "worker", "-l", "info"] if naive
-           else [sys.executable, "-m", "streams.cli", "worker"])
+           else [sys.executable, "-m", "driftline.streams.cli", "worker"])
     proc = start(cmd, env_for(bootstrap, ns, data, drift), data / f"{ns}.log")
     cpu_at_first: list[float] = []
 
@@ -152,7 +152,8 @@ def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, ca
     create_topics(settings.confluent(), settings.topic_partitions())
     schema = catalog.latest(SUBJECT)
     pred_schema = catalog.latest("driftline.Prediction")
-    proc = start([sys.executable, "-m", "streams.cli", "worker"], env_for(bootstrap, ns, data), data / f"{ns}.log")
+    proc = start([sys.executable, "-m", "driftline.streams.cli", "worker"], env_for(bootstrap, ns, data),
+                 data / f"{ns}.log")
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})  # librdkafka's default
     topic = settings.topic("requests")
     rng = np.random.default_rng(9)

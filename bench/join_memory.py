@@ -49,12 +49,12 @@ def measure(kind: str, n: int) -> dict[str, object]:
     """Fill a join with n waiting labels or predictions; RSS before and after, per entry."""
     import numpy as np
 
-    from inference.model import OnnxModel
-    from schemas.catalog import SchemaCatalog, builtin_schema_dir
-    from schemas.codec import decode, encode
-    from streams.feedback import FeedbackJoin
-    from streams.labels import label_of, scored_of
-    from streams.settings import EXAMPLE_MODELS
+    from driftline.inference.model import OnnxModel
+    from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir
+    from driftline.schemas.codec import decode, encode
+    from driftline.streams.app.feedback import label_of, scored_of
+    from driftline.streams.core.join import FeedbackJoin
+    from driftline.streams.settings import EXAMPLE_MODELS
 
     catalog = SchemaCatalog.from_dirs([builtin_schema_dir()])
     feedback, scored = catalog.latest("driftline.Feedback"), catalog.latest("driftline.Scored")
@@ -96,7 +96,7 @@ def measure(kind: str, n: int) -> dict[str, object]:
 
 def measure_expire(n: int) -> dict[str, object]:
     """One expire() call at n entries: when nothing is due, and when everything is (capped)."""
-    from streams.feedback import EXPIRE_CHUNK, FeedbackJoin, Label
+    from driftline.streams.core.join import EXPIRE_CHUNK, FeedbackJoin, Label
 
     join = FeedbackJoin(1_000, max_entries=n, max_bytes=1 << 40)
     raw = (b"k" * 36, b"v" * 60)

@@ -23,12 +23,12 @@ import faust  # noqa: E402
 import numpy as np  # noqa: E402
 from fastavro import schemaless_reader  # noqa: E402
 
-from inference.model import OnnxModel  # noqa: E402
-from inference.registry import ModelRegistry  # noqa: E402
-from schemas.codec import encode  # noqa: E402
-from schemas.profile import NumericFeature  # noqa: E402
-from streams.catalog import build_catalog  # noqa: E402
-from streams.settings import load_settings  # noqa: E402
+from driftline.inference.model import OnnxModel  # noqa: E402
+from driftline.inference.registry import ModelRegistry  # noqa: E402
+from driftline.schemas.codec import encode  # noqa: E402
+from driftline.schemas.profile import NumericFeature  # noqa: E402
+from driftline.streams.catalog import build_catalog  # noqa: E402
+from driftline.streams.settings import load_settings  # noqa: E402
 
 settings = load_settings()
 catalog = build_catalog(settings)

@@ -9,12 +9,12 @@ requests; :class:`SignalDetector` wraps River's ADWIN, KSWIN and
 PageHinkley over each column's per-window signal.
 """
 
-from detectors.evaluate import SCORE, ColumnResult, dead_letter_result, evaluate
-from detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
-from detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
-from detectors.river_signal import SignalDetector
-from detectors.sketch import ColumnSketch, WindowSketch, window_bounds
-from detectors.stats import chi2_counts, chi2_isf, chi2_sf, kolmogorov_sf, ks_counts, psi, psi_threshold
+from driftline.detectors.evaluate import SCORE, ColumnResult, dead_letter_result, evaluate
+from driftline.detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
+from driftline.detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
+from driftline.detectors.river_signal import SignalDetector
+from driftline.detectors.sketch import ColumnSketch, WindowSketch, window_bounds
+from driftline.detectors.stats import chi2_counts, chi2_isf, chi2_sf, kolmogorov_sf, ks_counts, psi, psi_threshold
 
 __all__ = [
     "SCORE",

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from detectors.stats import normal_sf
+from driftline.detectors.stats import normal_sf
 
 _EPS = 1e-15
 

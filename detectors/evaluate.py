@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
-from detectors.sketch import ColumnSketch, WindowSketch
-from detectors.stats import chi2_counts, chi2_isf, ks_counts, ks_threshold, psi, psi_threshold, rate_test
+from driftline.detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
+from driftline.detectors.sketch import ColumnSketch, WindowSketch
+from driftline.detectors.stats import chi2_counts, chi2_isf, ks_counts, ks_threshold, psi, psi_threshold, rate_test
 
 SCORE = "__score__"
 DEAD_LETTERS = "__dead_letters__"

@@ -21,8 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from detectors.evaluate import ColumnResult
-from detectors.river_signal import KINDS, SignalDetector, signal
+from driftline.detectors.evaluate import ColumnResult
+from driftline.detectors.river_signal import KINDS, SignalDetector, signal
 
 
 @dataclass(frozen=True, slots=True)

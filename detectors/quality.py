@@ -122,7 +122,7 @@ def accuracy_drop(reference: float, current: QualitySketch, alpha: float) -> tup
     A binomial test with the normal approximation, like the null-rate test:
     sample-size aware, so a small labeled window does not raise an alarm on noise.
     """
-    from detectors.stats import normal_isf, normal_sf
+    from driftline.detectors.stats import normal_isf, normal_sf
 
     n = current.n
     if n == 0:

@@ -1,6 +1,6 @@
 """The quality policy: labeled events into windows, a baseline per version, a drop test, one alert per incident.
 
-Pure and per event, like the drift policy in :mod:`detectors.policy`: the
+Pure and per event, like the drift policy in :mod:`driftline.detectors.policy`: the
 feedback agent hands in one joined (prediction, label) pair at a time and
 gets back the windows that closed, each with a verdict, and whether the
 concept detector saw a change point. Per (model, version, variant), events
@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from detectors.concept import ConceptDetector
-from detectors.quality import QualitySketch, accuracy_drop
+from driftline.detectors.concept import ConceptDetector
+from driftline.detectors.quality import QualitySketch, accuracy_drop
 
 Key = tuple[str, str, str]  # (model, version, variant)
 SNAPSHOT_FORMAT = 1

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.profile import (
+from driftline.detectors.profile import (
     CategoricalReference,
     NumericReference,
     ReferenceProfile,

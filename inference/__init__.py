@@ -3,10 +3,10 @@
 Pure library: numpy, onnxruntime and ``schemas``; no Kafka, no global state.
 """
 
-from inference.errors import ModelError, ModelNotReady
-from inference.manifest import MANIFEST, MODEL_FILE, Manifest, sha256_file
-from inference.model import OnnxModel, provider_list
-from inference.registry import ModelRegistry, write_version
+from driftline.inference.errors import ModelError, ModelNotReady
+from driftline.inference.manifest import MANIFEST, MODEL_FILE, Manifest, sha256_file
+from driftline.inference.model import OnnxModel, provider_list
+from driftline.inference.registry import ModelRegistry, write_version
 
 __all__ = [
     "MANIFEST",

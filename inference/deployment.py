@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.errors import ModelError
+from driftline.inference.errors import ModelError
 
 CHAMPION, CANARY, SHADOW, ARM_A, ARM_B = "champion", "canary", "shadow", "a", "b"
 HISTORY = 20  # earlier champions kept for rollback

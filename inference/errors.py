@@ -1,6 +1,6 @@
 """Errors of the inference layer."""
 
-from schemas.errors import DriftlineError
+from driftline.schemas.errors import DriftlineError
 
 
 class ModelError(DriftlineError):

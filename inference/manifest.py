@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from inference.errors import ModelError
-from schemas.errors import ProfileError
-from schemas.profile import InputProfile
+from driftline.inference.errors import ModelError
+from driftline.schemas.errors import ProfileError
+from driftline.schemas.profile import InputProfile
 
 Task = Literal["binary_classification", "regression"]
 MANIFEST = "manifest.json"

@@ -14,8 +14,8 @@ from typing import Literal
 
 import numpy as np
 
-from inference.errors import ModelError, ModelNotReady
-from inference.manifest import MODEL_FILE, Manifest, sha256_file
+from driftline.inference.errors import ModelError, ModelNotReady
+from driftline.inference.manifest import MODEL_FILE, Manifest, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from inference.errors import ModelError
+from driftline.inference.errors import ModelError
 
 # Fields a registration computes; a template's values for them are ignored.
 _COMPUTED = ("name", "version", "sha256", "created_at", "code_version", "training_data", "metrics")
@@ -61,7 +61,7 @@ def write_version(
     ``manifest`` must name ``name`` and ``version``. An existing version is
     never overwritten: register a new version instead.
     """
-    from inference.manifest import MANIFEST, MODEL_FILE, Manifest
+    from driftline.inference.manifest import MANIFEST, MODEL_FILE, Manifest
 
     target = Path(root) / str(manifest["name"]) / str(manifest["version"])
     if target.exists():
@@ -91,8 +91,8 @@ def register_version(
     deploy it; ``finish`` may add files (the reference profile) before the
     rename makes the version visible.
     """
-    from inference.manifest import MANIFEST, MODEL_FILE
-    from inference.model import OnnxModel
+    from driftline.inference.manifest import MANIFEST, MODEL_FILE
+    from driftline.inference.model import OnnxModel
 
     if not version or version.startswith(".") or "/" in version:
         raise ModelError(f"version {version!r} is not a valid directory name")

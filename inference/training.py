@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.errors import ModelError
+from driftline.inference.errors import ModelError
 
 
 def train_challenger(x: np.ndarray, y: np.ndarray, task: str, seed: int = 0) -> tuple[bytes, dict[str, Any]]:

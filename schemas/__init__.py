@@ -3,11 +3,11 @@
 Pure library: numpy and fastavro only, no Kafka, no global state.
 """
 
-from schemas.catalog import SchemaCatalog, WireSchema, builtin_schema_dir, schema_id
-from schemas.codec import BatchDecoder, DecodedBatch, Failure, decode, encode, encode_many, frame
-from schemas.errors import DriftlineError, ProfileError, SchemaError
-from schemas.profile import CategoricalFeature, InputProfile, NumericFeature
-from schemas.validation import REASONS, ValidatedBatch, Validator
+from driftline.schemas.catalog import SchemaCatalog, WireSchema, builtin_schema_dir, schema_id
+from driftline.schemas.codec import BatchDecoder, DecodedBatch, Failure, decode, encode, encode_many, frame
+from driftline.schemas.errors import DriftlineError, ProfileError, SchemaError
+from driftline.schemas.profile import CategoricalFeature, InputProfile, NumericFeature
+from driftline.schemas.validation import REASONS, ValidatedBatch, Validator
 
 __all__ = [
     "REASONS",

@@ -21,7 +21,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from schemas.errors import SchemaError
+from driftline.schemas.errors import SchemaError
 
 _VERSIONED = re.compile(r"^(?P<stem>.+)\.v(?P<version>\d+)$")
 
@@ -65,7 +65,7 @@ def strip_logical_types(node: Any) -> Any:
 
 def builtin_schema_dir() -> Path:
     """The ``.avsc`` files shipped with driftline (envelopes and the example request)."""
-    return Path(str(resources.files("schemas") / "avro"))
+    return Path(str(resources.files("driftline.schemas") / "avro"))
 
 
 class SchemaCatalog:

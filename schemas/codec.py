@@ -16,9 +16,9 @@ from typing import Any, Literal, cast
 import numpy as np
 from fastavro import schemaless_reader, schemaless_writer
 
-from schemas.catalog import SchemaCatalog, WireSchema
-from schemas.columnar import ColumnarReader, ColumnarWriter, Columns, columns_from_records, flat_fields
-from schemas.errors import SchemaError
+from driftline.schemas.catalog import SchemaCatalog, WireSchema
+from driftline.schemas.columnar import ColumnarReader, ColumnarWriter, Columns, columns_from_records, flat_fields
+from driftline.schemas.errors import SchemaError
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -138,7 +138,7 @@ class BatchDecoder:
     producers on an older compatible version keep working; ids that are
     unknown, or whose schema cannot be resolved to the reader's, become
     failures. Flat records of primitives are read column by column
-    (:mod:`schemas.columnar`) when a batch has at least ``columnar_min_rows``
+    (:mod:`driftline.schemas.columnar`) when a batch has at least ``columnar_min_rows``
     of them; smaller batches and other writer schemas go through fastavro,
     whose per-row cost beats numpy's per-call cost below that size.
     """

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from schemas.errors import SchemaError
+from driftline.schemas.errors import SchemaError
 
 _PRIMITIVE = ("boolean", "int", "long", "float", "double", "string", "bytes")
 _PROMOTIONS = {

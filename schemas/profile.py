@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from schemas.catalog import WireSchema
-from schemas.errors import ProfileError
+from driftline.schemas.catalog import WireSchema
+from driftline.schemas.errors import ProfileError
 
 _NUMERIC = {"int", "long", "float", "double"}
 

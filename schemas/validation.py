@@ -1,7 +1,7 @@
 """Record validation against a model's input profile, one vectorised pass per batch.
 
 Decoded columns go in; one float32 feature matrix for the valid rows and a
-:class:`~schemas.codec.Failure` for each invalid row come out. Checks run per
+:class:`~driftline.schemas.codec.Failure` for each invalid row come out. Checks run per
 column with numpy; the first failing check of a row names its reason.
 """
 
@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from schemas.catalog import WireSchema
-from schemas.codec import Failure
-from schemas.columnar import Columns
-from schemas.profile import CategoricalFeature, InputProfile, NumericFeature, _base_type, is_nullable
+from driftline.schemas.catalog import WireSchema
+from driftline.schemas.codec import Failure
+from driftline.schemas.columnar import Columns
+from driftline.schemas.profile import CategoricalFeature, InputProfile, NumericFeature, _base_type, is_nullable
 
 #: Reason codes, in the order rows are checked. Index 0 means valid.
 REASONS: tuple[str, ...] = (
@@ -47,8 +47,8 @@ class Validator:
 
     Examples
     --------
-    >>> from schemas.catalog import SchemaCatalog, builtin_schema_dir
-    >>> from schemas.columnar import columns_from_records, flat_fields
+    >>> from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir
+    >>> from driftline.schemas.columnar import columns_from_records, flat_fields
     >>> schema = SchemaCatalog.from_dirs([builtin_schema_dir()]).latest("driftline.examples.CardTransaction")
     >>> profile = InputProfile((NumericFeature("amount", 0.0, 1e5),), key_field="card_id")
     >>> v = Validator(profile, schema)

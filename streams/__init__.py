@@ -1,4 +1,22 @@
-"""The composition root: Faust app, agents, Kafka clients, metrics, embedded broker, CLI.
+"""The streaming layer: everything that knows about Kafka, Faust, processes and the command line.
 
-The only package that knows about Kafka; nothing else imports it.
+Five rooms, each with its own rule (enforced by ``tests/unit/test_boundaries.py``):
+
+- ``core/``: the flows' logic as functions of their inputs and the clock
+  (score a batch, fold windows, close drift windows, join labels, read poison
+  records, bound dead letters, readiness). No Kafka client, no Faust.
+- ``kafka/``: confluent-kafka adapters: the batch source and acknowledged sink,
+  topics, the control topic, the embedded broker launcher. No Faust.
+- ``app/``: the worker, a Faust app with one module per flow (score, drift,
+  feedback, rollout, web) wired around a shared context.
+- ``trainer/``: ``driftline trainer``, retrain requests to a promoted model.
+  No Faust.
+- ``cli/``: the ``driftline`` command, one module per command group. Imports
+  the worker only inside ``driftline worker``.
+
+Shared by all: ``settings`` (the one configuration object), ``errors``,
+``catalog`` (the schema catalog a process uses), ``metrics`` (Prometheus),
+``example`` (the bundled fraud example). The pure libraries
+(``driftline.schemas``, ``driftline.inference``, ``driftline.detectors``)
+never import anything from here.
 """

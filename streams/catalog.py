@@ -6,8 +6,8 @@ read or write records start without importing the worker.
 
 from __future__ import annotations
 
-from schemas.catalog import SchemaCatalog, builtin_schema_dir
-from streams.settings import Settings
+from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir
+from driftline.streams.settings import Settings
 
 
 def build_catalog(settings: Settings) -> SchemaCatalog:

@@ -1,6 +1,6 @@
 """Errors of the streaming layer."""
 
-from schemas.errors import DriftlineError
+from driftline.schemas.errors import DriftlineError
 
 
 class ConfigError(DriftlineError):

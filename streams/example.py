@@ -7,8 +7,8 @@ import sys
 from functools import cache
 from types import ModuleType
 
-from streams.errors import ConfigError
-from streams.settings import REPO_ROOT
+from driftline.streams.errors import ConfigError
+from driftline.streams.settings import REPO_ROOT
 
 
 @cache

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from inference.deployment import SHADOW
-from streams.drift import ClosedWindow, column_label
-from streams.pipeline import BatchOutcome
+from driftline.inference.deployment import SHADOW
+from driftline.streams.core.drift import ClosedWindow, column_label
+from driftline.streams.core.pipeline import BatchOutcome
 
 
 def build_versions() -> dict[str, str]:

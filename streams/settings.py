@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from streams.errors import ConfigError
+from driftline.streams.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_MODELS = REPO_ROOT / "examples" / "models"
@@ -72,34 +72,6 @@ class KafkaSecurity(BaseModel):
         if self.ssl_key_password:
             conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
         return conf
-
-    def faust_credentials(self) -> Any:
-        """Faust's ``broker_credentials`` (None for PLAINTEXT)."""
-        import ssl
-
-        from faust.auth import SASLCredentials, SSLCredentials
-        from faust.types.auth import SASLMechanism
-
-        if self.security_protocol == "PLAINTEXT":
-            return None
-        context = None
-        if self.security_protocol.endswith("SSL"):
-            context = ssl.create_default_context(
-                purpose=ssl.Purpose.SERVER_AUTH,
-                cafile=str(self.ssl_ca_file) if self.ssl_ca_file else None,
-            )
-            if self.ssl_cert_file and self.ssl_key_file:
-                context.load_cert_chain(
-                    str(self.ssl_cert_file), str(self.ssl_key_file),
-                    password=self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
-                )
-        if self.sasl_mechanism:
-            password = self.sasl_password.get_secret_value() if self.sasl_password else ""
-            mechanism = SASLMechanism(self.sasl_mechanism)
-            return SASLCredentials(
-                username=self.sasl_username, password=password, mechanism=mechanism, ssl_context=context
-            )
-        return SSLCredentials(context)
 
 
 class Partitions(BaseModel):

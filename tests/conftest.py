@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference.model import OnnxModel
-from schemas.catalog import SchemaCatalog, builtin_schema_dir
-from streams.broker import EmbeddedBroker
-from streams.example import fraud_generator
-from streams.settings import EXAMPLE_MODELS
+from driftline.inference.model import OnnxModel
+from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir
+from driftline.streams.example import fraud_generator
+from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.settings import EXAMPLE_MODELS
 from tests.helpers import HOUSING_SCHEMAS, train_housing
 
 

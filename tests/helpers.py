@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from inference.registry import write_version
-from streams.broker import free_port
-from streams.settings import EXAMPLE_MODELS, REPO_ROOT
+from driftline.inference.registry import write_version
+from driftline.streams.kafka.broker import free_port
+from driftline.streams.settings import EXAMPLE_MODELS, REPO_ROOT
 
 HOUSING_SCHEMAS = Path(__file__).parent / "fixtures" / "housing"
 HOUSING_SUBJECT = "driftline.tests.HouseSale"
@@ -99,7 +99,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", *self.args], env=self.env, cwd=REPO_ROOT,
+            [sys.executable, "-m", "driftline.streams.cli", "worker", *self.args], env=self.env, cwd=REPO_ROOT,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         return self
@@ -169,7 +169,7 @@ def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, byte
 
 def valid_requests(catalog: Any, generator: Any, n: int, seed: int) -> tuple[list[str], list[tuple[bytes, bytes]]]:
     """``n`` valid card transactions: their request ids, and (key, Avro value) pairs to produce."""
-    from schemas.codec import encode_many
+    from driftline.schemas.codec import encode_many
 
     records, _ = generator.generate(n, np.random.default_rng(seed), step_ms=0)
     records = [{**r, "ip_risk": r["ip_risk"] or 0.1} for r in records]  # a null ip_risk is a dead letter
@@ -240,7 +240,7 @@ class Collector:
 
 def bad_corpus(catalog: Any, good: dict[str, Any], max_message_bytes: int) -> list[tuple[str, bytes, str, str]]:
     """The issue's bad-input corpus: (name, value, expected stage, expected reason)."""
-    from schemas.codec import encode
+    from driftline.schemas.codec import encode
 
     card = catalog.latest("driftline.examples.CardTransaction")
     valid = encode(card, good)

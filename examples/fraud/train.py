@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import generator  # noqa: E402
 
-from inference.registry import write_version  # noqa: E402
-from schemas.catalog import SchemaCatalog, builtin_schema_dir  # noqa: E402
-from schemas.profile import InputProfile  # noqa: E402
-from schemas.validation import Validator  # noqa: E402
+from driftline.inference.registry import write_version  # noqa: E402
+from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir  # noqa: E402
+from driftline.schemas.profile import InputProfile  # noqa: E402
+from driftline.schemas.validation import Validator  # noqa: E402
 
 SUBJECT = "driftline.examples.CardTransaction"
 RANGES = {

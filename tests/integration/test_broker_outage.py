@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from schemas.catalog import SchemaCatalog
-from streams.broker import EmbeddedBroker, free_port
-from streams.kafka import iter_topic
-from streams.settings import REPO_ROOT, load_settings
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.streams.kafka.broker import EmbeddedBroker, free_port
+from driftline.streams.kafka.topics import iter_topic
+from driftline.streams.settings import REPO_ROOT, load_settings
 from tests.helpers import WorkerProcess, produce, valid_requests
 
 pytestmark = pytest.mark.kafka
@@ -24,7 +24,7 @@ def test_no_broker_at_start_is_one_line_after_the_configured_wait(tmp_path: Path
     env = {**os.environ, "DRIFTLINE_BROKER": f"127.0.0.1:{free_port()}", "DRIFTLINE_BROKER_WAIT_S": "3",
            "DRIFTLINE_DATA_DIR": str(tmp_path)}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=REPO_ROOT,
+    done = subprocess.run([sys.executable, "-m", "driftline.streams.cli", "worker"], env=env, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=60)
     waited = time.monotonic() - started
     assert done.returncode == 1, done.stderr[-2000:]

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker
-from streams.settings import REPO_ROOT
+from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.settings import REPO_ROOT
 
 pytestmark = pytest.mark.kafka
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "driftline.streams.cli", *args], cwd=REPO_ROOT, capture_output=True, text=True,
         timeout=timeout, env={**os.environ, **(env or {})},
     )
 
@@ -74,7 +74,8 @@ def test_tail_stops_with_a_message_when_the_broker_goes(tmp_path: Path) -> None:
     env = {**os.environ, "DRIFTLINE_BROKER": own.bootstrap, "DRIFTLINE_NAMESPACE": "gone"}
     try:
         assert run("topics", "create", env=env).returncode == 0
-        tail = subprocess.Popen([sys.executable, "-m", "streams.cli", "tail", "gone.predictions"], cwd=REPO_ROOT,
+        tail = subprocess.Popen([sys.executable, "-m", "driftline.streams.cli", "tail", "gone.predictions"],
+                                cwd=REPO_ROOT,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert tail.stderr is not None
         first = tail.stderr.readline()  # blocks until tail follows the topic (or dies)

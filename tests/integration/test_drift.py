@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from schemas.catalog import SchemaCatalog
-from schemas.codec import decode, encode_many
-from streams.broker import EmbeddedBroker
-from streams.kafka import create_topics, ensure_topics
-from streams.settings import load_settings
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import decode, encode_many
+from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.topics import create_topics, ensure_topics
+from driftline.streams.settings import load_settings
 from tests.helpers import Collector, WorkerProcess
 
 pytestmark = pytest.mark.kafka
@@ -80,7 +80,7 @@ def test_alerts_only_after_drift_only_on_drifted_features_and_a_retrain(
     # The drift report of the period: one self-contained page with every alert and the drifted features flagged.
     from html import escape
 
-    from streams.cli import main as cli
+    from driftline.streams.cli.main import main as cli
 
     monkeypatch.setenv("DRIFTLINE_NAMESPACE", namespace)
     assert cli(["report", "--model", "fraud", "--window", "10m", "--out-dir", str(tmp_path),
@@ -100,7 +100,7 @@ def test_a_restarted_worker_resumes_the_drift_state(
 ) -> None:
     import json
 
-    from streams.kafka import latest_by_key
+    from driftline.streams.kafka.topics import latest_by_key
     from tests.helpers import produce
 
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from schemas.catalog import SchemaCatalog
-from schemas.codec import encode, encode_many
-from streams.broker import EmbeddedBroker
-from streams.kafka import ensure_topics
-from streams.settings import load_settings
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import encode, encode_many
+from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.topics import ensure_topics
+from driftline.streams.settings import load_settings
 from tests.helpers import Collector, WorkerProcess
 from tests.integration.test_feedback import counter
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from detectors.compare import log_losses
-from schemas.catalog import SchemaCatalog
-from schemas.codec import decode, encode, encode_many
-from streams.alerts import millis
-from streams.broker import EmbeddedBroker
-from streams.kafka import ensure_topics, iter_topic
-from streams.settings import EXAMPLE_MODELS, REPO_ROOT, load_settings
+from driftline.detectors.compare import log_losses
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import decode, encode, encode_many
+from driftline.streams.core.events import millis
+from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.topics import ensure_topics, iter_topic
+from driftline.streams.settings import EXAMPLE_MODELS, REPO_ROOT, load_settings
 from tests.helpers import Collector, WorkerProcess
 
 pytestmark = pytest.mark.kafka
@@ -79,7 +79,7 @@ class Traffic:
 
 def start_trainer(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
     log = tmp_path / "trainer.log"
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "trainer"], env=env, cwd=REPO_ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "driftline.streams.cli", "trainer"], env=env, cwd=REPO_ROOT,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log
 

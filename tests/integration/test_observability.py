@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas.catalog import SchemaCatalog
-from schemas.codec import encode_many
-from streams.broker import EmbeddedBroker
-from streams.kafka import ensure_topics
-from streams.settings import REPO_ROOT, load_settings
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import encode_many
+from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.topics import ensure_topics
+from driftline.streams.settings import REPO_ROOT, load_settings
 from tests.helpers import WorkerProcess, free_port, produce
 from tests.unit.test_deploy_files import exported_names, used_names
 
@@ -95,7 +95,7 @@ def test_readyz_catches_a_stalled_agent(
         assert "fault injection: the score agent stalls now" in worker.log()
 
         # driftline status shows the same backlog, the model and the provider the worker reports.
-        from streams.cli import main as cli
+        from driftline.streams.cli.main import main as cli
 
         monkeypatch.setenv("DRIFTLINE_NAMESPACE", namespace)
         assert cli(["status", "--broker", broker.bootstrap, "--worker", base]) == 0

@@ -11,18 +11,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from detectors.profile import ReferenceProfile
-from detectors.sketch import WindowSketch
-from inference.deployment import Deployment
-from schemas.catalog import SchemaCatalog
-from schemas.codec import decode, encode, encode_many, frame
-from streams.broker import EmbeddedBroker
-from streams.cli import main as cli
-from streams.kafka import ensure_topics, iter_topic
-from streams.poison import Skip
-from streams.profiling import PROFILE_FILE
-from streams.settings import EXAMPLE_MODELS, Settings, load_settings
-from streams.trainer import parse_retrain
+from driftline.detectors.profile import ReferenceProfile
+from driftline.detectors.sketch import WindowSketch
+from driftline.inference.deployment import Deployment
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import decode, encode, encode_many, frame
+from driftline.streams.cli.main import main as cli
+from driftline.streams.core.poison import Skip
+from driftline.streams.core.profiling import PROFILE_FILE
+from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.topics import ensure_topics, iter_topic
+from driftline.streams.settings import EXAMPLE_MODELS, Settings, load_settings
+from driftline.streams.trainer.service import parse_retrain
 from tests.helpers import Collector, WorkerProcess, produce
 
 pytestmark = pytest.mark.kafka
@@ -180,7 +180,7 @@ def test_the_status_and_report_commands_skip_poison_and_say_how_many(
     import subprocess
     import sys
 
-    from streams.settings import REPO_ROOT
+    from driftline.streams.settings import REPO_ROOT
 
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
     ensure_topics(settings)
@@ -200,7 +200,7 @@ def test_the_status_and_report_commands_skip_poison_and_say_how_many(
     env = {**os.environ, "DRIFTLINE_BROKER": broker.bootstrap, "DRIFTLINE_NAMESPACE": namespace}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=REPO_ROOT, env=env,
+        return subprocess.run([sys.executable, "-m", "driftline.streams.cli", *args], cwd=REPO_ROOT, env=env,
                               capture_output=True, text=True, timeout=120)
 
     status = run("status", "--worker", "http://127.0.0.1:1")

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from schemas.catalog import SchemaCatalog
-from streams.broker import EmbeddedBroker
-from streams.deadletters import ERROR_HEADER, record_bytes
-from streams.kafka import ensure_topics
-from streams.settings import load_settings
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.streams.core.deadletters import ERROR_HEADER, record_bytes
+from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.topics import ensure_topics
+from driftline.streams.settings import load_settings
 from tests.helpers import Collector, WorkerProcess, produce, valid_requests
 from tests.rawheaders import produce_raw_headers
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from schemas.catalog import SchemaCatalog
-from streams.broker import EmbeddedBroker
-from streams.kafka import ensure_topics, iter_topic
-from streams.settings import load_settings
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.topics import ensure_topics, iter_topic
+from driftline.streams.settings import load_settings
 from tests.helpers import WorkerProcess, produce, valid_requests
 
 pytestmark = pytest.mark.kafka

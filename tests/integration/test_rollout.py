@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from inference.deployment import Deployment, key_buckets
-from inference.registry import write_version
-from schemas.catalog import SchemaCatalog
-from schemas.codec import decode, encode_many
-from streams.broker import EmbeddedBroker
-from streams.cli import main as cli
-from streams.kafka import ensure_topics, iter_topic
-from streams.settings import EXAMPLE_MODELS, load_settings
+from driftline.inference.deployment import Deployment, key_buckets
+from driftline.inference.registry import write_version
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import decode, encode_many
+from driftline.streams.cli.main import main as cli
+from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.topics import ensure_topics, iter_topic
+from driftline.streams.settings import EXAMPLE_MODELS, load_settings
 from tests.helpers import Collector, WorkerProcess
 from tests.unit.test_model import register_warmup_failing
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from schemas.catalog import SchemaCatalog
-from schemas.codec import decode
-from streams.broker import EmbeddedBroker
-from streams.kafka import ensure_topics, iter_topic
-from streams.settings import load_settings
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import decode
+from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.topics import ensure_topics, iter_topic
+from driftline.streams.settings import load_settings
 from tests.helpers import Collector, WorkerProcess
 from tests.integration.test_rollout import Load
 

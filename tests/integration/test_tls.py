@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from schemas.catalog import SchemaCatalog
-from schemas.codec import encode_many
-from streams.broker import EmbeddedBroker, free_port
-from streams.kafka import ensure_topics, latest_by_key
-from streams.settings import KafkaSecurity, load_settings
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import encode_many
+from driftline.streams.kafka.broker import EmbeddedBroker, free_port
+from driftline.streams.kafka.topics import ensure_topics, latest_by_key
+from driftline.streams.settings import KafkaSecurity, load_settings
 from tests.helpers import WorkerProcess
 
 pytestmark = pytest.mark.kafka

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from schemas.catalog import SchemaCatalog
-from schemas.codec import decode, encode
-from streams.broker import EmbeddedBroker
-from streams.kafka import create_topics
-from streams.pipeline import ERROR_HEADER
-from streams.settings import load_settings
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import decode, encode
+from driftline.streams.core.pipeline import ERROR_HEADER
+from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.topics import create_topics
+from driftline.streams.settings import load_settings
 from tests.helpers import (
     HOUSING_SCHEMAS,
     Collector,

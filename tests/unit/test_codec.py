@@ -9,8 +9,8 @@ from fastavro import schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.catalog import SchemaCatalog, schema_id
-from schemas.codec import HEADER, BatchDecoder, decode, encode, encode_many, frame
+from driftline.schemas.catalog import SchemaCatalog, schema_id
+from driftline.schemas.codec import HEADER, BatchDecoder, decode, encode, encode_many, frame
 
 CARD = "driftline.examples.CardTransaction"
 
@@ -126,7 +126,7 @@ def test_writer_bytes_equal_plain_fastavro(catalog: SchemaCatalog, generator, rn
 
 def test_columnar_and_fastavro_paths_agree(catalog: SchemaCatalog, generator, rng) -> None:  # type: ignore[no-untyped-def]
     """Small batches go through fastavro, big ones through the columnar codec: same answers."""
-    from schemas.codec import BatchEncoder
+    from driftline.schemas.codec import BatchEncoder
     from tests.helpers import bad_corpus
 
     v1, v2 = catalog.get(CARD, 1), catalog.get(CARD, 2)

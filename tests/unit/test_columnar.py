@@ -10,8 +10,8 @@ from fastavro import schemaless_reader, schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.catalog import SchemaCatalog, WireSchema
-from schemas.columnar import ColumnarReader, ColumnarWriter, columns_from_records, flat_fields
+from driftline.schemas.catalog import SchemaCatalog, WireSchema
+from driftline.schemas.columnar import ColumnarReader, ColumnarWriter, columns_from_records, flat_fields
 from tests.unit.test_codec import card_v2
 
 floats = st.floats(width=64)  # NaN and infinities included: they are valid Avro doubles

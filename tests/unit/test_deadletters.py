@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.model import OnnxModel
-from schemas.catalog import SchemaCatalog
-from schemas.codec import encode
-from streams.clients import AckedSink
-from streams.deadletters import ERROR_HEADER, RECORD_OVERHEAD, bound_record, header_bytes, record_bytes
-from streams.errors import DeliveryError
-from streams.pipeline import OutRecord, RawMessage, ScorePipeline, ServedModel
+from driftline.inference.model import OnnxModel
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import encode
+from driftline.streams.core.deadletters import ERROR_HEADER, RECORD_OVERHEAD, bound_record, header_bytes, record_bytes
+from driftline.streams.core.pipeline import OutRecord, RawMessage, ScorePipeline, ServedModel
+from driftline.streams.errors import DeliveryError
+from driftline.streams.kafka.clients import AckedSink
 
 NOW = 1_767_225_700_000
 ERRORS = [(ERROR_HEADER + "reason", b"malformed_avro"), (ERROR_HEADER + "exception.message", b"x" * 300)]
@@ -119,8 +119,8 @@ def test_a_record_the_producer_refuses_fails_the_batch_instead_of_stalling_it() 
 
 
 def test_the_dead_letter_bound_follows_a_smaller_topic_limit() -> None:
-    from streams.settings import load_settings
-    from streams.worker import deadletter_limit
+    from driftline.streams.app.worker import deadletter_limit
+    from driftline.streams.settings import load_settings
 
     settings = load_settings(deadletter_max_bytes=500_000)
     assert deadletter_limit(settings, None) == 500_000  # the broker reports no limit (the embedded one)
@@ -129,7 +129,7 @@ def test_the_dead_letter_bound_follows_a_smaller_topic_limit() -> None:
 
 
 def test_liveness_reports_a_loop_that_ended() -> None:
-    from streams.observe import Liveness
+    from driftline.streams.core.observe import Liveness
 
     live = Liveness()
     live.started("score")

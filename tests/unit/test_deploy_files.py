@@ -9,8 +9,8 @@ import subprocess
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from streams.metrics import Metrics
-from streams.settings import REPO_ROOT
+from driftline.streams.metrics import Metrics
+from driftline.streams.settings import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
 METRIC = re.compile(r"\bdriftline_[a-z0-9_]+")

@@ -13,14 +13,14 @@ import pytest
 from fastavro import schemaless_reader
 from scipy import stats
 
-from inference.deployment import Deployment, key_buckets, live_variants
-from inference.errors import ModelError
-from inference.model import OnnxModel
-from inference.registry import ModelRegistry, register_version
-from schemas.catalog import SchemaCatalog
-from schemas.codec import HEADER, encode_many
-from streams.pipeline import RawMessage, ScorePipeline, ServedModel
-from streams.settings import EXAMPLE_MODELS
+from driftline.inference.deployment import Deployment, key_buckets, live_variants
+from driftline.inference.errors import ModelError
+from driftline.inference.model import OnnxModel
+from driftline.inference.registry import ModelRegistry, register_version
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import HEADER, encode_many
+from driftline.streams.core.pipeline import RawMessage, ScorePipeline, ServedModel
+from driftline.streams.settings import EXAMPLE_MODELS
 
 NOW = 1_767_225_700_000
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from detectors.evaluate import evaluate
-from detectors.policy import AlertPolicy, PolicyConfig
-from detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
-from detectors.sketch import WindowSketch, fold_numeric
-from detectors.stats import chi2_counts, chi2_isf, chi2_sf, kolmogorov_sf, ks_counts, psi, psi_threshold
+from driftline.detectors.evaluate import evaluate
+from driftline.detectors.policy import AlertPolicy, PolicyConfig
+from driftline.detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
+from driftline.detectors.sketch import WindowSketch, fold_numeric
+from driftline.detectors.stats import chi2_counts, chi2_isf, chi2_sf, kolmogorov_sf, ks_counts, psi, psi_threshold
 
 CATS = ("a", "b", "c", "d", "e")
 CAT_P = np.array([0.4, 0.3, 0.15, 0.1, 0.05])
@@ -55,7 +55,7 @@ def test_chi2_distribution_matches_scipy() -> None:
 def test_kolmogorov_matches_scipy() -> None:
     for x in (0.25, 0.5, 0.8, 1.0, 1.36, 1.63, 2.0, 3.0):
         assert kolmogorov_sf(x) == pytest.approx(special.kolmogorov(x), rel=1e-9, abs=1e-15)
-    from detectors.stats import kolmogorov_isf, normal_isf
+    from driftline.detectors.stats import kolmogorov_isf, normal_isf
 
     for p in (0.05, 0.01, 1e-4):
         assert kolmogorov_isf(p) == pytest.approx(stats.kstwobign.isf(p), rel=1e-9)
@@ -216,7 +216,7 @@ def test_policy_config_is_checked() -> None:
 def test_river_change_points_match_an_offline_run_over_the_same_signal(profile: ReferenceProfile, kind: str) -> None:
     from river import drift as river_drift
 
-    from detectors.river_signal import make, signal
+    from driftline.detectors.river_signal import make, signal
 
     policy = AlertPolicy(PolicyConfig(detector=kind))
     rng = np.random.default_rng(17)

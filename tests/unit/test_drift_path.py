@@ -7,17 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detectors.policy import PolicyConfig
-from detectors.profile import ReferenceProfile
-from detectors.sketch import WindowSketch
-from inference.model import OnnxModel
-from schemas.catalog import SchemaCatalog
-from schemas.codec import encode_many
-from streams.drift import DriftMonitor, alert_record
-from streams.pipeline import RawMessage, ScorePipeline, ServedModel
-from streams.profiling import PROFILE_FILE
-from streams.settings import EXAMPLE_MODELS
-from streams.windows import WindowFolder
+from driftline.detectors.policy import PolicyConfig
+from driftline.detectors.profile import ReferenceProfile
+from driftline.detectors.sketch import WindowSketch
+from driftline.inference.model import OnnxModel
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import encode_many
+from driftline.streams.core.drift import DriftMonitor, alert_record
+from driftline.streams.core.pipeline import RawMessage, ScorePipeline, ServedModel
+from driftline.streams.core.profiling import PROFILE_FILE
+from driftline.streams.core.windows import WindowFolder
+from driftline.streams.settings import EXAMPLE_MODELS
 
 CARD = "driftline.examples.CardTransaction"
 WINDOW_MS = 10_000
@@ -112,8 +112,8 @@ def test_profile_build_refuses_to_overwrite_and_covers_every_feature(
     import json
     import shutil
 
-    from streams.errors import ConfigError
-    from streams.profiling import build_profile
+    from driftline.streams.core.profiling import build_profile
+    from driftline.streams.errors import ConfigError
 
     target = tmp_path / "fraud" / "1"
     shutil.copytree(EXAMPLE_MODELS / "fraud" / "1", target)
@@ -124,7 +124,7 @@ def test_profile_build_refuses_to_overwrite_and_covers_every_feature(
     path, rows = build_profile(target, data, catalog)
     assert rows == sum(1 for r in recs if r["ip_risk"] is not None)
     built = ReferenceProfile.load(path)
-    from inference.manifest import Manifest
+    from driftline.inference.manifest import Manifest
 
     assert [f.name for f in built.features] == [f.name for f in Manifest.read(target).profile.features]
     assert 0.0 <= built.score.mean <= 1.0

@@ -10,12 +10,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sklearn import metrics as skm
 
-from detectors.concept import DETECTION_BOUND, KINDS, ConceptDetector
-from detectors.estimate import Calibration, estimate
-from detectors.quality import QualitySketch, accuracy_drop
-from schemas.catalog import SchemaCatalog
-from schemas.codec import decode, encode
-from streams.feedback import (
+from driftline.detectors.concept import DETECTION_BOUND, KINDS, ConceptDetector
+from driftline.detectors.estimate import Calibration, estimate
+from driftline.detectors.quality import QualitySketch, accuracy_drop
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import decode, encode
+from driftline.streams.app.feedback import FeedbackAgent, FeedbackLoop
+from driftline.streams.core.join import (
     EXPIRE_CHUNK,
     STATE_LABEL,
     STATE_PREDICTIONS,
@@ -28,11 +29,10 @@ from streams.feedback import (
     encode_state,
     entry_bytes,
 )
-from streams.labels import FeedbackAgent, FeedbackLoop
-from streams.metrics import Metrics
-from streams.observe import Recent
-from streams.pipeline import OutRecord, RawMessage
-from streams.settings import load_settings
+from driftline.streams.core.observe import Recent
+from driftline.streams.core.pipeline import OutRecord, RawMessage
+from driftline.streams.metrics import Metrics
+from driftline.streams.settings import load_settings
 
 TTL = 60_000
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from schemas.catalog import SchemaCatalog
-from schemas.codec import HEADER, MAGIC
-from streams.feedback import STATE_LABEL, StateRecord, encode_state
-from streams.pipeline import RawMessage
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import HEADER, MAGIC
+from driftline.streams.core.join import STATE_LABEL, StateRecord, encode_state
+from driftline.streams.core.pipeline import RawMessage
 from tests.unit.test_feedback import feedback_msg, make_agent, reasons
 
 

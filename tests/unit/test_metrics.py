@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from streams.metrics import observe_many
+from driftline.streams.metrics import observe_many
 
 
 def test_observe_many_equals_observe_one_by_one() -> None:

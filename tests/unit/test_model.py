@@ -8,11 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from inference.errors import ModelError, ModelNotReady
-from inference.manifest import Manifest
-from inference.model import CPU, CUDA, OnnxModel, provider_list
-from inference.registry import ModelRegistry, write_version
-from streams.settings import EXAMPLE_MODELS
+from driftline.inference.errors import ModelError, ModelNotReady
+from driftline.inference.manifest import Manifest
+from driftline.inference.model import CPU, CUDA, OnnxModel, provider_list
+from driftline.inference.registry import ModelRegistry, write_version
+from driftline.streams.settings import EXAMPLE_MODELS
 
 FRAUD = EXAMPLE_MODELS / "fraud" / "1"
 HAS_CUDA = CUDA in ort.get_available_providers()
@@ -110,7 +110,7 @@ def test_provider_selection_without_cuda() -> None:
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA; the CPU fallback path is not taken")
 def test_auto_falls_back_to_cpu_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     model = OnnxModel(FRAUD, providers="auto")
-    with caplog.at_level("INFO", logger="inference.model"):
+    with caplog.at_level("INFO", logger="driftline.inference.model"):
         model.load()
     assert model.active_provider == CPU
     assert "CPUExecutionProvider" in caplog.text
@@ -129,9 +129,10 @@ def test_require_gpu_stops_the_worker_at_start_with_one_line() -> None:
     import subprocess
     import sys
 
-    from streams.settings import REPO_ROOT
+    from driftline.streams.settings import REPO_ROOT
 
-    done = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "--require-gpu", "--broker", "127.0.0.1:9"],
+    done = subprocess.run([sys.executable, "-m", "driftline.streams.cli", "worker", "--require-gpu",
+                           "--broker", "127.0.0.1:9"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no CUDA provider" in done.stderr
@@ -172,9 +173,9 @@ def test_a_version_that_fails_its_warm_up_is_refused_not_a_crash(tmp_path: Path)
 def test_a_deployment_that_fails_warm_up_is_refused_and_the_champion_keeps_serving(
     tmp_path: Path, catalog  # type: ignore[no-untyped-def]
 ) -> None:
-    from schemas.codec import encode
-    from streams.pipeline import ServedModel
-    from streams.rollout import ModelLoader, load_failed_alert
+    from driftline.schemas.codec import encode
+    from driftline.streams.app.rollout import ModelLoader, load_failed_alert
+    from driftline.streams.core.pipeline import ServedModel
 
     shutil.copytree(FRAUD, tmp_path / "fraud" / "1")
     register_warmup_failing(tmp_path)
@@ -193,9 +194,9 @@ def test_a_deployment_that_fails_warm_up_is_refused_and_the_champion_keeps_servi
 
 
 def test_model_commands_check_with_the_workers_providers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from inference.deployment import Deployment
-    from streams.cli import build_parser
-    from streams.model_cli import check_servable
+    from driftline.inference.deployment import Deployment
+    from driftline.streams.cli.main import build_parser
+    from driftline.streams.cli.model import check_servable
 
     shutil.copytree(FRAUD, tmp_path / "fraud" / "1")
     register_warmup_failing(tmp_path)
@@ -216,7 +217,7 @@ def test_model_commands_check_with_the_workers_providers(tmp_path: Path, monkeyp
 
 
 def test_register_refuses_a_version_that_fails_its_warm_up(tmp_path: Path) -> None:
-    from streams.cli import main
+    from driftline.streams.cli.main import main
 
     onnx_file = tmp_path / "bad.onnx"
     onnx_file.write_bytes(warmup_failing_onnx(Manifest.read(FRAUD).profile.width))
@@ -227,8 +228,8 @@ def test_register_refuses_a_version_that_fails_its_warm_up(tmp_path: Path) -> No
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA; the version would run on it")
 def test_a_deployment_a_require_gpu_worker_cannot_run_is_refused_not_a_crash(tmp_path: Path) -> None:
-    from inference.deployment import Deployment
-    from streams.rollout import ModelLoader
+    from driftline.inference.deployment import Deployment
+    from driftline.streams.app.rollout import ModelLoader
 
     manifest = json.loads((FRAUD / "manifest.json").read_text())
     write_version(tmp_path, (FRAUD / "model.onnx").read_bytes(), {**manifest, "version": "2"})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.observe import Progress, readiness
+from driftline.streams.core.observe import Progress, readiness
 
 
 def test_idle_is_not_stalled_but_lag_without_progress_is() -> None:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from fastavro import schemaless_reader
 
-from inference.model import OnnxModel
-from schemas.catalog import SchemaCatalog
-from schemas.codec import HEADER, encode
-from streams.pipeline import ERROR_HEADER, RawMessage, ScorePipeline, ServedModel
+from driftline.inference.model import OnnxModel
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import HEADER, encode
+from driftline.streams.core.pipeline import ERROR_HEADER, RawMessage, ScorePipeline, ServedModel
 from tests.helpers import bad_corpus, housing_records
 
 NOW = 1_767_225_700_000
@@ -103,7 +103,7 @@ def test_unrouted_topic_and_truncated_deadletter(catalog: SchemaCatalog, fraud_m
 
 
 def test_inference_failure_dead_letters_the_batch(catalog: SchemaCatalog, generator, rng) -> None:  # type: ignore[no-untyped-def]
-    from streams.settings import EXAMPLE_MODELS
+    from driftline.streams.settings import EXAMPLE_MODELS
 
     model = OnnxModel(EXAMPLE_MODELS / "fraud" / "1", providers="cpu")
     model.load()

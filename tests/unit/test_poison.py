@@ -18,22 +18,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from detectors.policy import PolicyConfig
-from detectors.profile import ReferenceProfile
-from detectors.sketch import WindowSketch
-from inference.deployment import Deployment
-from inference.errors import ModelError
-from inference.registry import ModelRegistry
-from schemas.catalog import SchemaCatalog
-from schemas.codec import HEADER, MAGIC, encode, frame
-from streams.alerts import format_event, read_event
-from streams.drift import DriftMonitor, parse_sketch, resume
-from streams.metrics import Metrics
-from streams.poison import Skip, SkipLog
-from streams.profiling import PROFILE_FILE, ProfileStore
-from streams.rollout import ControlFollower, bad_control_alert, parse_deployment
-from streams.settings import EXAMPLE_MODELS
-from streams.trainer import parse_labeled, parse_retrain
+from driftline.detectors.policy import PolicyConfig
+from driftline.detectors.profile import ReferenceProfile
+from driftline.detectors.sketch import WindowSketch
+from driftline.inference.deployment import Deployment
+from driftline.inference.errors import ModelError
+from driftline.inference.registry import ModelRegistry
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import HEADER, MAGIC, encode, frame
+from driftline.streams.app.rollout import bad_control_alert
+from driftline.streams.core.drift import DriftMonitor, parse_sketch, resume
+from driftline.streams.core.events import format_event, read_event
+from driftline.streams.core.poison import Skip, SkipLog
+from driftline.streams.core.profiling import PROFILE_FILE, ProfileStore
+from driftline.streams.kafka.control import ControlFollower, parse_deployment
+from driftline.streams.metrics import Metrics
+from driftline.streams.settings import EXAMPLE_MODELS
+from driftline.streams.trainer.service import parse_labeled, parse_retrain
 from tests.garbage import NAMED_POISON, garbage, json_values
 from tests.helpers import StoredMessage
 
@@ -200,7 +201,7 @@ def test_real_sketches_pass_and_what_the_review_found_is_refused() -> None:
 
 def test_pending_windows_are_bounded_and_windows_ending_apart_merge(caplog: pytest.LogCaptureFixture) -> None:
     m = monitor(max_pending=5)
-    with caplog.at_level("WARNING", logger="streams.drift"):
+    with caplog.at_level("WARNING", logger="driftline.streams.core.drift"):
         for i in range(12):
             assert m.add(sketch_at(NOW + i * 10_000), (0, i))
     assert sorted(k[2] for k in m.pending) == [NOW + i * 10_000 for i in range(7, 12)]  # the oldest went
@@ -374,8 +375,8 @@ def fitting_sketches(draw: st.DrawFn) -> bytes:
 @FEW
 @given(values=st.lists(fitting_sketches(), min_size=1, max_size=3))
 def test_a_sketch_that_passes_the_checks_never_breaks_the_window_evaluation(values: list[bytes]) -> None:
-    from streams.drift import alert_record, retrain_record
-    from streams.observe import Recent
+    from driftline.streams.core.drift import alert_record, retrain_record
+    from driftline.streams.core.observe import Recent
 
     m, metrics, recent = monitor(), Metrics(CollectorRegistry()), Recent()
     for i, value in enumerate(values):

@@ -20,16 +20,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detectors.profile import ReferenceProfile
-from detectors.sketch import WindowSketch
-from inference.registry import ModelRegistry
-from schemas.catalog import SchemaCatalog
-from schemas.codec import encode, frame
-from streams import demo, report, status
-from streams.alerts import format_event
-from streams.poison import Skip, SkipLog
-from streams.profiling import PROFILE_FILE, ProfileStore
-from streams.settings import EXAMPLE_MODELS, Settings
+from driftline.detectors.profile import ReferenceProfile
+from driftline.detectors.sketch import WindowSketch
+from driftline.inference.registry import ModelRegistry
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import encode, frame
+from driftline.streams.cli import demo, report, status
+from driftline.streams.core.events import format_event
+from driftline.streams.core.poison import Skip, SkipLog
+from driftline.streams.core.profiling import PROFILE_FILE, ProfileStore
+from driftline.streams.settings import EXAMPLE_MODELS, Settings
 from tests.garbage import garbage, json_values
 from tests.helpers import StoredMessage
 
@@ -268,7 +268,7 @@ def test_the_demo_monitor_skips_and_counts_poison_on_every_watched_topic(
     FakeConsumer.stop = stop = threading.Event()
     monkeypatch.setattr(demo, "Consumer", FakeConsumer)
     watch = demo.Watch()
-    with caplog.at_level(logging.WARNING, logger="streams.demo"):
+    with caplog.at_level(logging.WARNING, logger="driftline.streams.cli.demo"):
         demo.monitor(s, catalog, watch, stop, 0.0)
     assert (watch.predictions, watch.alerts, watch.retrains, watch.deadletters) == (1, 1, 1, 2)
     assert watch.skipped == 3 * len(poison) + 2  # the retrain on the alerts topic, the alert on the retrain one
@@ -301,11 +301,11 @@ def poisoned_topics(catalog: SchemaCatalog, s: Settings) -> dict[str, list[Store
 def test_write_reports_skips_poison_and_says_how_many(catalog: SchemaCatalog, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    import streams.kafka
+    import driftline.streams.kafka.topics
 
     s = Settings(namespace="trep")
-    monkeypatch.setattr(streams.kafka, "iter_topic", fake_topics(poisoned_topics(catalog, s)))
-    with caplog.at_level(logging.WARNING, logger="streams.report"):
+    monkeypatch.setattr(driftline.streams.kafka.topics, "iter_topic", fake_topics(poisoned_topics(catalog, s)))
+    with caplog.at_level(logging.WARNING, logger="driftline.streams.cli.report"):
         (path,) = report.write_reports(s, ["fraud"], HOUR, tmp_path, NOW)
     page = path.read_text()
     assert "Skipped 9 records" in page and "amount moved" in page and "Version 1" in page
@@ -314,17 +314,17 @@ def test_write_reports_skips_poison_and_says_how_many(catalog: SchemaCatalog, tm
 
 
 def test_render_status_skips_what_is_not_an_alert(catalog: SchemaCatalog, monkeypatch: pytest.MonkeyPatch) -> None:
-    import streams.kafka
-    import streams.model_cli
+    import driftline.streams.kafka.control
+    import driftline.streams.kafka.topics
 
     s = Settings(namespace="tstat")
     topics = poisoned_topics(catalog, s)
-    monkeypatch.setattr(streams.kafka, "iter_topic", fake_topics(topics))
+    monkeypatch.setattr(driftline.streams.kafka.topics, "iter_topic", fake_topics(topics))
     monkeypatch.setattr(status, "fetched_watermarks",
                         lambda conf, parts: {(t, p): (0, 0) for t, n in parts.items() for p in range(n)})
     monkeypatch.setattr(status, "committed", lambda conf, group, parts: {(t, p): -1 for t, n in parts.items()
                                                                          for p in range(n)})
-    monkeypatch.setattr(streams.model_cli, "read_deployments", lambda settings, timeout_s: {})
+    monkeypatch.setattr(driftline.streams.kafka.control, "read_deployments", lambda settings, timeout_s: {})
 
     def no_worker(url: str) -> Any:
         raise OSError("refused")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.settings import REPO_ROOT, Settings
+from driftline.streams.settings import REPO_ROOT, Settings
 
 K8S = REPO_ROOT / "deploy" / "k8s"
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from detectors.quality_policy import ClosedQuality, QualityPolicy
+from driftline.detectors.quality_policy import ClosedQuality, QualityPolicy
 
 KEY = ("fraud", "1", "champion")
 

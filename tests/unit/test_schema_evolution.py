@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from schemas.catalog import SchemaCatalog, builtin_schema_dir, load_schema_file
-from schemas.codec import BatchDecoder, encode
-from schemas.errors import SchemaError
+from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir, load_schema_file
+from driftline.schemas.codec import BatchDecoder, encode
+from driftline.schemas.errors import SchemaError
 
 CARD = "driftline.examples.CardTransaction"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.errors import ConfigError
-from streams.settings import ModelBinding, load_settings
+from driftline.streams.errors import ConfigError
+from driftline.streams.settings import ModelBinding, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,9 @@ def test_secrets_are_hidden_and_reach_both_clients(monkeypatch: pytest.MonkeyPat
     assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
     conf = s.consumer_config()
     assert conf["sasl.password"] == "hunter2" and conf["sasl.mechanism"] == "SCRAM-SHA-512"
-    creds = s.kafka.faust_credentials()
+    from driftline.streams.app.worker import faust_credentials
+
+    creds = faust_credentials(s.kafka)
     assert creds.username == "svc" and creds.password == "hunter2"
 
 
@@ -63,7 +65,7 @@ def test_secrets_are_hidden_and_reach_both_clients(monkeypatch: pytest.MonkeyPat
 )
 def test_bad_setting_exits_2_with_one_line(env: dict[str, str], names: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "topics", "create"], cwd=ROOT,
+        [sys.executable, "-m", "driftline.streams.cli", "topics", "create"], cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 2

@@ -8,11 +8,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from schemas.catalog import SchemaCatalog
-from schemas.codec import encode
-from streams.poison import SkipLog
-from streams.settings import load_settings
-from streams.trainer import LabeledReader, Trainer
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import encode
+from driftline.streams.core.poison import SkipLog
+from driftline.streams.settings import load_settings
+from driftline.streams.trainer.service import LabeledReader, Trainer
 from tests.helpers import StoredMessage
 
 TOPIC = "ns.labeled"

@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from inference.model import OnnxModel
-from schemas.catalog import SchemaCatalog, WireSchema
-from schemas.columnar import Columns, columns_from_records, flat_fields
-from schemas.errors import ProfileError
-from schemas.profile import CategoricalFeature, InputProfile, NumericFeature
-from schemas.validation import Validator
+from driftline.inference.model import OnnxModel
+from driftline.schemas.catalog import SchemaCatalog, WireSchema
+from driftline.schemas.columnar import Columns, columns_from_records, flat_fields
+from driftline.schemas.errors import ProfileError
+from driftline.schemas.profile import CategoricalFeature, InputProfile, NumericFeature
+from driftline.schemas.validation import Validator
 
 CARD = "driftline.examples.CardTransaction"
 

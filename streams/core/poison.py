@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from schemas.catalog import SchemaCatalog
-from schemas.codec import decode
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import decode
 
 DETAIL_CHARS = 300  # a detail is cut here: records are untrusted and may be huge
 _REPR = reprlib.Repr()

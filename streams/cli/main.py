@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import DriftlineError
-from streams.errors import ConfigError
-from streams.settings import Settings, load_settings
+from driftline.schemas.errors import DriftlineError
+from driftline.streams.errors import ConfigError
+from driftline.streams.settings import Settings, load_settings
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -21,7 +21,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from streams.demo import run_up
+    from driftline.streams.cli.demo import run_up
 
     run_up(_settings(args, session_timeout_s=6.0, window_s=args.window_s, window_grace_s=1.0),
            duration=args.duration, rate=args.rate, drift_at=args.drift_at)
@@ -36,20 +36,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
         extra["providers"] = args.providers
     settings = _settings(args, **extra)
     if args.processes > 1:
-        from streams.supervisor import supervise
+        from driftline.streams.app.supervisor import supervise
 
         argv = [*(["--broker", args.broker] if args.broker else []),
                 *(["--providers", args.providers] if args.providers else []),
                 *(["--require-gpu"] if args.require_gpu else [])]
         return supervise(settings, args.processes, argv, args.restart_delay)
-    from streams.worker import run_worker
+    from driftline.streams.app.worker import run_worker
 
     run_worker(settings)
     return 0
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    from streams.kafka import ensure_topics
+    from driftline.streams.kafka.topics import ensure_topics
 
     settings = _settings(args)
     created = ensure_topics(settings)
@@ -61,11 +61,11 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 def cmd_produce(args: argparse.Namespace) -> int:
     from confluent_kafka import Producer
 
-    from inference.manifest import Manifest
-    from inference.registry import ModelRegistry
-    from schemas.codec import encode
-    from streams.catalog import build_catalog
-    from streams.records import coerce, read_input
+    from driftline.inference.manifest import Manifest
+    from driftline.inference.registry import ModelRegistry
+    from driftline.schemas.codec import encode
+    from driftline.streams.catalog import build_catalog
+    from driftline.streams.core.records import coerce, read_input
 
     settings = _settings(args)
     binding = next((m for m in settings.models if m.name == args.model), None) if args.model else settings.models[0]
@@ -98,9 +98,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
-    from streams.catalog import build_catalog
-    from streams.errors import BrokerError
-    from streams.records import message_to_json
+    from driftline.streams.catalog import build_catalog
+    from driftline.streams.cli.tail import message_to_json
+    from driftline.streams.errors import BrokerError
 
     settings = _settings(args)
     catalog = build_catalog(settings)
@@ -146,8 +146,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_build(args: argparse.Namespace) -> int:
-    from streams.catalog import build_catalog
-    from streams.profiling import build_profile
+    from driftline.streams.catalog import build_catalog
+    from driftline.streams.core.profiling import build_profile
 
     target, rows = build_profile(Path(args.model_dir), Path(args.data), build_catalog(_settings(args)),
                                  force=args.force)
@@ -158,9 +158,9 @@ def cmd_profile_build(args: argparse.Namespace) -> int:
 def cmd_alerts(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
 
-    from streams.alerts import format_event, read_event
-    from streams.catalog import build_catalog
-    from streams.poison import Skip, SkipLog
+    from driftline.streams.catalog import build_catalog
+    from driftline.streams.core.events import format_event, read_event
+    from driftline.streams.core.poison import Skip, SkipLog
 
     settings = _settings(args)
     catalog = build_catalog(settings)
@@ -199,7 +199,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import time
 
-    from streams.report import parse_window, write_reports
+    from driftline.streams.cli.report import parse_window, write_reports
 
     settings = _settings(args)
     models = [args.model] if args.model else [b.name for b in settings.models]
@@ -210,7 +210,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from streams.status import render_status
+    from driftline.streams.cli.status import render_status
 
     settings = _settings(args)
     print(render_status(settings, args.worker or f"http://127.0.0.1:{settings.web_port}", alerts=args.alerts))
@@ -218,8 +218,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:
-    from streams.catalog import build_catalog
-    from streams.trainer import run_trainer
+    from driftline.streams.catalog import build_catalog
+    from driftline.streams.trainer.service import run_trainer
 
     settings = _settings(args)
     return run_trainer(settings, build_catalog(settings), once=args.once)
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--alerts", type=int, default=5, help="how many recent alerts (default 5)")
     st.set_defaults(func=cmd_status)
 
-    from streams.model_cli import add_model_commands
+    from driftline.streams.cli.model import add_model_commands
 
     add_model_commands(sub)
 
@@ -318,6 +318,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"driftline: {exc}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

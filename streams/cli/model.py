@@ -4,38 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from inference.deployment import Deployment, live_variants
-from inference.manifest import MANIFEST, Manifest, sha256_file
-from inference.model import ProviderChoice
-from inference.registry import ModelRegistry, register_version
-from streams.errors import BrokerError, ConfigError
-from streams.settings import REPO_ROOT, Settings, load_settings
-
-
-def code_version() -> str:
-    """The driftline package version, plus the git commit when run from a checkout."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        text = version("driftline")
-    except PackageNotFoundError:
-        text = "unknown"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,  # noqa: S607
-                                text=True, timeout=5, check=True).stdout.strip()
-        return f"{text}+{commit}" if commit else text
-    except (OSError, subprocess.SubprocessError):
-        return text
-
-
-def file_fingerprint(path: Path) -> dict[str, Any]:
-    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+from driftline.inference.deployment import Deployment, live_variants
+from driftline.inference.manifest import MANIFEST, Manifest
+from driftline.inference.model import ProviderChoice
+from driftline.inference.registry import ModelRegistry, register_version
+from driftline.streams.core.provenance import code_version, file_fingerprint
+from driftline.streams.errors import ConfigError
+from driftline.streams.kafka.control import configured, current_deployment, read_deployments, write_deployment
+from driftline.streams.settings import load_settings
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -57,7 +38,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     providers: ProviderChoice = args.providers or settings.providers
     catalog = None
     if data is not None:
-        from streams.catalog import build_catalog
+        from driftline.streams.catalog import build_catalog
 
         catalog = build_catalog(settings)
 
@@ -65,7 +46,7 @@ def cmd_register(args: argparse.Namespace) -> int:
         """Before the version becomes visible: it must warm up where the workers run it; then its profile."""
         check_runs(staging, providers)
         if data is not None and catalog is not None:
-            from streams.profiling import build_profile
+            from driftline.streams.core.profiling import build_profile
 
             _, rows = build_profile(staging, data, catalog)
             print(f"reference profile built from {rows} rows of {data}")
@@ -78,26 +59,6 @@ def cmd_register(args: argparse.Namespace) -> int:
     manifest = json.loads((target / MANIFEST).read_text())
     print(f"registered {args.name} v{args.version} at {target} (sha256 {manifest['sha256'][:12]})")
     return 0
-
-
-def read_deployments(settings: Settings, timeout_s: float = 15.0) -> dict[str, Deployment]:
-    from streams.rollout import ControlFollower
-
-    follower = ControlFollower(settings.confluent(**{"log_level": 0}), settings.topic("models"))
-    try:
-        return follower.read_to_end(timeout_s)
-    finally:
-        follower.close()
-
-
-def configured(settings: Settings, name: str) -> Deployment:
-    """What serves a model before any deployment record: the configured version."""
-    binding = next((b for b in settings.models if b.name == name), None)
-    if binding is None:
-        served = ", ".join(b.name for b in settings.models)
-        raise ConfigError(f"model {name} is not served (DRIFTLINE_MODELS serves {served})")
-    path = ModelRegistry(settings.model_dir).path(name, binding.version)
-    return Deployment(name, path.name)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -135,7 +96,7 @@ def cmd_change(args: argparse.Namespace) -> int:
 
     settings = load_settings(broker=args.broker, **({"model_dir": args.model_dir} if args.model_dir else {}))
     registry = ModelRegistry(settings.model_dir)
-    current = read_deployments(settings).get(args.name) or configured(settings, args.name)
+    current = current_deployment(settings, args.name)
     now = int(time.time() * 1000)
     providers: ProviderChoice = args.providers or settings.providers
     for version in (getattr(args, "version", None), *(getattr(args, "versions", None) or ())):
@@ -160,10 +121,7 @@ def cmd_change(args: argparse.Namespace) -> int:
         for version in new.versions():  # the champion it restores may have been loaded nowhere for a while
             if version not in current.versions():
                 check_servable(registry, current, version, providers)
-    producer = Producer(settings.confluent(**{"log_level": 0}))
-    producer.produce(settings.topic("models"), json.dumps(new.to_dict()).encode(), args.name.encode())
-    if producer.flush(15) != 0:
-        raise BrokerError(f"could not write to {settings.topic('models')} at {settings.broker}")
+    write_deployment(Producer(settings.confluent(log_level=0)), settings, new)
     print(f"before: {current.describe()}\nnow:    {new.describe()}")
     return 0
 
@@ -176,7 +134,7 @@ def check_servable(registry: ModelRegistry, current: Deployment, version: str,
     ``providers`` should be the workers' (``--providers``, default
     DRIFTLINE_PROVIDERS): a graph can warm up on CPU and fail on CUDA.
     """
-    from inference.manifest import input_mismatch
+    from driftline.inference.manifest import input_mismatch
 
     check_runs(registry.path(current.model, version), providers)
     model = Manifest.read(registry.path(current.model, version))
@@ -188,7 +146,7 @@ def check_servable(registry: ModelRegistry, current: Deployment, version: str,
 
 def check_runs(directory: Path, providers: ProviderChoice) -> None:
     """Load and warm up a version as a worker with ``providers`` would; ModelError when it cannot serve there."""
-    from inference.model import OnnxModel
+    from driftline.inference.model import OnnxModel
 
     model = OnnxModel(directory, providers=providers)
     model.load()

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors.profile import CategoricalReference, NumericReference, Reference, ReferenceProfile
-from inference.errors import ModelError
-from inference.model import OnnxModel
-from inference.registry import ModelRegistry
-from schemas.catalog import SchemaCatalog
-from schemas.columnar import columns_from_records, flat_fields
-from schemas.errors import SchemaError
-from schemas.profile import NumericFeature
-from schemas.validation import Validator
-from streams.errors import ConfigError
-from streams.records import coerce, read_input
+from driftline.detectors.profile import CategoricalReference, NumericReference, Reference, ReferenceProfile
+from driftline.inference.errors import ModelError
+from driftline.inference.model import OnnxModel
+from driftline.inference.registry import ModelRegistry
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.columnar import columns_from_records, flat_fields
+from driftline.schemas.errors import SchemaError
+from driftline.schemas.profile import NumericFeature
+from driftline.schemas.validation import Validator
+from driftline.streams.core.records import coerce, read_input
+from driftline.streams.errors import ConfigError
 
 PROFILE_FILE = "profile.json"
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def profile_from_matrix(model_dir: Path, matrix: np.ndarray, scores: np.ndarray)
     was made, so the null rates read zero here: the reference for nulls is
     the champion's until a profile is built from raw requests.
     """
-    from schemas.profile import CategoricalFeature
+    from driftline.schemas.profile import CategoricalFeature
 
     manifest = OnnxModel(model_dir, providers="cpu").manifest
     refs: list[Reference] = []

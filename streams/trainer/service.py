@@ -24,7 +24,6 @@ trainer skips requests that already reached a final stage.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections import deque
@@ -37,18 +36,19 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from detectors.compare import compare
-from inference.deployment import Deployment
-from inference.errors import ModelError
-from inference.manifest import Manifest
-from inference.registry import ModelRegistry, register_version
-from inference.training import train_challenger
-from schemas.catalog import SchemaCatalog
-from schemas.codec import encode
-from streams.errors import BrokerError, ConfigError
-from streams.kafka import iter_topic
-from streams.poison import DETAIL_CHARS, BadRecord, Skip, SkipLog, decode_avro
-from streams.settings import Settings
+from driftline.detectors.compare import compare
+from driftline.inference.deployment import Deployment
+from driftline.inference.errors import ModelError
+from driftline.inference.manifest import Manifest
+from driftline.inference.registry import ModelRegistry, register_version
+from driftline.inference.training import train_challenger
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import encode
+from driftline.streams.core.poison import DETAIL_CHARS, BadRecord, Skip, SkipLog, decode_avro
+from driftline.streams.errors import BrokerError, ConfigError
+from driftline.streams.kafka.control import current_deployment, write_deployment
+from driftline.streams.kafka.topics import iter_topic
+from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 FINAL = ("promoted", "rejected", "failed")
@@ -178,9 +178,7 @@ class Trainer:
             raise BrokerError("could not write a retrain event")
 
     def write_deployment(self, dep: Deployment) -> None:
-        self.producer.produce(self.settings.topic("models"), json.dumps(dep.to_dict()).encode(), dep.model.encode())
-        if self.producer.flush(15) != 0:
-            raise BrokerError("could not write the deployment")
+        write_deployment(self.producer, self.settings, dep)
 
     def deployment(self, model: str, fallback: Deployment | None = None) -> Deployment:
         """The control topic's record; without one, ``fallback`` or the configured version.
@@ -189,9 +187,7 @@ class Trainer:
         configured version of ``latest``, the new version would otherwise look
         like the champion.
         """
-        from streams.model_cli import configured, read_deployments
-
-        return read_deployments(self.settings).get(model) or fallback or configured(self.settings, model)
+        return current_deployment(self.settings, model, fallback)
 
     # -- labeled data -----------------------------------------------------------------------------
 
@@ -251,8 +247,8 @@ class Trainer:
                        "sha256": hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()}
 
         def finish(staging: Path) -> None:
-            from inference.model import OnnxModel
-            from streams.profiling import profile_from_matrix
+            from driftline.inference.model import OnnxModel
+            from driftline.streams.core.profiling import profile_from_matrix
 
             m = OnnxModel(staging, providers="cpu")
             m.load()
@@ -261,7 +257,7 @@ class Trainer:
         onnx_file = Path(self.settings.data_dir) / f"challenger-{model}-{version}.onnx"
         onnx_file.parent.mkdir(parents=True, exist_ok=True)
         onnx_file.write_bytes(onnx_bytes)
-        from streams.model_cli import code_version
+        from driftline.streams.core.provenance import code_version
 
         register_version(self.settings.model_dir, onnx_file, template, name=model, version=version,
                          created_at=datetime.fromtimestamp(self.clock(), tz=UTC), code_version=code_version(),
@@ -317,7 +313,7 @@ class Trainer:
         if champion.task == "regression":
             return {"holdout_rmse": float(np.sqrt(np.mean((scores - y) ** 2))),
                     "champion_holdout_rmse": float(np.sqrt(np.mean((champion_scores - y) ** 2)))}
-        from detectors.compare import log_losses
+        from driftline.detectors.compare import log_losses
 
         return {"holdout_log_loss": float(log_losses(y, scores).mean()),
                 "champion_holdout_log_loss": float(log_losses(y, champion_scores).mean()),

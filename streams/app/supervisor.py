@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from streams.settings import Settings
+from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def child_env(settings: Settings, index: int) -> dict[str, str]:
 
 def supervise(settings: Settings, processes: int, argv: list[str], restart_delay_s: float = 10.0) -> int:
     """Run ``processes`` children of ``driftline worker <argv>``; returns the worst exit code seen."""
-    cmd = [sys.executable, "-m", "streams.cli", "worker", *argv]
+    cmd = [sys.executable, "-m", "driftline.streams.cli", "worker", *argv]
     children: dict[int, subprocess.Popen[bytes]] = {}
     dead_since: dict[int, float] = {}
     worst = 0

@@ -17,18 +17,18 @@ from typing import Any, NamedTuple
 
 import faust
 
-from detectors.policy import PolicyConfig
-from inference.registry import ModelRegistry
-from schemas.catalog import SchemaCatalog
-from schemas.codec import encode
-from streams.drift import DriftMonitor, alert_record, parse_sketch, resume, retrain_record
-from streams.errors import BrokerError
-from streams.kafka import iter_topic
-from streams.metrics import Metrics
-from streams.observe import Recent
-from streams.poison import Skip, SkipLog
-from streams.profiling import ProfileStore
-from streams.settings import Settings
+from driftline.detectors.policy import PolicyConfig
+from driftline.inference.registry import ModelRegistry
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import encode
+from driftline.streams.core.drift import DriftMonitor, alert_record, parse_sketch, resume, retrain_record
+from driftline.streams.core.observe import Recent
+from driftline.streams.core.poison import Skip, SkipLog
+from driftline.streams.core.profiling import ProfileStore
+from driftline.streams.errors import BrokerError
+from driftline.streams.kafka.topics import iter_topic
+from driftline.streams.metrics import Metrics
+from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.drift import ClosedWindow, column_label
+from driftline.streams.core.drift import ClosedWindow, column_label
 
 
 @dataclass

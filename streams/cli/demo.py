@@ -26,18 +26,18 @@ from typing import Any, TextIO, cast
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from inference.registry import ModelRegistry
-from schemas.catalog import SchemaCatalog
-from schemas.codec import encode_many
-from streams.alerts import format_event
-from streams.broker import EmbeddedBroker
-from streams.catalog import build_catalog
-from streams.clients import read_headers
-from streams.example import fraud_generator
-from streams.kafka import count_records, ensure_topics
-from streams.pipeline import Headers
-from streams.poison import BadRecord, Skip, SkipLog, decode_avro
-from streams.settings import Settings
+from driftline.inference.registry import ModelRegistry
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import encode_many
+from driftline.streams.catalog import build_catalog
+from driftline.streams.core.events import format_event
+from driftline.streams.core.pipeline import Headers
+from driftline.streams.core.poison import BadRecord, Skip, SkipLog, decode_avro
+from driftline.streams.example import fraud_generator
+from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.clients import read_headers
+from driftline.streams.kafka.topics import count_records, ensure_topics
+from driftline.streams.settings import Settings
 
 BAD_EVERY = 97  # one malformed request in about a hundred, so dead letters show
 MAX_REASON = 60  # a dead-letter reason header is cut here: the topic is shared, the screen is not
@@ -246,12 +246,12 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
                "DRIFTLINE_TRAINER_WAIT_S": "60", "DRIFTLINE_TRAINER_SHADOW_WAIT_S": "60"}
         with (data_dir / "worker.log").open("wb") as log_file:
             worker = subprocess.Popen(  # noqa: S603 - our own CLI
-                [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log_file,
+                [sys.executable, "-m", "driftline.streams.cli", "worker"], env=env, stdout=log_file,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
         with (data_dir / "trainer.log").open("wb") as log_file:
             trainer = subprocess.Popen(  # noqa: S603 - our own CLI
-                [sys.executable, "-m", "streams.cli", "trainer"], env={**env, "DRIFTLINE_WEB_PORT": "0"},
+                [sys.executable, "-m", "driftline.streams.cli", "trainer"], env={**env, "DRIFTLINE_WEB_PORT": "0"},
                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
             )
         print(f"broker {bootstrap}; worker pid {worker.pid} (log {data_dir / 'worker.log'}); "

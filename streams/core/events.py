@@ -6,8 +6,8 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.catalog import SchemaCatalog
-from streams.poison import BadRecord, Skip, decode_avro
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.streams.core.poison import BadRecord, Skip, decode_avro
 
 EVENT_SUBJECTS = ("driftline.Alert", "driftline.RetrainRequest")
 _COLOURS = {"critical": "\x1b[1;31m", "warning": "\x1b[33m", "retrain": "\x1b[1;35m"}

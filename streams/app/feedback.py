@@ -19,7 +19,7 @@ restart or a rebalance loses no waiting label.
 
 Per (model, version, variant), labeled events are counted into quality
 windows of ``quality_window_labels`` by the pure
-:class:`detectors.quality_policy.QualityPolicy`; each closed window sets the
+:class:`driftline.detectors.quality_policy.QualityPolicy`; each closed window sets the
 quality gauges and is tested against the version's first window (a
 one-sided, sample-size-aware accuracy test): a significant drop of at least
 ``performance_drop_min`` raises a ``performance_drop`` alert. Every labeled
@@ -44,15 +44,13 @@ from typing import Any
 import faust
 import numpy as np
 
-from detectors.estimate import Calibration, estimate
-from detectors.quality_policy import QualityPolicy
-from schemas.catalog import SchemaCatalog
-from schemas.codec import decode, encode
-from streams.alerts import point_alert
-from streams.clients import AckedSink, BatchSource
-from streams.deadletters import ERROR_HEADER, bound_record
-from streams.errors import BrokerError, DeliveryError
-from streams.feedback import (
+from driftline.detectors.estimate import Calibration, estimate
+from driftline.detectors.quality_policy import QualityPolicy
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import decode, encode
+from driftline.streams.core.deadletters import ERROR_HEADER, bound_record
+from driftline.streams.core.events import point_alert
+from driftline.streams.core.join import (
     KINDS,
     STATE_LABEL,
     FeedbackJoin,
@@ -65,11 +63,13 @@ from streams.feedback import (
     decode_state,
     encode_state,
 )
-from streams.kafka import iter_partitions
-from streams.metrics import Metrics
-from streams.observe import Recent
-from streams.pipeline import OutRecord, RawMessage, ServedModel
-from streams.settings import Settings
+from driftline.streams.core.observe import Recent
+from driftline.streams.core.pipeline import OutRecord, RawMessage, ServedModel
+from driftline.streams.errors import BrokerError, DeliveryError
+from driftline.streams.kafka.clients import AckedSink, BatchSource
+from driftline.streams.kafka.topics import iter_partitions
+from driftline.streams.metrics import Metrics
+from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -539,7 +539,7 @@ def add_feedback_agent(app: faust.App, settings: Settings, catalog: SchemaCatalo
     produce, and a full scan of the join every second: 1.8 s at 2M entries),
     which delayed Faust's heartbeats into rebalances.
     """
-    from streams.worker import EXIT_CRASH, fatal  # the worker imports this module lazily
+    from driftline.streams.app.worker import EXIT_CRASH, fatal  # the worker imports this module lazily
 
     agent = FeedbackAgent(settings, catalog, served, metrics, recent)
     conf = {**settings.consumer_config(f"{settings.namespace}-feedback"), "partition.assignment.strategy": "range",

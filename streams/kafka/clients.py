@@ -19,8 +19,8 @@ from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from streams.errors import DeliveryError
-from streams.pipeline import Headers, OutRecord, RawMessage
+from driftline.streams.core.pipeline import Headers, OutRecord, RawMessage
+from driftline.streams.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 

@@ -25,25 +25,26 @@ import faust
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from detectors.profile import ReferenceProfile
-from detectors.sketch import WindowSketch
-from inference.deployment import Deployment, live_variants
-from inference.errors import ModelError
-from inference.model import CUDA, OnnxModel
-from schemas.catalog import SchemaCatalog
-from schemas.codec import encode
-from streams.catalog import build_catalog
-from streams.clients import AckedSink, BatchSource
-from streams.drift_agent import add_drift_agent
-from streams.errors import ConfigError, DeliveryError
-from streams.kafka import ensure_topics, topic_max_message_bytes, wait_for_broker
-from streams.metrics import Metrics
-from streams.observe import Liveness, Progress, Recent, readiness
-from streams.pipeline import OutRecord, RawMessage, ScorePipeline, ServedModel
-from streams.profiling import PROFILE_FILE
-from streams.rollout import ControlFollower, load_failed_alert, loader_from
-from streams.settings import Settings
-from streams.windows import WindowFolder
+from driftline.detectors.profile import ReferenceProfile
+from driftline.detectors.sketch import WindowSketch
+from driftline.inference.deployment import Deployment, live_variants
+from driftline.inference.errors import ModelError
+from driftline.inference.model import CUDA, OnnxModel
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.codec import encode
+from driftline.streams.app.drift import add_drift_agent
+from driftline.streams.app.rollout import load_failed_alert, loader_from
+from driftline.streams.catalog import build_catalog
+from driftline.streams.core.observe import Liveness, Progress, Recent, readiness
+from driftline.streams.core.pipeline import OutRecord, RawMessage, ScorePipeline, ServedModel
+from driftline.streams.core.profiling import PROFILE_FILE
+from driftline.streams.core.windows import WindowFolder
+from driftline.streams.errors import ConfigError, DeliveryError
+from driftline.streams.kafka.clients import AckedSink, BatchSource
+from driftline.streams.kafka.control import ControlFollower
+from driftline.streams.kafka.topics import ensure_topics, topic_max_message_bytes, wait_for_broker
+from driftline.streams.metrics import Metrics
+from driftline.streams.settings import KafkaSecurity, Settings
 
 log = logging.getLogger(__name__)
 EXIT_DELIVERY = 70  # outputs could not be delivered, or a Kafka client became unusable (broker lost its state)
@@ -135,6 +136,35 @@ def publish_deployment(metrics: Metrics, served: ServedModel) -> None:
     metrics.set_deployment(dep.model, live)
 
 
+def faust_credentials(kafka: KafkaSecurity) -> Any:
+    """Faust's ``broker_credentials`` (None for PLAINTEXT)."""
+    import ssl
+
+    from faust.auth import SASLCredentials, SSLCredentials
+    from faust.types.auth import SASLMechanism
+
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    context = None
+    if kafka.security_protocol.endswith("SSL"):
+        context = ssl.create_default_context(
+            purpose=ssl.Purpose.SERVER_AUTH,
+            cafile=str(kafka.ssl_ca_file) if kafka.ssl_ca_file else None,
+        )
+        if kafka.ssl_cert_file and kafka.ssl_key_file:
+            context.load_cert_chain(
+                str(kafka.ssl_cert_file), str(kafka.ssl_key_file),
+                password=kafka.ssl_key_password.get_secret_value() if kafka.ssl_key_password else None,
+            )
+    if kafka.sasl_mechanism:
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+        mechanism = SASLMechanism(kafka.sasl_mechanism)
+        return SASLCredentials(
+            username=kafka.sasl_username, password=password, mechanism=mechanism, ssl_context=context
+        )
+    return SSLCredentials(context)
+
+
 def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
     """The worker app; models load here, so a bad model stops it before it consumes."""
     catalog = build_catalog(settings)
@@ -154,7 +184,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     app = faust.App(
         f"{settings.namespace}-worker",
         broker=[f"kafka://{b.strip()}" for b in settings.broker.split(",")],
-        broker_credentials=settings.kafka.faust_credentials(),
+        broker_credentials=faust_credentials(settings.kafka),
         web_port=settings.web_port,
         web_host="0.0.0.0",  # noqa: S104 - probes and Prometheus scrape from outside the pod
         datadir=str(Path(settings.data_dir) / "faust"),
@@ -289,7 +319,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
 
     add_drift_agent(app, settings, catalog, metrics, recent)
     if settings.feedback:
-        from streams.labels import add_feedback_agent
+        from driftline.streams.app.feedback import add_feedback_agent
 
         add_feedback_agent(app, settings, catalog, {s.model.name: s for s in pipeline.served.values()},
                            metrics, recent)
@@ -342,7 +372,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
         at start or since: each is counted and raises a critical
         bad_control_record alert, and what served before keeps serving.
         """
-        from streams.rollout import bad_control_alert
+        from driftline.streams.app.rollout import bad_control_alert
 
         async def report_skipped() -> None:
             counts, kept = follower.skips.drain()

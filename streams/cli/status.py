@@ -18,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from streams.errors import BrokerError
+from driftline.streams.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,12 @@ def worker_models(url: str) -> list[dict[str, str]]:
 
 
 def render_status(settings: Any, worker_url: str, alerts: int = 5) -> str:
-    from streams.alerts import format_event
-    from streams.catalog import build_catalog
-    from streams.kafka import iter_topic
-    from streams.model_cli import configured, read_deployments
-    from streams.poison import SkipLog
-    from streams.report import read_alerts, skipped_count
+    from driftline.streams.catalog import build_catalog
+    from driftline.streams.cli.report import read_alerts, skipped_count
+    from driftline.streams.core.events import format_event
+    from driftline.streams.core.poison import SkipLog
+    from driftline.streams.kafka.control import configured, read_deployments
+    from driftline.streams.kafka.topics import iter_topic
 
     conf = settings.confluent(**{"log_level": 0})
     parts = settings.topic_partitions()

@@ -1,33 +1,27 @@
-"""Deployments in the worker: load the versions a control record names, follow the control topic.
+"""Deployments in the worker: load the versions a control record names, and the alerts when that fails.
 
-The control topic ``{ns}.models`` holds one JSON :class:`Deployment` per
-model (last record per key wins). Every worker reads all of it, not a share:
-it uses its own consumer with no group and no commits, reads the topic to
-its end at start (the score path does not start before), then follows it.
+The control topic itself (read to the end at start, then followed) is
+:mod:`driftline.streams.kafka.control`; the score path does not start before
+it has been read to its end.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import uuid
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from confluent_kafka import Consumer
-
-from inference.deployment import Deployment
-from inference.errors import ModelError
-from inference.model import CUDA, GraphOptimization, OnnxModel, ProviderChoice
-from inference.registry import ModelRegistry
-from streams.alerts import point_alert
-from streams.errors import ConfigError
-from streams.kafka import read_to_end
-from streams.poison import DETAIL_CHARS, BadRecord, Skip, SkipLog, SkippedRecord, load_json
-from streams.settings import Settings
+from driftline.inference.deployment import Deployment
+from driftline.inference.errors import ModelError
+from driftline.inference.model import CUDA, GraphOptimization, OnnxModel, ProviderChoice
+from driftline.inference.registry import ModelRegistry
+from driftline.streams.core.events import point_alert
+from driftline.streams.core.poison import SkippedRecord
+from driftline.streams.errors import ConfigError
+from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
-KEEP_SKIPPED = 20  # skipped control records kept for alerts between two drains (all are counted)
 
 
 def loader_from(settings: Settings) -> ModelLoader:
@@ -83,70 +77,6 @@ class ModelLoader:
                 raise ModelError(str(exc)) from exc
             raise
         return models
-
-
-def parse_deployment(key: bytes | None, value: bytes | None) -> Deployment | Skip:
-    """A control record as a deployment, or why it is not one; never raises, whatever the bytes.
-
-    The key must be the model's name: the topic is compacted by key, so a
-    record keyed otherwise would not replace the model's last deployment.
-    """
-    if key is None:
-        return Skip("no_key", "a control record must be keyed by its model's name")
-    try:
-        dep = Deployment.from_dict(load_json(value))
-    except BadRecord as exc:
-        return exc.skip()
-    except ModelError as exc:
-        return Skip("invalid_deployment", str(exc)[:DETAIL_CHARS])
-    if dep.model != key.decode(errors="replace"):
-        return Skip("key_mismatch", f"a deployment of model {dep.model!r} keyed {key[:80]!r}; "
-                                    "the key must be the model's name")
-    return dep
-
-
-class ControlFollower:
-    """Reads ``{ns}.models`` from the beginning with its own consumer (no group, no commits).
-
-    Records that are not deployments are skipped (logged with their
-    position) and kept in :attr:`skips`, whose :meth:`SkipLog.drain` gives
-    the worker what to count and alert about, at start and while following.
-    """
-
-    def __init__(self, conf: Mapping[str, Any], topic: str) -> None:
-        self.topic = topic
-        self.skips = SkipLog(log, keep=KEEP_SKIPPED)
-        self._consumer = Consumer({
-            **conf, "group.id": f"driftline-control-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
-            "enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
-        })
-
-    def read_to_end(self, timeout_s: float = 30.0) -> dict[str, Deployment]:
-        """Read the topic from offset 0 to its end (the consumer stays there to follow it): the latest per model."""
-        latest: dict[str, Deployment] = {}
-        for msg in read_to_end(self._consumer, self.topic, timeout_s=timeout_s,
-                               missing=" (the control topic); run driftline topics create"):
-            if (dep := self._parse(msg)) is not None:
-                latest[dep.model] = dep
-        return latest
-
-    def poll(self, timeout_s: float) -> list[Deployment]:
-        """New deployments since the last call (after :meth:`read_to_end`)."""
-        out = []
-        for msg in self._consumer.consume(100, timeout=timeout_s):
-            if msg.error() is None and (dep := self._parse(msg)) is not None:
-                out.append(dep)
-        return out
-
-    def _parse(self, msg: Any) -> Deployment | None:
-        got = parse_deployment(msg.key(), msg.value())
-        if isinstance(got, Skip):
-            self.skips.skip(self.topic, msg.partition(), msg.offset(), msg.key(), got)
-            return None
-        return got
-
-    def close(self) -> None:
-        self._consumer.close()
 
 
 def load_failed_alert(model: str, version: str, reason: str, now_ms: int) -> dict[str, Any]:

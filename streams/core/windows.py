@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from detectors.profile import CategoricalReference, ReferenceProfile
-from detectors.sketch import WindowSketch, fine_maps, window_bounds
-from schemas.columnar import Columns
+from driftline.detectors.profile import CategoricalReference, ReferenceProfile
+from driftline.detectors.sketch import WindowSketch, fine_maps, window_bounds
+from driftline.schemas.columnar import Columns
 
 
 class WindowFolder:

@@ -1,4 +1,4 @@
-"""Turning records to and from the JSON people read and write (tail, produce)."""
+"""Records as people write them (JSON lines, CSV) turned into what a schema accepts, and back to JSON."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from schemas.catalog import SchemaCatalog, WireSchema
-from schemas.codec import decode
-from schemas.profile import _base_type
-from streams.clients import read_headers
+from driftline.schemas.catalog import WireSchema
+from driftline.schemas.profile import _base_type
 
 
 def jsonable(value: Any) -> Any:
@@ -28,27 +26,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list):
         return [jsonable(v) for v in value]
     return value
-
-
-def message_to_json(catalog: SchemaCatalog, msg: Any) -> dict[str, Any]:
-    """One consumed message as a JSON-ready dict: Avro decoded, headers as text."""
-    out: dict[str, Any] = {
-        "topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
-        "key": msg.key().decode(errors="replace") if msg.key() is not None else None,
-    }
-    headers, unreadable = read_headers(msg)
-    if headers:
-        out["headers"] = {k: (v or b"").decode(errors="replace") for k, v in headers}
-    elif unreadable:
-        out["headers_error"] = unreadable
-    value = msg.value()
-    try:
-        schema, record = decode(catalog, value)
-        out["schema"] = f"{schema.subject} v{schema.version} (id {schema.id})"
-        out["value"] = jsonable(record)
-    except Exception:  # noqa: BLE001 - dead letters hold anything; show it raw
-        out["value_base64"] = base64.b64encode(value or b"").decode()
-    return out
 
 
 def read_input(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from streams.errors import BrokerError
+from driftline.streams.errors import BrokerError
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.errors import BrokerError
-from streams.settings import Settings
+from driftline.streams.errors import BrokerError
+from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -16,18 +16,18 @@ from typing import cast
 
 import numpy as np
 
-from detectors.sketch import WindowSketch
-from inference.deployment import CHAMPION, SHADOW, Deployment, key_buckets
-from inference.errors import ModelError
-from inference.manifest import input_mismatch
-from inference.model import OnnxModel
-from schemas.catalog import SchemaCatalog, WireSchema
-from schemas.codec import BatchDecoder, BatchEncoder, Failure
-from schemas.columnar import Columns
-from schemas.profile import CategoricalFeature
-from schemas.validation import Validator
-from streams.deadletters import ERROR_HEADER, MAX_MESSAGE_CHARS, Headers, bound_record
-from streams.windows import WindowFolder
+from driftline.detectors.sketch import WindowSketch
+from driftline.inference.deployment import CHAMPION, SHADOW, Deployment, key_buckets
+from driftline.inference.errors import ModelError
+from driftline.inference.manifest import input_mismatch
+from driftline.inference.model import OnnxModel
+from driftline.schemas.catalog import SchemaCatalog, WireSchema
+from driftline.schemas.codec import BatchDecoder, BatchEncoder, Failure
+from driftline.schemas.columnar import Columns
+from driftline.schemas.profile import CategoricalFeature
+from driftline.schemas.validation import Validator
+from driftline.streams.core.deadletters import ERROR_HEADER, MAX_MESSAGE_CHARS, Headers, bound_record
+from driftline.streams.core.windows import WindowFolder
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ version's directory. Nothing is fetched by the page: the charts are inline
 SVG and there is no script.
 
 Both topics are shared with whoever can write to them, so every record is
-parsed as the drift agent parses it (:mod:`streams.poison`): one that does
+parsed as the drift agent parses it (:mod:`driftline.streams.core.poison`): one that does
 not parse, or does not fit its version's reference profile, is skipped,
 logged once with its position and counted in the report.
 """
@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from detectors.evaluate import ColumnResult, bin_labels, dead_letter_result, evaluate
-from detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
-from detectors.sketch import ColumnSketch, WindowSketch
-from schemas.catalog import SchemaCatalog
-from streams.alerts import millis
-from streams.drift import column_label, fits_profile, sketch_from_dict
-from streams.errors import ConfigError
-from streams.poison import BadRecord, Skip, SkipLog, decode_avro, load_json
+from driftline.detectors.evaluate import ColumnResult, bin_labels, dead_letter_result, evaluate
+from driftline.detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
+from driftline.detectors.sketch import ColumnSketch, WindowSketch
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.streams.core.drift import column_label, fits_profile, sketch_from_dict
+from driftline.streams.core.events import millis
+from driftline.streams.core.poison import BadRecord, Skip, SkipLog, decode_avro, load_json
+from driftline.streams.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -294,10 +294,10 @@ def write_reports(settings: Any, models: list[str], window_ms: int, out_dir: Any
     """
     from pathlib import Path
 
-    from inference.registry import ModelRegistry
-    from streams.catalog import build_catalog
-    from streams.kafka import iter_topic
-    from streams.profiling import ProfileStore
+    from driftline.inference.registry import ModelRegistry
+    from driftline.streams.catalog import build_catalog
+    from driftline.streams.core.profiling import ProfileStore
+    from driftline.streams.kafka.topics import iter_topic
 
     conf = settings.confluent(**{"log_level": 0})
     since_ms, until_ms = now_ms - window_ms, now_ms

@@ -15,12 +15,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from detectors.evaluate import DEAD_LETTERS, SCORE, ColumnResult, dead_letter_result, evaluate
-from detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
-from detectors.profile import NumericReference, ReferenceProfile
-from detectors.river_signal import KINDS
-from detectors.sketch import ColumnSketch, WindowSketch
-from streams.poison import BadRecord, Skip, brief, load_json
+from driftline.detectors.evaluate import DEAD_LETTERS, SCORE, ColumnResult, dead_letter_result, evaluate
+from driftline.detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
+from driftline.detectors.profile import NumericReference, ReferenceProfile
+from driftline.detectors.river_signal import KINDS
+from driftline.detectors.sketch import ColumnSketch, WindowSketch
+from driftline.streams.core.poison import BadRecord, Skip, brief, load_json
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = 1

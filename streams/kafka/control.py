@@ -1,0 +1,126 @@
+"""The control topic ``{ns}.models``: what serves, one JSON :class:`Deployment` per model, last record per key wins.
+
+Every reader reads all of it, not a share: its own consumer with no group
+commits, read from offset 0 to the end, then (the worker) followed. Writers
+(``driftline model …``, the trainer) key each record by the model's name, so
+compaction keeps each model's last deployment. This module is the one place
+that reads, follows and writes the topic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+
+from driftline.inference.deployment import Deployment
+from driftline.inference.errors import ModelError
+from driftline.inference.registry import ModelRegistry
+from driftline.streams.core.poison import DETAIL_CHARS, BadRecord, Skip, SkipLog, load_json
+from driftline.streams.errors import BrokerError, ConfigError
+from driftline.streams.kafka.topics import read_to_end
+from driftline.streams.settings import Settings
+
+log = logging.getLogger(__name__)
+KEEP_SKIPPED = 20  # skipped control records kept for alerts between two drains (all are counted)
+
+
+def parse_deployment(key: bytes | None, value: bytes | None) -> Deployment | Skip:
+    """A control record as a deployment, or why it is not one; never raises, whatever the bytes.
+
+    The key must be the model's name: the topic is compacted by key, so a
+    record keyed otherwise would not replace the model's last deployment.
+    """
+    if key is None:
+        return Skip("no_key", "a control record must be keyed by its model's name")
+    try:
+        dep = Deployment.from_dict(load_json(value))
+    except BadRecord as exc:
+        return exc.skip()
+    except ModelError as exc:
+        return Skip("invalid_deployment", str(exc)[:DETAIL_CHARS])
+    if dep.model != key.decode(errors="replace"):
+        return Skip("key_mismatch", f"a deployment of model {dep.model!r} keyed {key[:80]!r}; "
+                                    "the key must be the model's name")
+    return dep
+
+
+class ControlFollower:
+    """Reads ``{ns}.models`` from the beginning with its own consumer (a throw-away group, no commits).
+
+    Records that are not deployments are skipped (logged with their
+    position) and kept in :attr:`skips`, whose :meth:`SkipLog.drain` gives
+    the worker what to count and alert about, at start and while following.
+    """
+
+    def __init__(self, conf: Mapping[str, Any], topic: str) -> None:
+        self.topic = topic
+        self.skips = SkipLog(log, keep=KEEP_SKIPPED)
+        self._consumer = Consumer({
+            **conf, "group.id": f"driftline-control-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
+            "enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
+        })
+
+    def read_to_end(self, timeout_s: float = 30.0) -> dict[str, Deployment]:
+        """Read the topic from offset 0 to its end (the consumer stays there to follow it): the latest per model."""
+        latest: dict[str, Deployment] = {}
+        for msg in read_to_end(self._consumer, self.topic, timeout_s=timeout_s,
+                               missing=" (the control topic); run driftline topics create"):
+            if (dep := self._parse(msg)) is not None:
+                latest[dep.model] = dep
+        return latest
+
+    def poll(self, timeout_s: float) -> list[Deployment]:
+        """New deployments since the last call (after :meth:`read_to_end`)."""
+        out = []
+        for msg in self._consumer.consume(100, timeout=timeout_s):
+            if msg.error() is None and (dep := self._parse(msg)) is not None:
+                out.append(dep)
+        return out
+
+    def _parse(self, msg: Any) -> Deployment | None:
+        got = parse_deployment(msg.key(), msg.value())
+        if isinstance(got, Skip):
+            self.skips.skip(self.topic, msg.partition(), msg.offset(), msg.key(), got)
+            return None
+        return got
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def read_deployments(settings: Settings, timeout_s: float = 15.0) -> dict[str, Deployment]:
+    """The latest deployment of every model on the control topic (models never deployed are absent)."""
+    follower = ControlFollower(settings.confluent(log_level=0), settings.topic("models"))
+    try:
+        return follower.read_to_end(timeout_s)
+    finally:
+        follower.close()
+
+
+def configured(settings: Settings, name: str) -> Deployment:
+    """What serves a model before any deployment record: the configured version."""
+    binding = next((b for b in settings.models if b.name == name), None)
+    if binding is None:
+        served = ", ".join(b.name for b in settings.models)
+        raise ConfigError(f"model {name} is not served (DRIFTLINE_MODELS serves {served})")
+    path = ModelRegistry(settings.model_dir).path(name, binding.version)
+    return Deployment(name, path.name)
+
+
+def current_deployment(settings: Settings, name: str, fallback: Deployment | None = None,
+                       timeout_s: float = 15.0) -> Deployment:
+    """The control topic's record for ``name``; without one, ``fallback`` or the configured version."""
+    return read_deployments(settings, timeout_s).get(name) or fallback or configured(settings, name)
+
+
+def write_deployment(producer: Producer, settings: Settings, dep: Deployment, timeout_s: float = 15.0) -> None:
+    """Write ``dep`` keyed by its model's name and wait until the broker has it."""
+    producer.produce(settings.topic("models"), json.dumps(dep.to_dict()).encode(), dep.model.encode())
+    if producer.flush(timeout_s) != 0:
+        raise BrokerError(f"could not write the deployment of {dep.model} to {settings.topic('models')} "
+                          f"at {settings.broker}; is the broker up?")

@@ -1,0 +1,50 @@
+"""The wheel installs one import package, ``driftline``, with the four folders mapped inside it and their data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
+                   check=True, capture_output=True, timeout=600)
+    (built,) = out.glob("driftline-*.whl")
+    return built
+
+
+def test_the_wheel_has_one_top_level_package_named_after_the_distribution(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"driftline"}
+    for package in ("schemas", "inference", "detectors", "streams"):
+        assert f"driftline/{package}/__init__.py" in names
+    assert "driftline/schemas/avro/alert.v1.avsc" in names
+    assert "driftline/streams/app/web/dashboard.html" in names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "driftline = driftline.streams.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def test_the_installed_wheel_imports_and_finds_its_schemas(wheel: Path, tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target),
+                    str(wheel)], check=True, capture_output=True, timeout=300)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import driftline, driftline.streams.cli\n"
+        "from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir\n"
+        "assert driftline.__file__.startswith(sys.argv[1]), driftline.__file__\n"
+        "print(len(SchemaCatalog.from_dirs([builtin_schema_dir()]).subjects()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(target)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) >= 6
