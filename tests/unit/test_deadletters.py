@@ -119,7 +119,7 @@ def test_a_record_the_producer_refuses_fails_the_batch_instead_of_stalling_it() 
 
 
 def test_the_dead_letter_bound_follows_a_smaller_topic_limit() -> None:
-    from driftline.streams.app.worker import deadletter_limit
+    from driftline.streams.app.score import deadletter_limit
     from driftline.streams.settings import load_settings
 
     settings = load_settings(deadletter_max_bytes=500_000)

@@ -1,0 +1,90 @@
+"""What the worker's flows share: the clients, the pipeline, metrics, progress, and how the process stops.
+
+One :class:`WorkerContext` is built by :func:`driftline.streams.app.worker.build_app`
+and handed to each flow (score, control, web; drift and feedback take what
+they need). It holds no logic of a flow, only what two or more of them use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from prometheus_client import CollectorRegistry
+
+from driftline.detectors.sketch import WindowSketch
+from driftline.schemas.catalog import SchemaCatalog
+from driftline.streams.core.observe import Liveness, Progress, Recent, readiness
+from driftline.streams.core.pipeline import OutRecord, ScorePipeline
+from driftline.streams.errors import DeliveryError
+from driftline.streams.kafka.clients import AckedSink, BatchSource
+from driftline.streams.metrics import Metrics
+from driftline.streams.settings import Settings
+
+log = logging.getLogger(__name__)
+EXIT_DELIVERY = 70  # outputs could not be delivered, or a Kafka client became unusable (broker lost its state)
+EXIT_CRASH = 71  # a worker loop raised: a bug; nothing after the failure was committed
+
+
+def fatal(exc: BaseException, code: int = EXIT_DELIVERY) -> NoReturn:
+    """Stop the process at once without storing more offsets: a restart redoes the unfinished batches.
+
+    Used when outputs could not be delivered (``EXIT_DELIVERY``) or a loop
+    of the worker raised (``EXIT_CRASH``). Exiting (rather than letting Faust
+    restart a task) hands the decision to the supervisor and keeps the
+    at-least-once promise simple: nothing after the failure is committed.
+    """
+    log.critical("%s: %s; exiting with code %d so the supervisor restarts the worker",
+                 type(exc).__name__, exc, code)
+    logging.shutdown()
+    os._exit(code)
+
+
+def contributor_id() -> str:
+    """This process among the workers that contribute window sketches."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class WorkerContext:
+    """The worker's shared parts; built once, before the app starts."""
+
+    settings: Settings
+    catalog: SchemaCatalog
+    pipeline: ScorePipeline
+    registry: CollectorRegistry
+    metrics: Metrics
+    sink: AckedSink
+    source: BatchSource
+    progress: Progress
+    recent: Recent = field(default_factory=Recent)
+    liveness: Liveness = field(default_factory=Liveness)
+    contributor: str = field(default_factory=contributor_id)
+    probe: dict[str, Any] = field(default_factory=lambda: {"at": 0.0, "problem": None})
+
+    def client_problem(self) -> str | None:
+        """Why the Kafka clients cannot go on (librdkafka's fatal errors), or None."""
+        return self.sink.fatal_error or self.source.fatal_error
+
+    def ready(self) -> tuple[bool, dict[str, str]]:
+        """Readiness now, from the last broker probe (see the web flow's ``/readyz``)."""
+        return readiness(self.progress, time.time(), broker_problem=self.client_problem() or self.probe["problem"],
+                         models_ready={s.model.name: s.model.ready for s in self.pipeline.served.values()})
+
+    def store_acknowledged(self, timeout_s: float = 0.0) -> None:
+        """Store the offsets of every batch the broker has acknowledged; a failed delivery stops the process."""
+        try:
+            for msgs in self.sink.poll(timeout_s):
+                self.source.store_through(msgs)
+        except DeliveryError as exc:
+            fatal(exc)
+
+    def sketch_records(self, sketches: list[WindowSketch]) -> list[OutRecord]:
+        """Window sketches for the drift agent, keyed by model so one agent merges a model's windows."""
+        topic = self.settings.topic("sketches")
+        return [OutRecord(topic, s.model.encode(), json.dumps(s.to_dict()).encode()) for s in sketches]
