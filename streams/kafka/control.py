@@ -22,7 +22,7 @@ from driftline.inference.errors import ModelError
 from driftline.inference.registry import ModelRegistry
 from driftline.streams.core.poison import DETAIL_CHARS, BadRecord, Skip, SkipLog, load_json
 from driftline.streams.errors import BrokerError, ConfigError
-from driftline.streams.kafka.topics import read_to_end
+from driftline.streams.kafka.topics import read_to_end, reader_config
 from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,8 @@ class ControlFollower:
     def __init__(self, conf: Mapping[str, Any], topic: str) -> None:
         self.topic = topic
         self.skips = SkipLog(log, keep=KEEP_SKIPPED)
-        self._consumer = Consumer({
-            **conf, "group.id": f"driftline-control-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
-            "enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
-        })
+        self._consumer = Consumer({**reader_config(conf, f"driftline-control-{uuid.uuid4().hex[:12]}"),
+                                   "fetch.wait.max.ms": 100})
 
     def read_to_end(self, timeout_s: float = 30.0) -> dict[str, Deployment]:
         """Read the topic from offset 0 to its end (the consumer stays there to follow it): the latest per model."""

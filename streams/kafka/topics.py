@@ -21,6 +21,16 @@ from driftline.streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def reader_config(conf: Mapping[str, Any], group: str = "driftline-reader") -> dict[str, Any]:
+    """A consumer that reads a topic without committing: from the earliest offset, told when it reaches an end.
+
+    Readers assign partitions themselves or read to the end and stop; the
+    group only names them in the broker's logs. ``conf``: the client settings.
+    """
+    return {**conf, "group.id": group, "enable.auto.commit": False, "enable.partition.eof": True,
+            "auto.offset.reset": "earliest"}
+
+
 def create_topics(conf: Mapping[str, Any], partitions: Mapping[str, int], timeout_s: float = 15.0,
                   configs: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
     """Create missing topics with explicit partition counts (and topic ``configs``); return those created."""
@@ -119,10 +129,7 @@ def iter_topic(
     conf: Mapping[str, Any], topic: str, *, timeout_s: float = 30.0
 ) -> Iterator[Any]:
     """Every record of a topic from the beginning to its current end, in partition order."""
-    consumer = Consumer({
-        **conf, "group.id": "driftline-reader", "enable.auto.commit": False,
-        "enable.partition.eof": True, "auto.offset.reset": "earliest",
-    })
+    consumer = Consumer(reader_config(conf))
     try:
         yield from read_to_end(consumer, topic, timeout_s=timeout_s)
     finally:
@@ -173,10 +180,7 @@ def iter_partitions(conf: Mapping[str, Any], topic: str, partitions: Iterable[in
     Partitions the topic does not have are read as empty (with a warning):
     waiting for their end would only time out. A missing topic is a BrokerError.
     """
-    consumer = Consumer({
-        **conf, "group.id": "driftline-reader", "enable.auto.commit": False,
-        "enable.partition.eof": True, "auto.offset.reset": "earliest",
-    })
+    consumer = Consumer(reader_config(conf))
     try:
         info = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if info is None or info.error is not None:
