@@ -14,7 +14,7 @@ itself a signal.
 >>> p = rng.random(20000); y = rng.random(20000) < p          # calibrated by construction
 >>> cal = Calibration.fit(p, y)
 >>> est = estimate(cal.apply(p), threshold=0.5)
->>> bool(abs(est["accuracy"] - ((p >= 0.5) == y).mean()) < 0.01)
+>>> bool(abs(est.accuracy - ((p >= 0.5) == y).mean()) < 0.01)
 True
 """
 
@@ -55,17 +55,33 @@ class Calibration:
         return Calibration(np.asarray(d["edges"], dtype=np.float64), np.asarray(d["rates"], dtype=np.float64))
 
 
-def estimate(probabilities: np.ndarray, threshold: float) -> dict[str, float]:
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A window's expected quality from its scores alone (NaN for an empty window)."""
+
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+
+    def items(self) -> list[tuple[str, float]]:
+        """(metric name, value) pairs, the names the metrics and the dashboard use."""
+        return [("accuracy", self.accuracy), ("precision", self.precision), ("recall", self.recall),
+                ("f1", self.f1)]
+
+
+def estimate(probabilities: np.ndarray, threshold: float) -> Estimate:
     """Expected accuracy, precision, recall and F1 of a window from calibrated probabilities."""
     p = np.asarray(probabilities, dtype=np.float64)
     if len(p) == 0:
-        return {"accuracy": float("nan"), "precision": float("nan"), "recall": float("nan"), "f1": float("nan")}
+        nan = float("nan")
+        return Estimate(nan, nan, nan, nan)
     pos = p >= threshold
     tp, fp = float(p[pos].sum()), float((1 - p[pos]).sum())
     fn, tn = float(p[~pos].sum()), float((1 - p[~pos]).sum())
-    return {
-        "accuracy": (tp + tn) / len(p),
-        "precision": tp / (tp + fp) if tp + fp else 0.0,
-        "recall": tp / (tp + fn) if tp + fn else 0.0,
-        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
-    }
+    return Estimate(
+        accuracy=(tp + tn) / len(p),
+        precision=tp / (tp + fp) if tp + fp else 0.0,
+        recall=tp / (tp + fn) if tp + fn else 0.0,
+        f1=2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+    )

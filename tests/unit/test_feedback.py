@@ -139,7 +139,7 @@ def test_label_free_estimate_tracks_real_accuracy_without_concept_drift() -> Non
     for shift in (0.0, 0.5, -0.7):  # covariate shift is fine; the label rule is unchanged
         s, y = stream(5_000, shift)
         real = ((s >= 0.5) == y).mean()
-        est = estimate(cal.apply(s), 0.5)["accuracy"]
+        est = estimate(cal.apply(s), 0.5).accuracy
         assert abs(est - real) < 0.02, (shift, est, real)
 
 
