@@ -13,16 +13,15 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import faust
 
 from driftline.inference.deployment import Deployment, live_variants
 from driftline.inference.errors import ModelError
-from driftline.schemas.codec import encode
 from driftline.streams.app.context import WorkerContext
 from driftline.streams.app.rollout import bad_control_alert, load_failed_alert, loader_from
 from driftline.streams.app.score import build_folder
+from driftline.streams.core.events import Alert, encode_event
 from driftline.streams.core.pipeline import ServedModel
 from driftline.streams.errors import ConfigError
 from driftline.streams.kafka.control import ControlFollower
@@ -39,7 +38,7 @@ def publish_deployment(metrics: Metrics, served: ServedModel) -> None:
     metrics.set_deployment(dep.model, live)
 
 
-def add_control_flow(app: faust.App, ctx: WorkerContext, follower: ControlFollower, refused: list[Any]) -> None:
+def add_control_flow(app: faust.App, ctx: WorkerContext, follower: ControlFollower, refused: list[Alert]) -> None:
     """Follow the control topic (read to its end by ``follower`` already); ``refused``: alerts from start-up."""
     settings, metrics = ctx.settings, ctx.metrics
     alert_schema = ctx.catalog.latest("driftline.Alert")
@@ -49,12 +48,12 @@ def add_control_flow(app: faust.App, ctx: WorkerContext, follower: ControlFollow
     by_model = {s.model.name: s for s in ctx.pipeline.served.values()}
     control_thread = ThreadPoolExecutor(1, thread_name_prefix="driftline-control")
 
-    async def send_alert(rec: Any) -> None:
-        await alerts.send(key=rec["model"].encode(), value=encode(alert_schema, rec, fast=True))
+    async def send_alert(alert: Alert) -> None:
+        await alerts.send(key=alert.model.encode(), value=encode_event(alert_schema, alert))
 
     async def refuse(model: str, version: str, reason: str) -> None:
         rec = load_failed_alert(model, version, reason, int(time.time() * 1000))
-        log.error("alert critical model_load_failed: %s %s", model, rec["message"])
+        log.error("alert critical model_load_failed: %s %s", model, rec.message)
         metrics.deployment_changes.labels(model, "refused").inc()
         metrics.alerts.labels(model, "model_load_failed", "critical").inc()
         ctx.recent.add_alert(rec)
@@ -91,8 +90,8 @@ def add_control_flow(app: faust.App, ctx: WorkerContext, follower: ControlFollow
             metrics.skipped.labels(topic, reason).inc(n)
         for skipped in kept:
             rec = bad_control_alert(skipped, by_model, int(time.time() * 1000))
-            log.error("alert critical bad_control_record: %s", rec["message"])
-            metrics.alerts.labels(rec["model"], "bad_control_record", "critical").inc()
+            log.error("alert critical bad_control_record: %s", rec.message)
+            metrics.alerts.labels(rec.model, "bad_control_record", "critical").inc()
             ctx.recent.add_alert(rec)
             await send_alert(rec)
 

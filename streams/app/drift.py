@@ -20,8 +20,8 @@ import faust
 from driftline.detectors.policy import PolicyConfig
 from driftline.inference.registry import ModelRegistry
 from driftline.schemas.catalog import SchemaCatalog
-from driftline.schemas.codec import encode
 from driftline.streams.core.drift import DriftMonitor, alert_record, parse_sketch, resume, retrain_record
+from driftline.streams.core.events import encode_event
 from driftline.streams.core.observe import Recent
 from driftline.streams.core.poison import Skip, SkipLog
 from driftline.streams.core.profiling import ProfileStore
@@ -144,14 +144,14 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
             sketch, decisions, retrain, _ = window
             metrics.observe_window(window)
             recent.add_window(window)
-            records = [alert_record(sketch, d, now) for d in decisions]
-            for rec in records:
-                log.info("alert %s %s: %s", rec["severity"], rec["kind"], rec["message"])
-                recent.add_alert(rec)
-                await alerts.send(key=sketch.model.encode(), value=encode(alert_schema, rec, fast=True))
+            raised = [alert_record(sketch, d, now) for d in decisions]
+            for alert in raised:
+                log.info("alert %s %s: %s", alert.severity, alert.kind, alert.message)
+                recent.add_alert(alert)
+                await alerts.send(key=sketch.model.encode(), value=encode_event(alert_schema, alert))
             if retrain is not None:
-                rec = retrain_record(sketch, retrain, [r["id"] for r in records], lookback_ms, now)
-                log.info("retrain requested for %s: %s", sketch.model, rec["reason"])
-                await retrains.send(key=sketch.model.encode(), value=encode(retrain_schema, rec, fast=True))
+                request = retrain_record(sketch, retrain, [a.id for a in raised], lookback_ms, now)
+                log.info("retrain requested for %s: %s", sketch.model, request.reason)
+                await retrains.send(key=sketch.model.encode(), value=encode_event(retrain_schema, request))
         for model in sorted({window.sketch.model for window in closed}):
             await save(model)

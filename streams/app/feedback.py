@@ -30,7 +30,6 @@ the decision's error; a change point raises a ``concept_drift`` alert.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import sys
 import time
@@ -49,7 +48,7 @@ from driftline.detectors.quality_policy import QualityPolicy
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode, encode
 from driftline.streams.core.deadletters import ERROR_HEADER, bound_record
-from driftline.streams.core.events import point_alert
+from driftline.streams.core.events import Alert, Severity, encode_event, point_alert, retrain_request
 from driftline.streams.core.join import (
     KINDS,
     STATE_LABEL,
@@ -75,7 +74,8 @@ log = logging.getLogger(__name__)
 
 
 def quality_alert(key: tuple[str, str, str], kind: str, value: float, threshold: float, n: int, message: str,
-                  now_ms: int, severity: str = "critical") -> dict[str, Any]:
+                  now_ms: int, severity: Severity = "critical") -> Alert:
+    """A quality verdict; the variant is in its id, so a shadow's verdict never dedupes the champion's."""
     model, version, variant = key
     statistic = "accuracy" if kind == "performance_drop" else "error_rate"
     return point_alert(model, version, kind, statistic, value, threshold, message, now_ms, sample_size=n,
@@ -128,7 +128,7 @@ class FeedbackAgent:
             return
         est = estimate(cal.apply(np.array(scores)), served.model.manifest.threshold)
         del self.unlabeled[key]
-        self.estimates[key] = est["accuracy"]
+        self.estimates[key] = est.accuracy
         for name, value in est.items():
             self.metrics.quality_estimate.labels(*key, name).set(value)
 
@@ -353,28 +353,24 @@ class FeedbackAgent:
         if change and s.variant != "shadow":
             seen = self.tracker.concept_seen(s.model, s.version)
             kind = self.settings.concept_detector if m.task != "regression" else "adwin"
-            rec = quality_alert((s.model, s.version, s.variant), "concept_drift", 1.0, 0.0, seen,
-                                f"{kind} saw the error rate change after {seen} labeled events", now)
-            out.append(self._alert(rec))
+            alert = quality_alert((s.model, s.version, s.variant), "concept_drift", 1.0, 0.0, seen,
+                                  f"{kind} saw the error rate change after {seen} labeled events", now)
+            out.append(self._alert(alert))
             if (s.model, s.version) not in self.requested:  # the concept moved: train on labels from now on
                 self.requested.add((s.model, s.version))
-                text = f"{s.model}|{s.version}|concept_drift|{now}"
-                req = {"id": hashlib.sha256(text.encode()).hexdigest()[:32], "model": s.model,
-                       "model_version": s.version, "stage": "requested",
-                       "reason": f"concept drift on v{s.version}: {rec['message']}", "alert_ids": [rec["id"]],
-                       "data_start": now, "data_end": now, "requested_at": now, "candidate_version": None}
-                log.info("retrain requested for %s: %s", s.model, req["reason"])
+                req = retrain_request(s.model, s.version, f"concept drift on v{s.version}: {alert.message}",
+                                      (alert.id,), now, now, now, cause=("concept_drift", str(now)))
+                log.info("retrain requested for %s: %s", s.model, req.reason)
                 self.metrics.retrains.labels(s.model).inc()
                 out.append(OutRecord(self.settings.topic("retrain"), s.model.encode(),
-                                     encode(self.retrain_schema, req, fast=True)))
+                                     encode_event(self.retrain_schema, req)))
         return out
 
-    def _alert(self, rec: dict[str, Any]) -> OutRecord:
-        log.info("alert %s %s: %s", rec["severity"], rec["kind"], rec["message"])
-        self.metrics.alerts.labels(rec["model"], rec["kind"], rec["severity"]).inc()
-        self.recent.add_alert(rec)
-        value = encode(self.alert_schema, rec, fast=True)
-        return OutRecord(self.settings.topic("alerts"), rec["model"].encode(), value)
+    def _alert(self, alert: Alert) -> OutRecord:
+        log.info("alert %s %s: %s", alert.severity, alert.kind, alert.message)
+        self.metrics.alerts.labels(alert.model, alert.kind, alert.severity).inc()
+        self.recent.add_alert(alert)
+        return OutRecord(self.settings.topic("alerts"), alert.model.encode(), encode_event(self.alert_schema, alert))
 
 
 def scored_of(rec: dict[str, Any]) -> Scored:
@@ -539,7 +535,7 @@ def add_feedback_agent(app: faust.App, settings: Settings, catalog: SchemaCatalo
     produce, and a full scan of the join every second: 1.8 s at 2M entries),
     which delayed Faust's heartbeats into rebalances.
     """
-    from driftline.streams.app.worker import EXIT_CRASH, fatal  # the worker imports this module lazily
+    from driftline.streams.app.context import EXIT_CRASH, fatal
 
     agent = FeedbackAgent(settings, catalog, served, metrics, recent)
     conf = {**settings.consumer_config(f"{settings.namespace}-feedback"), "partition.assignment.strategy": "range",

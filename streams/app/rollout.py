@@ -7,16 +7,15 @@ it has been read to its end.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Collection, Mapping
-from typing import Any
+from dataclasses import replace
 
 from driftline.inference.deployment import Deployment
 from driftline.inference.errors import ModelError
 from driftline.inference.model import CUDA, GraphOptimization, OnnxModel, ProviderChoice
 from driftline.inference.registry import ModelRegistry
-from driftline.streams.core.events import point_alert
+from driftline.streams.core.events import Alert, event_id, point_alert
 from driftline.streams.core.poison import SkippedRecord
 from driftline.streams.errors import ConfigError
 from driftline.streams.settings import Settings
@@ -79,14 +78,14 @@ class ModelLoader:
         return models
 
 
-def load_failed_alert(model: str, version: str, reason: str, now_ms: int) -> dict[str, Any]:
-    """The ``driftline.Alert`` record (kind model_load_failed) of a refused version."""
+def load_failed_alert(model: str, version: str, reason: str, now_ms: int) -> Alert:
+    """The alert (kind model_load_failed) of a refused version."""
     return point_alert(model, version, "model_load_failed", "model_load", 1.0, 0.0,
                        f"v{version} refused, the previous deployment keeps serving: {reason}", now_ms)
 
 
-def bad_control_alert(skipped: SkippedRecord, served: Collection[str], now_ms: int) -> dict[str, Any]:
-    """The critical ``driftline.Alert`` (kind bad_control_record) of a control record that was skipped.
+def bad_control_alert(skipped: SkippedRecord, served: Collection[str], now_ms: int) -> Alert:
+    """The critical alert (kind bad_control_record) of a control record that was skipped.
 
     ``model`` is the record's key when it names a served model, else
     ``unknown`` (the key is untrusted: the message quotes it). The id hashes
@@ -95,10 +94,9 @@ def bad_control_alert(skipped: SkippedRecord, served: Collection[str], now_ms: i
     """
     key = (skipped.key or b"").decode(errors="replace")
     model = key if key in served else "unknown"
-    rec = point_alert(
+    alert = point_alert(
         model, "", "bad_control_record", "control_record", 1.0, 0.0,
         f"the control record at {skipped.position} (key {key[:80]!r}) was skipped ({skipped.skip.reason}): "
         f"{skipped.skip.detail}; what served before keeps serving. Write a valid deployment with "
         "driftline model promote/canary/shadow/ab/rollback", now_ms)
-    rec["id"] = hashlib.sha256(f"{skipped.position}|bad_control_record".encode()).hexdigest()[:32]
-    return rec
+    return replace(alert, id=event_id(skipped.position, "bad_control_record"))

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import faust
 
@@ -25,6 +24,7 @@ from driftline.schemas.catalog import SchemaCatalog
 from driftline.streams.app.context import EXIT_CRASH, WorkerContext, contributor_id, fatal
 from driftline.streams.app.rollout import load_failed_alert, loader_from
 from driftline.streams.catalog import build_catalog
+from driftline.streams.core.events import Alert
 from driftline.streams.core.pipeline import RawMessage, ScorePipeline, ServedModel
 from driftline.streams.core.profiling import PROFILE_FILE
 from driftline.streams.core.windows import WindowFolder
@@ -51,7 +51,7 @@ def build_folder(settings: Settings, model: OnnxModel, contributor: str) -> Wind
 
 def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None,
                    deployments: Mapping[str, Deployment] | None = None,
-                   refused: list[Any] | None = None, deadletter_bytes: int | None = None
+                   refused: list[Alert] | None = None, deadletter_bytes: int | None = None
                    ) -> ScorePipeline:
     """Load every served model, as its deployment record says, and wire it to its requests topic.
 

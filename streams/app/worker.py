@@ -27,6 +27,7 @@ from driftline.streams.app.drift import add_drift_agent
 from driftline.streams.app.score import REVOKE_DRAIN_S, Scoring, add_score_flow, build_pipeline, deadletter_limit
 from driftline.streams.app.web import add_web_pages
 from driftline.streams.catalog import build_catalog
+from driftline.streams.core.events import Alert
 from driftline.streams.core.observe import Progress
 from driftline.streams.errors import ConfigError
 from driftline.streams.kafka.clients import AckedSink, BatchSource
@@ -71,7 +72,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     """The worker app; models load here, so a bad model stops it before it consumes."""
     catalog = build_catalog(settings)
     follower = ControlFollower(settings.confluent(), settings.topic("models"))
-    refused: list[Any] = []
+    refused: list[Alert] = []
     pipeline = build_pipeline(settings, catalog, follower.read_to_end(), refused,
                               deadletter_limit(settings, topic_max_message_bytes(settings.confluent(),
                                                                                  settings.topic("deadletter"))))

@@ -30,7 +30,7 @@ from driftline.inference.registry import ModelRegistry
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import encode_many
 from driftline.streams.catalog import build_catalog
-from driftline.streams.core.events import format_event
+from driftline.streams.core.events import ALERT_SUBJECT, RETRAIN_SUBJECT, Event, format_event, read_alert, read_retrain
 from driftline.streams.core.pipeline import Headers
 from driftline.streams.core.poison import BadRecord, Skip, SkipLog, decode_avro
 from driftline.streams.example import fraud_generator
@@ -128,8 +128,12 @@ def drive(settings: Settings, catalog: SchemaCatalog, rate: float, duration: flo
     producer.flush(30)
 
 
-def read_watched(catalog: SchemaCatalog, value: bytes | None, subject: str) -> dict[str, Any] | Skip:
+def read_watched(catalog: SchemaCatalog, value: bytes | None, subject: str) -> dict[str, Any] | Event | Skip:
     """A record of one watched topic as ``subject`` (times as epoch ms), or why not; never raises."""
+    if subject == ALERT_SUBJECT:
+        return read_alert(catalog, value)
+    if subject == RETRAIN_SUBJECT:
+        return read_retrain(catalog, value)
     try:
         return decode_avro(catalog, value, (subject,))
     except BadRecord as exc:
@@ -159,8 +163,7 @@ def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: thre
     parts = settings.topic_partitions()
     watched = (pred_topic, dlq_topic, alert_topic, retrain_topic)
     consumer.assign([TopicPartition(t, p, 0) for t in watched for p in range(parts[t])])
-    subjects = {pred_topic: "driftline.Prediction", alert_topic: "driftline.Alert",
-                retrain_topic: "driftline.RetrainRequest"}
+    subjects = {pred_topic: "driftline.Prediction", alert_topic: ALERT_SUBJECT, retrain_topic: RETRAIN_SUBJECT}
     skips = SkipLog(log)
     try:
         while not stop.is_set():
@@ -176,7 +179,7 @@ def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: thre
                 if isinstance(rec, Skip):
                     skips.skip(topic, m.partition(), m.offset(), m.key(), rec)
                     watch.skipped += 1
-                elif topic == pred_topic:
+                elif isinstance(rec, dict):  # a prediction
                     watch.predictions += 1
                     watch.latencies_ms.append(time.time() * 1000 - float(rec["event_time"]))
                     if watch.first_prediction_s is None:

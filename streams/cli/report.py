@@ -30,8 +30,8 @@ from driftline.detectors.profile import CategoricalReference, NumericReference, 
 from driftline.detectors.sketch import ColumnSketch, WindowSketch
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.streams.core.drift import column_label, fits_profile, sketch_from_dict
-from driftline.streams.core.events import millis
-from driftline.streams.core.poison import BadRecord, Skip, SkipLog, decode_avro, load_json
+from driftline.streams.core.events import Alert, read_alert
+from driftline.streams.core.poison import BadRecord, Skip, SkipLog, load_json
 from driftline.streams.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
-def render(model: str, reports: list[VersionReport], alerts: list[dict[str, Any]], since_ms: int, until_ms: int,
+def render(model: str, reports: list[VersionReport], alerts: list[Alert], since_ms: int, until_ms: int,
            alpha: float, skipped: int = 0) -> str:
     """The report page; ``skipped``: records of the sketches and alerts topics left out because they do not parse."""
     e = html.escape
@@ -200,9 +200,9 @@ def render(model: str, reports: list[VersionReport], alerts: list[dict[str, Any]
     out.append("<h2>Alerts of the period</h2>")
     if alerts:
         out.append("<table><tr><th>time</th><th>severity</th><th>kind</th><th>version</th><th>message</th></tr>")
-        for a in sorted(alerts, key=lambda a: a["created_at"]):
-            out.append(f"<tr class=\"{e(a['severity'])}\"><td>{_ts(a['created_at'])}</td><td>{e(a['severity'])}</td>"
-                       f"<td>{e(a['kind'])}</td><td>{e(a['model_version'])}</td><td>{e(a['message'])}</td></tr>")
+        for a in sorted(alerts, key=lambda a: a.created_at):
+            out.append(f"<tr class=\"{e(a.severity)}\"><td>{_ts(a.created_at)}</td><td>{e(a.severity)}</td>"
+                       f"<td>{e(a.kind)}</td><td>{e(a.model_version)}</td><td>{e(a.message)}</td></tr>")
         out.append("</table>")
     else:
         out.append("<p>None.</p>")
@@ -231,17 +231,6 @@ def fitting(sketch: WindowSketch, profile_of: Callable[[str, str], ReferenceProf
     return sketch
 
 
-def read_alert(catalog: SchemaCatalog, value: bytes | None) -> dict[str, Any] | Skip:
-    """A ``driftline.Alert`` record from ``{ns}.alerts`` (times as epoch ms), or why not; never raises."""
-    try:
-        rec = decode_avro(catalog, value, ("driftline.Alert",))
-        return {**rec, "created_at": millis(rec["created_at"])}
-    except BadRecord as exc:
-        return exc.skip()
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # a schema registered without created_at
-        return Skip("wrong_schema", f"not an alert: {type(exc).__name__}: {exc}"[:300])
-
-
 def _skip(skips: SkipLog, msg: Any, why: Skip) -> None:
     skips.skip(str(msg.topic()), msg.partition(), msg.offset(), msg.key(), why)
 
@@ -268,8 +257,8 @@ def read_sketches(messages: Iterable[Any], models: Collection[str], since_ms: in
     return out
 
 
-def read_alerts(messages: Iterable[Any], catalog: SchemaCatalog, skips: SkipLog) -> list[dict[str, Any]]:
-    """Every ``driftline.Alert`` of ``messages``; the other records go to ``skips``."""
+def read_alerts(messages: Iterable[Any], catalog: SchemaCatalog, skips: SkipLog) -> list[Alert]:
+    """Every alert of ``messages``; the other records go to ``skips``."""
     out = []
     for msg in messages:
         got = read_alert(catalog, msg.value())
@@ -317,7 +306,7 @@ def write_reports(settings: Any, models: list[str], window_ms: int, out_dir: Any
         windows = merge_windows(sketches, model, since_ms, until_ms)
         reports = analyse(windows, partial(profiles.get, model), settings.drift_alpha,
                           settings.expected_dead_letter_rate)
-        mine = [a for a in alerts if a["model"] == model and since_ms <= a["created_at"] < until_ms]
+        mine = [a for a in alerts if a.model == model and since_ms <= a.created_at < until_ms]
         path = out / f"driftline-report-{model}.html"
         path.write_text(render(model, reports, mine, since_ms, until_ms, settings.drift_alpha, skipped))
         written.append(path)

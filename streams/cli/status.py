@@ -9,6 +9,7 @@ on the screen.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import time
@@ -18,7 +19,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from driftline.streams.cli.common import Subcommands, cli_settings
 from driftline.streams.errors import BrokerError
+from driftline.streams.kafka.topics import reader_config
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +29,7 @@ log = logging.getLogger(__name__)
 def fetched_watermarks(conf: Mapping[str, Any], topics: Mapping[str, int], timeout_s: float = 10.0
                        ) -> dict[tuple[str, int], tuple[int, int]]:
     """(low, high) per partition, from one fetch of each partition's last record."""
-    consumer = Consumer({**conf, "group.id": "driftline-status", "enable.auto.commit": False,
-                         "enable.partition.eof": True, "log_level": 0})
+    consumer = Consumer({**reader_config(conf, "driftline-status"), "log_level": 0})
     try:
         parts = [TopicPartition(t, p, 0) for t, n in topics.items() for p in range(n)]
         consumer.assign(parts)
@@ -101,9 +103,23 @@ def render_status(settings: Any, worker_url: str, alerts: int = 5) -> str:
     lines += ["", f"LAST {alerts} ALERTS"]
     skips = SkipLog(log)
     found = read_alerts(iter_topic(conf, settings.topic("alerts")), build_catalog(settings), skips)
-    found.sort(key=lambda a: a["created_at"])
+    found.sort(key=lambda a: a.created_at)
     lines += [f"  {format_event(a, colour=False)}" for a in found[-alerts:]] or ["  none"]
     skipped = skipped_count(skips)
     if skipped:
         lines.append(f"  (skipped {skipped} records that do not parse as alerts on {settings.topic('alerts')})")
     return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = cli_settings(args)
+    print(render_status(settings, args.worker or f"http://127.0.0.1:{settings.web_port}", alerts=args.alerts))
+    return 0
+
+
+def add_status_command(sub: Subcommands) -> None:
+    st = sub.add_parser("status", help="topics and lag, live models and provider, the last alerts")
+    st.add_argument("--broker")
+    st.add_argument("--worker", help="a worker's web address for the provider (default http://127.0.0.1:WEB_PORT)")
+    st.add_argument("--alerts", type=int, default=5, help="how many recent alerts (default 5)")
+    st.set_defaults(func=cmd_status)

@@ -6,10 +6,9 @@ bytes: sketches in, Avro alert and retrain records out.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -20,6 +19,7 @@ from driftline.detectors.policy import AlertDecision, AlertPolicy, PolicyConfig,
 from driftline.detectors.profile import NumericReference, ReferenceProfile
 from driftline.detectors.river_signal import KINDS
 from driftline.detectors.sketch import ColumnSketch, WindowSketch
+from driftline.streams.core.events import Alert, BinShift, RetrainEvent, event_id, retrain_request
 from driftline.streams.core.poison import BadRecord, Skip, brief, load_json
 
 log = logging.getLogger(__name__)
@@ -364,37 +364,30 @@ def _is_finite(value: Any) -> bool:
 
 def alert_id(sketch: WindowSketch, result: ColumnResult) -> str:
     """Deterministic: a window redone after a restart raises the same alert id (consumers dedupe)."""
-    text = f"{sketch.model}|{sketch.version}|{sketch.start_ms}|{result.kind}|{result.column}"
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return event_id(sketch.model, sketch.version, str(sketch.start_ms), result.kind, result.column)
 
 
-def alert_record(sketch: WindowSketch, decision: AlertDecision, now_ms: int) -> dict[str, Any]:
-    """The ``driftline.Alert`` record of one decision."""
+def alert_record(sketch: WindowSketch, decision: AlertDecision, now_ms: int) -> Alert:
+    """The alert of one decision about a closed window."""
     r = decision.result
     feature = None if r.column in (SCORE, DEAD_LETTERS) else r.column
     what = {SCORE: "model score", DEAD_LETTERS: "dead-letter rate"}.get(r.column, r.column)
     extra = f", PSI {r.psi:.3f} (chance level {r.psi_threshold:.3f})" if r.statistic in ("ks", "chi2") else ""
     if decision.change_point:
         extra += "; River change point"
-    return {
-        "id": alert_id(sketch, r), "model": sketch.model, "model_version": sketch.version, "kind": r.kind,
-        "severity": decision.severity, "feature": feature, "statistic": r.statistic, "value": float(r.value),
-        "threshold": float(r.threshold), "window_start": sketch.start_ms, "window_end": sketch.end_ms,
-        "sample_size": int(r.n), "reference_size": int(r.reference_n),
-        "top_bins": [{"bin": b, "reference": p, "current": q} for b, p, q in r.top_bins],
-        "message": f"{what}: {r.statistic} {r.value:.4g} > {r.threshold:.4g} (p={r.p_value:.2g}){extra}",
-        "created_at": now_ms,
-    }
+    return Alert(
+        id=alert_id(sketch, r), model=sketch.model, model_version=sketch.version, kind=r.kind,
+        severity=decision.severity, feature=feature, statistic=r.statistic, value=float(r.value),
+        threshold=float(r.threshold), window_start=sketch.start_ms, window_end=sketch.end_ms, sample_size=int(r.n),
+        reference_size=int(r.reference_n), top_bins=tuple(BinShift(b, p, q) for b, p, q in r.top_bins),
+        message=f"{what}: {r.statistic} {r.value:.4g} > {r.threshold:.4g} (p={r.p_value:.2g}){extra}",
+        created_at=now_ms,
+    )
 
 
-def retrain_record(sketch: WindowSketch, decision: RetrainDecision, alert_ids: list[str], lookback_ms: int,
-                   now_ms: int) -> dict[str, Any]:
-    """The ``driftline.RetrainRequest`` record: train on data since the drift began."""
-    start = sketch.start_ms - lookback_ms
-    text = f"{sketch.model}|{sketch.version}|{sketch.start_ms}|retrain"
-    return {
-        "id": hashlib.sha256(text.encode()).hexdigest()[:32], "model": sketch.model,
-        "model_version": sketch.version, "stage": "requested", "reason": decision.reason,
-        "alert_ids": alert_ids, "data_start": start, "data_end": sketch.end_ms, "requested_at": now_ms,
-        "candidate_version": None,
-    }
+def retrain_record(sketch: WindowSketch, decision: RetrainDecision, alert_ids: Sequence[str], lookback_ms: int,
+                   now_ms: int) -> RetrainEvent:
+    """The retrain request of a window: train on data since the drift began."""
+    return retrain_request(sketch.model, sketch.version, decision.reason, tuple(alert_ids),
+                           sketch.start_ms - lookback_ms, sketch.end_ms, now_ms,
+                           cause=(str(sketch.start_ms), "retrain"))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from driftline.streams.core.drift import ClosedWindow, column_label
+from driftline.streams.core.events import Alert
 
 
 @dataclass
@@ -88,10 +89,10 @@ class Recent:
                          "p_value": r.p_value, "psi": r.psi, "n": r.n} for r in closed.results],
         })
 
-    def add_alert(self, record: dict[str, Any]) -> None:
+    def add_alert(self, alert: Alert) -> None:
         keep = ("id", "model", "model_version", "kind", "severity", "feature", "statistic", "value", "threshold",
                 "message", "created_at")
-        self.alerts.append({k: record.get(k) for k in keep})
+        self.alerts.append({k: getattr(alert, k) for k in keep})
 
     def to_dict(self) -> dict[str, Any]:
         return {"windows": list(self.windows), "alerts": list(self.alerts)}

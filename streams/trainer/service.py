@@ -43,11 +43,11 @@ from driftline.inference.manifest import Manifest
 from driftline.inference.registry import ModelRegistry, register_version
 from driftline.inference.training import train_challenger
 from driftline.schemas.catalog import SchemaCatalog
-from driftline.schemas.codec import encode
+from driftline.streams.core.events import RetrainEvent, Stage, encode_event, read_retrain
 from driftline.streams.core.poison import DETAIL_CHARS, BadRecord, Skip, SkipLog, decode_avro
 from driftline.streams.errors import BrokerError, ConfigError
 from driftline.streams.kafka.control import current_deployment, write_deployment
-from driftline.streams.kafka.topics import iter_topic
+from driftline.streams.kafka.topics import iter_topic, reader_config
 from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -162,18 +162,16 @@ class Trainer:
         self.retrain_schema = catalog.latest("driftline.RetrainRequest")
         self.skips = SkipLog(log)
         self.reader = reader or LabeledReader(
-            Consumer({**self.conf, "group.id": f"{settings.namespace}-trainer-reader", "enable.auto.commit": False,
-                      "enable.partition.eof": True, "auto.offset.reset": "earliest"}),
+            Consumer(reader_config(self.conf, f"{settings.namespace}-trainer-reader")),
             settings.topic("labeled"), catalog, self.skips)
 
     # -- events ---------------------------------------------------------------------------------
 
-    def emit(self, request: dict[str, Any], stage: str, reason: str, candidate: str | None = None) -> None:
-        rec = {**request, "stage": stage, "reason": reason, "candidate_version": candidate,
-               "requested_at": int(self.clock() * 1000)}
-        log.info("retrain %s %s: %s", request["model"], stage, reason)
-        self.producer.produce(self.settings.topic("retrain"), encode(self.retrain_schema, rec, fast=True),
-                              request["model"].encode())
+    def emit(self, request: RetrainEvent, stage: Stage, reason: str, candidate: str | None = None) -> None:
+        event = request.advance(stage, reason, int(self.clock() * 1000), candidate)
+        log.info("retrain %s %s: %s", event.model, stage, reason)
+        self.producer.produce(self.settings.topic("retrain"), encode_event(self.retrain_schema, event),
+                              event.model.encode())
         if self.producer.flush(15) != 0:
             raise BrokerError("could not write a retrain event")
 
@@ -209,14 +207,14 @@ class Trainer:
 
     # -- one request ------------------------------------------------------------------------------
 
-    def handle(self, request: dict[str, Any]) -> str:
+    def handle(self, request: RetrainEvent) -> str:
         """Take one retrain request through its stages; returns the final stage."""
         s = self.settings
-        model = request["model"]
+        model = request.model
         dep = self.deployment(model)
         champion = Manifest.read(self.registry.path(model, dep.champion))
         positive = champion.labels[1]
-        since = int(request["data_start"])
+        since = request.data_start
         self.emit(request, "training", f"waiting for {s.trainer_min_labels} labels of v{dep.champion} since "
                   f"{datetime.fromtimestamp(since / 1000, tz=UTC):%H:%M:%S}")
 
@@ -328,24 +326,23 @@ _MAX_MS = 253_402_300_799_999  # 9999-12-31: later epoch ms are no date at all
 RETRAIN_TEXT = ("id", "model", "model_version", "stage", "reason")
 
 
-def parse_retrain(catalog: SchemaCatalog, value: bytes | None) -> dict[str, Any] | Skip:
-    """A ``driftline.RetrainRequest`` record from ``{ns}.retrain`` (times as epoch ms), or why not; never raises.
+def parse_retrain(catalog: SchemaCatalog, value: bytes | None) -> RetrainEvent | Skip:
+    """A retrain event from ``{ns}.retrain``, or why not; never raises.
 
-    Beyond the schema, its times must be dates: the trainer prints them and
-    computes with them, and a record it cannot handle would be handled again
-    after every restart.
+    Beyond the schema, its names must be set and its times dates: the
+    trainer prints them and computes with them, and a record it cannot
+    handle would be handled again after every restart.
     """
-    try:
-        rec = decode_avro(catalog, value, ("driftline.RetrainRequest",))
-    except BadRecord as exc:
-        return exc.skip()
+    event = read_retrain(catalog, value)
+    if isinstance(event, Skip):
+        return event
     for name in RETRAIN_TEXT:
-        if not isinstance(rec.get(name), str) or not rec[name]:
+        if not getattr(event, name):
             return Skip("invalid_retrain", f"{name} must be a non-empty string")
     for name in ("data_start", "data_end", "requested_at"):
-        if not isinstance(rec.get(name), int) or not 0 <= rec[name] <= _MAX_MS:
-            return Skip("invalid_retrain", f"{name} must be epoch milliseconds, got {str(rec.get(name))[:40]}")
-    return rec
+        if not 0 <= getattr(event, name) <= _MAX_MS:
+            return Skip("invalid_retrain", f"{name} must be epoch milliseconds, got {str(getattr(event, name))[:40]}")
+    return event
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,8 +385,7 @@ def run_trainer(settings: Settings, catalog: SchemaCatalog, *, once: bool = Fals
     """Follow ``{ns}.retrain``; handle each request that has not reached a final stage. ``once``: stop when idle."""
     trainer = Trainer(settings, catalog)
     topic = settings.topic("retrain")
-    consumer = Consumer({**trainer.conf, "group.id": f"{settings.namespace}-trainer", "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    consumer = Consumer(reader_config(trainer.conf, f"{settings.namespace}-trainer"))
     assigned: set[int] = set()
     at_end: set[int] = set()  # assigned partitions read to their end (``once`` stops only then)
     consumer.subscribe([topic], on_assign=lambda _c, tps: assigned.update(tp.partition for tp in tps))
@@ -398,9 +394,9 @@ def run_trainer(settings: Settings, catalog: SchemaCatalog, *, once: bool = Fals
         rec = parse_retrain(catalog, m.value())
         if isinstance(rec, Skip):
             trainer.skips.skip(topic, m.partition(), m.offset(), m.key(), rec)
-        elif rec["stage"] in FINAL:
-            final.add(rec["id"])
-    pending: dict[str, dict[str, Any]] = {}
+        elif rec.stage in FINAL:
+            final.add(rec.id)
+    pending: dict[str, RetrainEvent] = {}
     idle_since = time.monotonic()
     try:
         while True:
@@ -417,11 +413,11 @@ def run_trainer(settings: Settings, catalog: SchemaCatalog, *, once: bool = Fals
                 if isinstance(rec, Skip):
                     trainer.skips.skip(topic, msg.partition(), msg.offset(), msg.key(), rec)
                     continue
-                if rec["stage"] in FINAL:
-                    final.add(rec["id"])
-                    pending.pop(rec["id"], None)
-                elif rec["stage"] == "requested" and rec["id"] not in final:
-                    pending[rec["id"]] = rec
+                if rec.stage in FINAL:
+                    final.add(rec.id)
+                    pending.pop(rec.id, None)
+                elif rec.stage == "requested" and rec.id not in final:
+                    pending[rec.id] = rec
             if pending:
                 rid, rec = next(iter(pending.items()))
                 del pending[rid]

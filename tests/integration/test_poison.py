@@ -165,7 +165,7 @@ def test_the_trainer_and_the_alerts_command_skip_poison(
     assert cli(["trainer", "--once", *flags]) == 0
     events = [e for m in iter_topic(settings.confluent(), retrain_t)
               if not isinstance(e := parse_retrain(catalog, m.value()), Skip)]
-    assert [(e["id"], e["stage"]) for e in events if e["stage"] != "requested"] == [("r-ghost", "failed")]
+    assert [(e.id, e.stage) for e in events if e.stage != "requested"] == [("r-ghost", "failed")]
     capsys.readouterr()
     assert cli(["alerts", *flags]) == 0
     out = capsys.readouterr().out.splitlines()

@@ -62,7 +62,7 @@ def alerts_of(profile: ReferenceProfile, sketches: list[WindowSketch]) -> list[t
         monitor.add(s)
     out = []
     for sketch, decisions, _, _ in monitor.close_due(10**15):
-        out += [(a["kind"], a["feature"], a["window_start"]) for a in
+        out += [(a.kind, a.feature, a.window_start) for a in
                 (alert_record(sketch, d, 0) for d in decisions)]
     return out
 
@@ -148,10 +148,10 @@ def test_a_monitor_resumed_from_its_snapshot_alerts_as_if_it_never_stopped(
         for offset, s in items:
             monitor.add(s, (0, offset))
             for sketch, decisions, _, _ in monitor.close_due(s.start_ms):  # windows before this one are due
-                out += [(a["kind"], a["feature"], a["window_start"]) for a in
+                out += [(a.kind, a.feature, a.window_start) for a in
                         (alert_record(sketch, d, 0) for d in decisions)]
         for sketch, decisions, _, _ in monitor.close_due(10**15):
-            out += [(a["kind"], a["feature"], a["window_start"]) for a in
+            out += [(a.kind, a.feature, a.window_start) for a in
                     (alert_record(sketch, d, 0) for d in decisions)]
         return out
 
@@ -165,7 +165,7 @@ def test_a_monitor_resumed_from_its_snapshot_alerts_as_if_it_never_stopped(
     for offset, s in items[:7]:
         first.add(s, (0, offset))
         for sketch, decisions, _, _ in first.close_due(s.start_ms):
-            before += [(a["kind"], a["feature"], a["window_start"]) for a in
+            before += [(a.kind, a.feature, a.window_start) for a in
                        (alert_record(sketch, d, 0) for d in decisions)]
     state = json.loads(json.dumps(first.snapshot("fraud")))  # through the wire format
     assert len(state["pending"]) == 1 and state["applied"] == [0, 6]

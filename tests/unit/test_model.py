@@ -173,8 +173,8 @@ def test_a_version_that_fails_its_warm_up_is_refused_not_a_crash(tmp_path: Path)
 def test_a_deployment_that_fails_warm_up_is_refused_and_the_champion_keeps_serving(
     tmp_path: Path, catalog  # type: ignore[no-untyped-def]
 ) -> None:
-    from driftline.schemas.codec import encode
     from driftline.streams.app.rollout import ModelLoader, load_failed_alert
+    from driftline.streams.core.events import encode_event, read_event
     from driftline.streams.core.pipeline import ServedModel
 
     shutil.copytree(FRAUD, tmp_path / "fraud" / "1")
@@ -186,9 +186,9 @@ def test_a_deployment_that_fails_warm_up_is_refused_and_the_champion_keeps_servi
         with pytest.raises(ModelError, match="warm-up") as refused:
             loader.prepare(dep, served.versions)  # what the worker's apply() turns into model_load_failed
         alert = load_failed_alert("fraud", "6", str(refused.value), 1)
-        assert alert["kind"] == "model_load_failed" and alert["severity"] == "critical"
-        assert "warm-up" in alert["message"] and "CPUExecutionProvider" in alert["message"]
-        encode(catalog.latest("driftline.Alert"), alert)
+        assert alert.kind == "model_load_failed" and alert.severity == "critical"
+        assert "warm-up" in alert.message and "CPUExecutionProvider" in alert.message
+        assert read_event(catalog, encode_event(catalog, alert)) == alert
     assert served.deployment == before and served.model.ready
     assert served.model.predict(np.zeros((3, Manifest.read(FRAUD).profile.width), np.float32)).shape == (3,)
 

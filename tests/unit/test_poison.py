@@ -7,6 +7,7 @@ goes to the control-record, sketch, drift-state, retrain and alert readers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -28,7 +29,7 @@ from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import HEADER, MAGIC, encode, frame
 from driftline.streams.app.rollout import bad_control_alert
 from driftline.streams.core.drift import DriftMonitor, parse_sketch, resume
-from driftline.streams.core.events import format_event, read_event
+from driftline.streams.core.events import encode_event, format_event, read_event
 from driftline.streams.core.poison import Skip, SkipLog
 from driftline.streams.core.profiling import PROFILE_FILE, ProfileStore
 from driftline.streams.kafka.control import ControlFollower, parse_deployment
@@ -120,13 +121,14 @@ def test_the_follower_skips_bad_records_and_keeps_them_for_counts_and_alerts(cat
     finally:
         follower.close()
     alerts = [bad_control_alert(k, {"fraud"}, NOW) for k in kept]
-    assert [a["model"] for a in alerts] == ["fraud", "unknown", "fraud"]  # an unserved key is not a label value
-    assert all(a["kind"] == "bad_control_record" and a["severity"] == "critical" for a in alerts)
-    assert "ns.models[0]@2" in alerts[1]["message"] and "driftline model" in alerts[1]["message"]
-    assert bad_control_alert(kept[0], {"fraud"}, NOW + 5)["id"] == alerts[0]["id"]  # same record, same id
-    assert len({a["id"] for a in alerts}) == 3
+    assert [a.model for a in alerts] == ["fraud", "unknown", "fraud"]  # an unserved key is not a label value
+    assert all(a.kind == "bad_control_record" and a.severity == "critical" for a in alerts)
+    assert "ns.models[0]@2" in alerts[1].message and "driftline model" in alerts[1].message
+    assert bad_control_alert(kept[0], {"fraud"}, NOW + 5).id == alerts[0].id  # same record, same id
+    assert len({a.id for a in alerts}) == 3
+    assert alerts[1].id == hashlib.sha256(b"ns.models[0]@2|bad_control_record").hexdigest()[:32]
     for a in alerts:
-        encode(catalog.latest("driftline.Alert"), a)
+        assert read_event(catalog, encode_event(catalog, a)) == a
 
 
 def test_the_skip_log_counts_each_record_once_and_does_not_flood(caplog: pytest.LogCaptureFixture) -> None:
@@ -306,7 +308,7 @@ def test_retrain_and_alert_readers_never_raise_on_a_valid_frame_with_any_body(ca
     for subject in ("driftline.RetrainRequest", "driftline.Alert"):
         value = frame(catalog.latest(subject).id, body)
         got = parse_retrain(catalog, value)
-        assert isinstance(got, Skip) or got["stage"] and 0 <= got["data_start"]
+        assert isinstance(got, Skip) or got.stage and 0 <= got.data_start
         event = read_event(catalog, value)
         if not isinstance(event, Skip):  # whatever decoded, it prints
             assert format_event(event, colour=True)
