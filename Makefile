@@ -36,4 +36,4 @@ bench: $(STAMP)
 	$(PY) bench/e2e.py
 
 clean:
-	rm -rf $(VENV) .driftline .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .driftline .pytest_cache .mypy_cache .ruff_cache *.egg-info build

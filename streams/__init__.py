@@ -7,8 +7,9 @@ Five rooms, each with its own rule (enforced by ``tests/unit/test_boundaries.py`
   records, bound dead letters, readiness). No Kafka client, no Faust.
 - ``kafka/``: confluent-kafka adapters: the batch source and acknowledged sink,
   topics, the control topic, the embedded broker launcher. No Faust.
-- ``app/``: the worker, a Faust app with one module per flow (score, drift,
-  feedback, rollout, web) wired around a shared context.
+- ``app/``: the worker, a Faust app with one module per flow (score,
+  control, drift, feedback, web) wired around a shared context; ``rollout``
+  loads the model versions the control flow applies.
 - ``trainer/``: ``driftline trainer``, retrain requests to a promoted model.
   No Faust.
 - ``cli/``: the ``driftline`` command, one module per command group. Imports

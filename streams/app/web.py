@@ -25,7 +25,7 @@ PROBE_EVERY_S = 3.0  # at most one broker metadata request per this many seconds
 @functools.cache
 def dashboard_html() -> str:
     """The dashboard page: one self-contained file (no CDN), read once."""
-    return (Path(__file__).parent / "web" / "dashboard.html").read_text()
+    return (Path(__file__).parent / "static" / "dashboard.html").read_text()
 
 
 def add_web_pages(app: faust.App, ctx: WorkerContext) -> None:

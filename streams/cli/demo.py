@@ -33,6 +33,7 @@ from driftline.streams.catalog import build_catalog
 from driftline.streams.core.events import ALERT_SUBJECT, RETRAIN_SUBJECT, Event, format_event, read_alert, read_retrain
 from driftline.streams.core.pipeline import Headers
 from driftline.streams.core.poison import BadRecord, Skip, SkipLog, decode_avro
+from driftline.streams.errors import ConfigError
 from driftline.streams.example import fraud_generator
 from driftline.streams.kafka.broker import EmbeddedBroker
 from driftline.streams.kafka.clients import read_headers
@@ -223,6 +224,11 @@ def render(watch: Watch, elapsed: float, duration: float, drift_at: float | None
 def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float | None,
            out: TextIO = sys.stdout) -> dict[str, int]:
     """Run the whole demo; returns (and prints last) the record count of every topic."""
+    if not Path(settings.model_dir).is_dir():
+        raise ConfigError(f"driftline up runs the bundled fraud example, and its models are not at "
+                          f"{settings.model_dir} (an installed wheel does not carry them): run it from a checkout "
+                          "of the repository, or set "
+                          "DRIFTLINE_MODEL_DIR to a model registry that holds fraud/1")
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
