@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint sysdeps unit integration bench clean
+.PHONY: demo test lint sysdeps kafka unit integration bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "driftline needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
@@ -23,13 +23,18 @@ lint: $(STAMP)
 sysdeps:
 	scripts/system-deps
 
-test: lint sysdeps
+# Apache Kafka's jars, fetched once with Maven into ~/.cache/driftline/kafka-VERSION (or DRIFTLINE_KAFKA_HOME);
+# the integration tests run on it as well as on the embedded broker (and fetch it themselves when missing).
+kafka: $(STAMP)
+	$(PY) -m driftline.streams.kafka.apache
+
+test: lint sysdeps kafka
 	$(PY) -m pytest --doctest-modules driftline/schemas driftline/inference driftline/detectors tests
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) kafka
 	$(PY) -m pytest -m kafka tests/integration
 
 bench: $(STAMP)

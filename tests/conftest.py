@@ -10,7 +10,7 @@ import pytest
 from driftline.inference.model import OnnxModel
 from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir
 from driftline.streams.example import fraud_generator
-from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.broker import Broker, BrokerKind, launch
 from driftline.streams.settings import EXAMPLE_MODELS
 from tests.helpers import HOUSING_SCHEMAS, train_housing
 
@@ -49,11 +49,16 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    """One embedded Tansu broker for the whole session; tests isolate by namespace."""
-    b = EmbeddedBroker(log_file=tmp_path_factory.mktemp("broker") / "broker.log")
-    b.start()
+# Every test that uses `broker` runs on both: the embedded Tansu (what `make demo` uses) and a local Apache
+# Kafka (what production runs; its jars are fetched with Maven on first use, see `make kafka`).
+BROKERS: dict[str, BrokerKind] = {"tansu": "embedded", "kafka": "kafka"}
+
+
+@pytest.fixture(scope="session", params=list(BROKERS))
+def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One broker of each kind for the whole session (ids ``tansu`` and ``kafka``); tests isolate by namespace."""
+    name: str = request.param
+    b = launch(BROKERS[name], log_file=tmp_path_factory.mktemp(f"broker-{name}") / "broker.log")
     try:
         yield b
     finally:

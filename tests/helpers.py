@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from driftline.inference.registry import write_version
 from driftline.streams.kafka.broker import free_port
@@ -153,18 +153,34 @@ class WorkerProcess:
 
 def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes | None]],
             headers: list[tuple[str, bytes]] | None = None, partitioner: str = "consistent_random") -> int:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": partitioner})
+    """Produce every item; fails unless the broker acknowledged them all (a refusal is not silent)."""
+    refused = produce_refusals(bootstrap, topic, items, headers=headers, partitioner=partitioner)
+    assert not refused[1], f"the broker refused {len(refused[1])} of {refused[0]} records on {topic}: {refused[1][0]}"
+    return refused[0]
+
+
+def produce_refusals(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes | None]],
+                     headers: list[tuple[str, bytes]] | None = None, partitioner: str = "consistent_random",
+                     **config: Any) -> tuple[int, list[KafkaError]]:
+    """(records produced, the errors of those the broker refused): for records one broker takes and another not."""
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": partitioner, **config})
+    errors: list[KafkaError] = []
+
+    def delivered(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+
     n = 0
     for key, value in items:
         while True:
             try:
-                p.produce(topic, value, key, headers=headers)
+                p.produce(topic, value, key, headers=headers, on_delivery=delivered)
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
                 p.poll(0.1)
         n += 1
     assert p.flush(30) == 0
-    return n
+    return n, errors
 
 
 def valid_requests(catalog: Any, generator: Any, n: int, seed: int) -> tuple[list[str], list[tuple[bytes, bytes]]]:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -22,7 +23,7 @@ from driftline.schemas.catalog import SchemaCatalog
 from driftline.streams.core.observe import Liveness, Progress, Recent, readiness
 from driftline.streams.core.pipeline import OutRecord, ScorePipeline
 from driftline.streams.errors import DeliveryError
-from driftline.streams.kafka.clients import AckedSink, BatchSource
+from driftline.streams.kafka.clients import BatchSource, Sink
 from driftline.streams.metrics import Metrics
 from driftline.streams.settings import Settings
 
@@ -45,6 +46,27 @@ def fatal(exc: BaseException, code: int = EXIT_DELIVERY) -> NoReturn:
     os._exit(code)
 
 
+SHUTDOWN_GRACE_S = 10.0  # after the score path has stopped and stored its offsets, how long Faust may take to stop
+
+
+def exit_if_stuck(grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    """Exit (code 0) if the process is still alive ``grace_s`` after the score path finished stopping.
+
+    Called once the score loop has flushed and stored what it did: nothing
+    is left to lose. aiokafka's group consumer can hang while it stops (its
+    heartbeat retries "coordinator not available" for ever, seen on Apache
+    Kafka right after a rebalance), which would hold a rolling update for its
+    whole grace period.
+    """
+    def watchdog() -> None:
+        time.sleep(grace_s)
+        log.warning("still stopping %gs after the score path stopped (Faust's consumer is stuck); exiting", grace_s)
+        logging.shutdown()
+        os._exit(0)
+
+    threading.Thread(target=watchdog, name="driftline-exit-watchdog", daemon=True).start()
+
+
 def contributor_id() -> str:
     """This process among the workers that contribute window sketches."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -59,7 +81,7 @@ class WorkerContext:
     pipeline: ScorePipeline
     registry: CollectorRegistry
     metrics: Metrics
-    sink: AckedSink
+    sink: Sink
     source: BatchSource
     progress: Progress
     recent: Recent = field(default_factory=Recent)

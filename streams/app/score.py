@@ -21,7 +21,7 @@ from driftline.inference.deployment import Deployment
 from driftline.inference.errors import ModelError
 from driftline.inference.model import OnnxModel
 from driftline.schemas.catalog import SchemaCatalog
-from driftline.streams.app.context import EXIT_CRASH, WorkerContext, contributor_id, fatal
+from driftline.streams.app.context import EXIT_CRASH, WorkerContext, contributor_id, exit_if_stuck, fatal
 from driftline.streams.app.rollout import load_failed_alert, loader_from
 from driftline.streams.catalog import build_catalog
 from driftline.streams.core.events import Alert
@@ -180,6 +180,7 @@ def add_score_flow(app: faust.App, ctx: WorkerContext, scoring: Scoring) -> None
                 log.warning("stopping with unacknowledged outputs: %s", exc)
             consumer_thread.submit(source.close)
             consumer_thread.shutdown(wait=False)
+            exit_if_stuck()
 
     @app.task
     async def acknowledge() -> None:

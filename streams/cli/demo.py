@@ -1,4 +1,4 @@
-"""``driftline up``: embedded broker, a worker, example traffic and a live summary.
+"""``driftline up``: a broker (embedded, or a local Apache Kafka), a worker, example traffic and a live summary.
 
 The worker runs as its own process, as in production; this process drives
 traffic, watches the output topics and, at the end, counts every topic by
@@ -35,7 +35,7 @@ from driftline.streams.core.pipeline import Headers
 from driftline.streams.core.poison import BadRecord, Skip, SkipLog, decode_avro
 from driftline.streams.errors import ConfigError
 from driftline.streams.example import fraud_generator
-from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.broker import BrokerKind, launch
 from driftline.streams.kafka.clients import read_headers
 from driftline.streams.kafka.topics import count_records, ensure_topics
 from driftline.streams.settings import Settings
@@ -222,8 +222,8 @@ def render(watch: Watch, elapsed: float, duration: float, drift_at: float | None
 
 
 def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float | None,
-           out: TextIO = sys.stdout) -> dict[str, int]:
-    """Run the whole demo; returns (and prints last) the record count of every topic."""
+           out: TextIO = sys.stdout, broker_kind: BrokerKind = "embedded") -> dict[str, int]:
+    """Run the whole demo on a broker of that kind; returns (and prints last) the record count of every topic."""
     if not Path(settings.model_dir).is_dir():
         raise ConfigError(f"driftline up runs the bundled fraud example, and its models are not at "
                           f"{settings.model_dir} (an installed wheel does not carry them): run it from a checkout "
@@ -232,8 +232,8 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    broker = EmbeddedBroker(port=9092, log_file=data_dir / "broker.log")
-    bootstrap = broker.start()
+    broker = launch(broker_kind, port=9092, log_file=data_dir / "broker.log")
+    bootstrap = broker.bootstrap
     stop = threading.Event()
     worker: subprocess.Popen[bytes] | None = None
     trainer: subprocess.Popen[bytes] | None = None

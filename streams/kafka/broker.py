@@ -1,4 +1,9 @@
-"""The embedded Kafka-protocol broker (Tansu) for the demo and the tests.
+"""The brokers driftline starts itself for the demo and the tests: the embedded Tansu, or a local Apache Kafka.
+
+:class:`Broker` is what both offer; :func:`launch` starts one of either kind
+(Apache Kafka's lives in ``apache.py``).
+
+The embedded Kafka-protocol broker (Tansu) is the default: it comes with pip.
 
 Tansu keeps everything in memory and answers at once. What it does not
 do, and what driftline therefore never relies on: TLS and SASL, working
@@ -19,6 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Literal, Protocol, Self, get_args
 
 from driftline.streams.errors import BrokerError
 
@@ -85,6 +91,56 @@ def wait_for_metadata(bootstrap: str, timeout_s: float) -> None:
     raise BrokerError(f"broker at {bootstrap} did not answer within {timeout_s:.0f}s: {last}")
 
 
+BrokerKind = Literal["embedded", "kafka"]
+BROKER_KINDS: tuple[str, ...] = get_args(BrokerKind)
+
+
+class Broker(Protocol):
+    """A broker this process starts and stops: :class:`EmbeddedBroker` or ``apache.ApacheKafka``."""
+
+    kind: BrokerKind  # what launch() calls it
+    log_file: Path | None
+
+    @property
+    def bootstrap(self) -> str:
+        """``127.0.0.1:PORT`` once started."""
+        ...
+
+    def start(self, timeout_s: float = ...) -> str:
+        """Start it (a no-op when running); the bootstrap address once it answers, else :class:`BrokerError`."""
+        ...
+
+    def stop(self) -> None:
+        """Stop it and forget its data; a no-op when not running."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+def launch(kind: BrokerKind = "embedded", *, port: int | None = None, log_file: Path | None = None,
+           timeout_s: float | None = None) -> Broker:
+    """A started broker of that kind: ``embedded`` (Tansu, answers at once) or ``kafka`` (Apache Kafka, seconds).
+
+    ``port``: preferred if free. Stop it with ``stop()`` or use it as a context manager.
+    """
+    broker: Broker
+    if kind == "embedded":
+        broker = EmbeddedBroker(port=port, log_file=log_file)
+        broker.start(20.0 if timeout_s is None else timeout_s)
+    elif kind == "kafka":
+        from driftline.streams.kafka.apache import ApacheKafka
+
+        broker = ApacheKafka(port=port, log_file=log_file)
+        broker.start(60.0 if timeout_s is None else timeout_s)
+    else:
+        raise BrokerError(f"unknown broker kind {kind!r}: one of {', '.join(BROKER_KINDS)}")
+    return broker
+
+
 class EmbeddedBroker:
     """Start/stop a Tansu broker on a loopback port; a context manager.
 
@@ -94,6 +150,8 @@ class EmbeddedBroker:
     ...     print(broker.bootstrap)
     127.0.0.1:40123
     """
+
+    kind: BrokerKind = "embedded"
 
     def __init__(self, *, port: int | None = None, log_file: Path | None = None,
                  advertised_port: int | None = None) -> None:
@@ -110,6 +168,8 @@ class EmbeddedBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> str:
+        if self._proc is not None and self._proc.poll() is None:
+            return self.bootstrap
         binary = find_tansu()
         self.port = free_port(self.port)
         url = f"tcp://127.0.0.1:{self.port}"

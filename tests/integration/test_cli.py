@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.broker import Broker, EmbeddedBroker
 from driftline.streams.settings import REPO_ROOT
 
 pytestmark = pytest.mark.kafka
@@ -24,7 +24,7 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
     )
 
 
-def test_topics_produce_and_tail(broker: EmbeddedBroker, namespace: str, tmp_path: Path, generator, rng) -> None:  # type: ignore[no-untyped-def]
+def test_topics_produce_and_tail(broker: Broker, namespace: str, tmp_path: Path, generator, rng) -> None:  # type: ignore[no-untyped-def]
     env = {"DRIFTLINE_BROKER": broker.bootstrap, "DRIFTLINE_NAMESPACE": namespace}
     created = run("topics", "create", env=env)
     assert created.returncode == 0, created.stderr
@@ -54,8 +54,10 @@ def test_topics_produce_and_tail(broker: EmbeddedBroker, namespace: str, tmp_pat
         assert item["value"]["event_time"].endswith("+00:00")  # timestamps are readable
 
 
-def test_up_shows_predictions_and_dead_letters_and_ends_with_counts(tmp_path: Path) -> None:
-    out = run("up", "--duration", "20", "--rate", "500", env={"DRIFTLINE_DATA_DIR": str(tmp_path)}, timeout=180)
+@pytest.mark.parametrize("kind", [pytest.param("embedded", id="tansu"), pytest.param("kafka", id="kafka")])
+def test_up_shows_predictions_and_dead_letters_and_ends_with_counts(tmp_path: Path, kind: str) -> None:
+    out = run("up", "--broker-kind", kind, "--duration", "20", "--rate", "500",
+              env={"DRIFTLINE_DATA_DIR": str(tmp_path)}, timeout=180)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
     counts = json.loads(lines[-1])

@@ -8,7 +8,7 @@ import pytest
 
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode, encode
-from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import create_topics, iter_topic
 from driftline.streams.settings import load_settings
 from tests.helpers import Collector, WorkerProcess, produce
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.kafka
 
 
 def test_kill_9_mid_stream_loses_nothing(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+    broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
     create_topics(settings.confluent(), settings.topic_partitions())

@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode, encode_many
-from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import create_topics, ensure_topics
 from driftline.streams.settings import load_settings
 from tests.helpers import Collector, WorkerProcess
@@ -21,7 +21,7 @@ DRIFTED = {"amount", "distance_from_last_km"}
 
 
 def test_alerts_only_after_drift_only_on_drifted_features_and_a_retrain(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng,  # type: ignore[no-untyped-def]
+    broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
@@ -96,7 +96,7 @@ def test_alerts_only_after_drift_only_on_drifted_features_and_a_retrain(
 
 
 def test_a_restarted_worker_resumes_the_drift_state(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+    broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
     import json
 

@@ -13,7 +13,7 @@ from confluent_kafka import Producer
 
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode, encode, encode_many
-from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import ensure_topics, iter_topic
 from driftline.streams.settings import load_settings
 from tests.helpers import Collector, WorkerProcess
@@ -28,7 +28,7 @@ def counter(metrics: str, name: str, **labels: str) -> float:
 
 
 def test_join_quality_concept_drift_and_performance_drop(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+    broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
     ensure_topics(settings)

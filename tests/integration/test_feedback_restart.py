@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import encode, encode_many
-from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import ensure_topics
 from driftline.streams.settings import load_settings
 from tests.helpers import Collector, WorkerProcess
@@ -28,7 +28,7 @@ TTL_S = 30  # long enough for the restart (the dead member's 6 s session, the gr
 
 
 def test_waiting_labels_and_predictions_survive_a_kill_9(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+    broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
     ensure_topics(settings)

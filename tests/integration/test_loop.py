@@ -18,7 +18,7 @@ from driftline.detectors.compare import log_losses
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode, encode, encode_many
 from driftline.streams.core.events import millis
-from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import ensure_topics, iter_topic
 from driftline.streams.settings import EXAMPLE_MODELS, REPO_ROOT, load_settings
 from tests.helpers import Collector, WorkerProcess
@@ -90,7 +90,7 @@ def stages_of(catalog: SchemaCatalog, messages: list) -> list[tuple[str, str, st
 
 
 @pytest.fixture
-def loop_env(broker: EmbeddedBroker, namespace: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+def loop_env(broker: Broker, namespace: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     models = tmp_path / "models"
     shutil.copytree(EXAMPLE_MODELS / "fraud", models / "fraud")
     settings = load_settings(broker=broker.bootstrap, namespace=namespace, model_dir=models)
@@ -103,7 +103,7 @@ def loop_env(broker: EmbeddedBroker, namespace: str, tmp_path: Path):  # type: i
     worker.stop()
 
 
-def test_concept_drift_to_a_promoted_challenger(loop_env, broker: EmbeddedBroker, catalog: SchemaCatalog,  # type: ignore[no-untyped-def]
+def test_concept_drift_to_a_promoted_challenger(loop_env, broker: Broker, catalog: SchemaCatalog,  # type: ignore[no-untyped-def]
                                                 generator) -> None:
     settings, worker, trainer, trainer_log = loop_env
     t = {n: settings.topic(n) for n in ("alerts", "retrain", "predictions")}
@@ -151,7 +151,7 @@ def test_concept_drift_to_a_promoted_challenger(loop_env, broker: EmbeddedBroker
     assert {p["model_version"] for p in preds[-50:]} == {"2"}
 
 
-def test_a_challenger_that_is_not_better_is_rejected(loop_env, broker: EmbeddedBroker, catalog: SchemaCatalog,  # type: ignore[no-untyped-def]
+def test_a_challenger_that_is_not_better_is_rejected(loop_env, broker: Broker, catalog: SchemaCatalog,  # type: ignore[no-untyped-def]
                                                      generator) -> None:
     settings, worker, trainer, trainer_log = loop_env
     t = {n: settings.topic(n) for n in ("retrain", "predictions")}

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import encode_many
-from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import ensure_topics
 from driftline.streams.settings import REPO_ROOT, load_settings
 from tests.helpers import WorkerProcess, free_port, produce
@@ -71,7 +71,7 @@ def send_requests(bootstrap: str, topic: str, catalog: SchemaCatalog, generator,
 
 
 def test_readyz_catches_a_stalled_agent(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng,  # type: ignore[no-untyped-def]
+    broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
@@ -147,7 +147,7 @@ def chromium(*args: str, profile: Path) -> str:
 
 
 def test_dashboard_numbers_match_metrics_in_headless_chromium(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+    broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
     ensure_topics(settings)
@@ -195,7 +195,7 @@ def test_dashboard_numbers_match_metrics_in_headless_chromium(
 
 
 def test_a_real_prometheus_scrapes_the_worker(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+    broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
     exe = shutil.which("prometheus")
     assert exe, "Debian's prometheus is needed for this test (.ci/run installs it: apt-get install prometheus)"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from driftline.schemas.catalog import SchemaCatalog
-from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import ensure_topics, iter_topic
 from driftline.streams.settings import load_settings
 from tests.helpers import WorkerProcess, produce, valid_requests
@@ -27,7 +27,7 @@ CYCLES = 5
 
 
 @pytest.mark.parametrize("partitions", [1, 4])
-def test_workers_joining_and_leaving_lose_nothing(broker: EmbeddedBroker, namespace: str, tmp_path: Path,
+def test_workers_joining_and_leaving_lose_nothing(broker: Broker, namespace: str, tmp_path: Path,
                                                   catalog: SchemaCatalog, generator, partitions: int) -> None:  # type: ignore[no-untyped-def]
     settings = load_settings(broker=broker.bootstrap, namespace=namespace, partitions={"requests": partitions})
     ensure_topics(settings)

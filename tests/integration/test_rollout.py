@@ -19,7 +19,7 @@ from driftline.inference.registry import write_version
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode, encode_many
 from driftline.streams.cli.main import main as cli
-from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import ensure_topics, iter_topic
 from driftline.streams.settings import EXAMPLE_MODELS, load_settings
 from tests.helpers import Collector, WorkerProcess
@@ -100,7 +100,7 @@ def wait(condition, worker: WorkerProcess, what: str, timeout_s: float = 60) -> 
 
 
 def test_hot_swap_canary_shadow_and_rollback_under_load(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, registry: Path, generator,  # type: ignore[no-untyped-def]
+    broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, registry: Path, generator,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("DRIFTLINE_NAMESPACE", namespace)
@@ -175,7 +175,7 @@ def test_hot_swap_canary_shadow_and_rollback_under_load(
 
 
 def test_a_refused_version_leaves_the_old_one_serving_and_raises_an_alert(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, registry: Path,  # type: ignore[no-untyped-def]
+    broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, registry: Path,  # type: ignore[no-untyped-def]
     housing_dir: Path, generator, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("DRIFTLINE_NAMESPACE", namespace)

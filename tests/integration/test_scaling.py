@@ -12,7 +12,7 @@ import pytest
 
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode
-from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import ensure_topics, iter_topic
 from driftline.streams.settings import load_settings
 from tests.helpers import Collector, WorkerProcess
@@ -36,7 +36,7 @@ def two_free_ports() -> int:
 
 
 def test_two_processes_share_partitions_and_one_takes_over_when_the_other_dies(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator  # type: ignore[no-untyped-def]
+    broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator  # type: ignore[no-untyped-def]
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
     ensure_topics(settings)

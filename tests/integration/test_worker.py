@@ -10,7 +10,7 @@ import pytest
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode, encode
 from driftline.streams.core.pipeline import ERROR_HEADER
-from driftline.streams.kafka.broker import EmbeddedBroker
+from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import create_topics
 from driftline.streams.settings import load_settings
 from tests.helpers import (
@@ -28,7 +28,7 @@ MAX = 8192
 
 
 def test_worker_scores_valid_and_dead_letters_bad_input(
-    broker: EmbeddedBroker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+    broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
     models = [{"name": "fraud"}, {"name": "housing"}]
     settings = load_settings(broker=broker.bootstrap, namespace=namespace, models=models)
