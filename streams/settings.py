@@ -174,6 +174,19 @@ class Settings(BaseSettings):
         "range", description="how the score group shares partitions; cooperative-sticky moves fewer of them on "
         "Apache Kafka, but the embedded broker can leave partitions unassigned with it after a member dies",
     )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="exactly_once: a batch's outputs and its input offsets commit in one Kafka "
+        "transaction (needs a broker with transactions: Apache Kafka, not the embedded broker)",
+    )
+    transactional_id: str | None = Field(
+        None, pattern=_NAME, description="exactly_once: this worker's transactional id, stable across its restarts "
+        "so a restart aborts what it left open at once; unset: {namespace}-score-{host}-{process index}",
+    )
+    transaction_ms: int = Field(100, ge=1, le=60_000, description="exactly_once: commit a transaction this often")
+    transaction_timeout_s: float = Field(
+        10.0, ge=1.0, le=900.0, description="exactly_once: the broker aborts a transaction left open this long "
+        "(a crashed worker's outputs stay invisible to read_committed readers until then, or until it restarts)",
+    )
     web_port: int = Field(6066, ge=0, le=65535)
     data_dir: Path = Path(".driftline")
 
@@ -263,6 +276,15 @@ class Settings(BaseSettings):
                 "partitioner": "murmur2_random",
             }
         )
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly_once"
+
+    def transactional_producer_config(self, transactional_id: str) -> dict[str, Any]:
+        """The score path's producer in exactly-once: the idempotent producer plus a transactional id."""
+        return {**self.producer_config(), "transactional.id": transactional_id,
+                "transaction.timeout.ms": int(self.transaction_timeout_s * 1000)}
 
     def consumer_config(self, group: str | None = None) -> dict[str, Any]:
         timeout_ms = int(self.session_timeout_s * 1000)

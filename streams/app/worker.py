@@ -13,6 +13,8 @@ load in :func:`build_app`, so a bad model stops the worker before it consumes.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,10 @@ from driftline.streams.catalog import build_catalog
 from driftline.streams.core.events import Alert
 from driftline.streams.core.observe import Progress
 from driftline.streams.errors import ConfigError
-from driftline.streams.kafka.clients import AckedSink, BatchSource
+from driftline.streams.kafka.clients import AckedSink, BatchSource, Sink, TransactionalSink
 from driftline.streams.kafka.control import ControlFollower
 from driftline.streams.kafka.topics import ensure_topics, topic_max_message_bytes, wait_for_broker
+from driftline.streams.kafka.transactions import default_transactional_id, transactions_problem
 from driftline.streams.metrics import Metrics
 from driftline.streams.settings import KafkaSecurity, Settings
 
@@ -68,6 +71,28 @@ def faust_credentials(kafka: KafkaSecurity) -> Any:
     return SSLCredentials(context)
 
 
+def build_sink(settings: Settings, source: BatchSource) -> Sink:
+    """At least once: outputs acknowledged, then offsets stored; exactly once: both in one transaction."""
+    if not settings.exactly_once:
+        return AckedSink(settings.producer_config())
+    txid = settings.transactional_id or default_transactional_id(
+        settings.namespace, socket.gethostname(), os.environ.get("DRIFTLINE_PROCESS_INDEX"))
+    log.info("exactly once: transactional id %s, a transaction every %d ms", txid, settings.transaction_ms)
+    return TransactionalSink(settings.transactional_producer_config(txid), source.transaction_offsets,
+                             commit_every_s=settings.transaction_ms / 1000,
+                             max_batches=settings.max_inflight_batches)
+
+
+def check_exactly_once(settings: Settings) -> None:
+    """Exactly-once promised on a broker without working transactions would be a lie: stop at start instead."""
+    if not settings.exactly_once:
+        return
+    problem = transactions_problem(settings.confluent(log_level=0), settings.topic("txn-probe"))
+    if problem is not None:
+        raise ConfigError(f"processing_guarantee=exactly_once needs a broker with transactions, and at "
+                          f"{settings.broker} {problem}: use Apache Kafka, or set processing_guarantee=at_least_once")
+
+
 def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
     """The worker app; models load here, so a bad model stops it before it consumes."""
     catalog = build_catalog(settings)
@@ -97,10 +122,13 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
         autodiscover=False,
         store="memory://",
     )
-    sink = AckedSink(settings.producer_config())
     scoring = Scoring()
+    sinks: list[Sink] = []  # the sink needs the source (transaction offsets), the source asks the sink if it is busy
     source = BatchSource(settings.consumer_config(), list(pipeline.served),
-                         busy=lambda: scoring.active or sink.in_flight > 0, drain_timeout_s=REVOKE_DRAIN_S)
+                         busy=lambda: scoring.active or sinks[0].in_flight > 0, drain_timeout_s=REVOKE_DRAIN_S,
+                         transactional=settings.exactly_once)
+    sinks.append(build_sink(settings, source))
+    sink = sinks[0]
     ctx = WorkerContext(settings, catalog, pipeline, registry, metrics, sink, source,
                         Progress(time.time(), settings.stall_s))
     add_score_flow(app, ctx, scoring)
@@ -133,5 +161,6 @@ def run_worker(settings: Settings) -> None:
     created = ensure_topics(settings)
     if created:
         log.info("created missing topics: %s", ", ".join(created))
+    check_exactly_once(settings)
     app = build_app(settings)
     Worker(app, loglevel="info", quiet=True).execute_from_commandline()

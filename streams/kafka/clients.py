@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -41,7 +41,11 @@ class BatchSource:
     """
 
     def __init__(self, conf: Mapping[str, Any], topics: Sequence[str], *,
-                 busy: Callable[[], bool] | None = None, drain_timeout_s: float = 10.0) -> None:
+                 busy: Callable[[], bool] | None = None, drain_timeout_s: float = 10.0,
+                 transactional: bool = False) -> None:
+        self.transactional = transactional  # offsets commit in the producer's transactions, not from here
+        if transactional:
+            conf = {**conf, "enable.auto.commit": False, "isolation.level": "read_committed"}
         self._consumer = Consumer({**conf, "error_cb": self._on_error}, logger=log)
         self._consumer.subscribe(list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
@@ -195,13 +199,25 @@ class BatchSource:
             return f"broker unreachable: {exc}"
         return self.broker_down
 
+    def transaction_offsets(self, batches: Iterable[Iterable[RawMessage]]) -> tuple[list[TopicPartition], Any]:
+        """The next offsets after ``batches`` on partitions still assigned, and the group metadata that fences them.
+
+        For a transaction's ``send_offsets_to_transaction``: the broker refuses
+        them if this member's generation is stale (KIP-447), so a member that
+        lost its partitions cannot commit outputs for them.
+        """
+        last = _last_offsets(m for batch in batches for m in batch)
+        with self._lock:
+            offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items() if (t, p) in self.assigned]
+        return offsets, self._consumer.consumer_group_metadata()
+
     def store_through(self, messages: Iterable[RawMessage]) -> None:
-        """Mark every message of a finished batch as done (committed by the next auto-commit)."""
-        last: dict[tuple[str, int], int] = {}
-        for m in messages:
-            key = (m.topic, m.partition)
-            if m.offset >= last.get(key, -1):
-                last[key] = m.offset
+        """Mark every message of a finished batch as done (committed by the next auto-commit).
+
+        In transactional mode the offsets were committed with the batch's
+        transaction already: only the lag bookkeeping moves on.
+        """
+        last = _last_offsets(messages)
         if not last:
             return
         with self._lock:
@@ -212,7 +228,7 @@ class BatchSource:
                 self.processed[(t, p)] = max(o + 1, self.processed.get((t, p), 0))
         if gone:
             log.info("offsets of revoked partitions not stored: %s", ", ".join(f"{t}[{p}]" for t, p in gone))
-        if not last:
+        if not last or self.transactional:
             return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
         try:
@@ -227,6 +243,16 @@ class BatchSource:
             self._consumer.close()
         except RuntimeError:
             pass  # already closed
+
+
+def _last_offsets(messages: Iterable[RawMessage]) -> dict[Partition, int]:
+    """The highest offset per partition among ``messages``."""
+    last: dict[Partition, int] = {}
+    for m in messages:
+        key = (m.topic, m.partition)
+        if m.offset >= last.get(key, -1):
+            last[key] = m.offset
+    return last
 
 
 _headers_of = operator.methodcaller("headers")
@@ -259,6 +285,21 @@ def raw_message(m: Any) -> RawMessage:
                       headers, ts if ts_type else 0, header_error)
 
 
+class Sink(Protocol):
+    """Where the score path sends a batch's outputs; :meth:`poll` returns the batches whose offsets may move on."""
+
+    fatal_error: str | None
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def send(self, records: Sequence[OutRecord], token: Any) -> None: ...
+
+    def poll(self, timeout_s: float = 0.0) -> list[Any]: ...
+
+    def flush(self, timeout_s: float = 30.0) -> list[Any]: ...
+
+
 class _Pending:
     """Outputs of one batch still waiting for acknowledgements."""
 
@@ -273,6 +314,23 @@ class _Pending:
         self.left -= 1
         if err is not None and self.error is None:
             self.error = str(err)
+
+
+def _produce_all(producer: Producer, records: Sequence[OutRecord], pending: _Pending) -> None:
+    """Queue ``records``, waiting while librdkafka's queue is full; a record refused outright fails the batch."""
+    produce, callback = producer.produce, pending.delivered
+    for i, r in enumerate(records):
+        while True:
+            try:
+                produce(r.topic, r.value, r.key, headers=r.headers,  # type: ignore[arg-type]
+                        on_delivery=callback)
+                break
+            except BufferError:
+                producer.poll(0.05)
+            except (KafkaException, TypeError, ValueError) as exc:
+                pending.left -= len(records) - i  # these will never be acknowledged
+                pending.error = f"cannot produce to {r.topic}: {exc}"
+                raise DeliveryError(f"{pending.error}; the batch's offsets stay uncommitted") from exc
 
 
 class AckedSink:
@@ -308,19 +366,7 @@ class AckedSink:
         """
         pending = _Pending(len(records), token)
         self._inflight.append(pending)
-        produce, callback = self._producer.produce, pending.delivered
-        for i, r in enumerate(records):
-            while True:
-                try:
-                    produce(r.topic, r.value, r.key, headers=r.headers,  # type: ignore[arg-type]
-                            on_delivery=callback)
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
-                except (KafkaException, TypeError, ValueError) as exc:
-                    pending.left -= len(records) - i  # these will never be acknowledged
-                    pending.error = f"cannot produce to {r.topic}: {exc}"
-                    raise DeliveryError(f"{pending.error}; the batch's offsets stay uncommitted") from exc
+        _produce_all(self._producer, records, pending)
 
     def poll(self, timeout_s: float = 0.0) -> list[Any]:
         """Serve delivery reports; return the tokens of batches now fully acknowledged, oldest first."""
@@ -345,3 +391,91 @@ class AckedSink:
                 )
             done.append(pending.token)
         return done
+
+
+class TransactionalSink:
+    """Exactly-once: batches' outputs and their input offsets commit together, in one Kafka transaction.
+
+    Same interface as :class:`AckedSink`: :meth:`send` a batch, and
+    :meth:`poll` hands back the batches that are done, here once their
+    transaction has committed (every ``commit_every_s`` or ``max_batches``
+    batches). The offsets come from ``offsets`` (the batch source's
+    :meth:`BatchSource.transaction_offsets`) and commit through the producer,
+    fenced by the consumer's group generation. Any failure aborts the
+    transaction (read_committed readers never see its outputs) and raises
+    :class:`DeliveryError`; the worker exits and its restart redoes the
+    batches from the committed offsets, so nothing is lost and nothing
+    appears twice.
+    """
+
+    def __init__(self, conf: Mapping[str, Any],
+                 offsets: Callable[[list[Any]], tuple[list[TopicPartition], Any]], *,
+                 commit_every_s: float = 0.1, max_batches: int = 8, timeout_s: float = 30.0) -> None:
+        self._producer = Producer({**conf, "error_cb": self._on_error}, logger=log)
+        self._offsets = offsets
+        self._every = commit_every_s
+        self._max = max_batches
+        self._timeout = timeout_s
+        self._open: list[_Pending] = []
+        self._began = 0.0
+        self.fatal_error: str | None = None
+        try:  # fences an earlier process with this transactional id and aborts what it left open
+            self._producer.init_transactions(timeout_s)
+        except KafkaException as exc:
+            raise DeliveryError(f"cannot start transactions ({exc.args[0]}); is the broker Apache Kafka with "
+                                "transactions enabled?") from exc
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal_error = f"producer fatal error: {err}"
+
+    @property
+    def in_flight(self) -> int:
+        """Batches in the open transaction, not yet committed."""
+        return len(self._open)
+
+    def send(self, records: Sequence[OutRecord], token: Any) -> None:
+        if not self._open:
+            self._producer.begin_transaction()
+            self._began = time.monotonic()
+        pending = _Pending(len(records), token)
+        self._open.append(pending)
+        _produce_all(self._producer, records, pending)
+
+    def poll(self, timeout_s: float = 0.0) -> list[Any]:
+        """Serve delivery reports; commit the open transaction when it is old or large enough."""
+        self._producer.poll(timeout_s)
+        if self._open and (len(self._open) >= self._max or time.monotonic() - self._began >= self._every):
+            return self.commit()
+        return []
+
+    def flush(self, timeout_s: float = 30.0) -> list[Any]:
+        """Commit what is open (at shutdown or before partitions move)."""
+        return self.commit(timeout_s)
+
+    def commit(self, timeout_s: float | None = None) -> list[Any]:
+        """Commit the open transaction with its batches' offsets; their tokens, oldest first."""
+        if not self._open:
+            return []
+        timeout = self._timeout if timeout_s is None else timeout_s
+        batches, self._open = self._open, []
+        try:
+            failed = next((p.error for p in batches if p.error is not None), None)
+            if failed is not None:
+                raise DeliveryError(failed)
+            offsets, group = self._offsets([p.token for p in batches])
+            if offsets:
+                self._producer.send_offsets_to_transaction(offsets, group, timeout)
+            self._producer.commit_transaction(timeout)
+        except (KafkaException, DeliveryError) as exc:
+            self._abort()
+            why = exc.args[0] if exc.args else exc
+            raise DeliveryError(f"a transaction of {len(batches)} batches did not commit ({why}); it is aborted "
+                                "and its input offsets stay uncommitted") from exc
+        return [p.token for p in batches]
+
+    def _abort(self) -> None:
+        try:
+            self._producer.abort_transaction(10)
+        except KafkaException as exc:  # fenced or fatal: the broker aborts it when the transaction times out
+            log.warning("could not abort the transaction: %s", exc)

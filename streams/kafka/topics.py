@@ -28,7 +28,7 @@ def reader_config(conf: Mapping[str, Any], group: str = "driftline-reader") -> d
     group only names them in the broker's logs. ``conf``: the client settings.
     """
     return {**conf, "group.id": group, "enable.auto.commit": False, "enable.partition.eof": True,
-            "auto.offset.reset": "earliest"}
+            "auto.offset.reset": "earliest", "isolation.level": "read_committed"}
 
 
 def create_topics(conf: Mapping[str, Any], partitions: Mapping[str, int], timeout_s: float = 15.0,

@@ -79,3 +79,20 @@ def test_unknown_key_in_config_file_is_an_error(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("DRIFTLINE_CONFIG", str(config))
     with pytest.raises(ConfigError, match="BATCH_MAKS: Extra inputs"):
         load_settings()
+
+
+def test_exactly_once_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from driftline.streams.kafka.transactions import default_transactional_id
+
+    monkeypatch.setenv("DRIFTLINE_PROCESSING_GUARANTEE", "exactly_once")
+    s = load_settings()
+    assert s.exactly_once and not load_settings(processing_guarantee="at_least_once").exactly_once
+    conf = s.transactional_producer_config("fraud-score-a-0")
+    assert conf["transactional.id"] == "fraud-score-a-0" and conf["enable.idempotence"] is True
+    assert conf["transaction.timeout.ms"] == int(s.transaction_timeout_s * 1000)
+    # Stable across restarts of one worker slot (so a restart fences its crashed self), distinct between slots.
+    assert default_transactional_id("ns", "host", "1") == default_transactional_id("ns", "host", "1")
+    assert default_transactional_id("ns", "host", "1") != default_transactional_id("ns", "host", None)
+    monkeypatch.setenv("DRIFTLINE_PROCESSING_GUARANTEE", "exactly_twice")
+    with pytest.raises(ConfigError, match="PROCESSING_GUARANTEE"):
+        load_settings()
