@@ -1,4 +1,4 @@
-"""End-to-end throughput and latency of one worker, Kafka to Kafka, on the embedded broker.
+"""End-to-end throughput and latency of one worker, Kafka to Kafka, on the embedded broker or Apache Kafka.
 
     python bench/e2e.py [--n 100000] [--baseline-n 30000] [--latency-rate 5000] [--latency-s 20]
 
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from driftline.schemas.codec import HEADER, encode_many  # noqa: E402
 from driftline.streams.catalog import build_catalog  # noqa: E402
 from driftline.streams.example import fraud_generator  # noqa: E402
-from driftline.streams.kafka.broker import EmbeddedBroker, free_port  # noqa: E402
+from driftline.streams.kafka.broker import BROKER_KINDS, free_port, launch  # noqa: E402
 from driftline.streams.kafka.topics import create_topics  # noqa: E402
 from driftline.streams.settings import load_settings  # noqa: E402
 
@@ -113,15 +113,16 @@ def rate_of(stamps: np.ndarray) -> float:
     return (len(stamps) - 1) / span if span > 0 else float("inf")
 
 
-def env_for(bootstrap: str, ns: str, data: Path, drift: bool = True) -> dict[str, str]:
-    return {**os.environ, "DRIFTLINE_DRIFT": "true" if drift else "false",
+def env_for(bootstrap: str, ns: str, data: Path, drift: bool = True, guarantee: str = "at_least_once"
+            ) -> dict[str, str]:
+    return {**os.environ, "DRIFTLINE_DRIFT": "true" if drift else "false", "DRIFTLINE_PROCESSING_GUARANTEE": guarantee,
             "DRIFTLINE_BROKER": bootstrap, "DRIFTLINE_NAMESPACE": ns,
             "DRIFTLINE_DATA_DIR": str(data / ns), "DRIFTLINE_SESSION_TIMEOUT_S": "6",
             "DRIFTLINE_WEB_PORT": str(free_port()), "DRIFTLINE_PROVIDERS": "cpu"}
 
 
 def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog, gen,  # type: ignore[no-untyped-def]
-               drift: bool = True) -> tuple[float, float]:
+               drift: bool = True, guarantee: str = "at_least_once") -> tuple[float, float]:
     """(events/s, the worker's CPU µs per event), both between its first and its last prediction."""
     settings = load_settings(broker=bootstrap, namespace=ns)
     create_topics(settings.confluent(), settings.topic_partitions())
@@ -131,7 +132,7 @@ def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog
     good = sum(1 for r in records if r["ip_risk"] is not None)  # the example model needs ip_risk
     cmd = ([sys.executable, "bench/naive_worker.py", "worker", "-l", "info"] if naive
            else [sys.executable, "-m", "driftline.streams.cli", "worker"])
-    proc = start(cmd, env_for(bootstrap, ns, data, drift), data / f"{ns}.log")
+    proc = start(cmd, env_for(bootstrap, ns, data, drift, guarantee), data / f"{ns}.log")
     cpu_at_first: list[float] = []
 
     def on_message(_m) -> None:  # type: ignore[no-untyped-def]
@@ -255,36 +256,51 @@ def main() -> None:
                     help="also time the batched worker with drift windows off, to show what drift costs")
     ap.add_argument("--latency-s", type=float, default=10,
                     help="keep it short: the embedded broker's fetch cost grows with topic length")
+    ap.add_argument("--broker-kind", choices=BROKER_KINDS, default="embedded",
+                    help="the embedded Tansu broker or a local Apache Kafka (started and removed per phase)")
+    ap.add_argument("--exactly-once", action="store_true",
+                    help="also time the batched worker with processing_guarantee=exactly_once (Apache Kafka only)")
     args = ap.parse_args()
+    kind = args.broker_kind
+
+    def broker_for(phase: str):  # type: ignore[no-untyped-def]
+        return launch(kind, log_file=data / f"broker-{phase}.log")
 
     gen = fraud_generator()
     catalog = build_catalog(load_settings())
     data = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
     # Each phase gets a fresh broker: Tansu's memory engine slows down as it holds
     # more data, and one phase's topics must not tax the next one's.
-    with EmbeddedBroker(log_file=data / "broker-batched.log") as broker:
+    with broker_for("batched") as broker:
         batched, batched_cpu = throughput(broker.bootstrap, "benchbatched", args.n, data, naive=False,
                                           catalog=catalog, gen=gen)
     print(f"batched worker: {batched:,.0f} events/s over {args.n:,} requests, worker CPU {batched_cpu:.1f} µs "
           "per event", flush=True)
+    eos = eos_cpu = None
+    if args.exactly_once:
+        with broker_for("eos") as broker:
+            eos, eos_cpu = throughput(broker.bootstrap, "bencheos", args.n, data, naive=False, catalog=catalog,
+                                      gen=gen, guarantee="exactly_once")
+        print(f"batched worker, exactly once: {eos:,.0f} events/s, worker CPU {eos_cpu:.1f} µs per event "
+              f"({100 * (1 - eos / batched):.1f} % slower than at least once)", flush=True)
     no_drift = no_drift_cpu = None
     if args.no_drift:
-        with EmbeddedBroker(log_file=data / "broker-nodrift.log") as broker:
+        with broker_for("nodrift") as broker:
             no_drift, no_drift_cpu = throughput(broker.bootstrap, "benchnodrift", args.n, data, naive=False,
                                                 catalog=catalog, gen=gen, drift=False)
         print(f"batched worker, drift off: {no_drift:,.0f} events/s, worker CPU {no_drift_cpu:.1f} µs per event "
               f"(drift costs {batched_cpu - no_drift_cpu:.1f} µs of CPU per event)", flush=True)
-    with EmbeddedBroker(log_file=data / "broker-naive.log") as broker:
+    with broker_for("naive") as broker:
         naive, naive_cpu = throughput(broker.bootstrap, "benchnaive", args.baseline_n, data, naive=True,
                                       catalog=catalog, gen=gen)
     print(f"naive per-event Faust agent: {naive:,.0f} events/s over {args.baseline_n:,} requests", flush=True)
-    with EmbeddedBroker(log_file=data / "broker-latency.log") as broker:
+    with broker_for("latency") as broker:
         lat = latency(broker.bootstrap, "benchlatency", args.latency_rate, args.latency_s, data, catalog, gen)
     p50, p99 = np.percentile(lat, [50, 99])
     by_second = [round(float(np.percentile(c, 99)), 1) for c in np.array_split(lat, max(1, int(args.latency_s)))]
     print(f"latency at {args.latency_rate:,.0f}/s offered: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
           f"({len(lat):,} requests); p99 second by second: {by_second}", flush=True)
-    with EmbeddedBroker(log_file=data / "broker-hop.log") as broker:
+    with broker_for("hop") as broker:
         hop = broker_hop(broker.bootstrap, "benchhop", args.latency_rate, args.latency_s)
     h50, h99 = np.percentile(hop, [50, 99])
     print(f"bare broker, one produce→consume hop at the same rate: p50 {h50:.1f} ms, p99 {h99:.1f} ms", flush=True)
@@ -296,7 +312,10 @@ def main() -> None:
         "p99_ms_by_second": by_second,
         **({"no_drift_events_per_s": round(no_drift), "drift_cost_pct": round(100 * (1 - batched / no_drift), 1),
             "no_drift_cpu_us_per_event": round(no_drift_cpu or 0.0, 1)} if no_drift else {}),
+        **({"exactly_once_events_per_s": round(eos), "exactly_once_cpu_us_per_event": round(eos_cpu or 0.0, 1),
+            "exactly_once_cost_pct": round(100 * (1 - eos / batched), 1)} if eos else {}),
         "broker_hop_p50_ms": round(float(h50), 1), "broker_hop_p99_ms": round(float(h99), 1),
+        "broker": kind,
         "n": args.n, "baseline_n": args.baseline_n, "latency_rate": args.latency_rate,
         "latency_s": args.latency_s,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
