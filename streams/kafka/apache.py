@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 
 from driftline.streams.errors import BrokerError
-from driftline.streams.kafka.broker import BrokerKind, free_port
+from driftline.streams.kafka.broker import BrokerKind, free_port, wait_for_metadata
 
 log = logging.getLogger(__name__)
 
@@ -363,22 +363,10 @@ class ApacheKafka:
         self._wait_ready(proc, timeout_s, log_path)
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float, log_path: Path) -> None:
-        from confluent_kafka.admin import AdminClient
-
-        bootstrap = f"127.0.0.1:{self.port}"
-        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise BrokerError(f"Apache Kafka exited at start with code {proc.returncode}: {_why(log_path)}")
-            try:
-                admin.list_topics(timeout=1.0)
-                return
-            except Exception as exc:  # noqa: BLE001 - KafkaException while it starts
-                if time.monotonic() > deadline:
-                    raise BrokerError(f"Apache Kafka at {bootstrap} did not answer within {timeout_s:.0f}s "
-                                      f"({exc}): {_why(log_path)}") from exc
-                time.sleep(0.1)
+        try:
+            wait_for_metadata(f"127.0.0.1:{self.port}", timeout_s, proc=proc, what="Apache Kafka")
+        except BrokerError as exc:
+            raise BrokerError(f"{exc}: {_why(log_path)}") from exc
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM to the JVM's process group (a clean shutdown), SIGKILL after ``timeout_s``; the folder removed."""

@@ -74,21 +74,24 @@ def free_port(preferred: int | None = None) -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_metadata(bootstrap: str, timeout_s: float) -> None:
-    """Block until the broker answers a metadata request."""
+def wait_for_metadata(bootstrap: str, timeout_s: float, *, proc: subprocess.Popen[bytes] | None = None,
+                      what: str = "broker") -> None:
+    """Block until the broker answers a metadata request; fail at once if its process (``proc``) exits."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BrokerError(f"{what} exited at start with code {proc.returncode}")
         try:
             admin.list_topics(timeout=1.0)
             return
         except Exception as exc:  # noqa: BLE001 - KafkaException while it starts
             last = exc
             time.sleep(0.05)
-    raise BrokerError(f"broker at {bootstrap} did not answer within {timeout_s:.0f}s: {last}")
+    raise BrokerError(f"{what} at {bootstrap} did not answer within {timeout_s:.0f}s: {last}")
 
 
 BrokerKind = Literal["embedded", "kafka"]
@@ -183,12 +186,10 @@ class EmbeddedBroker:
             start_new_session=True,
         )
         try:
-            wait_for_metadata(self.bootstrap, timeout_s)
-        except BrokerError:
+            wait_for_metadata(self.bootstrap, timeout_s, proc=self._proc)
+        except BrokerError as exc:
             self.stop()
-            raise
-        if self._proc.poll() is not None:
-            raise BrokerError(f"broker exited at start with code {self._proc.returncode}; port {self.port} busy?")
+            raise BrokerError(f"{exc}; port {self.port} busy?") from exc
         log.info("embedded broker ready at %s", self.bootstrap)
         return self.bootstrap
 

@@ -18,6 +18,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from driftline.streams.kafka.topics import reader_config
+
 log = logging.getLogger(__name__)
 
 
@@ -59,8 +61,7 @@ def transactions_problem(conf: Mapping[str, Any], topic: str, timeout_s: float =
 
 
 def _read_probe(conf: Mapping[str, Any], topic: str, probe: bytes, timeout_s: float) -> list[bytes]:
-    consumer = Consumer({**conf, "group.id": f"driftline-probe-{probe.decode()}", "enable.auto.commit": False,
-                         "isolation.level": "read_committed", "enable.partition.eof": True})
+    consumer = Consumer(reader_config(conf, f"driftline-probe-{probe.decode()}"))
     seen: list[bytes] = []
     try:
         consumer.assign([TopicPartition(topic, 0, 0)])
