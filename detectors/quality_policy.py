@@ -27,7 +27,7 @@ from driftline.detectors.concept import ConceptDetector
 from driftline.detectors.quality import QualitySketch, accuracy_drop
 
 Key = tuple[str, str, str]  # (model, version, variant)
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: with the concept detectors
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +111,13 @@ class QualityPolicy:
         return QualityDrop(base, window.accuracy, p, below)
 
     def snapshot(self) -> dict[str, Any]:
-        """Windows, baselines and open incidents as JSON-ready data (concept detectors start afresh on restore)."""
+        """Windows, baselines, open incidents and concept detectors as JSON-ready data."""
         return {
             "format": SNAPSHOT_FORMAT,
             "windows": [[*k, w.to_dict()] for k, w in self.windows.items()],
             "baseline": [[*k, v] for k, v in self.baseline.items()],
             "open": [list(k) for k in sorted(self.open)],
+            "concept": [[*k, d.snapshot()] for k, d in self.concept.items()],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -127,6 +128,7 @@ class QualityPolicy:
             windows = {(str(m), str(v), str(var)): QualitySketch.from_dict(d) for m, v, var, d in state["windows"]}
             baseline = {(str(m), str(v), str(var)): float(b) for m, v, var, b in state["baseline"]}
             open_ = {(str(m), str(v), str(var)) for m, v, var in state["open"]}
+            concept = {(str(m), str(v)): ConceptDetector.restore(d) for m, v, d in state["concept"]}
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a quality state: {type(exc).__name__}: {exc}") from None
-        self.windows, self.baseline, self.open = windows, baseline, open_
+        self.windows, self.baseline, self.open, self.concept = windows, baseline, open_, concept

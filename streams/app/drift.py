@@ -1,9 +1,12 @@
-"""The drift agent: merges the workers' window sketches per model and raises alerts and retrain requests.
+"""The drift agent: per model, merges the workers' window sketches and label batches; raises alerts and retrains.
 
-Low volume (one sketch per worker per window), so a plain Faust agent with
-Faust's producer. Its state (alert policy, River detectors, pending windows,
-the last sketch applied) is written to ``{ns}.drift-state`` after every
-change and read back when this worker takes the sketches partition over.
+Low volume (one sketch per worker per window, one label batch per feedback
+batch), so a plain Faust agent with Faust's producer. A model's state — the
+drift alert policy, River detectors, pending windows, the quality windows,
+baselines, concept detectors and CBPE calibration (``{ns}.sketches`` position
+of the last record applied included) — is written to ``{ns}.drift-state``
+after every change and read back when this worker takes the sketches
+partition over.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import faust
@@ -20,11 +23,12 @@ import faust
 from driftline.detectors.policy import PolicyConfig
 from driftline.inference.registry import ModelRegistry
 from driftline.schemas.catalog import SchemaCatalog
-from driftline.streams.core.drift import DriftMonitor, alert_record, parse_sketch, resume, retrain_record
-from driftline.streams.core.events import encode_event
+from driftline.streams.core.drift import DriftMonitor, alert_record, resume, retrain_record
+from driftline.streams.core.events import Alert, RetrainEvent, encode_event
 from driftline.streams.core.observe import Recent
 from driftline.streams.core.poison import Skip, SkipLog
-from driftline.streams.core.profiling import ProfileStore
+from driftline.streams.core.profiling import ProfileStore, has_version
+from driftline.streams.core.quality import LabelBatch, QualityMonitor, Verdicts, parse_sketches_record, resume_quality
 from driftline.streams.errors import BrokerError
 from driftline.streams.kafka.topics import iter_topic
 from driftline.streams.metrics import Metrics
@@ -66,7 +70,8 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
     alert_schema = catalog.latest("driftline.Alert")
     retrain_schema = catalog.latest("driftline.RetrainRequest")
     # Each version against its own reference: sketches of another worker may name any version.
-    profiles = ProfileStore(ModelRegistry(settings.model_dir))
+    registry = ModelRegistry(settings.model_dir)
+    profiles = ProfileStore(registry)
     monitor = DriftMonitor(
         profiles.get,
         PolicyConfig(alpha=settings.drift_alpha, k=settings.drift_k, m=settings.drift_m,
@@ -77,6 +82,8 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
         max_pending=settings.drift_max_pending_windows,
         max_skew_ms=int(settings.sketch_max_skew_s * 1000),
     )
+    quality = QualityMonitor(settings.quality_window_labels, settings.drift_alpha, settings.performance_drop_min,
+                             settings.concept_detector, known=lambda m, v: has_version(registry, m, v))
     skips = SkipLog(log, metrics.skipped)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     sketches_name, state_name = settings.topic("sketches"), settings.topic("drift-state")
@@ -110,17 +117,46 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
             log.warning("drift state of %s is not usable; its alert policy starts afresh", model)
             return
         log.info("resumed drift state of %s after window %d", model, monitor.window_count(model))
+        skipped = resume_quality(quality, model, found.value)
+        if skipped is not None:
+            skips.skip(state_name, found.partition, found.offset, model.encode(), skipped)
+            log.warning("quality state of %s is not usable (%s); its quality windows start afresh", model,
+                        skipped.detail)
+            return
+        if model in quality.models:
+            log.info("resumed quality state of %s: %d baselines, %d labeled events seen by its concept detectors",
+                     model, quality.windows_closed(model),
+                     sum(d.seen for d in quality.models[model].policy.concept.values()))
 
     async def save(model: str) -> None:
         """Write the model's state and wait for the broker: the sketch offset is committed after this."""
-        fut = await states.send(key=model.encode(), value=json.dumps(monitor.snapshot(model)).encode())
+        state = {**monitor.snapshot(model), "quality": quality.snapshot(model)}
+        fut = await states.send(key=model.encode(), value=json.dumps(state).encode())
         await fut
+
+    async def send_events(model: str, raised: Sequence[Alert], retrain: RetrainEvent | None) -> None:
+        for alert in raised:
+            log.info("alert %s %s: %s", alert.severity, alert.kind, alert.message)
+            recent.add_alert(alert)
+            await alerts.send(key=model.encode(), value=encode_event(alert_schema, alert))
+        if retrain is not None:
+            log.info("retrain requested for %s: %s", model, retrain.reason)
+            await retrains.send(key=model.encode(), value=encode_event(retrain_schema, retrain))
+
+    async def fold_labels(batch: LabelBatch) -> None:
+        verdicts = quality.apply(batch, int(time.time() * 1000))
+        observe_quality(metrics, verdicts)
+        for alert in verdicts.alerts:
+            await send_events(batch.model, (alert,), None)
+        for request in verdicts.retrains:
+            await send_events(batch.model, (), request)
 
     @app.on_partitions_revoked.connect
     async def release(_app: Any, /, *args: Any, signal: Any, **_kw: Any) -> None:
         revoked = args[0] if args else ()
         if any(tp.topic == sketches_name for tp in revoked):
             monitor.forget()  # the next owner (maybe this worker again) resumes from the state topic
+            quality.forget()
             resumed.clear()
             stored.clear()
 
@@ -128,13 +164,17 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
     async def drift(stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
-            sketch = parse_sketch(event.value, monitor, int(time.time() * 1000))
-            if isinstance(sketch, Skip):
-                skips.skip(sketches_name, msg.partition, msg.offset, event.key, sketch)
+            record = parse_sketches_record(event.value, monitor, quality, int(time.time() * 1000))
+            if isinstance(record, Skip):
+                skips.skip(sketches_name, msg.partition, msg.offset, event.key, record)
                 continue
-            await take_over(sketch.model)
-            if monitor.add(sketch, (msg.partition, msg.offset)):
-                await save(sketch.model)
+            await take_over(record.model)
+            if isinstance(record, LabelBatch):
+                if monitor.mark_applied(record.model, (msg.partition, msg.offset)):
+                    await fold_labels(record)
+                    await save(record.model)
+            elif monitor.add(record, (msg.partition, msg.offset)):
+                await save(record.model)
 
     @app.timer(interval=0.5)
     async def close_windows() -> None:
@@ -145,13 +185,24 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
             metrics.observe_window(window)
             recent.add_window(window)
             raised = [alert_record(sketch, d, now) for d in decisions]
-            for alert in raised:
-                log.info("alert %s %s: %s", alert.severity, alert.kind, alert.message)
-                recent.add_alert(alert)
-                await alerts.send(key=sketch.model.encode(), value=encode_event(alert_schema, alert))
-            if retrain is not None:
-                request = retrain_record(sketch, retrain, [a.id for a in raised], lookback_ms, now)
-                log.info("retrain requested for %s: %s", sketch.model, request.reason)
-                await retrains.send(key=sketch.model.encode(), value=encode_event(retrain_schema, request))
+            request = None if retrain is None else retrain_record(sketch, retrain, [a.id for a in raised],
+                                                                  lookback_ms, now)
+            await send_events(sketch.model, raised, request)
         for model in sorted({window.sketch.model for window in closed}):
             await save(model)
+
+
+def observe_quality(metrics: Metrics, verdicts: Verdicts) -> None:
+    """Quality gauges of closed windows and estimates; counters of the quality alerts and retrain requests."""
+    for closed in verdicts.closed:
+        for name, value in closed.window.metrics(closed.task).items():
+            metrics.quality.labels(*closed.key, name).set(value)
+        if closed.estimate_gap is not None:  # how far the label-free estimate was from the truth
+            metrics.quality_estimate_gap.labels(*closed.key).set(closed.estimate_gap)
+    for key, est in verdicts.estimates:
+        for name, value in est.items():
+            metrics.quality_estimate.labels(*key, name).set(value)
+    for alert in verdicts.alerts:
+        metrics.alerts.labels(alert.model, alert.kind, alert.severity).inc()
+    for request in verdicts.retrains:
+        metrics.retrains.labels(request.model).inc()

@@ -17,14 +17,14 @@ records that keep the waiting labels and predictions on
 partition p). A member reads partition p of it back when p is assigned, so a
 restart or a rebalance loses no waiting label.
 
-Per (model, version, variant), labeled events are counted into quality
-windows of ``quality_window_labels`` by the pure
-:class:`driftline.detectors.quality_policy.QualityPolicy`; each closed window sets the
-quality gauges and is tested against the version's first window (a
-one-sided, sample-size-aware accuracy test): a significant drop of at least
-``performance_drop_min`` raises a ``performance_drop`` alert. Every labeled
-event also feeds a River concept-drift detector per (model, version) with
-the decision's error; a change point raises a ``concept_drift`` alert.
+Quality is judged per model in one place, not here: each batch's joined
+events (score and outcome) and its new predictions' scores go, per model,
+as a label batch onto ``{ns}.sketches`` (keyed by model, like the drift
+sketches), where the drift agent that owns the model folds them into its
+quality windows, concept detectors and label-free estimate
+(:mod:`driftline.streams.core.quality`) and keeps that state on
+``{ns}.drift-state``. The label batches go out with the batch's other
+outputs, so its offsets are stored only once they are acknowledged.
 """
 
 from __future__ import annotations
@@ -41,14 +41,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
-import numpy as np
 
-from driftline.detectors.estimate import Calibration, estimate
-from driftline.detectors.quality_policy import QualityPolicy
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode, encode
 from driftline.streams.core.deadletters import ERROR_HEADER, bound_record
-from driftline.streams.core.events import Alert, Severity, encode_event, point_alert, retrain_request
 from driftline.streams.core.join import (
     KINDS,
     STATE_LABEL,
@@ -62,8 +58,8 @@ from driftline.streams.core.join import (
     decode_state,
     encode_state,
 )
-from driftline.streams.core.observe import Recent
 from driftline.streams.core.pipeline import OutRecord, RawMessage, ServedModel
+from driftline.streams.core.quality import LabelBatcher
 from driftline.streams.errors import BrokerError, DeliveryError
 from driftline.streams.kafka.clients import AckedSink, BatchSource
 from driftline.streams.kafka.topics import iter_partitions
@@ -71,15 +67,6 @@ from driftline.streams.metrics import Metrics
 from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def quality_alert(key: tuple[str, str, str], kind: str, value: float, threshold: float, n: int, message: str,
-                  now_ms: int, severity: Severity = "critical") -> Alert:
-    """A quality verdict; the variant is in its id, so a shadow's verdict never dedupes the champion's."""
-    model, version, variant = key
-    statistic = "accuracy" if kind == "performance_drop" else "error_rate"
-    return point_alert(model, version, kind, statistic, value, threshold, message, now_ms, sample_size=n,
-                       scope=(variant,), severity=severity)
 
 
 class FeedbackAgent:
@@ -93,8 +80,8 @@ class FeedbackAgent:
     """
 
     def __init__(self, settings: Settings, catalog: SchemaCatalog, served: dict[str, ServedModel],
-                 metrics: Metrics, recent: Recent) -> None:
-        self.settings, self.catalog, self.served, self.metrics, self.recent = settings, catalog, served, metrics, recent
+                 metrics: Metrics) -> None:
+        self.settings, self.catalog, self.served, self.metrics = settings, catalog, served, metrics
         self.scored_topic, self.feedback_topic = settings.topic("scored"), settings.topic("feedback")
         self.state_topic = settings.topic("feedback-state")
         self.join = FeedbackJoin(int(settings.feedback_ttl_s * 1000), settings.feedback_max_pending,
@@ -102,46 +89,20 @@ class FeedbackAgent:
         self.scored_schema = catalog.latest("driftline.Scored")
         self.warned_key = False  # a feedback record keyed by something else than its request id was logged
         self.reported_evictions = (0, 0)  # (labels, predictions) evicted, as last logged
-        self.tracker = QualityPolicy(settings.quality_window_labels, settings.drift_alpha,
-                                      settings.performance_drop_min, settings.concept_detector)
         self.labeled_schema = catalog.latest("driftline.Labeled")
-        self.alert_schema = catalog.latest("driftline.Alert")
-        self.retrain_schema = catalog.latest("driftline.RetrainRequest")
-        self.requested: set[tuple[str, str]] = set()  # one concept-drift retrain request per (model, version)
         self.reported_duplicates = 0
-        # Label-free estimate: calibrated on each version's first labeled window, applied to its scores.
-        self.calibration: dict[tuple[str, str], Calibration] = {}
-        self.calibration_data: dict[tuple[str, str], list[tuple[float, bool]]] = {}
-        self.unlabeled: dict[tuple[str, str, str], list[float]] = {}
-        self.estimates: dict[tuple[str, str, str], float] = {}
+        self.batcher = LabelBatcher()  # what the quality monitor of each model hears from this batch
 
-    def _estimate(self, sc: Scored) -> None:
-        """Fold a prediction's score into its window; estimate the window's quality once full."""
+    def _count_score(self, sc: Scored) -> None:
+        """A classifier's new prediction: its score goes to the label-free estimate."""
         served = self.served.get(sc.model)
-        cal = self.calibration.get((sc.model, sc.version))
-        if served is None or cal is None or served.model.manifest.task == "regression":
-            return
-        key = (sc.model, sc.version, sc.variant)
-        scores = self.unlabeled.setdefault(key, [])
-        scores.append(sc.score)
-        if len(scores) < self.settings.quality_window_labels:
-            return
-        est = estimate(cal.apply(np.array(scores)), served.model.manifest.threshold)
-        del self.unlabeled[key]
-        self.estimates[key] = est.accuracy
-        for name, value in est.items():
-            self.metrics.quality_estimate.labels(*key, name).set(value)
+        if served is not None and served.model.manifest.task != "regression":
+            self.batcher.score(sc.model, sc.version, sc.variant, served.model.manifest.threshold, sc.score)
 
-    def _calibrate(self, j: Joined, positive: str) -> None:
-        key = (j.scored.model, j.scored.version)
-        if key in self.calibration or j.scored.variant == "shadow":
-            return
-        data = self.calibration_data.setdefault(key, [])
-        data.append((j.scored.score, j.label.label == positive))
-        if len(data) >= self.settings.quality_window_labels:
-            scores, labels = zip(*data, strict=True)
-            self.calibration[key] = Calibration.fit(np.array(scores), np.array(labels), bins=10)
-            del self.calibration_data[key]
+    def label_batches(self) -> list[OutRecord]:
+        """This batch's label batches, one per model, for ``{ns}.sketches`` (keyed by model)."""
+        topic = self.settings.topic("sketches")
+        return [OutRecord(topic, b.model.encode(), b.to_bytes()) for b in self.batcher.take()]
 
     def process(self, messages: list[RawMessage], now_ms: int) -> list[OutRecord]:
         """Join one batch; the records to produce (labeled events, alerts, retrain requests, dead letters)."""
@@ -167,7 +128,7 @@ class FeedbackAgent:
                 continue
             if isinstance(entry, Scored):
                 joined = self.join.add_prediction(entry, now_ms, msg.partition)
-                self._estimate(entry)
+                self._count_score(entry)
             elif entry is None:
                 out.append(self._dead(msg.key, msg.value, "bad_feedback", "a label or a target is required", now_ms))
                 continue
@@ -334,43 +295,13 @@ class FeedbackAgent:
         if served is None:
             return out
         m = served.model.manifest
-        if m.task != "regression":
-            self._calibrate(j, m.labels[1])
-        closed, change = self.tracker.add((s.model, s.version, s.variant), m.task, s.score,
-                                          positive=lab.label == m.labels[1], target=lab.target,
-                                          threshold=m.threshold)
-        for c in closed:
-            key, window = c.key, c.window
-            for name, value in window.metrics(m.task).items():
-                self.metrics.quality.labels(key[0], key[1], key[2], name).set(value)
-            if key in self.estimates:  # how far the label-free estimate was from the truth
-                self.metrics.quality_estimate_gap.labels(*key).set(self.estimates[key] - window.accuracy)
-            if c.drop is not None:
-                out.append(self._alert(quality_alert(
-                    key, "performance_drop", c.drop.accuracy, c.drop.threshold, window.n,
-                    f"accuracy {c.drop.accuracy:.3f} vs {c.drop.baseline:.3f} at first "
-                    f"(p={c.drop.p_value:.2g}, {window.n} labels)", now)))
-        if change and s.variant != "shadow":
-            seen = self.tracker.concept_seen(s.model, s.version)
-            kind = self.settings.concept_detector if m.task != "regression" else "adwin"
-            alert = quality_alert((s.model, s.version, s.variant), "concept_drift", 1.0, 0.0, seen,
-                                  f"{kind} saw the error rate change after {seen} labeled events", now)
-            out.append(self._alert(alert))
-            if (s.model, s.version) not in self.requested:  # the concept moved: train on labels from now on
-                self.requested.add((s.model, s.version))
-                req = retrain_request(s.model, s.version, f"concept drift on v{s.version}: {alert.message}",
-                                      (alert.id,), now, now, now, cause=("concept_drift", str(now)))
-                log.info("retrain requested for %s: %s", s.model, req.reason)
-                self.metrics.retrains.labels(s.model).inc()
-                out.append(OutRecord(self.settings.topic("retrain"), s.model.encode(),
-                                     encode_event(self.retrain_schema, req)))
+        if m.task == "regression":
+            if lab.target is not None:
+                self.batcher.label(s.model, s.version, s.variant, m.task, m.threshold, s.score, lab.target)
+        elif lab.label is not None:
+            self.batcher.label(s.model, s.version, s.variant, m.task, m.threshold, s.score,
+                               float(lab.label == m.labels[1]))
         return out
-
-    def _alert(self, alert: Alert) -> OutRecord:
-        log.info("alert %s %s: %s", alert.severity, alert.kind, alert.message)
-        self.metrics.alerts.labels(alert.model, alert.kind, alert.severity).inc()
-        self.recent.add_alert(alert)
-        return OutRecord(self.settings.topic("alerts"), alert.model.encode(), encode_event(self.alert_schema, alert))
 
 
 def scored_of(rec: dict[str, Any]) -> Scored:
@@ -437,6 +368,7 @@ class FeedbackLoop:
         now = int(time.time() * 1000)
         out = self.agent.process(msgs, now) if msgs else []
         out += self.agent.tick(now)
+        out += self.agent.label_batches()
         upserts, removed = self.agent.state_changes()
         out += upserts
         if msgs or out or removed:
@@ -526,7 +458,7 @@ class FeedbackLoop:
 
 
 def add_feedback_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog,
-                       served: dict[str, ServedModel], metrics: Metrics, recent: Recent) -> None:
+                       served: dict[str, ServedModel], metrics: Metrics) -> None:
     """A task that runs :class:`FeedbackLoop` steps on the feedback thread; the event loop only awaits them.
 
     The group ``{ns}-feedback`` uses the range assignor, which hands a member
@@ -537,7 +469,7 @@ def add_feedback_agent(app: faust.App, settings: Settings, catalog: SchemaCatalo
     """
     from driftline.streams.app.context import EXIT_CRASH, fatal
 
-    agent = FeedbackAgent(settings, catalog, served, metrics, recent)
+    agent = FeedbackAgent(settings, catalog, served, metrics)
     conf = {**settings.consumer_config(f"{settings.namespace}-feedback"), "partition.assignment.strategy": "range",
             "max.poll.interval.ms": int(RESTORE_TIMEOUT_S * 1000) + 60_000}  # a restore runs between two polls
     holder: list[FeedbackLoop] = []

@@ -137,8 +137,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     if settings.feedback:
         from driftline.streams.app.feedback import add_feedback_agent
 
-        add_feedback_agent(app, settings, catalog, {s.model.name: s for s in pipeline.served.values()},
-                           metrics, ctx.recent)
+        add_feedback_agent(app, settings, catalog, {s.model.name: s for s in pipeline.served.values()}, metrics)
     add_web_pages(app, ctx)
     app.driftline_metrics = metrics  # type: ignore[attr-defined]
     return app

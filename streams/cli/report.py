@@ -32,6 +32,7 @@ from driftline.schemas.catalog import SchemaCatalog
 from driftline.streams.core.drift import column_label, fits_profile, sketch_from_dict
 from driftline.streams.core.events import Alert, read_alert
 from driftline.streams.core.poison import BadRecord, Skip, SkipLog, load_json
+from driftline.streams.core.quality import is_label_batch
 from driftline.streams.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -210,10 +211,14 @@ def render(model: str, reports: list[VersionReport], alerts: list[Alert], since_
     return "\n".join(out)
 
 
-def read_sketch(value: bytes | None) -> WindowSketch | Skip:
-    """A record of ``{ns}.sketches`` checked field by field, as the drift agent reads it, or why not; never raises."""
+def read_sketch(value: bytes | None) -> WindowSketch | Skip | None:
+    """A record of ``{ns}.sketches`` checked field by field, as the drift agent reads it, or why not; never raises.
+
+    None for a label batch (the quality monitor's record on the same topic): not a window, not garbage either.
+    """
     try:
-        return sketch_from_dict(load_json(value))
+        data = load_json(value)
+        return None if is_label_batch(data) else sketch_from_dict(data)
     except BadRecord as exc:
         return exc.skip()
 
@@ -246,6 +251,8 @@ def read_sketches(messages: Iterable[Any], models: Collection[str], since_ms: in
     out = []
     for msg in messages:
         got = read_sketch(msg.value())
+        if got is None:
+            continue
         if not isinstance(got, Skip):
             if got.model not in models or not since_ms <= got.start_ms < until_ms:
                 continue

@@ -72,11 +72,8 @@ class DriftMonitor:
         redelivery after a restart (its effect is already in the resumed
         state), so it is skipped rather than counted twice.
         """
-        if position is not None:
-            last = self.applied.get(sketch.model)
-            if last is not None and last[0] == position[0] and position[1] <= last[1]:
-                return False
-            self.applied[sketch.model] = position
+        if position is not None and not self.mark_applied(sketch.model, position):
+            return False
         key = (sketch.model, sketch.version, sketch.start_ms)
         have = self.pending.get(key)
         if have is None:
@@ -86,6 +83,18 @@ class DriftMonitor:
             merged = have + replace(sketch, end_ms=have.end_ms)  # count windows of two workers end apart
             merged.end_ms = max(have.end_ms, sketch.end_ms)
             self.pending[key] = merged
+        return True
+
+    def mark_applied(self, model: str, position: tuple[int, int]) -> bool:
+        """Record ``position`` as the model's last record applied; False when it was applied before.
+
+        Every record of ``{ns}.sketches`` for a model (window sketches and label
+        batches) shares this position, saved with the model's state.
+        """
+        last = self.applied.get(model)
+        if last is not None and last[0] == position[0] and position[1] <= last[1]:
+            return False
+        self.applied[model] = position
         return True
 
     def check(self, sketch: WindowSketch, now_ms: int) -> None:

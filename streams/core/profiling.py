@@ -93,6 +93,11 @@ class ProfileStore:
         return found
 
 
+def has_version(registry: ModelRegistry, model: str, version: str) -> bool:
+    """Whether the registry holds ``model`` v``version`` (names from a topic never leave the registry)."""
+    return _plain_name(model) and _plain_name(version) and version in registry.versions(model)
+
+
 def _plain_name(name: str) -> bool:
     """A registry directory name: no path separators, no leading dot, no NUL, not absurdly long."""
     return 0 < len(name) <= 200 and not name.startswith(".") and not any(c in name for c in "/\\\0")

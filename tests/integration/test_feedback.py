@@ -86,8 +86,13 @@ def test_join_quality_concept_drift_and_performance_drop(
         first = next(x for x in labeled if x["request_id"] == ids[0])
         assert first["label"] == ("fraud" if labels[0] else "legit") and len(first["features"]) % 4 == 0
         assert len(np.frombuffer(first["features"], dtype="<f4")) > 10
-        accuracy = counter(worker.metrics(), "driftline_quality", model="fraud", version="1", variant="champion",
-                           metric="accuracy")
+        # Quality is judged by the drift agent that owns the model, from the label batches on the sketches topic.
+        deadline = time.monotonic() + 30
+        while (accuracy := counter(worker.metrics(), "driftline_quality", model="fraud", version="1",
+                                   variant="champion", metric="accuracy")) == 0.0:
+            assert time.monotonic() < deadline, "no quality window closed"
+            alive()
+            time.sleep(0.5)
         assert 0.9 < accuracy <= 1.0
         assert not [m for m in got[t["alerts"]] if decode(catalog, m.value())[1]["kind"] in
                     ("concept_drift", "performance_drop")], "a quality alert before the rule changed"

@@ -29,7 +29,6 @@ from driftline.streams.core.join import (
     encode_state,
     entry_bytes,
 )
-from driftline.streams.core.observe import Recent
 from driftline.streams.core.pipeline import OutRecord, RawMessage
 from driftline.streams.metrics import Metrics
 from driftline.streams.settings import load_settings
@@ -288,7 +287,7 @@ def test_state_records_round_trip_and_refuse_garbage() -> None:
 
 def make_agent(catalog: SchemaCatalog, **overrides: object) -> FeedbackAgent:
     settings = load_settings(feedback=True, feedback_ttl_s=60, **overrides)
-    return FeedbackAgent(settings, catalog, {}, Metrics(CollectorRegistry()), Recent())
+    return FeedbackAgent(settings, catalog, {}, Metrics(CollectorRegistry()))
 
 
 def feedback_msg(agent: FeedbackAgent, catalog: SchemaCatalog, rid: str, offset: int, partition: int = 0) -> RawMessage:

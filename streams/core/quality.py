@@ -1,0 +1,455 @@
+"""Model quality from labels, per model in one place: windows, drops, concept drift and the label-free estimate.
+
+Every feedback member joins the labels of its own partitions, but a verdict
+needs all labels of a model, in order, and state that outlives the worker.
+So each member sends, per batch and model, a :class:`LabelBatch` (the joined
+events' scores and outcomes, and the scores of new predictions) onto
+``{ns}.sketches`` keyed by model. The member that owns that partition already
+keeps the model's drift state; it folds the batch into a
+:class:`QualityMonitor` and writes the model's quality state beside its drift
+state on ``{ns}.drift-state``, so a restart or a rebalance resumes the quality
+windows, baselines, open incidents, River concept detectors and the CBPE
+calibration where they were.
+
+>>> batcher = LabelBatcher()
+>>> for s, y in [(0.9, 1.0), (0.2, 0.0), (0.7, 1.0), (0.4, 1.0)]:
+...     batcher.label("fraud", "1", "champion", "binary_classification", 0.5, s, y)
+>>> [batch] = batcher.take()
+>>> monitor = QualityMonitor(window_labels=4, alpha=0.01, drop_min=0.05, concept_kind="hddm_a")
+>>> [closed] = monitor.apply(read_label_batch(json.loads(batch.to_bytes())), now_ms=0).closed
+>>> closed.window.accuracy, closed.task
+(0.75, 'binary_classification')
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_args
+
+import numpy as np
+
+from driftline.detectors.estimate import Calibration, Estimate, estimate
+from driftline.detectors.quality import QualitySketch
+from driftline.detectors.quality_policy import ClosedQuality, Key, QualityPolicy
+from driftline.detectors.sketch import WindowSketch
+from driftline.inference.deployment import ARM_A, ARM_B, CANARY, CHAMPION, SHADOW
+from driftline.inference.manifest import Task
+from driftline.streams.core.drift import DriftMonitor, sketch_from_dict
+from driftline.streams.core.events import Alert, RetrainEvent, Severity, point_alert, retrain_request
+from driftline.streams.core.poison import BadRecord, Skip, brief, load_json
+
+LABELS_KIND = "labels"  # the "kind" of a label batch on {ns}.sketches (window sketches have none)
+TASKS = get_args(Task)  # binary_classification, regression
+VARIANTS = frozenset({CHAMPION, CANARY, SHADOW, ARM_A, ARM_B})
+MAX_NAME = 200
+MAX_VALUES = 1 << 20  # values in one group of a batch (a feedback batch holds at most a few thousand)
+STATE_FORMAT = 1
+CALIBRATION_BINS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class LabelGroup:
+    """Joined events of one (version, variant), in arrival order.
+
+    ``outcomes``: 1.0 where the true class is the positive one, else 0.0
+    (classifiers); the true value (regressors).
+    """
+
+    version: str
+    variant: str
+    task: str
+    threshold: float
+    scores: np.ndarray
+    outcomes: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreGroup:
+    """Scores of new predictions of one (version, variant) of a classifier: what the label-free estimate reads."""
+
+    version: str
+    variant: str
+    threshold: float
+    scores: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class LabelBatch:
+    """What one feedback batch tells the quality monitor about one model."""
+
+    model: str
+    labeled: tuple[LabelGroup, ...]
+    predictions: tuple[ScoreGroup, ...]
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({
+            "kind": LABELS_KIND, "model": self.model,
+            "labeled": [{"version": g.version, "variant": g.variant, "task": g.task, "threshold": g.threshold,
+                         "scores": _pack(g.scores), "outcomes": _pack(g.outcomes)} for g in self.labeled],
+            "predictions": [{"version": g.version, "variant": g.variant, "threshold": g.threshold,
+                             "scores": _pack(g.scores)} for g in self.predictions],
+        }, separators=(",", ":")).encode()
+
+
+def is_label_batch(data: Any) -> bool:
+    """Whether a decoded record of ``{ns}.sketches`` is a label batch (and not a window sketch)."""
+    return isinstance(data, Mapping) and data.get("kind") == LABELS_KIND
+
+
+def read_label_batch(data: Any) -> LabelBatch:
+    """A label batch from decoded JSON, checked field by field; :class:`BadRecord` (``invalid_labels``) if not."""
+    if not is_label_batch(data):
+        raise BadRecord("invalid_labels", "a label batch must be a JSON object with kind 'labels'")
+    labeled, predictions = data.get("labeled"), data.get("predictions")
+    if not isinstance(labeled, list) or not isinstance(predictions, list):
+        raise BadRecord("invalid_labels", "labeled and predictions must be lists")
+    groups = []
+    for g in labeled:
+        g = _object(g, "a labeled group")
+        task = g.get("task")
+        if task not in TASKS:
+            raise BadRecord("invalid_labels", f"task must be one of {', '.join(TASKS)}, not {brief(task)}")
+        scores, outcomes = _unpack(g.get("scores"), "scores"), _unpack(g.get("outcomes"), "outcomes")
+        if len(scores) != len(outcomes):
+            raise BadRecord("invalid_labels", f"{len(scores)} scores but {len(outcomes)} outcomes")
+        if task != "regression" and not np.isin(outcomes, (0.0, 1.0)).all():
+            raise BadRecord("invalid_labels", "a classifier's outcomes must be 0 or 1")
+        groups.append(LabelGroup(_name(g.get("version"), "version"), _variant(g.get("variant")), str(task),
+                                 _number(g.get("threshold"), "threshold"), scores, outcomes))
+    scored = []
+    for g in predictions:
+        g = _object(g, "a predictions group")
+        scored.append(ScoreGroup(_name(g.get("version"), "version"), _variant(g.get("variant")),
+                                 _number(g.get("threshold"), "threshold"), _unpack(g.get("scores"), "scores")))
+    return LabelBatch(_name(data.get("model"), "model"), tuple(groups), tuple(scored))
+
+
+class LabelBatcher:
+    """The feedback side: collects a batch's joined events and prediction scores, per model, in arrival order."""
+
+    def __init__(self) -> None:
+        self._labeled: dict[str, dict[tuple[str, str, str, float], tuple[list[float], list[float]]]] = {}
+        self._scores: dict[str, dict[tuple[str, str, float], list[float]]] = {}
+
+    def label(self, model: str, version: str, variant: str, task: str, threshold: float, score: float,
+              outcome: float) -> None:
+        scores, outcomes = self._labeled.setdefault(model, {}).setdefault(
+            (version, variant, task, threshold), ([], []))
+        scores.append(score)
+        outcomes.append(outcome)
+
+    def score(self, model: str, version: str, variant: str, threshold: float, score: float) -> None:
+        self._scores.setdefault(model, {}).setdefault((version, variant, threshold), []).append(score)
+
+    def take(self) -> list[LabelBatch]:
+        """One batch per model with something to say, oldest model first; the batcher is empty afterwards."""
+        out = []
+        for model in {**self._labeled, **self._scores}:
+            labeled = tuple(LabelGroup(v, var, task, thr, np.array(s), np.array(o))
+                            for (v, var, task, thr), (s, o) in self._labeled.get(model, {}).items())
+            scored = tuple(ScoreGroup(v, var, thr, np.array(s))
+                           for (v, var, thr), s in self._scores.get(model, {}).items())
+            out.append(LabelBatch(model, labeled, scored))
+        self._labeled, self._scores = {}, {}
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """A full window of labeled events, and how far the label-free estimate was from it (None: no estimate)."""
+
+    key: Key
+    window: QualitySketch
+    task: str
+    estimate_gap: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdicts:
+    """What one label batch changed: closed windows, new estimates, alerts and retrain requests to send."""
+
+    closed: tuple[ClosedWindow, ...] = ()
+    estimates: tuple[tuple[Key, Estimate], ...] = ()
+    alerts: tuple[Alert, ...] = ()
+    retrains: tuple[RetrainEvent, ...] = ()
+
+
+def quality_alert(key: Key, kind: str, value: float, threshold: float, n: int, message: str, now_ms: int,
+                  severity: Severity = "critical") -> Alert:
+    """A quality verdict; the variant is in its id, so a shadow's verdict never dedupes the champion's."""
+    model, version, variant = key
+    statistic = "accuracy" if kind == "performance_drop" else "error_rate"
+    return point_alert(model, version, kind, statistic, value, threshold, message, now_ms, sample_size=n,
+                       scope=(variant,), severity=severity)
+
+
+@dataclass
+class ModelQuality:
+    """Everything the monitor knows of one model; all of it is in :meth:`QualityMonitor.snapshot`."""
+
+    policy: QualityPolicy
+    calibration: dict[str, Calibration] = field(default_factory=dict)  # by version: fit on its first window
+    calibration_data: dict[str, tuple[list[float], list[bool]]] = field(default_factory=dict)
+    unlabeled: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (version, variant): bin counts
+    estimates: dict[tuple[str, str], float] = field(default_factory=dict)  # last estimated accuracy
+    requested: set[str] = field(default_factory=set)  # versions with a concept-drift retrain request sent
+
+
+@dataclass
+class QualityMonitor:
+    """Label batches of every model in, verdicts out; per-model state to snapshot and restore.
+
+    ``known(model, version)`` says whether the registry has that version:
+    batches come from a topic, and a group naming anything else is refused
+    (so the state cannot grow with made-up names).
+    """
+
+    window_labels: int
+    alpha: float
+    drop_min: float
+    concept_kind: str
+    known: Callable[[str, str], bool] = lambda model, version: True
+    models: dict[str, ModelQuality] = field(default_factory=dict)
+
+    def check(self, batch: LabelBatch) -> None:
+        """:class:`BadRecord` (``unknown_model``) unless every version the batch names is in the registry."""
+        for version in {g.version for g in batch.labeled} | {g.version for g in batch.predictions}:
+            if not self.known(batch.model, version):
+                raise BadRecord("unknown_model", f"labels of model {brief(batch.model)} v{brief(version)}, "
+                                                 "which is not in this registry")
+
+    def _model(self, model: str) -> ModelQuality:
+        found = self.models.get(model)
+        if found is None:
+            found = self.models[model] = ModelQuality(
+                QualityPolicy(self.window_labels, self.alpha, self.drop_min, self.concept_kind))
+        return found
+
+    def apply(self, batch: LabelBatch, now_ms: int) -> Verdicts:
+        """Fold a batch: labeled events first (each one in order), then the new predictions' scores."""
+        state = self._model(batch.model)
+        closed: list[ClosedWindow] = []
+        alerts: list[Alert] = []
+        retrains: list[RetrainEvent] = []
+        for g in batch.labeled:
+            key = (batch.model, g.version, g.variant)
+            if g.task != "regression" and g.variant != SHADOW:
+                self._calibrate(state, g)
+            for score, outcome in zip(g.scores.tolist(), g.outcomes.tolist(), strict=True):
+                if g.task == "regression":
+                    windows, change = state.policy.add(key, g.task, score, target=outcome)
+                else:
+                    windows, change = state.policy.add(key, g.task, score, positive=outcome == 1.0,
+                                                       threshold=g.threshold)
+                for c in windows:
+                    closed.append(self._closed(state, c, g.task, alerts, now_ms))
+                if change and g.variant != SHADOW:
+                    self._concept(state, key, g.task, alerts, retrains, now_ms)
+        estimates = [e for g in batch.predictions for e in self._estimate(state, batch.model, g)]
+        return Verdicts(tuple(closed), tuple(estimates), tuple(alerts), tuple(retrains))
+
+    def _closed(self, state: ModelQuality, c: ClosedQuality, task: str, alerts: list[Alert],
+                now_ms: int) -> ClosedWindow:
+        key, window = c.key, c.window
+        estimated = state.estimates.get((key[1], key[2]))
+        if c.drop is not None:
+            alerts.append(quality_alert(
+                key, "performance_drop", c.drop.accuracy, c.drop.threshold, window.n,
+                f"accuracy {c.drop.accuracy:.3f} vs {c.drop.baseline:.3f} at first "
+                f"(p={c.drop.p_value:.2g}, {window.n} labels)", now_ms))
+        return ClosedWindow(key, window, task, None if estimated is None else estimated - window.accuracy)
+
+    def _concept(self, state: ModelQuality, key: Key, task: str, alerts: list[Alert], retrains: list[RetrainEvent],
+                 now_ms: int) -> None:
+        model, version, _ = key
+        seen = state.policy.concept_seen(model, version)
+        kind = self.concept_kind if task != "regression" else "adwin"
+        alert = quality_alert(key, "concept_drift", 1.0, 0.0, seen,
+                              f"{kind} saw the error rate change after {seen} labeled events", now_ms)
+        alerts.append(alert)
+        if version in state.requested:  # one retrain request per version: train on labels from now on
+            return
+        state.requested.add(version)
+        retrains.append(retrain_request(model, version, f"concept drift on v{version}: {alert.message}",
+                                        (alert.id,), now_ms, now_ms, now_ms, cause=("concept_drift", str(now_ms))))
+
+    def _calibrate(self, state: ModelQuality, g: LabelGroup) -> None:
+        """Fit the version's score → probability calibration on its first ``window_labels`` labeled events."""
+        if g.version in state.calibration:
+            return
+        scores, labels = state.calibration_data.setdefault(g.version, ([], []))
+        need = self.window_labels - len(scores)
+        scores.extend(g.scores[:need].tolist())
+        labels.extend((g.outcomes[:need] == 1.0).tolist())
+        if len(scores) >= self.window_labels:
+            state.calibration[g.version] = Calibration.fit(np.array(scores), np.array(labels),
+                                                           bins=CALIBRATION_BINS)
+            del state.calibration_data[g.version]
+
+    def _estimate(self, state: ModelQuality, model: str, g: ScoreGroup) -> list[tuple[Key, Estimate]]:
+        """Count scores into windows of ``window_labels`` by calibration bin; estimate each full window."""
+        cal = state.calibration.get(g.version)
+        if cal is None:
+            return []
+        key = (g.version, g.variant)
+        bins = np.searchsorted(cal.edges, g.scores, side="right")
+        out = []
+        at = 0
+        while at < len(bins):
+            counts = state.unlabeled.get(key)
+            if counts is None:
+                counts = state.unlabeled[key] = np.zeros(len(cal.rates), dtype=np.int64)
+            chunk = bins[at:at + self.window_labels - int(counts.sum())]
+            counts += np.bincount(chunk, minlength=len(cal.rates))
+            at += len(chunk)
+            if counts.sum() >= self.window_labels:
+                est = estimate(np.repeat(cal.rates, counts), g.threshold)
+                del state.unlabeled[key]
+                state.estimates[key] = est.accuracy
+                out.append(((model, g.version, g.variant), est))
+        return out
+
+    def concept_seen(self, model: str, version: str) -> int:
+        found = self.models.get(model)
+        return 0 if found is None else found.policy.concept_seen(model, version)
+
+    def windows_closed(self, model: str) -> int:
+        """Baselines set so far (one per (version, variant) whose first window closed): for logs."""
+        found = self.models.get(model)
+        return 0 if found is None else len(found.policy.baseline)
+
+    def snapshot(self, model: str) -> dict[str, Any]:
+        """The model's quality state as JSON-ready data."""
+        s = self._model(model)
+        return {
+            "format": STATE_FORMAT,
+            "policy": s.policy.snapshot(),
+            "calibration": [[v, c.to_dict()] for v, c in s.calibration.items()],
+            "calibration_data": [[v, scores, labels] for v, (scores, labels) in s.calibration_data.items()],
+            "unlabeled": [[v, var, counts.tolist()] for (v, var), counts in s.unlabeled.items()],
+            "estimates": [[v, var, value] for (v, var), value in s.estimates.items()],
+            "requested": sorted(s.requested),
+        }
+
+    def restore(self, model: str, state: Any) -> None:
+        """Replace what the monitor knows of ``model`` with a :meth:`snapshot`; BadRecord leaves it unchanged."""
+        try:
+            restored = self._parse(model, state)
+        except BadRecord as exc:
+            raise BadRecord("invalid_state", f"quality state of {brief(model)}: {exc.detail}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BadRecord("invalid_state", f"quality state of {brief(model)}: {type(exc).__name__}: {exc}") from None
+        self.models[model] = restored
+
+    def _parse(self, model: str, state: Any) -> ModelQuality:
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise BadRecord("invalid_state", f"quality state of {brief(model)} is not format {STATE_FORMAT}")
+        policy = QualityPolicy(self.window_labels, self.alpha, self.drop_min, self.concept_kind)
+        policy.restore(state["policy"])
+        if any(k[0] != model for k in (*policy.windows, *policy.baseline, *policy.open, *policy.concept)):
+            raise BadRecord("invalid_state", f"quality state of {brief(model)} holds another model's windows")
+        calibration = {}
+        for v, d in state["calibration"]:
+            cal = Calibration.from_dict(d)
+            if len(cal.rates) != len(cal.edges) + 1 or not (np.isfinite(cal.edges).all()
+                                                            and ((cal.rates >= 0) & (cal.rates <= 1)).all()):
+                raise BadRecord("invalid_state", f"calibration of v{brief(v)} is not one")
+            calibration[_name(v, "version")] = cal
+        data = {}
+        for v, scores, labels in state["calibration_data"]:
+            if len(scores) != len(labels) or not all(isinstance(y, bool) for y in labels):
+                raise BadRecord("invalid_state", f"calibration data of v{brief(v)} is not (scores, booleans)")
+            data[_name(v, "version")] = ([_number(x, "score") for x in scores], list(labels))
+        unlabeled = {}
+        for v, var, counts in state["unlabeled"]:
+            arr = np.array(counts, dtype=np.int64)
+            fitted = calibration.get(v)
+            if fitted is None or arr.shape != fitted.rates.shape or (arr < 0).any():
+                raise BadRecord("invalid_state", f"estimate window of v{brief(v)} does not fit its calibration")
+            unlabeled[(v, _variant(var))] = arr
+        estimates = {(_name(v, "version"), _variant(var)): _number(x, "estimate") for v, var, x in state["estimates"]}
+        requested = {_name(v, "version") for v in state["requested"]}
+        return ModelQuality(policy, calibration, data, unlabeled, estimates, requested)
+
+    def forget(self) -> None:
+        """Drop all state (the sketches partitions moved: their new owner resumes from the state topic)."""
+        self.models.clear()
+
+
+def _pack(values: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<f8").tobytes()).decode()
+
+
+def _unpack(text: Any, what: str) -> np.ndarray:
+    if not isinstance(text, str) or len(text) > MAX_VALUES * 12:
+        raise BadRecord("invalid_labels", f"{what} must be base64 text of at most {MAX_VALUES} float64 values")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise BadRecord("invalid_labels", f"{what} is not base64: {exc}") from None
+    if len(raw) % 8:
+        raise BadRecord("invalid_labels", f"{what} holds {len(raw)} bytes, not a whole number of float64 values")
+    values = np.frombuffer(raw, dtype="<f8").astype(np.float64)
+    if not np.isfinite(values).all():
+        raise BadRecord("invalid_labels", f"{what} holds NaN or infinite values")
+    return values
+
+
+def _object(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise BadRecord("invalid_labels", f"{what} must be an object")
+    return value
+
+
+def _name(value: Any, what: str) -> str:
+    """Printable (no control characters, no lone surrogates): names end up in metric labels and logs."""
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME or not value.isprintable():
+        raise BadRecord("invalid_labels", f"{what} must be a non-empty printable string of at most {MAX_NAME} "
+                                          "characters")
+    return value
+
+
+def _variant(value: Any) -> str:
+    if value not in VARIANTS:
+        raise BadRecord("invalid_labels", f"variant must be one of {', '.join(sorted(VARIANTS))}, not {brief(value)}")
+    return str(value)
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRecord("invalid_labels", f"{what} must be a finite number, not {brief(value)}")
+    return float(value)
+
+
+def parse_sketches_record(value: bytes | None, drift: DriftMonitor, quality: QualityMonitor,
+                          now_ms: int) -> WindowSketch | LabelBatch | Skip:
+    """A record of ``{ns}.sketches``: a window sketch or a label batch to fold, or why not; never raises."""
+    try:
+        data = load_json(value)
+        if is_label_batch(data):
+            batch = read_label_batch(data)
+            quality.check(batch)
+            return batch
+        sketch = sketch_from_dict(data)
+        drift.check(sketch, now_ms)
+    except BadRecord as exc:
+        return exc.skip()
+    return sketch
+
+
+def resume_quality(quality: QualityMonitor, model: str, value: bytes | None) -> Skip | None:
+    """Restore ``model`` from the ``quality`` part of its ``{ns}.drift-state`` record; why not; never raises.
+
+    A state record without that part (written before quality state was kept) leaves the monitor fresh.
+    """
+    try:
+        state = load_json(value)
+        if isinstance(state, Mapping) and "quality" in state:
+            quality.restore(model, state["quality"])
+    except BadRecord as exc:
+        return exc.skip()
+    return None
