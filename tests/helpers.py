@@ -151,6 +151,49 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def score_end_to_end(worker: WorkerProcess, settings: Any, catalog: Any, generator: Any, rng: np.random.Generator,
+                     n: int, timeout_s: float = 90.0) -> None:
+    """Both client stacks of a running worker work: ``n`` requests scored, and a drift window closed.
+
+    The test's own clients use ``settings`` (its broker and security). The
+    worker must run with ``window_events`` at most ``n`` and no grace, so its
+    score path (librdkafka) writes ``n`` predictions and window sketches, and
+    its drift agent (Faust/aiokafka) consumes those sketches and writes a
+    window's state to ``{ns}.drift-state``.
+    """
+    from driftline.schemas.codec import encode_many
+    from driftline.streams.kafka.topics import latest_by_key
+
+    conf = settings.confluent()
+    records, _ = generator.generate(n, rng, start_ms=int(time.time() * 1000), step_ms=0)
+    records = [{**r, "ip_risk": r["ip_risk"] or 0.1} for r in records]  # a null ip_risk is a dead letter
+    producer = Producer({**conf, "linger.ms": 5})
+    for r, v in zip(records, encode_many(catalog.latest("driftline.examples.CardTransaction"), records), strict=True):
+        producer.produce(settings.topic("requests"), v, r["card_id"].encode())
+    assert producer.flush(30) == 0
+    consumer = Consumer({**conf, "group.id": "e2e-check", "enable.auto.commit": False})
+    topic = settings.topic("predictions")
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.partitions.predictions)])
+    got, deadline = 0, time.monotonic() + timeout_s
+    try:
+        while got < n:
+            assert worker.alive(), worker.log()[-3000:]
+            assert time.monotonic() < deadline, f"{got} of {n} predictions within {timeout_s}s: {worker.log()[-3000:]}"
+            got += sum(1 for m in consumer.consume(1000, timeout=0.5) if m.error() is None)
+    finally:
+        consumer.close()
+
+    def windows_closed() -> int:
+        state = latest_by_key(conf, settings.topic("drift-state")).get(b"fraud")
+        return 0 if state is None else int(json.loads(state)["policy"]["window_index"])
+
+    deadline = time.monotonic() + timeout_s
+    while windows_closed() < 1:
+        assert worker.alive(), worker.log()[-3000:]
+        assert time.monotonic() < deadline, f"no drift window closed within {timeout_s}s: {worker.log()[-3000:]}"
+        time.sleep(0.5)
+
+
 def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes | None]],
             headers: list[tuple[str, bytes]] | None = None, partitioner: str = "consistent_random") -> int:
     """Produce every item; fails unless the broker acknowledged them all (a refusal is not silent)."""

@@ -2,12 +2,16 @@
 
 One JVM in KRaft combined mode (broker and controller), a PLAINTEXT and a
 CONTROLLER listener on free loopback ports, a temporary log directory, the
-internal topics at replication factor 1. The jars come from Maven Central the
-first time (``make kafka``, or the first :meth:`ApacheKafka.start`), through the
-small pom shipped beside this module, into a cache that outlives the process:
-``$DRIFTLINE_KAFKA_HOME/libs``, by default ``~/.cache/driftline/kafka-<version>/libs``.
-``DRIFTLINE_KAFKA_HOME`` may also point at an unpacked Apache Kafka download,
-whose ``libs/`` has the same layout.
+internal topics at replication factor 1. The clients' listener may be a
+secured one instead (TLS, mutual TLS, SASL/SCRAM-SHA-512, or SCRAM over TLS:
+``tls=`` and ``scram_users=``); the PLAINTEXT listener then stays on loopback
+for the broker itself (inter-broker traffic, the readiness probe). The jars
+come from Maven Central the first time (``make kafka``, or the first
+:meth:`ApacheKafka.start`), through the small pom shipped beside this module,
+into a cache that outlives the process: ``$DRIFTLINE_KAFKA_HOME/libs``, by
+default ``~/.cache/driftline/kafka-<version>/libs``. ``DRIFTLINE_KAFKA_HOME``
+may also point at an unpacked Apache Kafka download, whose ``libs/`` has the
+same layout.
 
 Unlike the embedded broker, this one has working transactions, compaction, a
 message-size limit (``message.max.bytes``, about 1 MiB) and right latest
@@ -22,6 +26,7 @@ from __future__ import annotations
 import atexit
 import base64
 import ctypes
+import hashlib
 import logging
 import os
 import shutil
@@ -32,9 +37,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 from driftline.streams.errors import BrokerError
 from driftline.streams.kafka.broker import BrokerKind, free_port, wait_for_metadata
@@ -166,15 +173,130 @@ def cluster_id() -> str:
             return text
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+ClientAuth = Literal["none", "requested", "required"]
+CLIENT_LISTENER = "CLIENT"  # the secured listener's name (the PLAINTEXT one keeps its name)
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SCRAM_ITERATIONS = 4096  # Kafka's default, and the least it accepts for SCRAM-SHA-512
+SCRAM_LOGIN = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The broker's side of TLS on the clients' listener, as PEM files.
+
+    ``cert_file``: the broker's certificate, then any intermediates; clients
+    verify its subjectAltName, so it names ``IP:127.0.0.1``.
+    ``key_file``: its private key, PKCS#8 PEM, not encrypted (what ``openssl
+    req -nodes`` writes). ``ca_file``: the CA certificates that sign the
+    clients' certificates, needed unless ``client_auth`` is ``"none"``.
+    ``client_auth``: ``"required"`` is mutual TLS (a client without a
+    certificate from ``ca_file`` is refused); ``"requested"`` asks for one.
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    client_auth: ClientAuth = "none"
+
+    def __post_init__(self) -> None:
+        if self.client_auth != "none" and self.ca_file is None:
+            raise ValueError(f"client_auth={self.client_auth} needs ca_file: the CA of the clients' certificates")
+
+
+@dataclass(frozen=True)
+class ClientListener:
+    """The secured listener clients are told about (named ``CLIENT``): what :func:`server_properties` writes.
+
+    ``keystore``: one PEM file holding the broker's key, then its certificate
+    chain (SSL and SASL_SSL); ``truststore``: PEM CA certificates for client
+    certificates. SASL listeners take SCRAM-SHA-512, whose users are stored
+    when the log folder is formatted (:func:`scram_argument`).
+    """
+
+    port: int
+    protocol: SecurityProtocol
+    keystore: Path | None = None
+    truststore: Path | None = None
+    client_auth: ClientAuth = "none"
+
+    def __post_init__(self) -> None:
+        tls = self.protocol.endswith("SSL")
+        if tls != (self.keystore is not None):
+            raise ValueError(f"a {self.protocol} listener {'needs' if tls else 'takes no'} keystore")
+        if self.client_auth != "none" and (not tls or self.truststore is None):
+            raise ValueError(f"client_auth={self.client_auth} needs TLS and a truststore")
+
+    def properties(self) -> dict[str, object]:
+        """The ``listener.name.client.*`` settings: its TLS stores, its SASL mechanism."""
+        prefix = f"listener.name.{CLIENT_LISTENER.lower()}."
+        props: dict[str, object] = {}
+        if self.keystore is not None:
+            props |= {"ssl.keystore.type": "PEM", "ssl.keystore.location": self.keystore,
+                      "ssl.client.auth": self.client_auth}
+        if self.truststore is not None:
+            props |= {"ssl.truststore.type": "PEM", "ssl.truststore.location": self.truststore}
+        if self.protocol.startswith("SASL"):
+            props |= {"sasl.enabled.mechanisms": SCRAM_MECHANISM,
+                      f"{SCRAM_MECHANISM.lower()}.sasl.jaas.config": SCRAM_LOGIN}
+        return {prefix + key: value for key, value in props.items()}
+
+
+def listener_protocol(*, tls: bool, sasl: bool) -> SecurityProtocol:
+    """The security protocol of a listener with or without TLS and SASL."""
+    if tls:
+        return "SASL_SSL" if sasl else "SSL"
+    return "SASL_PLAINTEXT" if sasl else "PLAINTEXT"
+
+
+def check_scram_user(name: str, password: str) -> None:
+    """A ValueError unless ``kafka-storage format`` can store this user (the message never holds the password)."""
+    if not name or "," in name:
+        raise ValueError(f"SCRAM user name {name!r}: give a non-empty name without commas")
+    if not password:
+        raise ValueError(f"SCRAM user {name}: give a non-empty password")
+
+
+def scram_argument(name: str, password: str, *, salt: bytes | None = None,
+                   iterations: int = SCRAM_ITERATIONS) -> str:
+    """``kafka-storage format --add-scram``'s value for one SCRAM-SHA-512 user, without the password in it.
+
+    The salted password (RFC 5802's ``Hi``: PBKDF2-HMAC-SHA-512) is computed
+    here with a random salt, so the clear password is never on a command line
+    nor in a log. Kafka's parser splits on commas: a name with one is refused.
+    """
+    check_scram_user(name, password)
+    if iterations < SCRAM_ITERATIONS:
+        raise ValueError(f"SCRAM iterations must be at least {SCRAM_ITERATIONS}")
+    salt = os.urandom(32) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    b64 = base64.b64encode
+    return (f'{SCRAM_MECHANISM}=[name="{name}",salt="{b64(salt).decode()}",'
+            f'saltedpassword="{b64(salted).decode()}",iterations={iterations}]')
+
+
 def server_properties(*, port: int, controller_port: int, log_dir: Path, node_id: int = 1,
-                      auto_create_topics: bool = True, overrides: Mapping[str, object] | None = None) -> str:
-    """``server.properties`` of a single-node KRaft broker+controller on loopback (``overrides`` win)."""
+                      auto_create_topics: bool = True, client: ClientListener | None = None,
+                      overrides: Mapping[str, object] | None = None) -> str:
+    """``server.properties`` of a single-node KRaft broker+controller on loopback (``overrides`` win).
+
+    ``client``: a secured listener for the clients, advertised beside the
+    PLAINTEXT one at ``port``, which then serves the broker itself (inter-broker
+    traffic, the readiness probe) and anything on this host that asks for it.
+    """
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{controller_port}"]
+    advertised = [f"PLAINTEXT://127.0.0.1:{port}"]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    if client is not None:
+        listeners.append(f"{CLIENT_LISTENER}://127.0.0.1:{client.port}")
+        advertised.append(f"{CLIENT_LISTENER}://127.0.0.1:{client.port}")
+        protocols.append(f"{CLIENT_LISTENER}:{client.protocol}")
     props: dict[str, object] = {
         "process.roles": "broker,controller",
         "node.id": node_id,
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": ",".join(listeners),
+        "advertised.listeners": ",".join(advertised),
+        "listener.security.protocol.map": ",".join(protocols),
         "inter.broker.listener.name": "PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
         "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
@@ -194,6 +316,8 @@ def server_properties(*, port: int, controller_port: int, log_dir: Path, node_id
         # the log cleaner looks for work every second, so compaction shows within a test
         "log.cleaner.backoff.ms": 1000,
     }
+    if client is not None:
+        props.update(client.properties())
     props.update(overrides or {})
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
@@ -258,6 +382,14 @@ def remove_orphans(parent: Path | None = None) -> list[Path]:
     return removed
 
 
+def _another_port(taken: set[int]) -> int:
+    """A free loopback port not in ``taken`` (which it joins)."""
+    while (port := free_port()) in taken:
+        pass
+    taken.add(port)
+    return port
+
+
 def last_error(log_text: str) -> str:
     """The line of Kafka's log that best says why it stopped: the last ERROR (or exception), else the last line."""
     lines = [line.strip() for line in log_text.splitlines() if line.strip()]
@@ -291,25 +423,57 @@ class ApacheKafka:
     kind: BrokerKind = "kafka"
 
     def __init__(self, *, port: int | None = None, log_file: Path | None = None, home: Path | None = None,
-                 heap: str = "512m", config: Mapping[str, object] | None = None) -> None:
-        """``port``: preferred if free; ``home``: where the jars are (see :func:`kafka_home`);
-        ``config``: broker properties over the defaults of :func:`server_properties`."""
+                 heap: str = "512m", config: Mapping[str, object] | None = None, tls: ServerTls | None = None,
+                 scram_users: Mapping[str, str] | None = None) -> None:
+        """``port``: the clients' port, preferred if free; ``home``: where the jars are (see :func:`kafka_home`);
+        ``config``: broker properties over the defaults of :func:`server_properties`.
+
+        ``tls``: the clients' listener speaks TLS with this certificate (and
+        checks client certificates, ``tls.client_auth``); ``scram_users``:
+        user name to password, and the clients' listener takes SASL
+        SCRAM-SHA-512 with these users only (over TLS where ``tls`` is given:
+        SASL_SSL). With either, :attr:`bootstrap` is that secured listener and
+        :attr:`internal_bootstrap` a PLAINTEXT one on loopback for the broker
+        itself. Passwords are stored salted at format time, never logged.
+        """
         self.port = port
+        self.internal_port: int | None = None
         self.controller_port: int | None = None
         self.log_file = log_file
         self.home = home
         self.heap = heap
         self.config = dict(config or {})
+        self.tls = tls
+        for name, password in (scram_users or {}).items():
+            check_scram_user(name, password)
+        self._scram_users = dict(scram_users or {})
         self.startup_s: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
         self._started = False
 
     @property
+    def security_protocol(self) -> SecurityProtocol:
+        """What clients of :attr:`bootstrap` set as ``security.protocol``."""
+        return listener_protocol(tls=self.tls is not None, sasl=bool(self._scram_users))
+
+    @property
+    def scram_user_names(self) -> tuple[str, ...]:
+        return tuple(self._scram_users)
+
+    @property
     def bootstrap(self) -> str:
+        """The clients' listener: secured where ``tls`` or ``scram_users`` were given."""
         if self.port is None or not self._started:
             raise BrokerError("broker not started")
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def internal_bootstrap(self) -> str:
+        """The PLAINTEXT listener on loopback (the same as :attr:`bootstrap` when the broker is not secured)."""
+        if self.internal_port is None or not self._started:
+            raise BrokerError("broker not started")
+        return f"127.0.0.1:{self.internal_port}"
 
     def start(self, timeout_s: float = 60.0) -> str:
         """Fetch the jars if needed, format a fresh log folder, start the JVM; the bootstrap address when it answers."""
@@ -329,26 +493,31 @@ class ApacheKafka:
             raise
         self.startup_s = time.monotonic() - started
         self._started = True
-        log.info("Apache Kafka %s ready at %s in %.1fs (log %s)", KAFKA_VERSION, self.bootstrap, self.startup_s,
-                 self.log_file or folder / "kafka.log")
+        log.info("Apache Kafka %s ready at %s (%s) in %.1fs (log %s)", KAFKA_VERSION, self.bootstrap,
+                 self.security_protocol, self.startup_s, self.log_file or folder / "kafka.log")
         return self.bootstrap
 
     def _start(self, java: str, libs: Path, folder: Path, timeout_s: float) -> None:
         self.port = free_port(self.port)
-        self.controller_port = free_port()
-        while self.controller_port == self.port:
-            self.controller_port = free_port()
+        taken = {self.port}
+        self.controller_port = _another_port(taken)
+        secured = self.security_protocol != "PLAINTEXT"
+        self.internal_port = _another_port(taken) if secured else self.port
+        client = self._client_listener(self.port, folder) if secured else None
         props = folder / "server.properties"
-        props.write_text(server_properties(port=self.port, controller_port=self.controller_port,
-                                           log_dir=folder / "data", overrides=self.config))
+        props.write_text(server_properties(port=self.internal_port, controller_port=self.controller_port,
+                                           log_dir=folder / "data", client=client, overrides=self.config))
         log_config = folder / "log4j2.properties"
         log_config.write_text(LOG4J2)
         log_path = self.log_file or folder / "kafka.log"
+        # The users' salted passwords go on the command line, never the passwords; the command is not logged.
+        scram = [arg for name, password in self._scram_users.items()
+                 for arg in ("--add-scram", scram_argument(name, password))]
         with log_path.open("ab") as out:
             try:
                 fmt = subprocess.run(  # noqa: S603 - java, fixed arguments
                     jvm_command(java, libs, STORAGE_CLASS, "format", "--standalone", "--cluster-id", cluster_id(),
-                                "--config", str(props), heap="256m", log_config=log_config, short=True),
+                                "--config", str(props), *scram, heap="256m", log_config=log_config, short=True),
                     stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, check=False,
                 )
             except subprocess.TimeoutExpired as exc:
@@ -362,9 +531,27 @@ class ApacheKafka:
             )
         self._wait_ready(proc, timeout_s, log_path)
 
+    def _client_listener(self, port: int, folder: Path) -> ClientListener:
+        """The secured listener at ``port``; with TLS, its PEM keystore (key, then chain) written in ``folder``."""
+        keystore = None
+        if self.tls is not None:
+            try:
+                pem = self.tls.key_file.read_text() + "\n" + self.tls.cert_file.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise BrokerError(f"cannot read the broker's TLS key and certificate: {exc}") from exc
+            keystore = folder / "client-listener.keystore.pem"
+            keystore.touch(mode=0o600)
+            keystore.write_text(pem)
+        return ClientListener(
+            port=port, protocol=self.security_protocol, keystore=keystore,
+            truststore=self.tls.ca_file if self.tls is not None else None,
+            client_auth=self.tls.client_auth if self.tls is not None else "none",
+        )
+
     def _wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float, log_path: Path) -> None:
         try:
-            wait_for_metadata(f"127.0.0.1:{self.port}", timeout_s, proc=proc, what="Apache Kafka")
+            # over the PLAINTEXT listener: it opens with the secured one, and needs no client credentials
+            wait_for_metadata(f"127.0.0.1:{self.internal_port}", timeout_s, proc=proc, what="Apache Kafka")
         except BrokerError as exc:
             raise BrokerError(f"{exc}: {_why(log_path)}") from exc
 

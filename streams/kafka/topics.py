@@ -8,6 +8,7 @@ which librdkafka derives from the high watermark returned with fetched data.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from driftline.streams.errors import BrokerError
+from driftline.streams.errors import BrokerError, ConfigError
 from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,50 @@ def create_topics(conf: Mapping[str, Any], partitions: Mapping[str, int], timeou
     raise BrokerError(f"topics did not appear within {timeout_s:.0f}s: {sorted(partitions)}")
 
 
-NOT_TRANSIENT = frozenset({KafkaError._SSL, KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
+CHECK_TLS = ("check DRIFTLINE_KAFKA__SSL_CA_FILE (the CA that signed the broker's certificate) and, for mutual "
+             "TLS, DRIFTLINE_KAFKA__SSL_CERT_FILE and ..._SSL_KEY_FILE")
+CHECK_CLIENT_CERT = ("the broker refused this client's certificate, or its lack of one: check "
+                     "DRIFTLINE_KAFKA__SSL_CERT_FILE and ..._SSL_KEY_FILE (signed by a CA the broker trusts)")
+CHECK_SASL = "check DRIFTLINE_KAFKA__SASL_MECHANISM, ..._SASL_USERNAME and ..._SASL_PASSWORD"
+# TLS alerts a broker sends when it refuses the client's certificate: handshake failure (40), no, bad,
+# unsupported, revoked, expired or unknown certificate (41-46), unknown CA (48), certificate required (116).
+CERTIFICATE_ALERT = re.compile(r"SSL alert number (4[0-68]|116)\b")
+
+
+def refusal_fix(err: KafkaError) -> str | None:
+    """What to check when the broker refuses the client for good (TLS, authentication); None if waiting may help.
+
+    librdkafka reports a certificate the client does not trust as ``_SSL``,
+    bad credentials as ``_AUTHENTICATION``, but a broker that refuses the
+    client's certificate (mutual TLS) as a transport failure carrying the
+    TLS alert it received: that one is recognised by the alert.
+    """
+    code = err.code()
+    if code == KafkaError._SSL:
+        return CHECK_TLS
+    if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+        return CHECK_SASL
+    if code == KafkaError._TRANSPORT and CERTIFICATE_ALERT.search(err.str() or ""):
+        return CHECK_CLIENT_CERT
+    return None
+
+
+# librdkafka's properties, as driftline's settings name them (a client refused at creation names the property).
+SETTING_OF = {
+    "ssl.key": "DRIFTLINE_KAFKA__SSL_KEY_FILE and DRIFTLINE_KAFKA__SSL_KEY_PASSWORD",
+    "ssl.certificate": "DRIFTLINE_KAFKA__SSL_CERT_FILE",
+    "ssl.ca": "DRIFTLINE_KAFKA__SSL_CA_FILE",
+    "sasl": "the DRIFTLINE_KAFKA__SASL_* settings",
+}
+
+
+def client_refused(exc: KafkaException) -> ConfigError:
+    """The one-line error for client settings librdkafka refuses when a client is made (a key it cannot read)."""
+    err = exc.args[0] if exc.args else exc
+    reason = err.str() if isinstance(err, KafkaError) else str(err)
+    named = [setting for prop, setting in SETTING_OF.items() if prop in reason]
+    return ConfigError(f"the Kafka client refuses its settings ({reason}); check "
+                       f"{named[0] if named else 'the DRIFTLINE_KAFKA__* security settings'}")
 
 
 def wait_for_broker(conf: Mapping[str, Any], wait_s: float, *, sleep: Any = time.sleep,
@@ -69,13 +113,18 @@ def wait_for_broker(conf: Mapping[str, Any], wait_s: float, *, sleep: Any = time
 
     A worker started before its broker (a pod beside a Kafka that is still
     starting) waits instead of crash-looping. A TLS or authentication failure
-    is not going to pass by waiting: it fails at once. Either error names
-    librdkafka's own reason (a refused connection, a certificate that does
-    not verify), not only "transport failure".
+    is not going to pass by waiting: it fails at once, and so do client
+    settings librdkafka refuses outright (a key it cannot decrypt, a
+    :class:`ConfigError`). Each error names librdkafka's own reason (a refused
+    connection, a certificate that does not verify, invalid credentials),
+    not only "transport failure", and the settings to check.
     """
     errors: list[KafkaError] = []
     admin_conf: dict[str, Any] = {**conf, "log_level": 0, "error_cb": errors.append}
-    admin = AdminClient(admin_conf)
+    try:
+        admin = AdminClient(admin_conf)
+    except KafkaException as exc:
+        raise client_refused(exc) from None
     deadline = clock() + wait_s
     delay = 0.25
     while True:
@@ -87,13 +136,14 @@ def wait_for_broker(conf: Mapping[str, Any], wait_s: float, *, sleep: Any = time
             admin.poll(0)  # serves the error callbacks, which carry the detailed reason
             detailed = [e for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN]
             cause = detailed[-1] if detailed else exc.args[0]
-        permanent = isinstance(cause, KafkaError) and cause.code() in NOT_TRANSIENT
+        fix = refusal_fix(cause) if isinstance(cause, KafkaError) else None
         left = deadline - clock()
-        if left <= 0 or permanent:
-            waited = "" if permanent else f" after {wait_s:g}s"
-            raise BrokerError(f"cannot reach the broker at {conf.get('bootstrap.servers')}{waited} "
-                              f"({cause.str() if isinstance(cause, KafkaError) else cause}); check "
-                              "DRIFTLINE_BROKER, the DRIFTLINE_KAFKA__* security settings, "
+        if left <= 0 or fix is not None:
+            reason = cause.str() if isinstance(cause, KafkaError) else cause
+            if fix is not None:
+                raise BrokerError(f"cannot reach the broker at {conf.get('bootstrap.servers')} ({reason}); {fix}")
+            raise BrokerError(f"cannot reach the broker at {conf.get('bootstrap.servers')} after {wait_s:g}s "
+                              f"({reason}); check DRIFTLINE_BROKER, the DRIFTLINE_KAFKA__* security settings, "
                               "or raise DRIFTLINE_BROKER_WAIT_S")
         log.info("waiting for the broker at %s (%s)", conf.get("bootstrap.servers"),
                  cause.str() if isinstance(cause, KafkaError) else cause)

@@ -17,6 +17,8 @@ from driftline.streams.kafka import apache
 from driftline.streams.kafka.apache import (
     KAFKA_VERSION,
     ApacheKafka,
+    ClientListener,
+    ServerTls,
     classpath,
     cluster_id,
     fetch_jars,
@@ -26,8 +28,10 @@ from driftline.streams.kafka.apache import (
     jvm_command,
     kafka_home,
     last_error,
+    listener_protocol,
     pom_text,
     remove_orphans,
+    scram_argument,
     server_properties,
 )
 from driftline.streams.kafka.broker import BROKER_KINDS, launch
@@ -235,3 +239,110 @@ def test_folders_of_dead_owners_are_removed_and_the_rest_kept(tmp_path: Path) ->
     assert remove_orphans(tmp_path) == [orphan]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["driftline-kafka-b", "driftline-kafka-c",
                                                           "driftline-kafka-d"]
+
+
+# -- a secured clients' listener: TLS, mutual TLS, SASL/SCRAM-SHA-512 -------------------------------------------
+
+
+def test_a_secured_listener_is_advertised_beside_the_plaintext_one_the_broker_keeps(tmp_path: Path) -> None:
+    client = ClientListener(port=19094, protocol="SASL_SSL", keystore=tmp_path / "ks.pem",
+                            truststore=tmp_path / "ca.pem", client_auth="required")
+    props = parse(server_properties(port=19092, controller_port=19093, log_dir=tmp_path, client=client))
+    assert props["listeners"] == ("PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093,"
+                                  "CLIENT://127.0.0.1:19094")
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19092,CLIENT://127.0.0.1:19094"
+    assert props["listener.security.protocol.map"] == "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,CLIENT:SASL_SSL"
+    assert props["inter.broker.listener.name"] == "PLAINTEXT" and props["controller.listener.names"] == "CONTROLLER"
+    # PEM stores and the SASL mechanism for that listener only; no password anywhere (SCRAM users live in the log)
+    assert props["listener.name.client.ssl.keystore.type"] == "PEM"
+    assert props["listener.name.client.ssl.keystore.location"] == str(tmp_path / "ks.pem")
+    assert props["listener.name.client.ssl.truststore.type"] == "PEM"
+    assert props["listener.name.client.ssl.truststore.location"] == str(tmp_path / "ca.pem")
+    assert props["listener.name.client.ssl.client.auth"] == "required"
+    assert props["listener.name.client.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert props["listener.name.client.scram-sha-512.sasl.jaas.config"] == (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+    assert not [key for key in props if "password" in key]
+
+
+def test_each_protocol_gets_only_its_own_listener_settings(tmp_path: Path) -> None:
+    tls_only = ClientListener(port=1, protocol="SSL", keystore=tmp_path / "ks.pem").properties()
+    assert tls_only["listener.name.client.ssl.client.auth"] == "none"
+    assert not [key for key in tls_only if "sasl" in key or "truststore" in key]
+    sasl_only = ClientListener(port=1, protocol="SASL_PLAINTEXT").properties()
+    assert sorted(sasl_only) == ["listener.name.client.sasl.enabled.mechanisms",
+                                 "listener.name.client.scram-sha-512.sasl.jaas.config"]
+
+
+@pytest.mark.parametrize(("tls", "sasl", "protocol"), [(False, False, "PLAINTEXT"), (True, False, "SSL"),
+                                                       (False, True, "SASL_PLAINTEXT"), (True, True, "SASL_SSL")])
+def test_the_listener_protocol_follows_tls_and_sasl(tls: bool, sasl: bool, protocol: str, tmp_path: Path) -> None:
+    assert listener_protocol(tls=tls, sasl=sasl) == protocol
+    server_tls = ServerTls(tmp_path / "s.crt", tmp_path / "s.key") if tls else None
+    kafka = ApacheKafka(tls=server_tls, scram_users={"alice": "pw"} if sasl else None)
+    assert kafka.security_protocol == protocol
+    assert kafka.scram_user_names == (("alice",) if sasl else ())
+
+
+def test_listeners_that_cannot_work_are_refused_when_described(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs keystore"):
+        ClientListener(port=1, protocol="SASL_SSL")
+    with pytest.raises(ValueError, match="takes no keystore"):
+        ClientListener(port=1, protocol="SASL_PLAINTEXT", keystore=tmp_path / "ks.pem")
+    with pytest.raises(ValueError, match="needs TLS and a truststore"):
+        ClientListener(port=1, protocol="SSL", keystore=tmp_path / "ks.pem", client_auth="required")
+    with pytest.raises(ValueError, match="needs ca_file"):
+        ServerTls(tmp_path / "s.crt", tmp_path / "s.key", client_auth="required")
+
+
+def hi(password: bytes, salt: bytes, iterations: int) -> bytes:
+    """RFC 5802's Hi() with HMAC-SHA-512, written out: what Kafka's ScramFormatter computes."""
+    import hashlib
+    import hmac
+
+    u = hmac.new(password, salt + b"\x00\x00\x00\x01", hashlib.sha512).digest()
+    out = u
+    for _ in range(iterations - 1):
+        u = hmac.new(password, u, hashlib.sha512).digest()
+        out = bytes(a ^ b for a, b in zip(out, u, strict=True))
+    return out
+
+
+def test_scram_users_are_formatted_with_a_salted_password_never_the_password() -> None:
+    salt = bytes(range(32))
+    arg = scram_argument("alice", "alice-secret", salt=salt)
+    match = re.fullmatch(r'SCRAM-SHA-512=\[name="alice",salt="([^"]+)",saltedpassword="([^"]+)",iterations=4096\]',
+                         arg)
+    assert match, arg
+    assert base64.b64decode(match[1]) == salt
+    assert base64.b64decode(match[2]) == hi(b"alice-secret", salt, 4096)
+    assert "alice-secret" not in arg
+    assert scram_argument("alice", "alice-secret") != scram_argument("alice", "alice-secret")  # a fresh salt each
+
+
+@pytest.mark.parametrize(("name", "password", "message"), [
+    ("a,b", "pw", "without commas"), ("", "pw", "non-empty name"), ("alice", "", "non-empty password"),
+])
+def test_scram_users_kafka_cannot_store_are_refused_without_showing_the_password(
+        name: str, password: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as err:
+        ApacheKafka(scram_users={name: password})
+    assert password == "" or password not in str(err.value)
+    with pytest.raises(ValueError, match="at least 4096"):
+        scram_argument("alice", "pw", iterations=1000)
+
+
+def test_the_format_command_carries_the_scram_users_but_not_their_passwords(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = tmp_path / "format-args"
+    home, jdk = fake_install(tmp_path, "echo '[x] ERROR stop here (kafka.Kafka)'; exit 1")
+    java = jdk / "bin" / "java"
+    java.write_text(java.read_text().replace('*StorageTool*) ', f'*StorageTool*) echo "$@" > {args}; '))
+    monkeypatch.setenv("JAVA_HOME", str(jdk))
+    kafka = ApacheKafka(home=home, scram_users={"alice": "alice-secret", "bob": "bob-secret"},
+                        log_file=tmp_path / "kafka.log")
+    with pytest.raises(BrokerError, match="exited at start"):
+        kafka.start(timeout_s=10)
+    text = args.read_text()
+    assert text.count("--add-scram SCRAM-SHA-512=[name=") == 2 and "alice" in text and "bob" in text
+    assert "secret" not in text and "secret" not in (tmp_path / "kafka.log").read_text()
