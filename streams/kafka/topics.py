@@ -169,10 +169,70 @@ def topic_max_message_bytes(conf: Mapping[str, Any], topic: str, timeout_s: floa
         return None
 
 
+# Why a config driftline creates a topic with matters: said when an existing topic has another value.
+CONFIG_REASONS = {"cleanup.policy": "its last record per key is state still in use (a model's deployment, a drift "
+                                    "state, a waiting label), which a delete policy removes after retention.ms"}
+
+
+def config_mismatches(wanted: Mapping[str, Mapping[str, str]],
+                      reported: Mapping[str, Mapping[str, str | None]]) -> list[str]:
+    """One line per config of an existing topic that differs from what driftline creates the topic with.
+
+    ``reported``: each topic's configs as the broker describes them; a config
+    it does not report is not judged (the embedded broker reports only those
+    a topic was created with, Kafka all of them).
+    """
+    out = []
+    for topic, configs in wanted.items():
+        for key, value in configs.items():
+            actual = reported.get(topic, {}).get(key)
+            if actual is None or actual == value:
+                continue
+            out.append(f"topic {topic} has {key}={actual}, not {value} as driftline creates it: "
+                       f"{CONFIG_REASONS.get(key, 'driftline relies on it')}; set it with kafka-configs.sh "
+                       f"--alter --entity-type topics --entity-name {topic} --add-config {key}={value}")
+    return out
+
+
+def check_topic_configs(conf: Mapping[str, Any], wanted: Mapping[str, Mapping[str, str]],
+                        timeout_s: float = 10.0) -> list[str]:
+    """Warn about existing topics whose configs differ from ``wanted``; the warnings.
+
+    A topic made before driftline set its configs (a state topic from before
+    it was compacted), or by the broker's auto-creation, keeps the broker's
+    defaults: creating topics skips it, so this says what to change.
+    """
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    if not wanted:
+        return []
+    admin = AdminClient({**conf, "log_level": 0})
+    reported: dict[str, dict[str, str | None]] = {}
+    try:
+        futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in wanted],
+                                         request_timeout=timeout_s)
+        for resource, future in futures.items():
+            reported[resource.name] = {k: e.value for k, e in future.result(timeout=timeout_s).items()}
+    except (KafkaException, ValueError, TypeError, RuntimeError) as exc:
+        log.info("cannot read the configs of %s (%s); not checked", ", ".join(wanted), exc)
+        return []
+    problems = config_mismatches(wanted, reported)
+    for problem in problems:
+        log.warning("%s", problem)
+    return problems
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
-    """Every topic driftline uses, with its partition count and configs; returns those created."""
-    return create_topics(settings.confluent(), settings.topic_partitions(), timeout_s,
-                         configs=settings.topic_configs())
+    """Every topic driftline uses, with its partition count and configs; returns those created.
+
+    Topics that existed already are not changed: a config of theirs that
+    differs from driftline's (a state topic that is not compacted) is logged
+    as a warning saying how to set it.
+    """
+    conf, configs = settings.confluent(), settings.topic_configs()
+    created = create_topics(conf, settings.topic_partitions(), timeout_s, configs=configs)
+    check_topic_configs(conf, {t: c for t, c in configs.items() if t not in created}, timeout_s)
+    return created
 
 
 def iter_topic(

@@ -1,0 +1,30 @@
+"""Existing topics whose configs differ from driftline's: a state topic that is not compacted loses state."""
+
+from __future__ import annotations
+
+from driftline.streams.kafka.topics import config_mismatches
+from driftline.streams.settings import load_settings
+
+
+def test_a_state_topic_that_is_not_compacted_is_named_with_the_fix() -> None:
+    wanted = load_settings(namespace="ns").topic_configs()
+    assert set(wanted) == {"ns.models", "ns.drift-state", "ns.feedback-state"}
+    reported: dict[str, dict[str, str | None]] = {
+        "ns.models": {"cleanup.policy": "delete", "retention.ms": "604800000"},  # made before it was compacted
+        "ns.drift-state": {"cleanup.policy": "compact,delete"},  # retention would remove state still in use
+        "ns.feedback-state": {"cleanup.policy": "compact"},
+    }
+    problems = config_mismatches(wanted, reported)
+    assert len(problems) == 2
+    assert problems[0].startswith("topic ns.models has cleanup.policy=delete, not compact")
+    assert "retention.ms" in problems[0]
+    assert problems[0].endswith("--entity-name ns.models --add-config cleanup.policy=compact")
+    assert problems[1].startswith("topic ns.drift-state has cleanup.policy=compact,delete, not compact")
+
+
+def test_configs_the_broker_does_not_report_are_not_judged() -> None:
+    wanted = {"ns.models": {"cleanup.policy": "compact"}}
+    assert config_mismatches(wanted, {}) == []  # the topic's configs could not be read
+    assert config_mismatches(wanted, {"ns.models": {}}) == []  # the embedded broker: only those it was made with
+    assert config_mismatches(wanted, {"ns.models": {"cleanup.policy": None}}) == []
+    assert config_mismatches(wanted, {"ns.models": {"cleanup.policy": "compact"}}) == []
