@@ -148,7 +148,13 @@ def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog
     return rate_of(stamps), 1e6 * cpu / max(1, len(stamps) - 1)
 
 
-def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, catalog, gen) -> np.ndarray:  # type: ignore[no-untyped-def]
+def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, catalog, gen,  # type: ignore[no-untyped-def]
+            warmup_s: float = 0.0) -> np.ndarray:
+    """End-to-end latency of requests sent at ``rate`` for ``seconds``, after ``warmup_s`` of the same load.
+
+    The warm-up's requests are sent and answered but not measured: a JVM
+    broker compiles its hot paths in the first seconds under load.
+    """
     settings = load_settings(broker=bootstrap, namespace=ns)
     create_topics(settings.confluent(), settings.topic_partitions())
     schema = catalog.latest(SUBJECT)
@@ -173,15 +179,19 @@ def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, ca
 
         lat: list[float] = []
         produced_lat: list[float] = []
+        measured_from: list[int] = []  # the send time (ms) of the first measured request
 
         def on_message(m) -> None:  # type: ignore[no-untyped-def]
             rec = schemaless_reader(io.BytesIO(m.value()[HEADER.size:]), pred_schema.fast, None)
+            if not measured_from or rec["event_time"] < measured_from[0]:
+                return
             lat.append(time.time() * 1000 - rec["event_time"])
             produced_lat.append(m.timestamp()[1] - rec["event_time"])
 
         import threading
 
-        total = int(rate * seconds)
+        warm_n = int(rate * warmup_s)
+        total = warm_n + int(rate * seconds)
         reader = threading.Thread(target=lambda: read_predictions(
             bootstrap, settings.topic("predictions"), total + 10, timeout_s=seconds + 120,
             on_message=on_message))
@@ -196,6 +206,8 @@ def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, ca
             due = min(total, int((time.monotonic() - t0) * rate)) - sent
             if due > 0:
                 now_ms = int(time.time() * 1000)
+                if sent + due > warm_n and not measured_from:
+                    measured_from.append(now_ms)
                 chunk = pool[sent:sent + due]
                 for r in chunk:
                     r["event_time"] = now_ms
@@ -207,21 +219,21 @@ def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, ca
         producer.flush(30)
         reader.join()
         print("worker-side (prediction produce time - request time) p50/p99 ms:",
-              np.percentile(produced_lat[10:], [50, 99]).round(1), flush=True)
-        return np.asarray(lat[10:])
+              np.percentile(produced_lat, [50, 99]).round(1), flush=True)
+        return np.asarray(lat)
     finally:
         stop(proc)
 
 
-def broker_hop(bootstrap: str, topic: str, rate: float, seconds: float) -> np.ndarray:
-    """Produce→consume latency of the bare broker at the same rate: the floor under two hops."""
+def broker_hop(bootstrap: str, topic: str, rate: float, seconds: float, warmup_s: float = 0.0) -> np.ndarray:
+    """Produce→consume latency of the bare broker at the same rate: the floor under two hops (after a warm-up)."""
     import threading
 
     create_topics({"bootstrap.servers": bootstrap}, {topic: 4})
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-hop", "fetch.wait.max.ms": 10})
     c.assign([TopicPartition(topic, p, 0) for p in range(4)])
     lat: list[float] = []
-    total = int(rate * seconds)
+    total = int(rate * (seconds + warmup_s))
 
     def read() -> None:
         deadline = time.monotonic() + seconds + 60
@@ -244,7 +256,8 @@ def broker_hop(bootstrap: str, topic: str, rate: float, seconds: float) -> np.nd
     p.flush(30)
     reader.join()
     c.close()
-    return np.asarray(lat)
+    sent_at = np.asarray(lat)
+    return sent_at[-int(rate * seconds):] if warmup_s else sent_at
 
 
 def main() -> None:
@@ -256,6 +269,8 @@ def main() -> None:
                     help="also time the batched worker with drift windows off, to show what drift costs")
     ap.add_argument("--latency-s", type=float, default=10,
                     help="keep it short: the embedded broker's fetch cost grows with topic length")
+    ap.add_argument("--warmup-s", type=float, default=0.0,
+                    help="load at the latency rate this long before measuring (a cold JVM broker: use 20)")
     ap.add_argument("--broker-kind", choices=BROKER_KINDS, default="embedded",
                     help="the embedded Tansu broker or a local Apache Kafka (started and removed per phase)")
     ap.add_argument("--exactly-once", action="store_true",
@@ -295,13 +310,14 @@ def main() -> None:
                                       catalog=catalog, gen=gen)
     print(f"naive per-event Faust agent: {naive:,.0f} events/s over {args.baseline_n:,} requests", flush=True)
     with broker_for("latency") as broker:
-        lat = latency(broker.bootstrap, "benchlatency", args.latency_rate, args.latency_s, data, catalog, gen)
+        lat = latency(broker.bootstrap, "benchlatency", args.latency_rate, args.latency_s, data, catalog, gen,
+                      warmup_s=args.warmup_s)
     p50, p99 = np.percentile(lat, [50, 99])
     by_second = [round(float(np.percentile(c, 99)), 1) for c in np.array_split(lat, max(1, int(args.latency_s)))]
     print(f"latency at {args.latency_rate:,.0f}/s offered: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
           f"({len(lat):,} requests); p99 second by second: {by_second}", flush=True)
     with broker_for("hop") as broker:
-        hop = broker_hop(broker.bootstrap, "benchhop", args.latency_rate, args.latency_s)
+        hop = broker_hop(broker.bootstrap, "benchhop", args.latency_rate, args.latency_s, args.warmup_s)
     h50, h99 = np.percentile(hop, [50, 99])
     print(f"bare broker, one produce→consume hop at the same rate: p50 {h50:.1f} ms, p99 {h99:.1f} ms", flush=True)
     print(f"ratio batched / naive: {batched / naive:.1f}x")
@@ -317,7 +333,7 @@ def main() -> None:
         "broker_hop_p50_ms": round(float(h50), 1), "broker_hop_p99_ms": round(float(h99), 1),
         "broker": kind,
         "n": args.n, "baseline_n": args.baseline_n, "latency_rate": args.latency_rate,
-        "latency_s": args.latency_s,
+        "latency_s": args.latency_s, "warmup_s": args.warmup_s,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
     }))
 
