@@ -7,7 +7,11 @@ concept detector saw a change point. Per (model, version, variant), events
 fill windows of ``window_labels``; the first closed window is the baseline,
 and a later one whose accuracy is significantly lower (one-sided test at
 ``alpha``, sample-size aware) by at least ``drop_min`` opens an incident,
-reported once until a window recovers. Every event also feeds a River
+reported once until a window recovers; and a new incident of the same
+(model, version, variant) within ``cooldown_ms`` of the last report is not
+reported again (windows of a few hundred labels close every second or two
+at a busy label rate, and an accuracy near the threshold flips between
+"dropped" and "recovered"). Every event also feeds a River
 concept-drift detector per (model, version) with the decision's error.
 
 >>> p = QualityPolicy(window_labels=4, alpha=0.01, drop_min=0.05, concept_kind="adwin")
@@ -27,7 +31,7 @@ from driftline.detectors.concept import ConceptDetector
 from driftline.detectors.quality import QualitySketch, accuracy_drop
 
 Key = tuple[str, str, str]  # (model, version, variant)
-SNAPSHOT_FORMAT = 2  # 2: with the concept detectors
+SNAPSHOT_FORMAT = 3  # 2: with the concept detectors; 3: with the time of the last report
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +61,15 @@ class QualityPolicy:
     alpha: float
     drop_min: float
     concept_kind: str
+    cooldown_ms: int = 0
     windows: dict[Key, QualitySketch] = field(default_factory=dict)
     baseline: dict[Key, float] = field(default_factory=dict)
     open: set[Key] = field(default_factory=set)  # keys with a performance_drop incident open
+    reported: dict[Key, int] = field(default_factory=dict)  # when each key's last drop was reported (ms)
     concept: dict[tuple[str, str], ConceptDetector] = field(default_factory=dict)
 
     def add(self, key: Key, task: str, score: float, *, positive: bool | None = None,
-            target: float | None = None, threshold: float = 0.5) -> tuple[list[ClosedQuality], bool]:
+            target: float | None = None, threshold: float = 0.5, now_ms: int = 0) -> tuple[list[ClosedQuality], bool]:
         """Fold one labeled event; returns (closed windows with their verdicts, concept change point?).
 
         ``positive``: whether the true class is the positive one (classifiers);
@@ -89,14 +95,14 @@ class QualityPolicy:
         if w.n < self.window_labels:
             return [], change
         del self.windows[key]
-        return [ClosedQuality(key, w, self._verdict(key, w) if task != "regression" else None)], change
+        return [ClosedQuality(key, w, self._verdict(key, w, now_ms) if task != "regression" else None)], change
 
     def concept_seen(self, model: str, version: str) -> int:
         """Labeled events the concept detector of (model, version) has seen."""
         detector = self.concept.get((model, version))
         return detector.seen if detector is not None else 0
 
-    def _verdict(self, key: Key, window: QualitySketch) -> QualityDrop | None:
+    def _verdict(self, key: Key, window: QualitySketch, now_ms: int) -> QualityDrop | None:
         if key not in self.baseline:
             self.baseline[key] = window.accuracy
             return None
@@ -108,6 +114,10 @@ class QualityPolicy:
         if key in self.open:
             return None
         self.open.add(key)
+        last = self.reported.get(key)
+        if last is not None and now_ms - last < self.cooldown_ms:
+            return None  # the same trouble again within the cooldown: open, not reported
+        self.reported[key] = now_ms
         return QualityDrop(base, window.accuracy, p, below)
 
     def snapshot(self) -> dict[str, Any]:
@@ -118,6 +128,7 @@ class QualityPolicy:
             "baseline": [[*k, v] for k, v in self.baseline.items()],
             "open": [list(k) for k in sorted(self.open)],
             "concept": [[*k, d.snapshot()] for k, d in self.concept.items()],
+            "reported": [[*k, at] for k, at in self.reported.items()],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -129,6 +140,8 @@ class QualityPolicy:
             baseline = {(str(m), str(v), str(var)): float(b) for m, v, var, b in state["baseline"]}
             open_ = {(str(m), str(v), str(var)) for m, v, var in state["open"]}
             concept = {(str(m), str(v)): ConceptDetector.restore(d) for m, v, d in state["concept"]}
+            reported = {(str(m), str(v), str(var)): int(at) for m, v, var, at in state["reported"]}
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a quality state: {type(exc).__name__}: {exc}") from None
         self.windows, self.baseline, self.open, self.concept = windows, baseline, open_, concept
+        self.reported = reported

@@ -83,7 +83,8 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
         max_skew_ms=int(settings.sketch_max_skew_s * 1000),
     )
     quality = QualityMonitor(settings.quality_window_labels, settings.drift_alpha, settings.performance_drop_min,
-                             settings.concept_detector, known=lambda m, v: has_version(registry, m, v))
+                             settings.concept_detector, known=lambda m, v: has_version(registry, m, v),
+                             cooldown_ms=int(settings.performance_drop_cooldown_s * 1000))
     skips = SkipLog(log, metrics.skipped)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     sketches_name, state_name = settings.topic("sketches"), settings.topic("drift-state")

@@ -213,6 +213,7 @@ class QualityMonitor:
     drop_min: float
     concept_kind: str
     known: Callable[[str, str], bool] = lambda model, version: True
+    cooldown_ms: int = 0  # a performance_drop of one key is reported at most once per this long
     models: dict[str, ModelQuality] = field(default_factory=dict)
 
     def check(self, batch: LabelBatch) -> None:
@@ -226,7 +227,7 @@ class QualityMonitor:
         found = self.models.get(model)
         if found is None:
             found = self.models[model] = ModelQuality(
-                QualityPolicy(self.window_labels, self.alpha, self.drop_min, self.concept_kind))
+                QualityPolicy(self.window_labels, self.alpha, self.drop_min, self.concept_kind, self.cooldown_ms))
         return found
 
     def apply(self, batch: LabelBatch, now_ms: int) -> Verdicts:
@@ -241,10 +242,10 @@ class QualityMonitor:
                 self._calibrate(state, g)
             for score, outcome in zip(g.scores.tolist(), g.outcomes.tolist(), strict=True):
                 if g.task == "regression":
-                    windows, change = state.policy.add(key, g.task, score, target=outcome)
+                    windows, change = state.policy.add(key, g.task, score, target=outcome, now_ms=now_ms)
                 else:
                     windows, change = state.policy.add(key, g.task, score, positive=outcome == 1.0,
-                                                       threshold=g.threshold)
+                                                       threshold=g.threshold, now_ms=now_ms)
                 for c in windows:
                     closed.append(self._closed(state, c, g.task, alerts, now_ms))
                 if change and g.variant != SHADOW:
@@ -348,9 +349,10 @@ class QualityMonitor:
     def _parse(self, model: str, state: Any) -> ModelQuality:
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise BadRecord("invalid_state", f"quality state of {brief(model)} is not format {STATE_FORMAT}")
-        policy = QualityPolicy(self.window_labels, self.alpha, self.drop_min, self.concept_kind)
+        policy = QualityPolicy(self.window_labels, self.alpha, self.drop_min, self.concept_kind, self.cooldown_ms)
         policy.restore(state["policy"])
-        if any(k[0] != model for k in (*policy.windows, *policy.baseline, *policy.open, *policy.concept)):
+        if any(k[0] != model for k in (*policy.windows, *policy.baseline, *policy.open, *policy.concept,
+                                        *policy.reported)):
             raise BadRecord("invalid_state", f"quality state of {brief(model)} holds another model's windows")
         calibration = {}
         for v, d in state["calibration"]:
