@@ -27,6 +27,13 @@ EXAMPLE_MODELS = REPO_ROOT / "examples" / "models"
 _NAME = r"^[A-Za-z0-9._-]+$"
 
 
+GuardrailMetric = Literal["accuracy", "precision", "recall", "f1", "cost"]
+
+
+def _default_guardrails() -> list[GuardrailMetric]:
+    return ["recall", "f1"]
+
+
 class KafkaSecurity(BaseModel):
     """Connection security, turned into both client stacks' settings."""
 
@@ -141,6 +148,9 @@ class Settings(BaseSettings):
     )
     quality_window_labels: int = Field(500, ge=10, description="labeled events per quality window")
     performance_drop_min: float = Field(0.05, gt=0, lt=1, description="accuracy drop that matters (absolute)")
+    performance_drop_cooldown_s: float = Field(
+        600.0, ge=0, description="a performance_drop of one model version and variant is reported at most this often"
+    )
     concept_detector: Literal["adwin", "hddm_a", "hddm_w", "ddm", "eddm"] = "adwin"
     trainer_min_labels: int = Field(2000, ge=50, description="labels since the drift before training")
     trainer_wait_s: float = Field(3600.0, gt=0, description="how long the trainer waits for them")
@@ -148,6 +158,15 @@ class Settings(BaseSettings):
     trainer_shadow_wait_s: float = Field(6 * 3600.0, gt=0, description="how long a challenger may stay in shadow")
     promote_metric: Literal["log_loss", "accuracy"] = "log_loss"
     promote_margin: float = Field(0.0, ge=0, description="improvement the challenger needs, besides significance")
+    promote_guardrails: list[GuardrailMetric] = Field(
+        default_factory=_default_guardrails,
+        description="metrics at the threshold a challenger must not lose, whatever it wins on (classifiers)",
+    )
+    promote_guardrail_tolerance: float = Field(
+        0.02, ge=0, lt=1, description="how much a guardrail metric may fall (absolute; cost: relative)"
+    )
+    cost_false_positive: float = Field(1.0, ge=0, description="the 'cost' metric: what a false alarm costs")
+    cost_false_negative: float = Field(1.0, ge=0, description="the 'cost' metric: what a missed positive costs")
     stall_s: float = Field(60.0, gt=0, le=86_400, description="/readyz: lag and no finished batch this long = stalled")
     fault_stall_after_batches: int | None = Field(
         None, ge=0, description="fault injection: the score agent hangs after N batches (readiness tests, drills)"
