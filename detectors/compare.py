@@ -10,12 +10,18 @@ comparison is paired, which removes the request-to-request noise:
   the two decisions is right.
 
 The challenger wins when its improvement is at least ``margin`` and the
-test's p-value is below ``alpha``.
+test's p-value is below ``alpha`` — and it loses none of the guardrail
+metrics (:func:`guardrails`): a classifier's metrics at its threshold that
+the business runs on (recall, F1, precision, accuracy, or the expected cost
+of its errors). A model that never flags a positive can improve log loss on
+rare positives; it must not win on it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,3 +70,85 @@ def compare(labels: np.ndarray, champion: np.ndarray, challenger: np.ndarray, *,
         raise ValueError(f"metric must be log_loss or accuracy, not {metric!r}")
     return {"metric": metric, "n": n, "champion": champ, "challenger": chal, "improvement": gain, "p_value": p,
             "better": bool(gain >= margin and p < alpha)}
+
+
+def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float, *, cost_fp: float = 1.0,
+                 cost_fn: float = 1.0) -> dict[str, float]:
+    """Decision metrics at ``threshold``: accuracy, precision, recall, F1 (0 where undefined, as scikit-learn's
+    ``zero_division=0``) and ``cost``, the mean cost per request of the false positives and negatives."""
+    y = np.asarray(labels).astype(bool)
+    flagged = np.asarray(scores, dtype=np.float64) >= threshold
+    tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
+    fn, tn = int((~flagged & y).sum()), int((~flagged & ~y).sum())
+    n = max(1, len(y))
+    return {
+        "accuracy": (tp + tn) / n,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+        "cost": (cost_fp * fp + cost_fn * fn) / n,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Guardrail:
+    """One guardrail metric on the paired requests: held unless the challenger is worse beyond the tolerance."""
+
+    metric: str
+    champion: float
+    challenger: float
+    held: bool
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.champion:.4f} vs {self.challenger:.4f}"
+
+
+def guardrails(labels: np.ndarray, champion: np.ndarray, challenger: np.ndarray, metrics: Sequence[str], *,
+               threshold: float, tolerance: float, cost_fp: float = 1.0, cost_fn: float = 1.0,
+               challenger_threshold: float | None = None) -> list[Guardrail]:
+    """Each metric of ``metrics`` for both versions on the same requests, and whether the challenger kept it.
+
+    Each version decides at its own threshold (``challenger_threshold``, by
+    default the champion's). Higher is better for all but ``cost``; a
+    challenger keeps a metric when it is at most ``tolerance`` below the
+    champion's (absolute), or, for cost, at most ``tolerance`` above it (relative).
+    """
+    a = at_threshold(labels, champion, threshold, cost_fp=cost_fp, cost_fn=cost_fn)
+    b = at_threshold(labels, challenger, threshold if challenger_threshold is None else challenger_threshold,
+                     cost_fp=cost_fp, cost_fn=cost_fn)
+    out = []
+    for m in metrics:
+        if m not in a:
+            raise ValueError(f"guardrail metric must be one of {', '.join(a)}, not {m!r}")
+        held = b[m] <= a[m] * (1 + tolerance) + 1e-12 if m == "cost" else b[m] >= a[m] - tolerance - 1e-12
+        out.append(Guardrail(m, a[m], b[m], bool(held)))
+    return out
+
+
+def best_threshold(labels: np.ndarray, scores: np.ndarray, *, metric: str = "f1", cost_fp: float = 1.0,
+                   cost_fn: float = 1.0) -> float:
+    """The decision threshold that maximises ``metric`` (minimises ``cost``) on these labeled scores.
+
+    A model trained on rare positives is calibrated, so its scores seldom reach
+    0.5: at the champion's threshold it would never flag. The candidates are
+    the scores themselves (every distinct decision); ties go to the higher threshold.
+    """
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    tp = np.cumsum(y)
+    fp = np.cumsum(~y)
+    last = np.r_[s[1:] != s[:-1], True]  # flag everything down to each distinct score
+    tp, fp, cut = tp[last], fp[last], s[last]
+    fn = int(y.sum()) - tp
+    tn = len(y) - int(y.sum()) - fp
+    if metric == "cost":
+        value = -(cost_fp * fp + cost_fn * fn)
+    elif metric == "f1":
+        value = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(len(tp)), where=(2 * tp + fp + fn) > 0)
+    elif metric == "accuracy":
+        value = (tp + tn) / max(1, len(y))
+    else:
+        raise ValueError(f"a threshold is chosen for f1, accuracy or cost, not {metric!r}")
+    return float(cut[int(np.argmax(value))])

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from driftline.detectors.compare import compare
+from driftline.detectors.compare import best_threshold, compare, guardrails
 from driftline.inference.deployment import Deployment
 from driftline.inference.errors import ModelError
 from driftline.inference.manifest import Manifest
@@ -240,6 +240,10 @@ class Trainer:
         version = self.next_version(model)
         holdout = self.holdout(onnx_bytes, section, champion, x[cut:], y[cut:], np.array([r.score for r in rows[cut:]]))
         template = {**dict(champion.raw), "onnx": section}
+        if champion.task != "regression":  # its own threshold: a calibrated model of rare positives seldom reaches 0.5
+            goal = "cost" if "cost" in s.promote_guardrails else "f1"
+            template["threshold"] = best_threshold(y[:cut], scores_of(onnx_bytes, section, x[:cut]), metric=goal,
+                                                   cost_fp=s.cost_false_positive, cost_fn=s.cost_false_negative)
         fingerprint = {"source": self.settings.topic("labeled"), "rows": len(rows),
                        "from": min(r.label_time for r in rows), "to": max(r.label_time for r in rows),
                        "sha256": hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()}
@@ -284,17 +288,14 @@ class Trainer:
             self.emit(request, "rejected", f"fewer than {s.trainer_shadow_labels} labeled shadow requests within "
                       f"{s.trainer_shadow_wait_s:g}s", version)
             return "rejected"
-        verdict = compare(*paired, metric=s.promote_metric, threshold=champion.threshold, margin=s.promote_margin,
-                          alpha=s.drift_alpha)
-        detail = (f"{verdict['metric']} v{dep.champion} {verdict['champion']:.4f} vs v{version} "
-                  f"{verdict['challenger']:.4f} on {verdict['n']} shadow requests (p={verdict['p_value']:.2g})")
-        if verdict["better"]:
+        better, detail = decide(paired, s, champion, dep.champion, version,
+                                challenger_threshold=float(template.get("threshold", champion.threshold)))
+        if better:
             self.write_deployment(current.promote(version, int(self.clock() * 1000)))
             self.emit(request, "promoted", detail, version)
             return "promoted"
         self.write_deployment(current.remove_shadow(version, int(self.clock() * 1000)))
-        self.emit(request, "rejected", f"not better by {s.promote_margin:g} at alpha {s.drift_alpha:g}: {detail}",
-                  version)
+        self.emit(request, "rejected", detail, version)
         return "rejected"
 
     def next_version(self, model: str) -> str:
@@ -303,11 +304,7 @@ class Trainer:
 
     def holdout(self, onnx_bytes: bytes, section: dict[str, Any], champion: Manifest, x: np.ndarray, y: np.ndarray,
                 champion_scores: np.ndarray) -> dict[str, float]:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-        out = np.asarray(session.run([section["output"]], {section["input"]: x.astype(np.float32)})[0])
-        scores = out[:, section.get("output_index", 0)] if out.ndim == 2 else out
+        scores = scores_of(onnx_bytes, section, x)
         if champion.task == "regression":
             return {"holdout_rmse": float(np.sqrt(np.mean((scores - y) ** 2))),
                     "champion_holdout_rmse": float(np.sqrt(np.mean((champion_scores - y) ** 2)))}
@@ -316,6 +313,44 @@ class Trainer:
         return {"holdout_log_loss": float(log_losses(y, scores).mean()),
                 "champion_holdout_log_loss": float(log_losses(y, champion_scores).mean()),
                 "holdout_rows": float(len(y))}
+
+
+def scores_of(onnx_bytes: bytes, section: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """A trained model's scores for the rows ``x`` (ONNX Runtime on the CPU)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    out = np.asarray(session.run([section["output"]], {section["input"]: x.astype(np.float32)})[0])
+    return out[:, section.get("output_index", 0)] if out.ndim == 2 else out
+
+
+def decide(paired: tuple[np.ndarray, np.ndarray, np.ndarray], s: Settings, champion: Manifest, champion_version: str,
+           version: str, *, challenger_threshold: float | None = None) -> tuple[bool, str]:
+    """Promote the challenger? (labels, champion scores, challenger scores) of the same shadow requests.
+
+    It must win on ``promote_metric`` (significant, by ``promote_margin``) and,
+    for a classifier, keep every ``promote_guardrails`` metric, each version
+    deciding at its own threshold.
+    """
+    verdict = compare(*paired, metric=s.promote_metric, threshold=champion.threshold, margin=s.promote_margin,
+                      alpha=s.drift_alpha)
+    detail = (f"{verdict['metric']} v{champion_version} {verdict['champion']:.4f} vs v{version} "
+              f"{verdict['challenger']:.4f} on {verdict['n']} shadow requests (p={verdict['p_value']:.2g})")
+    if not verdict["better"]:
+        return False, f"not better by {s.promote_margin:g} at alpha {s.drift_alpha:g}: {detail}"
+    if champion.task == "regression" or not s.promote_guardrails:
+        return True, detail
+    checks = guardrails(*paired, s.promote_guardrails, threshold=champion.threshold,
+                        tolerance=s.promote_guardrail_tolerance, cost_fp=s.cost_false_positive,
+                        cost_fn=s.cost_false_negative, challenger_threshold=challenger_threshold)
+    lost = [c for c in checks if not c.held]
+    kept = ", ".join(str(c) for c in checks)
+    if lost:
+        cut = champion.threshold if challenger_threshold is None else challenger_threshold
+        return False, (f"better on {detail}, but loses {', '.join(c.metric for c in lost)} (v{champion_version} at "
+                       f"{champion.threshold:g} vs v{version} at {cut:g}: {kept}; tolerance "
+                       f"{s.promote_guardrail_tolerance:g})")
+    return True, f"{detail}; guardrails kept ({kept})"
 
 
 def _fmt(metrics: dict[str, float]) -> str:
