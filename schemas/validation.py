@@ -40,6 +40,21 @@ class ValidatedBatch:
     failures: list[Failure]
     #: per categorical feature, each input row's category index (-1: unknown or null)
     codes: dict[str, np.ndarray] = field(default_factory=dict)
+    #: per matrix column of a numeric feature that may be missing: which valid rows were imputed
+    missing: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def raw(self, matrix: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """``matrix`` (rows of :attr:`matrix`, or the subset ``rows`` of them) with NaN where a value was imputed.
+
+        What the model saw is the imputed matrix; what the request held is this
+        one (a reference profile built from it has the real null rates).
+        """
+        if not self.missing:
+            return matrix
+        out = np.array(matrix, dtype=np.float32, copy=True)
+        for col, mask in self.missing.items():
+            out[mask if rows is None else mask[rows], col] = np.nan
+        return out
 
 
 class Validator:
@@ -96,6 +111,7 @@ class Validator:
             mark(lengths > limit, "string_too_long", name)
 
         codes: dict[str, np.ndarray] = {}
+        imputed: dict[int, np.ndarray] = {}
         col_at = 0
         for f in profile.features:
             null = cols.null_mask(f.name)
@@ -112,6 +128,8 @@ class Validator:
                     mark(~missing & ~inf & ((x < f.minimum) | (x > f.maximum)), "out_of_range", f.name)
                 x[missing] = f.impute
                 matrix[:, col_at] = x
+                if f.allow_missing and missing.any():
+                    imputed[col_at] = missing
             else:
                 lut = self._luts[f.name]
                 idx = np.fromiter((lut.get(v, -1) for v in values[f.name]), dtype=np.int64, count=n)
@@ -132,7 +150,7 @@ class Validator:
             self._failure(i, REASONS[reason[i]], str(culprit[i]), _value(cols, str(culprit[i]), i))
             for i in np.flatnonzero(~valid).tolist()
         ]
-        return ValidatedBatch(matrix[rows], rows, failures, codes)
+        return ValidatedBatch(matrix[rows], rows, failures, codes, {c: m[rows] for c, m in imputed.items()})
 
     def _failure(self, index: int, reason: str, name: str, value: Any) -> Failure:
         shown = repr(value) if not isinstance(value, str) else repr(value[:40]) + (

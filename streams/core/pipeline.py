@@ -26,7 +26,7 @@ from driftline.schemas.codec import BatchDecoder, BatchEncoder, Failure
 from driftline.schemas.columnar import Columns
 from driftline.schemas.profile import CategoricalFeature
 from driftline.schemas.validation import Validator
-from driftline.streams.core.deadletters import ERROR_HEADER, MAX_MESSAGE_CHARS, Headers, bound_record
+from driftline.streams.core.deadletters import ERROR_HEADER, EXCEPTION_CLASS, MAX_MESSAGE_CHARS, Headers, bound_record
 from driftline.streams.core.windows import WindowFolder
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def error_headers(msg: RawMessage, failure: Failure, model: str, now_ms: int) ->
         "offset": str(msg.offset),
         "stage": failure.stage,
         "reason": failure.reason,
-        "class.name": failure.error_class,
+        EXCEPTION_CLASS: failure.error_class,
         "exception.message": failure.message[:MAX_MESSAGE_CHARS],
         "model": model,
         "timestamp": when,
@@ -315,14 +315,19 @@ class ScorePipeline:
         out.predictions.extend(
             OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True)
         )
-        matrix = checked.matrix if len(rows) == len(checked.rows) else checked.matrix[np.isin(checked.rows, rows)]
-        features = self._features(matrix)
+        kept = None if len(rows) == len(checked.rows) else np.isin(checked.rows, rows)
+        matrix = checked.matrix if kept is None else checked.matrix[kept]
+        features = self._features(checked.raw(matrix, kept) if self._scored is not None else matrix)
         self._emit_scored(out, common, version, variant, scores, labels, features)
         self._shadow(out, served, matrix, common, ids, features)
         return cols, rows, scores, checked.codes
 
     def _features(self, matrix: np.ndarray) -> list[bytes] | None:
-        """Each row of the model input as float32 bytes (one numpy view, no per-row work), for {ns}.scored."""
+        """Each row of the model input as float32 bytes (one numpy view, no per-row work), for {ns}.scored.
+
+        Imputed values are NaN here: the trainer imputes them as the model
+        does, and builds a challenger's reference profile with the real null rates.
+        """
         if self._scored is None:
             return None
         m = np.ascontiguousarray(matrix, dtype="<f4")

@@ -15,7 +15,7 @@ from driftline.inference.registry import ModelRegistry
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.columnar import columns_from_records, flat_fields
 from driftline.schemas.errors import SchemaError
-from driftline.schemas.profile import NumericFeature
+from driftline.schemas.profile import InputProfile, NumericFeature
 from driftline.schemas.validation import Validator
 from driftline.streams.core.records import coerce, read_input
 from driftline.streams.errors import ConfigError
@@ -103,14 +103,29 @@ def _plain_name(name: str) -> bool:
     return 0 < len(name) <= 200 and not name.startswith(".") and not any(c in name for c in "/\\\0")
 
 
+def impute(matrix: np.ndarray, profile: InputProfile) -> np.ndarray:
+    """Model input rows with their NaN (values the requests did not have) replaced as the model's validation does."""
+    out = np.array(matrix, dtype=np.float32, copy=True)
+    col = 0
+    for f in profile.features:
+        if isinstance(f, NumericFeature):
+            missing = np.isnan(out[:, col])
+            if missing.any():
+                out[missing, col] = f.impute
+        col += f.width
+    return out
+
+
 def profile_from_matrix(model_dir: Path, matrix: np.ndarray, scores: np.ndarray) -> Path:
     """``profile.json`` of a version from model input rows (what labeled records carry) and its scores.
 
-    Numeric features are their matrix columns; a one-hot categorical is the
-    category of its hot column (none hot: outside the categories); an
-    ordinal one is its code. Missing values were imputed before the matrix
-    was made, so the null rates read zero here: the reference for nulls is
-    the champion's until a profile is built from raw requests.
+    Numeric features are their matrix columns, NaN where the request had no
+    value (the score path writes rows so, :meth:`ValidatedBatch.raw`): those
+    count as nulls, so the profile's null rates and distributions are the
+    requests', not the imputed matrix's (whose null rate reads 0 and whose
+    distribution has a spike at the impute value). A one-hot categorical is
+    the category of its hot column (none hot: outside the categories); an
+    ordinal one is its code.
     """
     from driftline.schemas.profile import CategoricalFeature
 
@@ -129,7 +144,8 @@ def profile_from_matrix(model_dir: Path, matrix: np.ndarray, scores: np.ndarray)
                 col += 1
             refs.append(CategoricalReference.build(f.name, cats[hot], f.categories))
         else:
-            refs.append(NumericReference.build(f.name, matrix[:, col].astype(np.float64)))
+            values = matrix[:, col].astype(np.float64)
+            refs.append(NumericReference.build(f.name, values, nulls=np.isnan(values)))
             col += 1
     target = model_dir / PROFILE_FILE
     ReferenceProfile(tuple(refs), NumericReference.build("score", np.asarray(scores, dtype=np.float64))).save(target)

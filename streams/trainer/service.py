@@ -229,7 +229,10 @@ class Trainer:
         if rows is None:
             self.emit(request, "failed", f"fewer than {s.trainer_min_labels} labels within {s.trainer_wait_s:g}s")
             return "failed"
-        x = np.frombuffer(b"".join(r.features for r in rows), dtype="<f4").reshape(len(rows), -1)
+        from driftline.streams.core.profiling import impute
+
+        raw = np.frombuffer(b"".join(r.features for r in rows), dtype="<f4").reshape(len(rows), -1)
+        x = impute(raw, champion.profile)  # NaN where a request had no value: the model saw the impute value
         y = np.array([r.truth for r in rows])
         cut = int(0.8 * len(rows))
         try:
@@ -254,7 +257,7 @@ class Trainer:
 
             m = OnnxModel(staging, providers="cpu")
             m.load()
-            profile_from_matrix(staging, x, m.predict(x))
+            profile_from_matrix(staging, raw, m.predict(x))  # the requests' nulls, not the imputed values
 
         onnx_file = Path(self.settings.data_dir) / f"challenger-{model}-{version}.onnx"
         onnx_file.parent.mkdir(parents=True, exist_ok=True)

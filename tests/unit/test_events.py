@@ -13,7 +13,7 @@ from driftline.detectors.policy import AlertDecision, RetrainDecision
 from driftline.detectors.sketch import WindowSketch
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode, encode, frame
-from driftline.streams.app.feedback import quality_alert
+from driftline.streams.core.quality import quality_alert
 from driftline.streams.app.rollout import bad_control_alert, load_failed_alert
 from driftline.streams.catalog import build_catalog
 from driftline.streams.core.drift import alert_record, retrain_record
