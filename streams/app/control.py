@@ -19,7 +19,7 @@ import faust
 from driftline.inference.deployment import Deployment, live_variants
 from driftline.inference.errors import ModelError
 from driftline.streams.app.context import WorkerContext
-from driftline.streams.app.rollout import bad_control_alert, load_failed_alert, loader_from
+from driftline.streams.app.rollout import bad_control_alert, load_failed_alert, loader_from, refused_version
 from driftline.streams.app.score import build_folder
 from driftline.streams.core.events import Alert, encode_event
 from driftline.streams.core.pipeline import ServedModel
@@ -73,7 +73,7 @@ def add_control_flow(app: faust.App, ctx: WorkerContext, follower: ControlFollow
             champion_before = served.deployment.champion
             unused = served.deploy(dep, models)  # no await between here and the end: atomic for the score task
         except (ModelError, ConfigError) as exc:
-            await refuse(dep.model, dep.champion, str(exc))
+            await refuse(dep.model, refused_version(exc, dep), str(exc))
             return
         for m in unused:
             m.unload()

@@ -64,18 +64,30 @@ class ModelLoader:
         previous deployment keeps serving) rather than stopping, at start too.
         """
         models: dict[str, OnnxModel] = {}
+        version = deployment.champion
         try:
             for version in deployment.versions():
                 have = loaded.get(version)
                 models[version] = have if have is not None and have.ready else self.load(deployment.model, version)
         except (ModelError, ConfigError) as exc:
-            for version, m in models.items():
-                if loaded.get(version) is not m:
+            for v, m in models.items():
+                if loaded.get(v) is not m:
                     m.unload()
-            if isinstance(exc, ConfigError):
-                raise ModelError(str(exc)) from exc
-            raise
+            raise VersionRefused(version, str(exc)) from exc
         return models
+
+
+class VersionRefused(ModelError):
+    """A deployment's version that cannot serve: ``version`` names it (a shadow's, not the champion's)."""
+
+    def __init__(self, version: str, reason: str) -> None:
+        super().__init__(reason)
+        self.version = version
+
+
+def refused_version(exc: Exception, deployment: Deployment) -> str:
+    """The version a refusal is about: the one that failed to load, else the deployment's champion."""
+    return exc.version if isinstance(exc, VersionRefused) else deployment.champion
 
 
 def load_failed_alert(model: str, version: str, reason: str, now_ms: int) -> Alert:

@@ -22,7 +22,7 @@ from driftline.inference.errors import ModelError
 from driftline.inference.model import OnnxModel
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.streams.app.context import EXIT_CRASH, WorkerContext, contributor_id, exit_if_stuck, fatal
-from driftline.streams.app.rollout import load_failed_alert, loader_from
+from driftline.streams.app.rollout import load_failed_alert, loader_from, refused_version
 from driftline.streams.catalog import build_catalog
 from driftline.streams.core.events import Alert
 from driftline.streams.core.pipeline import RawMessage, ScorePipeline, ServedModel
@@ -75,7 +75,8 @@ def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None,
             except ModelError as exc:
                 log.error("deployment of %s refused at start (%s); serving v%s", binding.name, exc, model.version)
                 if refused is not None:
-                    refused.append(load_failed_alert(binding.name, dep.champion, str(exc), int(time.time() * 1000)))
+                    refused.append(load_failed_alert(binding.name, refused_version(exc, dep), str(exc),
+                                                     int(time.time() * 1000)))
         sm.set_folder(build_folder(settings, sm.model, contributor))
         served[settings.requests_topic(binding)] = sm
     return ScorePipeline(

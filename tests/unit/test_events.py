@@ -13,7 +13,6 @@ from driftline.detectors.policy import AlertDecision, RetrainDecision
 from driftline.detectors.sketch import WindowSketch
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode, encode, frame
-from driftline.streams.core.quality import quality_alert
 from driftline.streams.app.rollout import bad_control_alert, load_failed_alert
 from driftline.streams.catalog import build_catalog
 from driftline.streams.core.drift import alert_record, retrain_record
@@ -31,6 +30,7 @@ from driftline.streams.core.events import (
     retrain_request,
 )
 from driftline.streams.core.poison import Skip, SkippedRecord
+from driftline.streams.core.quality import quality_alert
 from driftline.streams.settings import Settings
 from driftline.streams.trainer.service import parse_retrain
 from tests.garbage import garbage

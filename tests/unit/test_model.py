@@ -173,7 +173,7 @@ def test_a_version_that_fails_its_warm_up_is_refused_not_a_crash(tmp_path: Path)
 def test_a_deployment_that_fails_warm_up_is_refused_and_the_champion_keeps_serving(
     tmp_path: Path, catalog  # type: ignore[no-untyped-def]
 ) -> None:
-    from driftline.streams.app.rollout import ModelLoader, load_failed_alert
+    from driftline.streams.app.rollout import ModelLoader, load_failed_alert, refused_version
     from driftline.streams.core.events import encode_event, read_event
     from driftline.streams.core.pipeline import ServedModel
 
@@ -185,6 +185,7 @@ def test_a_deployment_that_fails_warm_up_is_refused_and_the_champion_keeps_servi
     for dep in (before.promote("6", 1), before.start_canary("6", 0.2, 1), before.add_shadow("6", 1)):
         with pytest.raises(ModelError, match="warm-up") as refused:
             loader.prepare(dep, served.versions)  # what the worker's apply() turns into model_load_failed
+        assert refused_version(refused.value, dep) == "6"  # the version that failed, a shadow's too
         alert = load_failed_alert("fraud", "6", str(refused.value), 1)
         assert alert.kind == "model_load_failed" and alert.severity == "critical"
         assert "warm-up" in alert.message and "CPUExecutionProvider" in alert.message
