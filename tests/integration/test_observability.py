@@ -188,6 +188,7 @@ def test_dashboard_numbers_match_metrics_in_headless_chromium(
         any(k.startswith("driftline_dead_letters_total") for k in page.metric)
     assert any(k.startswith("driftline_predictions_total") and 'variant="champion"' in k for k in page.metric)
     assert "<rect" in dom  # the drift heat map drew the window
+    assert 'class="time"' in dom and 'class="legend"' in dom  # with a time axis and a colour legend
     assert any(k.startswith("driftline_quality{") for k in page.metric)  # quality from labels, on the page too
     png = (tmp_path / "dash.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -1,0 +1,80 @@
+"""The dashboard's own JavaScript, run by Node.js: recent latency, escaping, the heat map's axis, legend, switches.
+
+The page is one file with no library; its functions are pure given their
+inputs (the DOM element is the only thing stubbed here). Chromium renders
+the page against a live worker in tests/integration/test_observability.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PAGE = Path(__file__).resolve().parents[2] / "streams" / "app" / "static" / "dashboard.html"
+
+
+def run_js(test: str) -> dict:
+    node = shutil.which("node")
+    assert node, "Node.js is needed for this test (it runs the dashboard's script)"
+    script = re.search(r"<script>(.*)</script>", PAGE.read_text(), re.S)
+    assert script is not None
+    done = subprocess.run([node, "-e", script.group(1) + "\n;" + test], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_latency_tiles_read_the_last_minute_not_the_time_since_start() -> None:
+    got = run_js("""
+      const h = [];
+      // 1,000 requests at 8 s long ago (a cold start), then 2,000 at 20 ms in the last minute
+      const snap = (t, slow, fast) => ({t, buckets: {"0.025": fast, "0.05": fast, "10": fast + slow,
+                                                     "Infinity": fast + slow}});
+      h.push(snap(0, 1000, 0)); h.push(snap(100, 1000, 0));
+      h.push(snap(130, 1000, 1000)); h.push(snap(160, 1000, 2000));
+      const recent = recentBuckets(h, 160, 60);
+      const since = quantileOf(h[h.length - 1].buckets, 0.99);
+      console.log(JSON.stringify({p99: quantileOf(recent, 0.99), since, kept: h.length,
+                                  none: recentBuckets([snap(0, 1, 1)], 0, 60),
+                                  reset: recentBuckets([snap(0, 5, 5), snap(1, 0, 1)], 1, 60)}));
+    """)
+    assert got["p99"] < 0.025 and got["since"] > 5  # since start the slow burst dominates p99
+    assert got["kept"] == 3  # the snapshot at the window's start is the baseline; older ones are dropped
+    assert got["none"] is None and got["reset"] is None  # one poll, or counters reset by a restart: no number
+
+
+def heat(windows: list[dict]) -> str:
+    return run_js(f"""
+      const el = {{attrs: {{}}, innerHTML: "", setAttribute(k, v) {{ this.attrs[k] = v; }}}};
+      globalThis.document = {{getElementById: () => el}};
+      renderHeat({json.dumps(windows)});
+      console.log(JSON.stringify({{html: el.innerHTML}}));
+    """)["html"]
+
+
+def window(start: int, version: str, feature: str, p: float) -> dict:
+    return {"model": "fraud", "version": version, "start": start, "end": start + 10_000, "messages": 100,
+            "columns": [{"feature": feature, "kind": "data_drift", "statistic": "ks", "value": 0.1,
+                         "threshold": 0.2 if p > 0.01 else 0.05, "p_value": p, "psi": 0.0, "n": 100}]}
+
+
+def test_the_heat_map_has_a_time_axis_a_legend_and_marks_a_version_switch() -> None:
+    start = 1_767_225_600_000
+    html = heat([window(start + i * 10_000, "1" if i < 12 else "2", "amount", 0.5 if i < 12 else 1e-6)
+                 for i in range(20)])
+    assert html.count('class="cell"') == 20
+    assert html.count('class="time"') == 4  # windows 0, 8, 16 and the last
+    assert html.count('<line class="switch"') == 1 and ">fraud v2</text>" in html
+    assert html.count('class="legend"') == 6 and "−log10 p" in html and "above the threshold" in html
+    assert html.count('stroke="#f85149" stroke-width="2">') == 8  # the flagged windows after the switch
+
+
+@pytest.mark.parametrize("name", ['<img src=x onerror="alert(1)">', "</title><script>alert(1)</script>"])
+def test_names_from_manifests_are_escaped(name: str) -> None:
+    html = heat([window(1_767_225_600_000, "1", name, 0.5)])
+    assert "<img" not in html and "<script" not in html
+    assert "&lt;" in html
