@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from driftline.inference.deployment import SHADOW
 from driftline.streams.core.drift import ClosedWindow, column_label
@@ -152,6 +161,12 @@ class Metrics:
         )
         self.build_info = Info("driftline_build", "Versions of driftline and its engines.", registry=registry)
         self.build_info.info(build_versions())
+        # The process itself (process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ...),
+        # the interpreter (python_info) and its garbage collector (python_gc_*): the worker's registry is its own,
+        # so prometheus_client's default registry, which carries these, is not what /metrics serves.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
 
     def observe_window(self, closed: ClosedWindow) -> None:
         """The statistics of one evaluated drift window, and the alerts it raised."""

@@ -22,8 +22,11 @@ from pydantic_settings import (
 
 from driftline.streams.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE_MODELS = REPO_ROOT / "examples" / "models"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout; in an installed wheel, the driftline package
+# The bundled example (driftline.examples): examples/ in a checkout, package data in a wheel. Both sit at
+# REPO_ROOT / "examples", so the defaults below work from either.
+EXAMPLE_DIR = REPO_ROOT / "examples"
+EXAMPLE_MODELS = EXAMPLE_DIR / "models"
 _NAME = r"^[A-Za-z0-9._-]+$"
 
 

@@ -1,8 +1,9 @@
 """The web flow: ``/metrics``, ``/healthz``, ``/readyz``, the dashboard and ``/api/recent``.
 
-Liveness says whether the worker's loops run and its Kafka clients are
-usable (a supervisor restarts it when not); readiness whether it can take
-traffic now (broker reachable, models loaded, score path not stalled).
+Liveness says whether the worker's loops run, its Kafka clients are usable
+and its score path has not been stalled for long while the broker answers (a
+supervisor restarts it when not); readiness whether it can take traffic now
+(broker reachable, models loaded, score path not stalled).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from driftline.streams.app.context import WorkerContext
+from driftline.streams.core.observe import liveness
 
 PROBE_EVERY_S = 3.0  # at most one broker metadata request per this many seconds, however often /readyz is asked
 
@@ -35,10 +37,16 @@ def add_web_pages(app: faust.App, ctx: WorkerContext) -> None:
 
     @app.page("/healthz")
     async def healthz(_self: Any, request: Any) -> Any:
-        """200 while the score and acknowledgement loops run and the Kafka clients are usable; else 503."""
-        problems = ctx.liveness.problems()
-        if (problem := ctx.client_problem()) is not None:
-            problems["kafka"] = problem
+        """200 while the loops run, the Kafka clients are usable and the score path is not stalled for long; else 503.
+
+        "For long": ``LIVENESS_STALLS`` x ``stall_s`` while the broker answers (the consumer's last word on it and
+        /readyz's last probe: nothing here waits on the broker, so the probe answers at once during an outage).
+        """
+        client = ctx.client_problem()
+        problems = liveness(ctx.liveness, ctx.progress, time.time(),
+                            broker_problem=client or ctx.source.broker_down or ctx.probe["problem"])
+        if client is not None:
+            problems["kafka"] = client
         if problems:
             return _self.json({"status": "dead", "problems": problems}, status=503)
         return _self.json({"status": "alive"})

@@ -225,10 +225,9 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
            out: TextIO = sys.stdout, broker_kind: BrokerKind = "embedded") -> dict[str, int]:
     """Run the whole demo on a broker of that kind; returns (and prints last) the record count of every topic."""
     if not Path(settings.model_dir).is_dir():
-        raise ConfigError(f"driftline up runs the bundled fraud example, and its models are not at "
-                          f"{settings.model_dir} (an installed wheel does not carry them): run it from a checkout "
-                          "of the repository, or set "
-                          "DRIFTLINE_MODEL_DIR to a model registry that holds fraud/1")
+        raise ConfigError(f"driftline up runs the bundled fraud example, and there is no model registry at "
+                          f"{settings.model_dir}: unset DRIFTLINE_MODEL_DIR to use the one driftline ships, or "
+                          "write it out with `driftline example DIR` and set DRIFTLINE_MODEL_DIR=DIR/models")
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     # `cmd_*` function sit in a light one beside it (up.py, report_command.py).
     from driftline.streams.cli import (
         alerts,
+        example,
         model,
         produce,
         profile,
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     # In the order `driftline --help` lists them.
     up.add_up_command(sub)  # the demo itself runs in demo.py
+    example.add_example_command(sub)
     worker.add_worker_command(sub)
     produce.add_produce_command(sub)
     tail.add_tail_command(sub)

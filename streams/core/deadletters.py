@@ -15,7 +15,10 @@ import hashlib
 from collections.abc import Sequence
 
 Headers = list[tuple[str, bytes | None]]
+# driftline's error headers follow Kafka Connect's (``__connect.errors.*``) under its own prefix: where Connect
+# writes ``__connect.errors.exception.class.name`` driftline writes ``driftline.errors.exception.class.name``.
 ERROR_HEADER = "driftline.errors."
+EXCEPTION_CLASS = "exception.class.name"  # the exception's class (Connect's ``class.name`` is the stage's class)
 RECORD_OVERHEAD = 1024  # record framing, varints and the marker headers added here
 MAX_MESSAGE_CHARS = 1024  # an exception message in a header is cut here
 HEADER_OVERHEAD = 10  # on the wire a header also takes two varints (name and value lengths), up to 5 bytes each

@@ -1,8 +1,10 @@
 """What the worker's web pages show besides ``/metrics``: readiness and the recent drift windows and alerts.
 
-Readiness is a pure function of what the worker last saw (clock passed in),
-so the rule "lag and no progress for ``stall_s`` means stalled" is tested
-without a broker; the worker only feeds it.
+Readiness and liveness are pure functions of what the worker last saw (clock
+passed in), so the rules "lag and no progress for ``stall_s`` means stalled"
+(not ready) and "stalled ``LIVENESS_STALLS`` times as long while the broker
+answers" (not alive: restart it) are tested without a broker; the worker only
+feeds them.
 """
 
 from __future__ import annotations
@@ -28,20 +30,23 @@ class Progress:
     def batch_done(self, now_s: float) -> None:
         self.last_batch_s = now_s
 
-    def stalled(self, now_s: float) -> str | None:
+    def stalled(self, now_s: float, after_s: float | None = None) -> str | None:
         """Why the worker is stalled, or None: work is waiting and nothing finished for ``stall_s``.
 
         An idle worker (no lag, nothing fetched) is never stalled, however long
-        since its last batch: a quiet topic is not a failure.
+        since its last batch: a quiet topic is not a failure. ``after_s``: a
+        longer bound than ``stall_s`` (liveness).
         """
         if self.lag <= 0 and self.backlog <= 0:
             return None
         since = self.last_batch_s if self.last_batch_s is not None else self.started_s
         idle = now_s - since
-        if idle < self.stall_s:
+        bound = self.stall_s if after_s is None else after_s
+        if idle < bound:
             return None
+        limit = f"stall_s={self.stall_s:g}" if after_s is None else f"liveness limit {bound:g}s"
         return (f"stalled: {self.lag} records behind and {self.backlog} fetched, "
-                f"but no batch finished for {idle:.0f}s (stall_s={self.stall_s:g})")
+                f"but no batch finished for {idle:.0f}s ({limit})")
 
 
 def readiness(progress: Progress, now_s: float, *, broker_problem: str | None, models_ready: dict[str, bool]
@@ -56,7 +61,7 @@ def readiness(progress: Progress, now_s: float, *, broker_problem: str | None, m
 
 @dataclass
 class Liveness:
-    """The worker's long-running loops: ``/healthz`` fails once one of them has ended."""
+    """The worker's long-running loops: ``/healthz`` fails once one of them has ended (see :func:`liveness`)."""
 
     running: set[str] = field(default_factory=set)
     ended: dict[str, str] = field(default_factory=dict)
@@ -71,6 +76,24 @@ class Liveness:
 
     def problems(self) -> dict[str, str]:
         return dict(self.ended)
+
+
+#: ``/healthz`` fails once a stall has lasted this many ``stall_s`` (``/readyz`` fails after one): long enough
+#: that a slow batch is not a restart, short enough that a hung worker does not hold its partitions for long.
+LIVENESS_STALLS = 5
+
+
+def liveness(loops: Liveness, progress: Progress, now_s: float, *, broker_problem: str | None) -> dict[str, str]:
+    """``/healthz``'s problems (none: alive): a loop that has ended, or a stall of ``LIVENESS_STALLS`` x ``stall_s``.
+
+    A stall counts only while the broker answers (``broker_problem`` None): a
+    broker outage stalls every worker, and restarting them cures none.
+    """
+    problems = loops.problems()
+    stalled = progress.stalled(now_s, after_s=progress.stall_s * LIVENESS_STALLS)
+    if stalled is not None and broker_problem is None:
+        problems["progress"] = stalled
+    return problems
 
 
 @dataclass

@@ -26,7 +26,7 @@ from driftline.schemas.codec import BatchDecoder, BatchEncoder, Failure
 from driftline.schemas.columnar import Columns
 from driftline.schemas.profile import CategoricalFeature
 from driftline.schemas.validation import Validator
-from driftline.streams.core.deadletters import ERROR_HEADER, MAX_MESSAGE_CHARS, Headers, bound_record
+from driftline.streams.core.deadletters import ERROR_HEADER, EXCEPTION_CLASS, MAX_MESSAGE_CHARS, Headers, bound_record
 from driftline.streams.core.windows import WindowFolder
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def error_headers(msg: RawMessage, failure: Failure, model: str, now_ms: int) ->
         "offset": str(msg.offset),
         "stage": failure.stage,
         "reason": failure.reason,
-        "class.name": failure.error_class,
+        EXCEPTION_CLASS: failure.error_class,
         "exception.message": failure.message[:MAX_MESSAGE_CHARS],
         "model": model,
         "timestamp": when,

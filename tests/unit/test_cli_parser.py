@@ -12,7 +12,8 @@ import pytest
 
 from driftline.streams.cli import build_parser
 
-COMMANDS = {"up", "worker", "produce", "tail", "alerts", "topics", "report", "trainer", "status", "model", "profile"}
+COMMANDS = {"up", "example", "worker", "produce", "tail", "alerts", "topics", "report", "trainer", "status", "model",
+            "profile"}
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

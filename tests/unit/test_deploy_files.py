@@ -1,4 +1,5 @@
-"""Monitoring files in deploy/: promtool checks them, and they only use metrics the worker exports."""
+"""Monitoring files in deploy/: promtool checks them, they only use metrics the worker exports, and the
+Grafana dashboard imports into any Grafana (a data source variable, every panel filtered by model and worker)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -13,7 +15,7 @@ from driftline.streams.metrics import Metrics
 from driftline.streams.settings import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
-METRIC = re.compile(r"\bdriftline_[a-z0-9_]+")
+METRIC = re.compile(r"\b(?:driftline|process|python)_[a-z0-9_]+")
 
 
 def promtool(*args: str) -> str:
@@ -34,7 +36,7 @@ def exported_names(metrics_text: str) -> set[str]:
     """Every name a query may use: the families (HELP lines) and their sample names (_total, _bucket, ...)."""
     names = set(re.findall(r"^# HELP (\S+)", metrics_text, re.M))
     names |= {n + s for n in names for s in ("_bucket", "_sum", "_count", "_total", "_info", "_created")}
-    names |= set(re.findall(r"^(driftline_[a-z0-9_]+)", metrics_text, re.M))
+    names |= set(re.findall(r"^((?:driftline|process|python)_[a-z0-9_]+)", metrics_text, re.M))
     return names
 
 
@@ -58,4 +60,50 @@ def test_grafana_provisioning_points_at_the_dashboard_folder() -> None:
     datasource = (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
     assert "uid: prometheus" in datasource
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "driftline.json").read_text())
-    assert {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]} == {"prometheus"}
+    # No data source uid of ours: the variable picks one of the Grafana it is imported into (provisioned here:
+    # the default, Prometheus).
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    refs = [p["datasource"] for p in dashboard["panels"]] + [t["datasource"] for p in dashboard["panels"]
+                                                            for t in p["targets"]]
+    refs += [v["datasource"] for v in variables.values() if "datasource" in v]
+    assert {(r["type"], r["uid"]) for r in refs} == {("prometheus", "${datasource}")}
+    assert '"uid": "prometheus"' not in json.dumps(dashboard)
+
+
+def test_every_dashboard_panel_is_filtered_by_model_and_worker() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "driftline.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    metrics = Metrics(CollectorRegistry())
+    registry = metrics.registry
+    for name in ("model", "instance"):
+        var = variables[name]
+        assert var["type"] == "query" and var["includeAll"] and var["multi"] and "allValue" not in var
+        query = re.fullmatch(r"label_values\((\w+), (\w+)\)", var["definition"])
+        assert query is not None and var["query"]["query"] == var["definition"]
+        metric, label = query.groups()
+        assert label == name and metric in exported_names(generate_latest(registry).decode())
+    with_model = {c._name for c in vars(metrics).values() if "model" in getattr(c, "_labelnames", ())}
+    assert {"driftline_requests", "driftline_model", "driftline_score"} <= with_model
+    selectors = 0
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for metric, labels in re.findall(r"\b((?:driftline|process)_[a-z0-9_]+)(\{[^}]*\})?", target["expr"]):
+                selectors += 1
+                where = f"{panel['title']}: {target['expr']}"
+                assert 'instance=~"$instance"' in labels, where
+                family = re.sub(r"_(total|bucket|sum|count|info)$", "", metric)
+                assert ('model=~"$model' in labels) == (family in with_model), where
+    assert selectors >= 20
+
+
+def test_every_dashboard_query_parses_with_its_variables_filled_in(tmp_path: Path) -> None:
+    """promtool parses each panel query (as a recording rule), $model and $instance filled as Grafana does."""
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "driftline.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    filled = [e.replace("$model", "fraud|housing").replace("$instance", "worker-1:6066|worker-2:6066") for e in exprs]
+    assert not any("$" in e for e in filled)
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query{i}", "expr": e}
+                                                       for i, e in enumerate(filled)]}]}
+    (tmp_path / "dashboard-rules.yml").write_text(json.dumps(rules))  # JSON is YAML
+    assert f"SUCCESS: {len(filled)} rules found" in promtool("check", "rules", str(tmp_path / "dashboard-rules.yml"))

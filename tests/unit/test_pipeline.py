@@ -65,6 +65,8 @@ def test_valid_and_bad_messages(catalog: SchemaCatalog, fraud_model: OnnxModel, 
         assert h[ERROR_HEADER + "topic"] == b"ns.requests"
         assert int(h[ERROR_HEADER + "offset"]) >= len(records)
         assert h[ERROR_HEADER + "exception.message"]
+        assert h[ERROR_HEADER + "exception.class.name"].decode().isidentifier()  # Kafka Connect's header name
+        assert ERROR_HEADER + "class.name" not in h
         assert values[int(h[ERROR_HEADER + "offset"])] == d.value  # original bytes
         got.append((h[ERROR_HEADER + "stage"].decode(), h[ERROR_HEADER + "reason"].decode()))
     assert Counter(got) == Counter((stage, reason) for _, _, stage, reason in corpus)

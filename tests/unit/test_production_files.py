@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from driftline.streams.core.observe import LIVENESS_STALLS
 from driftline.streams.settings import REPO_ROOT, Settings
 
 K8S = REPO_ROOT / "deploy" / "k8s"
@@ -49,6 +51,10 @@ def test_compose_file_is_valid_and_wires_the_stack() -> None:
     assert targets["scrape_configs"][0]["static_configs"][0]["targets"] == ["worker-1:6066", "worker-2:6066"]
     gpu = services["worker-gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    # The traffic generator runs from the installed wheel (driftline.examples), not from a copied checkout.
+    generator = " ".join(services["generator"]["command"])
+    assert "python -m driftline.examples.fraud.generator" in generator and "/app/examples" not in generator
+    assert importlib.util.find_spec("driftline.examples.fraud.generator") is not None
 
 
 def stages(dockerfile: Path) -> list[list[str]]:
@@ -80,14 +86,26 @@ def test_dockerfile_rules(name: str) -> None:
     for instr in (i for s in all_stages for i in s if i.split()[0].upper() in ("ENV", "ARG")):
         assert not re.search(r"(PASSWORD|SECRET|TOKEN|_KEY)\w*\s*=\s*\S", instr, re.I), f"secret in a layer: {instr}"
     assert (REPO_ROOT / ".dockerignore").read_text().count(".venv")
+    # The wheel carries the example and the license, so the image runs without a copy of the checkout, and
+    # installs exactly one ONNX Runtime (an extra: `cpu`, or `gpu` alone, never the CPU build then replaced).
+    build = all_stages[0]
+    copied = {src for i in build if i.upper().startswith("COPY ") for src in i.split()[1:-1]}
+    assert {"examples", "LICENSE", "pyproject.toml"} <= copied
+    assert not any("DRIFTLINE_MODEL_DIR" in i or "/app/examples" in i for i in final), "the example is in the wheel"
+    installs = " ".join(i for i in build if i.upper().startswith(("RUN ", "ARG ")))
+    assert "uninstall" not in installs
+    if name == "Dockerfile":
+        assert 'ARG EXTRAS="cpu"' in installs and '".[${EXTRAS}]"' in installs
+    else:
+        assert '".[gpu]"' in installs and not re.search(r"\bonnxruntime(?!-gpu)", installs)
 
 
 def test_kubernetes_manifests_validate_against_the_api_schemas() -> None:
     import kubernetes_validate
 
     for path in sorted(K8S.glob("*.yaml")):
-        if path.name in ("kustomization.yaml", "keda-scaledobject.yaml"):
-            continue  # a kustomize file and KEDA CRDs: not in the core API schemas, checked below
+        if path.name in ("kustomization.yaml", "keda-scaledobject.yaml", "podmonitor.yaml"):
+            continue  # a kustomize file, KEDA's and the Prometheus operator's CRDs: not in the core API schemas
         for doc in docs(path):
             kubernetes_validate.validate(doc, "1.31.0", strict=True)
     listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
@@ -98,7 +116,6 @@ def test_the_fields_that_matter() -> None:
     dep = docs(K8S / "deployment.yaml")[0]
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["resources"]["requests"]["cpu"] == c["resources"]["limits"]["cpu"] == "1"  # one process, one core
     assert pod["securityContext"]["runAsNonRoot"] and c["securityContext"]["readOnlyRootFilesystem"]
     assert {"secretRef": {"name": "driftline-kafka"}} in c["envFrom"]
@@ -106,15 +123,25 @@ def test_the_fields_that_matter() -> None:
     fields = {f"DRIFTLINE_{k.upper()}" for k in Settings.model_fields}
     unknown = sorted(k for k in config if k.split("__")[0] not in fields)
     assert not unknown, f"the config map names settings that do not exist: {unknown}"
-    secret = docs(K8S / "secret.yaml")[0]
-    assert all(v == "" for v in secret["stringData"].values()), "no credential values in the repository"
+    # No Secret in the manifests: `apply -k` would overwrite the real one. The kustomization says how to create
+    # it, with every key the manifests read.
+    assert all(d["kind"] != "Secret" for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml" for d in docs(p))
+    how = (K8S / "kustomization.yaml").read_text()
+    assert "create secret generic driftline-kafka" in how
+    scaled, auth = docs(K8S / "keda-scaledobject.yaml")
+    volumes = [v for p in ("deployment.yaml", "deployment-gpu.yaml", "trainer-job.yaml")
+               for v in docs(K8S / p)[0]["spec"]["template"]["spec"]["volumes"]]
+    keys = {ref["key"] for ref in auth["spec"]["secretTargetRef"]}
+    keys |= {item["key"] for v in volumes if "secret" in v for item in v["secret"]["items"]}
+    assert keys == {"DRIFTLINE_KAFKA__SASL_USERNAME", "DRIFTLINE_KAFKA__SASL_PASSWORD", "ca.crt"}
+    assert all(re.search(rf"--from-(literal|file)={re.escape(k)}=", how) for k in keys), how
 
     gpu = docs(K8S / "deployment-gpu.yaml")[0]["spec"]["template"]["spec"]
     assert gpu["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
 
-    scaled, auth = docs(K8S / "keda-scaledobject.yaml")
     assert scaled["kind"] == "ScaledObject" and auth["kind"] == "TriggerAuthentication"
+    assert "replicas" not in dep["spec"], "KEDA owns the worker Deployment's replicas"
     trigger = scaled["spec"]["triggers"][0]
     settings = Settings()
     assert trigger["type"] == "kafka" and trigger["metadata"]["topic"] == settings.topic("requests")
@@ -129,3 +156,50 @@ def test_the_fields_that_matter() -> None:
     assert policy["spec"]["ingress"][0]["ports"][0]["port"] == 6066 and "Egress" in policy["spec"]["policyTypes"]
     job = docs(K8S / "trainer-job.yaml")[0]
     assert job["spec"]["backoffLimit"] >= 3 and job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+
+
+def test_liveness_restarts_a_stalled_worker_within_bounds() -> None:
+    """/healthz fails on a stall of LIVENESS_STALLS x stall_s (tests/unit/test_liveness.py); the probes add theirs."""
+    stall_s = float(docs(K8S / "configmap.yaml")[0]["data"]["DRIFTLINE_STALL_S"])
+    for name in ("deployment.yaml", "deployment-gpu.yaml"):
+        c = docs(K8S / name)[0]["spec"]["template"]["spec"]["containers"][0]
+        live, ready = c["livenessProbe"], c["readinessProbe"]
+        assert live["httpGet"]["path"] == "/healthz" and ready["httpGet"]["path"] == "/readyz"
+        restart_s = LIVENESS_STALLS * stall_s + live["periodSeconds"] * live.get("failureThreshold", 3)
+        unready_s = stall_s + ready["periodSeconds"] * ready.get("failureThreshold", 3)
+        assert unready_s < restart_s <= 10 * 60, (name, unready_s, restart_s)  # out of rotation first, then restarted
+
+
+def test_the_trainer_job_runs_the_trainer_command() -> None:
+    from driftline.streams.cli import build_parser
+    from driftline.streams.cli.trainer import cmd_trainer
+
+    job = docs(K8S / "trainer-job.yaml")[0]
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert "command" not in c, "the image's entrypoint is driftline; args are the command"
+    args = build_parser().parse_args(c["args"])
+    assert args.func is cmd_trainer and args.once  # exits when no request is left: a Job that completes
+    assert {"configMapRef": {"name": "driftline-config"}} in c["envFrom"]
+    assert {"secretRef": {"name": "driftline-kafka"}} in c["envFrom"]
+    config = docs(K8S / "configmap.yaml")[0]["data"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert not mounts[config["DRIFTLINE_MODEL_DIR"]].get("readOnly"), "it registers challengers there"
+    assert Path(config["DRIFTLINE_KAFKA__SSL_CA_FILE"]).parent.as_posix() in mounts
+    defaults = Settings()
+    assert job["spec"]["activeDeadlineSeconds"] > defaults.trainer_wait_s + defaults.trainer_shadow_wait_s
+
+
+def test_the_pod_monitor_scrapes_every_worker() -> None:
+    (monitor,) = docs(K8S / "podmonitor.yaml")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "PodMonitor"
+    assert "podmonitor.yaml" in yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    for name in ("deployment.yaml", "deployment-gpu.yaml"):
+        template = docs(K8S / name)[0]["spec"]["template"]
+        assert selector.items() <= template["metadata"]["labels"].items(), name
+        ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+        assert ports[endpoint["port"]] == Settings().web_port, name
+    assert {"sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "instance"} in endpoint["relabelings"]

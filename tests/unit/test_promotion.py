@@ -118,7 +118,7 @@ def test_the_best_threshold_is_the_best_of_every_cut(metric: str) -> None:
             return float(skm.f1_score(y, pred, zero_division=0))
         if metric == "accuracy":
             return float(skm.accuracy_score(y, pred))
-        return -float(((pred & ~y).sum() + 30.0 * (~pred & y).sum()))
+        return -float((pred & ~y).sum() + 30.0 * (~pred & y).sum())
 
     assert value(best) == pytest.approx(max(value(t) for t in np.unique(scores)))
     if metric == "f1":
