@@ -33,6 +33,7 @@ def build_versions() -> dict[str, str]:
     return out
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LAG_BUCKETS = (0.1, 1, 10, 60, 300, 900, 3600, 6 * 3600, 86_400, 7 * 86_400)
 _SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 _INFER_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
@@ -81,8 +82,15 @@ class Metrics:
             ["model", "version", "variant", "provider"], buckets=_INFER_BUCKETS, registry=registry,
         )
         self.latency = Histogram(
-            "driftline_end_to_end_latency_seconds", "Request event time to prediction produced.",
+            "driftline_end_to_end_latency_seconds",
+            "Request produced (its Kafka record timestamp) to prediction produced.",
             ["model"], buckets=_LATENCY_BUCKETS, registry=registry,
+        )
+        self.event_lag = Histogram(
+            "driftline_event_time_lag_seconds",
+            "The request's event_time to its prediction: how old the events are when scored (a producer "
+            "replaying history shows here, not as latency).",
+            ["model"], buckets=_LAG_BUCKETS, registry=registry,
         )
         self.last_processed = Gauge(
             "driftline_last_processed_timestamp_seconds", "When the worker last finished a batch.",
@@ -207,6 +215,8 @@ class Metrics:
             observe_many(self.scores.labels(s.model, s.version, s.variant), s.scores, _SCORE_BUCKETS)
             self.inference.labels(s.model, s.version, s.variant, s.provider).observe(s.inference_s)
             observe_many(self.latency.labels(s.model), s.latency_s, _LATENCY_BUCKETS)
+            if len(s.event_lag_s):
+                observe_many(self.event_lag.labels(s.model), s.event_lag_s, _LAG_BUCKETS)
         for model, f in outcome.failures:
             self.requests.labels(model, "dead_letter").inc()
             self.dead_letters.labels(model, f.stage, f.reason).inc()

@@ -30,6 +30,7 @@ from driftline.streams.core.deadletters import ERROR_HEADER, EXCEPTION_CLASS, MA
 from driftline.streams.core.windows import WindowFolder
 
 log = logging.getLogger(__name__)
+MAX_LAG_S = 10 * 365 * 86_400.0  # event-time lag is clipped here: an absurd event_time must not wreck the histogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +67,9 @@ class ModelStats:
     provider: str
     scored: int
     inference_s: float
-    latency_s: np.ndarray
+    latency_s: np.ndarray  # Kafka record timestamp of the request → prediction produced (records with one)
     scores: np.ndarray
+    event_lag_s: np.ndarray = field(default_factory=lambda: np.empty(0))  # the payload's event_time → now
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +261,9 @@ class ScorePipeline:
         n = len(rows)
         event_ms = (cols.values[profile.time_field][rows] if profile.time_field
                     else np.full(n, now_ms, dtype=np.int64))
+        # Latency runs from the request's Kafka record timestamp (when it was produced), not from the payload's
+        # event_time: a producer replaying or batching old events would otherwise show minutes of "latency".
+        record_ms = np.fromiter((m.timestamp_ms for m in msgs), dtype=np.int64, count=len(msgs))[batch_pos[rows]]
         dep = served.deployment
         if len(dep.routes_versions()) > 1:
             routes = dep.route(key_buckets(cols.values[profile.key_field][rows], salt=name))
@@ -286,8 +291,10 @@ class ScorePipeline:
             provider[sel] = model.active_provider or "none"
             labels[sel] = model.labels(part)
             ok = np.isfinite(part)  # non-finite scores are dead-lettered below, not counted as predictions
+            stamped = ok & (record_ms[sel] > 0)
             out.stats.append(ModelStats(name, ver, var, model.active_provider or "none", int(ok.sum()), inference_s,
-                                        ((now_ms - event_ms[sel]) / 1000.0)[ok], part[ok]))
+                                        ((now_ms - record_ms[sel]) / 1000.0)[stamped], part[ok],
+                                        np.clip((now_ms - event_ms[sel]) / 1000.0, 0.0, MAX_LAG_S)[ok]))
         finite = np.isfinite(scores)
         if not finite.all():
             for j in np.flatnonzero(~finite & (variant != None)).tolist():  # noqa: E711 - elementwise

@@ -125,3 +125,31 @@ def test_tiny_batches(catalog: SchemaCatalog, fraud_model: OnnxModel, generator,
     out = _pipeline(catalog, {"ns.requests": fraud_model}).process(
         _msgs("ns.requests", [encode(schema, {**r, "ip_risk": 0.1}) for r in records]), NOW)
     assert len(out.predictions) == n
+
+
+def test_latency_runs_from_the_record_timestamp_and_event_lag_from_event_time(
+    catalog: SchemaCatalog, fraud_model: OnnxModel, generator, rng  # type: ignore[no-untyped-def]
+) -> None:
+    """A producer replaying hour-old events (generator.py | driftline produce -): latency is the 200 ms since the
+    records were produced, not the hour since the events; the hour is the event-time lag. A record without a
+    timestamp (librdkafka reports none) is left out of the latency, not counted as zero."""
+    from prometheus_client import CollectorRegistry
+
+    from driftline.streams.metrics import Metrics
+
+    records, _ = generator.generate(100, rng, start_ms=NOW - 3_600_000, step_ms=0)
+    records = [{**r, "ip_risk": r["ip_risk"] or 0.1} for r in records]
+    schema = catalog.latest("driftline.examples.CardTransaction")
+    msgs = [RawMessage("ns.requests", 0, i, None, encode(schema, r), None, 0 if i == 0 else NOW - 200)
+            for i, r in enumerate(records)]
+    out = _pipeline(catalog, {"ns.requests": fraud_model}).process(msgs, NOW)
+    [stats] = out.stats
+    assert len(stats.latency_s) == 99 and np.allclose(stats.latency_s, 0.2)
+    assert len(stats.event_lag_s) == 100 and np.allclose(stats.event_lag_s, 3600.0)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.observe_batch(100, out, NOW / 1000)
+    get = registry.get_sample_value
+    assert get("driftline_end_to_end_latency_seconds_bucket", {"model": "fraud", "le": "0.25"}) == 99
+    assert get("driftline_event_time_lag_seconds_bucket", {"model": "fraud", "le": "3600.0"}) == 100
+    assert get("driftline_event_time_lag_seconds_bucket", {"model": "fraud", "le": "900.0"}) == 0
