@@ -201,12 +201,13 @@ def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: thre
 
 
 def render(watch: Watch, elapsed: float, duration: float, drift_at: float | None, bootstrap: str,
-           max_events: int = 6) -> str:
+           max_events: int = 6, dashboard: str = "") -> str:
     lat = np.asarray(watch.latencies_ms[-5000:]) if watch.latencies_ms else None
     p50, p99 = (np.percentile(lat, [50, 99]) if lat is not None else (float("nan"),) * 2)
     phase = "" if drift_at is None else ("  DRIFTING" if elapsed >= drift_at else f"  drift at {drift_at:.0f}s")
     lines = [
         f"driftline up — broker {bootstrap} — {elapsed:5.1f}s / {duration:.0f}s{phase}",
+        *([f"  dashboard    {dashboard}"] if dashboard else []),
         f"  events/s     {watch.rate():9.0f}",
         f"  produced     {watch.produced:9d}",
         f"  predictions  {watch.predictions:9d}",
@@ -264,10 +265,11 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
             )
         print(f"broker {bootstrap}; worker pid {worker.pid} (log {data_dir / 'worker.log'}); "
               f"trainer pid {trainer.pid} (log {data_dir / 'trainer.log'})", file=out)
-        print(f"follow it: DRIFTLINE_BROKER={bootstrap} driftline tail {settings.topic('predictions')}",
-              file=out)
-        print(f"dashboard: http://127.0.0.1:{settings.web_port}/  (metrics /metrics, readiness /readyz)",
-              file=out, flush=True)
+        dashboard = f"http://127.0.0.1:{settings.web_port}/"
+        print(f"dashboard: {dashboard}  (metrics /metrics, readiness /readyz)", file=out)
+        print(f"in another terminal, for tail, alerts, status, model …:\n"
+              f"  export DRIFTLINE_BROKER={bootstrap} DRIFTLINE_MODEL_DIR={models.resolve()}\n"
+              f"  driftline tail {settings.topic('predictions')}", file=out, flush=True)
         watch = Watch()
         threads = [
             threading.Thread(target=monitor, args=(settings, catalog, watch, stop, started, out.isatty()),
@@ -286,7 +288,8 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
                     raise RuntimeError(f"worker exited with {worker.returncode}; see {data_dir / 'worker.log'}")
                 elapsed = time.monotonic() - t0
                 if tty:
-                    out.write("\x1b[H\x1b[2J" + render(watch, elapsed, duration, drift_at, bootstrap) + "\n")
+                    out.write("\x1b[H\x1b[2J" + render(watch, elapsed, duration, drift_at, bootstrap,
+                                                          dashboard=dashboard) + "\n")
                     out.flush()
                 elif elapsed - last_print >= 5:
                     print(render(watch, elapsed, duration, drift_at, bootstrap), file=out, flush=True)
