@@ -7,15 +7,35 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 from driftline.inference.errors import ModelError
+from driftline.schemas.catalog import WireSchema
 from driftline.schemas.errors import ProfileError
-from driftline.schemas.profile import InputProfile
+from driftline.schemas.profile import CategoricalFeature, InputProfile, _base_type
 
 Task = Literal["binary_classification", "regression"]
+ElementType = Literal["float", "double", "int64", "int32", "string"]
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
+#: ONNX Runtime's name of each element type a named input may have
+ORT_TYPES: dict[str, ElementType] = {"tensor(float)": "float", "tensor(double)": "double", "tensor(int64)": "int64",
+                                     "tensor(int32)": "int32", "tensor(string)": "string"}
+_INTEGER_FIELDS = {"int", "long"}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInput:
+    """One named ONNX input, fed one request field as a column (``[n, 1]``) of its element type.
+
+    Models exported with several inputs (a scikit-learn ``ColumnTransformer``
+    through skl2onnx, one input per column) read the fields themselves and do
+    their own encoding; the manifest says which field feeds which input.
+    """
+
+    name: str
+    field: str
+    type: ElementType
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +54,8 @@ class Manifest:
     threshold: float
     labels: tuple[str, str]
     raw: Mapping[str, Any] = field(repr=False)
+    #: named inputs (``onnx.inputs``); empty for a model that reads one float32 matrix (``onnx.input``)
+    inputs: tuple[ModelInput, ...] = ()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str = "manifest") -> Manifest:
@@ -45,19 +67,21 @@ class Manifest:
             labels = tuple(raw.get("labels", ("negative", "positive")))
             if len(labels) != 2:
                 raise ModelError(f"{where}: labels must name the negative and the positive class")
+            profile = InputProfile.from_manifest(raw)
             return cls(
                 name=str(raw["name"]),
                 version=str(raw["version"]),
                 task=task,
                 sha256=str(raw["sha256"]).lower(),
                 request_subject=str(raw["request"]["subject"]),
-                profile=InputProfile.from_manifest(raw),
+                profile=profile,
                 input_name=str(onnx.get("input", "features")),
                 output_name=str(onnx.get("output", "probabilities" if task != "regression" else "variable")),
                 output_index=onnx.get("output_index", 1 if task != "regression" else None),
                 threshold=float(raw.get("threshold", 0.5)),
                 labels=(str(labels[0]), str(labels[1])),
                 raw=raw,
+                inputs=_named_inputs(onnx, profile, where),
             )
         except KeyError as exc:
             raise ModelError(f"{where}: missing field {exc.args[0]!r}; see README 'Bring your own model'") from exc
@@ -74,6 +98,65 @@ class Manifest:
         except json.JSONDecodeError as exc:
             raise ModelError(f"{path} is not valid JSON: {exc}") from exc
         return cls.from_dict(raw, str(path))
+
+
+    def check_request(self, schema: WireSchema) -> None:
+        """Refuse named inputs that ``schema``'s fields cannot feed exactly (an int64 input from a double field)."""
+        types = schema.field_types
+        for i in self.inputs:
+            base = _base_type(types.get(i.field))
+            if base is None:
+                raise ModelError(f"{self.name} v{self.version}: onnx input {i.name!r} reads field {i.field!r}, "
+                                 f"which {schema.subject} lacks")
+            if i.type in ("int64", "int32") and base not in _INTEGER_FIELDS:
+                raise ModelError(f"{self.name} v{self.version}: onnx input {i.name!r} is {i.type} but {schema.subject}"
+                                 f" has {i.field!r} as {base}; export the input as float or double")
+
+
+def _named_inputs(onnx: Mapping[str, Any], profile: InputProfile, where: str) -> tuple[ModelInput, ...]:
+    """``onnx.inputs``: a list of ``{"name", "field", "type"}`` or a mapping name → ``{"field", "type"}``.
+
+    Every feature feeds at least one input, and each input's type suits its
+    feature: the manifest must describe the whole model, as a matrix does.
+    """
+    spec = onnx.get("inputs")
+    if spec is None:
+        return ()
+    if "input" in onnx:
+        raise ModelError(f"{where}: onnx has both input (one matrix) and inputs (named columns); keep one")
+    if isinstance(spec, Mapping):
+        spec = [{"name": k, **(v if isinstance(v, Mapping) else {"field": v})} for k, v in spec.items()]
+    if not isinstance(spec, list) or not spec:
+        raise ModelError(f"{where}: onnx.inputs must be a non-empty list of {{name, field, type}}")
+    features = {f.name: f for f in profile.features}
+    out: list[ModelInput] = []
+    for item in spec:
+        if not isinstance(item, Mapping) or "name" not in item:
+            raise ModelError(f"{where}: each onnx.inputs entry needs a name (and field, type), not {item!r}")
+        name, fld, kind = str(item["name"]), str(item.get("field", item["name"])), item.get("type")
+        if kind not in get_args(ElementType):
+            raise ModelError(f"{where}: onnx input {name!r} has type {kind!r}; "
+                             f"give one of {', '.join(get_args(ElementType))}")
+        feature = features.get(fld)
+        if feature is None:
+            raise ModelError(f"{where}: onnx input {name!r} reads {fld!r}, which is not among the features; add it")
+        if (kind == "string") != isinstance(feature, CategoricalFeature):
+            raise ModelError(f"{where}: onnx input {name!r} is {kind} but feature {fld!r} is "
+                             f"{'categorical' if isinstance(feature, CategoricalFeature) else 'numeric'}; "
+                             "string inputs read categorical features, numeric inputs numeric ones")
+        impute = getattr(feature, "impute", 0.0)
+        if kind in ("int64", "int32") and float(impute) != int(impute):
+            raise ModelError(f"{where}: feature {fld!r} feeds the {kind} input {name!r}; its impute {impute} "
+                             "must be a whole number")
+        out.append(ModelInput(name, fld, cast(ElementType, kind)))
+    names = [i.name for i in out]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ModelError(f"{where}: onnx.inputs names inputs {twice} twice; name each input once")
+    unfed = [f for f in features if f not in {i.field for i in out}]
+    if unfed:
+        raise ModelError(f"{where}: features {unfed} feed no onnx input; map them in onnx.inputs or drop them")
+    return tuple(out)
 
 
 def sha256_file(path: Path) -> str:

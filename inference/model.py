@@ -3,19 +3,23 @@
 Follows the load / predict / unload life cycle: constructing is cheap (it
 reads only the small manifest); ``load()`` checks the hash, opens the session on the best
 provider it can really use, checks the inputs against the manifest and warms
-up. ``predict`` takes the whole batch's matrix in one call.
+up. ``predict`` takes the whole batch in one call: its float32 matrix, or, for
+a model with named inputs (``onnx.inputs``), its feature columns.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from driftline.inference.errors import ModelError, ModelNotReady
-from driftline.inference.manifest import MODEL_FILE, Manifest, sha256_file
+from driftline.inference.manifest import MODEL_FILE, ORT_TYPES, Manifest, sha256_file
+from driftline.schemas.profile import CategoricalFeature, NumericFeature
+from driftline.schemas.validation import ModelBatch
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ class OnnxModel:
         self.graph_optimization = graph_optimization
         self.io_binding = io_binding
         self._bound = False
+        self._ranks: dict[str, int] = {}
         self.manifest: Manifest = Manifest.read(self.directory)
         self._session = None
         self._device = "cpu"
@@ -108,19 +113,23 @@ class OnnxModel:
         if self.providers == "cuda" and active != CUDA:
             raise ModelError(f"{m.name} v{m.version}: CUDA was required but ONNX Runtime fell back to {active}")
         inputs = {i.name: i for i in session.get_inputs()}
-        if m.input_name not in inputs:
+        if m.inputs:
+            self._ranks = check_named_inputs(path, m, inputs)
+        elif m.input_name not in inputs:
             raise ModelError(f"{path}: no input named {m.input_name!r} (has {sorted(inputs)})")
-        width = inputs[m.input_name].shape[-1]
-        if isinstance(width, int) and width != m.profile.width:
-            raise ModelError(
-                f"{path}: input {m.input_name!r} has {width} columns but the manifest's features "
-                f"make {m.profile.width}; the manifest does not describe this model"
-            )
+        else:
+            width = inputs[m.input_name].shape[-1]
+            if isinstance(width, int) and width != m.profile.width:
+                raise ModelError(
+                    f"{path}: input {m.input_name!r} has {width} columns but the manifest's features "
+                    f"make {m.profile.width}; the manifest does not describe this model"
+                )
         if m.output_name not in {o.name for o in session.get_outputs()}:
             raise ModelError(f"{path}: no output named {m.output_name!r}")
         self._session = session
         self.active_provider = active
-        self._bound = self.io_binding if self.io_binding is not None else active == CUDA
+        # named inputs take no IO binding: string tensors live on the CPU, and each column is small
+        self._bound = not m.inputs and (self.io_binding if self.io_binding is not None else active == CUDA)
         self._device = "cuda" if active == CUDA else "cpu"
         self._warm_up()
         log.info("model %s v%s loaded on %s", m.name, m.version, active)
@@ -135,7 +144,7 @@ class OnnxModel:
         """
         m = self.manifest
         try:
-            scores = self.predict(np.zeros((1, m.profile.width), dtype=np.float32))
+            scores = self.predict(np.zeros((1, m.profile.width), dtype=np.float32) if not m.inputs else one_row(m))
             if scores.shape != (1,):
                 raise ValueError(f"one input row gave output of shape {scores.shape}, not one score")
         except Exception as exc:  # noqa: BLE001 - ORT and numpy raise several unrelated types
@@ -147,23 +156,42 @@ class OnnxModel:
                 "with other providers (DRIFTLINE_PROVIDERS)"
             ) from exc
 
-    def predict(self, matrix: np.ndarray) -> np.ndarray:
-        """Scores for a batch: positive-class probability, or the regression value."""
+    def predict(self, batch: ModelBatch) -> np.ndarray:
+        """Scores for a batch: positive-class probability, or the regression value.
+
+        ``batch`` is the float32 feature matrix, or, for a model with named
+        inputs, the feature columns (name → values) that feed them.
+        """
         if self._session is None:
             raise ModelNotReady(f"model {self.name} v{self.version} is not loaded; call load() first")
         m = self.manifest
-        if self._bound:
+        if m.inputs or isinstance(batch, Mapping):
+            (out,) = self._session.run([m.output_name], self._feeds(batch))
+        elif self._bound:
             binding = self._session.io_binding()
-            binding.bind_cpu_input(m.input_name, np.ascontiguousarray(matrix, dtype=np.float32))
+            binding.bind_cpu_input(m.input_name, np.ascontiguousarray(batch, dtype=np.float32))
             binding.bind_output(m.output_name, self._device)
             self._session.run_with_iobinding(binding)
             (out,) = binding.copy_outputs_to_cpu()
         else:
-            (out,) = self._session.run([m.output_name], {m.input_name: matrix})
+            (out,) = self._session.run([m.output_name], {m.input_name: batch})
         out = np.asarray(out, dtype=np.float64)
         if out.ndim == 2:
             out = out[:, m.output_index if m.output_index is not None else 0]
         return out
+
+    def _feeds(self, batch: ModelBatch) -> dict[str, np.ndarray]:
+        """Each named input's column, in its element type and shape (``[n, 1]``, or ``[n]`` for a rank-1 input)."""
+        m = self.manifest
+        if not m.inputs or not isinstance(batch, Mapping):
+            raise ModelError(f"model {m.name} v{m.version} reads "
+                             f"{'named inputs: give its feature columns' if m.inputs else 'one matrix'}, "
+                             f"not a {type(batch).__name__}")
+        feeds = {}
+        for i in m.inputs:
+            col = np.asarray(batch[i.field], dtype=object if i.type == "string" else _NUMPY[i.type])
+            feeds[i.name] = col.reshape(-1, 1) if self._ranks.get(i.name, 2) == 2 else col.reshape(-1)
+        return feeds
 
     def labels(self, scores: np.ndarray) -> list[str | None]:
         """Decision at the manifest threshold; None for regressors."""
@@ -181,3 +209,45 @@ class OnnxModel:
         self._session = None
         self.active_provider = None
         self._bound = False
+
+
+_NUMPY: dict[str, Any] = {"float": np.float32, "double": np.float64, "int64": np.int64, "int32": np.int32}
+
+
+def check_named_inputs(path: Path, manifest: Manifest, inputs: Mapping[str, Any]) -> dict[str, int]:
+    """Refuse a graph whose inputs are not the manifest's ``onnx.inputs`` (names, element types, shapes).
+
+    Returns each input's rank (1 or 2). Every graph input must be fed, so
+    the two sets of names must be equal; each input must take one column
+    per row (``[N, 1]`` or ``[N]``) with a free batch dimension.
+    """
+    declared = {i.name: i for i in manifest.inputs}
+    missing, extra = sorted(set(declared) - set(inputs)), sorted(set(inputs) - set(declared))
+    if missing or extra:
+        raise ModelError(f"{path}: the graph's inputs {sorted(inputs)} are not the manifest's onnx.inputs "
+                         f"{sorted(declared)} (not in the graph: {missing}; not in the manifest: {extra})")
+    ranks = {}
+    for name, spec in declared.items():
+        arg = inputs[name]
+        got = ORT_TYPES.get(arg.type, arg.type)
+        if got != spec.type:
+            raise ModelError(f"{path}: input {name!r} is {arg.type} but the manifest declares it {spec.type}; "
+                             f"set its type to {got!r} or export the input as {spec.type}")
+        shape = list(arg.shape)
+        one_column = len(shape) == 1 or not isinstance(shape[1], int) or shape[1] == 1
+        if len(shape) not in (1, 2) or isinstance(shape[0], int) or not one_column:
+            raise ModelError(f"{path}: input {name!r} has shape {shape}; driftline feeds each named input one "
+                             "column per row: export it as [None, 1]")
+        ranks[name] = len(shape)
+    return ranks
+
+
+def one_row(manifest: Manifest) -> dict[str, np.ndarray]:
+    """One valid row of feature columns, for the warm-up: each numeric feature's impute value, a known category."""
+    out: dict[str, np.ndarray] = {}
+    for f in manifest.profile.features:
+        if isinstance(f, NumericFeature):
+            out[f.name] = np.array([f.impute], dtype=np.float64)
+        elif isinstance(f, CategoricalFeature):
+            out[f.name] = np.array([f.categories[0] if f.categories else ""], dtype=object)
+    return out

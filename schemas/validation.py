@@ -1,14 +1,16 @@
 """Record validation against a model's input profile, one vectorised pass per batch.
 
 Decoded columns go in; one float32 feature matrix for the valid rows and a
-:class:`~driftline.schemas.codec.Failure` for each invalid row come out. Checks run per
-column with numpy; the first failing check of a row names its reason.
+:class:`~driftline.schemas.codec.Failure` for each invalid row come out (and,
+when a model reads named inputs, each feature's column of valid values too).
+Checks run per column with numpy; the first failing check of a row names its reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -30,6 +32,9 @@ REASONS: tuple[str, ...] = (
 )
 _CODE = {name: i for i, name in enumerate(REASONS)}
 
+#: what a model reads of a batch: the float32 feature matrix, or feature name → column (named-input models)
+ModelBatch: TypeAlias = np.ndarray | Mapping[str, np.ndarray]
+
 
 @dataclass(frozen=True, slots=True)
 class ValidatedBatch:
@@ -42,6 +47,15 @@ class ValidatedBatch:
     codes: dict[str, np.ndarray] = field(default_factory=dict)
     #: per matrix column of a numeric feature that may be missing: which valid rows were imputed
     missing: dict[int, np.ndarray] = field(default_factory=dict)
+    #: per feature, the valid rows' values (numeric: float64, imputed; categorical: str), when the validator
+    #: was asked for them (``Validator.columns``): what a model with named inputs reads instead of the matrix
+    columns: dict[str, np.ndarray] | None = None
+
+    def feature_columns(self, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """:attr:`columns`, or the subset ``rows`` (positions or a mask over the valid rows) of them."""
+        if self.columns is None:
+            raise ValueError("this batch has no feature columns: validate with Validator.columns = True")
+        return self.columns if rows is None else {k: v[rows] for k, v in self.columns.items()}
 
     def raw(self, matrix: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """``matrix`` (rows of :attr:`matrix`, or the subset ``rows`` of them) with NaN where a value was imputed.
@@ -74,9 +88,11 @@ class Validator:
     ([[12.5]], [0], 'out_of_range')
     """
 
-    def __init__(self, profile: InputProfile, reader: WireSchema) -> None:
+    def __init__(self, profile: InputProfile, reader: WireSchema, *, columns: bool = False) -> None:
+        """``columns``: also keep each feature's valid values, for models with named inputs (off: matrix only)."""
         profile.check_against(reader)
         self.profile = profile
+        self.columns = columns
         types = reader.field_types
         self._nullable = {name: is_nullable(t) for name, t in types.items()}
         self._string_fields = [n for n, t in types.items() if _base_type(t) == "string"]
@@ -112,6 +128,7 @@ class Validator:
 
         codes: dict[str, np.ndarray] = {}
         imputed: dict[int, np.ndarray] = {}
+        kept: dict[str, np.ndarray] | None = {} if self.columns else None
         col_at = 0
         for f in profile.features:
             null = cols.null_mask(f.name)
@@ -130,6 +147,8 @@ class Validator:
                 matrix[:, col_at] = x
                 if f.allow_missing and missing.any():
                     imputed[col_at] = missing
+                if kept is not None:
+                    kept[f.name] = x
             else:
                 lut = self._luts[f.name]
                 idx = np.fromiter((lut.get(v, -1) for v in values[f.name]), dtype=np.int64, count=n)
@@ -142,6 +161,8 @@ class Validator:
                     matrix[rows, col_at + idx[rows]] = 1.0
                 else:
                     matrix[:, col_at] = np.where(known, idx, -1)
+                if kept is not None:
+                    kept[f.name] = values[f.name]
             col_at += f.width
 
         valid = reason == 0
@@ -150,7 +171,8 @@ class Validator:
             self._failure(i, REASONS[reason[i]], str(culprit[i]), _value(cols, str(culprit[i]), i))
             for i in np.flatnonzero(~valid).tolist()
         ]
-        return ValidatedBatch(matrix[rows], rows, failures, codes, {c: m[rows] for c, m in imputed.items()})
+        return ValidatedBatch(matrix[rows], rows, failures, codes, {c: m[rows] for c, m in imputed.items()},
+                              {k: v[rows] for k, v in kept.items()} if kept is not None else None)
 
     def _failure(self, index: int, reason: str, name: str, value: Any) -> Failure:
         shown = repr(value) if not isinstance(value, str) else repr(value[:40]) + (

@@ -182,7 +182,9 @@ def add_model_commands(sub: Any) -> None:
     reg.add_argument("--metrics", help="JSON of offline evaluation metrics")
     reg.add_argument("--data", help="training data (JSON lines/CSV): fingerprint and reference profile")
     common(reg, broker=False)
-    reg.set_defaults(func=cmd_register)
+    from driftline.streams.cli.byo import add_register_options  # multi-input ONNX, MLflow directories
+
+    add_register_options(reg, cmd_register)
 
     ls = msub.add_parser("list", help="versions, and which serve (champion, canary, a/b, shadow)")
     ls.add_argument("name", nargs="?")

@@ -25,7 +25,7 @@ from driftline.schemas.catalog import SchemaCatalog, WireSchema
 from driftline.schemas.codec import BatchDecoder, BatchEncoder, Failure
 from driftline.schemas.columnar import Columns
 from driftline.schemas.profile import CategoricalFeature
-from driftline.schemas.validation import Validator
+from driftline.schemas.validation import ModelBatch, ValidatedBatch, Validator
 from driftline.streams.core.deadletters import ERROR_HEADER, EXCEPTION_CLASS, MAX_MESSAGE_CHARS, Headers, bound_record
 from driftline.streams.core.windows import WindowFolder
 
@@ -100,8 +100,9 @@ class ServedModel:
         self.deployment = Deployment(model.name, model.version)
         self.versions: dict[str, OnnxModel] = {model.version: model}
         self.reader: WireSchema = catalog.latest(model.manifest.request_subject)
+        model.manifest.check_request(self.reader)
         self.decoder = BatchDecoder(catalog, self.reader, max_message_bytes)
-        self.validator = Validator(model.manifest.profile, self.reader)
+        self.validator = Validator(model.manifest.profile, self.reader, columns=bool(model.manifest.inputs))
         self.folder: WindowFolder | None = None
         self.set_folder(folder)
 
@@ -135,10 +136,20 @@ class ServedModel:
             reason = input_mismatch(self.model.manifest, m.manifest)
             if reason is not None:
                 raise ModelError(f"{deployment.model}: {reason}")
+            m.manifest.check_request(self.reader)
         old = self.versions
         self.versions = {v: m for v, m in wanted.items() if m is not None}
         self.deployment = deployment
+        # versions with named inputs read feature columns; single-matrix ones need only the matrix
+        self.validator.columns = any(m.manifest.inputs for m in self.versions.values())
         return [m for v, m in old.items() if v not in self.versions]
+
+
+def model_input(checked: ValidatedBatch, model: OnnxModel, rows: np.ndarray | None = None) -> ModelBatch:
+    """What ``model`` reads of the valid rows (or of ``rows`` of them): the matrix, or its named inputs' columns."""
+    if model.manifest.inputs:
+        return checked.feature_columns(rows)
+    return checked.matrix if rows is None else checked.matrix[rows]
 
 
 def error_headers(msg: RawMessage, failure: Failure, model: str, now_ms: int) -> Headers:
@@ -276,10 +287,10 @@ class ScorePipeline:
         labels = np.empty(n, dtype=object)
         for var, ver, sel in routes:
             model = served.versions[ver]
-            matrix = checked.matrix if len(sel) == n else checked.matrix[sel]
+            batch = model_input(checked, model, None if len(sel) == n else sel)
             started = time.perf_counter()
             try:
-                part = model.predict(matrix)
+                part = model.predict(batch)
             except Exception as exc:  # noqa: BLE001 - these rows are dead-lettered, the worker goes on
                 for r in rows[sel].tolist():
                     f = Failure(int(r), "score", "inference_error", f"{type(exc).__name__}: {exc}",
@@ -323,14 +334,19 @@ class ScorePipeline:
             OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True)
         )
         kept = None if len(rows) == len(checked.rows) else np.isin(checked.rows, rows)
-        matrix = checked.matrix if kept is None else checked.matrix[kept]
-        features = self._features(checked.raw(matrix, kept) if self._scored is not None else matrix)
+        features = None
+        if self._scored is not None:  # the matrix rows, whatever the model reads: the trainer retrains from them
+            features = self._features(checked.raw(checked.matrix if kept is None else checked.matrix[kept], kept))
         self._emit_scored(out, common, version, variant, scores, labels, features)
-        self._shadow(out, served, matrix, common, ids, features)
+        self._shadow(out, served, checked, kept, common, ids, features)
         return cols, rows, scores, checked.codes
 
     def _features(self, matrix: np.ndarray) -> list[bytes] | None:
-        """Each row of the model input as float32 bytes (one numpy view, no per-row work), for {ns}.scored.
+        """Each row of the feature matrix as float32 bytes (one numpy view, no per-row work), for {ns}.scored.
+
+        It is the manifest's matrix (numeric columns, encoded categoricals)
+        for a model with named inputs too, so the trainer retrains any model
+        from its labeled rows (the challenger reads one matrix).
 
         Imputed values are NaN here: the trainer imputes them as the model
         does, and builds a challenger's reference profile with the real null rates.
@@ -353,14 +369,15 @@ class ScorePipeline:
         })
         out.scored.extend(OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True))
 
-    def _shadow(self, out: BatchOutcome, served: ServedModel, matrix: np.ndarray, common: dict[str, object],
-                ids: np.ndarray, features: list[bytes] | None) -> None:
-        """Score the served rows with every shadow version; their outputs go to the shadow topic only."""
+    def _shadow(self, out: BatchOutcome, served: ServedModel, checked: ValidatedBatch, kept: np.ndarray | None,
+                common: dict[str, object], ids: np.ndarray, features: list[bytes] | None) -> None:
+        """Score the served rows (``kept`` of the valid ones) with every shadow version; outputs go to the shadow
+        topic only."""
         for ver in served.deployment.shadows:
             model = served.versions[ver]
             started = time.perf_counter()
             try:
-                scores = model.predict(matrix)
+                scores = model.predict(model_input(checked, model, kept))
             except Exception as exc:  # noqa: BLE001 - a shadow's failure must not touch served traffic
                 out.shadow_errors.append(f"{model.name} v{ver}: {type(exc).__name__}: {exc}")
                 continue

@@ -28,8 +28,10 @@ def build_profile(model_dir: Path, data: Path, catalog: SchemaCatalog, *, force:
     """Write ``profile.json`` into a model version from a JSON-lines or CSV file of requests.
 
     Only rows that pass the model's validation are used, and the score
-    reference comes from running the model on them. Returns the path and the
-    number of rows used.
+    reference comes from running the model on them (its matrix, or its named
+    inputs' columns). The feature references are built from the request
+    columns, never from a model matrix. Returns the path and the number of
+    rows used.
     """
     target = model_dir / PROFILE_FILE
     if target.exists() and not force:
@@ -43,11 +45,11 @@ def build_profile(model_dir: Path, data: Path, catalog: SchemaCatalog, *, force:
         raise SchemaError(f"{schema.subject} has no primitive fields")
     records = [coerce(schema, row) for _, row in read_input(data)]
     cols = columns_from_records(records, fields)
-    checked = Validator(manifest.profile, schema).validate(cols)
+    checked = Validator(manifest.profile, schema, columns=bool(manifest.inputs)).validate(cols)
     if len(checked.rows) == 0:
         raise ConfigError(f"{data}: no row passes the model's validation; is it the training data?")
     good = cols.take(checked.rows)
-    scores = model.predict(checked.matrix)
+    scores = model.predict(checked.feature_columns() if manifest.inputs else checked.matrix)
     refs: list[Reference] = []
     for f in manifest.profile.features:
         nulls = good.null_mask(f.name)
