@@ -8,15 +8,25 @@ arguments, then environment variables, then the TOML file named by
 
 from __future__ import annotations
 
+import difflib
+import json
+import logging
 import os
+import re
+import threading
+import time
+import tomllib
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -283,7 +293,8 @@ class Settings(BaseSettings):
     # -- client configs ------------------------------------------------------------
 
     def confluent(self, **extra: Any) -> dict[str, Any]:
-        return {"bootstrap.servers": self.broker, **self.kafka.confluent(), **extra}
+        """librdkafka's settings; its own log lines go to :data:`KAFKA_LOG` (repeats held back), not to stderr."""
+        return {"bootstrap.servers": self.broker, "logger": KAFKA_LOG, **self.kafka.confluent(), **extra}
 
     def producer_config(self) -> dict[str, Any]:
         return self.confluent(
@@ -338,9 +349,190 @@ def describe(exc: ValidationError) -> str:
     return f"bad setting {var}: {msg}{shown}; fix the environment variable or the DRIFTLINE_CONFIG file"
 
 
+# ``DRIFTLINE_*`` variables that are not settings: read by the commands themselves.
+OTHER_VARIABLES = frozenset({
+    "DRIFTLINE_CONFIG",  # the TOML settings file
+    "DRIFTLINE_PROCESS_INDEX",  # set by `driftline worker --processes N` for each child
+    "DRIFTLINE_KAFKA_HOME",  # where `make kafka` / the tests keep Apache Kafka's jars
+    "DRIFTLINE_TANSU_BIN",  # the embedded broker's binary
+})
+
+
+def setting_variables() -> list[str]:
+    """Every ``DRIFTLINE_*`` variable a setting reads: one per field, and one per field of a nested group."""
+    names = []
+    for name, field in Settings.model_fields.items():
+        names.append(f"DRIFTLINE_{name.upper()}")
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            names += [f"DRIFTLINE_{name.upper()}__{sub.upper()}" for sub in group.model_fields]
+    return names
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``DRIFTLINE_*`` variable that no setting reads (a typo is ignored otherwise)."""
+    known = setting_variables()
+    accepted = set(known) | OTHER_VARIABLES
+    out = []
+    for var in sorted(environ):
+        upper = var.upper()
+        if not upper.startswith("DRIFTLINE_") or upper in accepted:
+            continue
+        if upper.startswith(("DRIFTLINE_KAFKA__", "DRIFTLINE_PARTITIONS__")):
+            continue  # a field the group does not have is an error already (extra inputs are not permitted)
+        close = difflib.get_close_matches(upper.removeprefix("DRIFTLINE_"),
+                                          [k.removeprefix("DRIFTLINE_") for k in known], n=1, cutoff=0.75)
+        hint = f"; did you mean DRIFTLINE_{close[0]}?" if close else "; see README \"Configuration\" for the settings"
+        out.append(f"{var} is not a driftline setting and is ignored{hint}")
+    return out
+
+
+_warned: set[str] = set()
+
+
+def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Log :func:`unknown_variables` as warnings, each once per process; the new ones."""
+    new = [w for w in unknown_variables(os.environ if environ is None else environ) if w not in _warned]
+    for warning in new:
+        _warned.add(warning)
+        logging.getLogger(__name__).warning("%s", warning)
+    return new
+
+
+def expected_form(name: str, given: str | None) -> str:
+    """What a setting whose variable must be JSON (a list, a group) looks like, with an example."""
+    field = Settings.model_fields[name]
+    var = f"DRIFTLINE_{name.upper()}"
+    ann: Any = field.annotation
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        sub, subfield = next(iter(ann.model_fields.items()))
+        sub_ann: Any = subfield.annotation
+        example = json.dumps({sub: TypeAdapter(sub_ann).dump_python(subfield.default, mode="json")})
+        return (f"a JSON object, e.g. {var}='{example}', or one variable per field such as "
+                f"{var}__{sub.upper()}")
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    kind = "a JSON object" if origin is dict else "a JSON list"
+    item = args[0] if args else None
+    token = given.strip() if given else ""
+    if origin in (list, tuple, set) and item in (str, Path) and token:
+        example = json.dumps([part.strip() for part in token.split(",") if part.strip()])
+    elif origin in (list, tuple) and isinstance(item, type) and issubclass(item, BaseModel) and \
+            re.fullmatch(r"[A-Za-z0-9._-]+", token):
+        example = json.dumps([{next(iter(item.model_fields)): token}])  # DRIFTLINE_MODELS=fraud: [{"name": "fraud"}]
+    else:
+        default = field.get_default(call_default_factory=True)
+        dumped = TypeAdapter(ann).dump_python(default, mode="json", exclude_none=True)
+        example = json.dumps(dumped)
+    return f"{kind}, e.g. {var}='{example}'"
+
+
+def check_config_file(environ: Mapping[str, str] | None = None) -> None:
+    """``DRIFTLINE_CONFIG`` names a readable TOML file, or :class:`ConfigError` says what is wrong with it."""
+    config = (os.environ if environ is None else environ).get("DRIFTLINE_CONFIG")
+    if not config:
+        return
+    path = Path(config)
+    if not path.is_file():
+        why = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError(f"DRIFTLINE_CONFIG={config}: the file {why}; give the path of a TOML settings file, "
+                          "or unset DRIFTLINE_CONFIG")
+    try:
+        with path.open("rb") as f:
+            tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"DRIFTLINE_CONFIG file {config} is not valid TOML ({exc}); fix the file: "
+                          "one `name = value` per line, strings in quotes, groups under [kafka] or [partitions]"
+                          ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"DRIFTLINE_CONFIG file {config} cannot be read ({exc}); fix its permissions or "
+                          "unset DRIFTLINE_CONFIG") from None
+
+
+_PARSE_ERROR = re.compile(r'error parsing value for field "(\w+)"')
+
+
+def describe_settings_error(exc: SettingsError, environ: Mapping[str, str] | None = None) -> str:
+    """One line for a variable pydantic-settings cannot parse (one that must be JSON and is not)."""
+    m = _PARSE_ERROR.search(str(exc))
+    if m is None or m.group(1) not in Settings.model_fields:
+        return f"bad setting: {exc}; fix the DRIFTLINE_* environment variables or the DRIFTLINE_CONFIG file"
+    name = m.group(1)
+    env = os.environ if environ is None else environ
+    var = next((k for k in env if k.upper() == f"DRIFTLINE_{name.upper()}"), f"DRIFTLINE_{name.upper()}")
+    given = env.get(var)
+    shown = f" (got {given!r})" if given is not None and len(given) <= 200 else ""
+    return (f"bad setting {var}: not valid JSON{shown}; it takes {expected_form(name, given)}; "
+            "fix the environment variable")
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build the settings once; a bad value raises :class:`ConfigError` with one line."""
+    """Build the settings once; a bad value raises :class:`ConfigError` with one line.
+
+    Also: ``DRIFTLINE_CONFIG`` must name a valid TOML file, and a
+    ``DRIFTLINE_*`` variable that no setting reads is logged as a warning
+    (with the closest setting's name), once per process.
+    """
+    check_config_file()
+    warn_unknown_variables()
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(describe(exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(describe_settings_error(exc)) from None
+
+
+# -- librdkafka's own log lines ------------------------------------------------------------------------------------
+
+_NUMBERS = re.compile(r"\d+")
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a message through once per ``window_s``; the repeats in between are counted, not logged.
+
+    A message's identity ignores numbers (ports, milliseconds, counts), so
+    librdkafka's "Connect to ... failed (after 3ms ...)" every second while a
+    broker is away is one line a minute, not sixty; the next one that passes
+    says how many were held back. Only records at ``min_level`` or above from
+    loggers named in ``names`` (and their children; all when None) are
+    judged: the rest pass as they are.
+    """
+
+    def __init__(self, window_s: float = 60.0, *, names: tuple[str, ...] | None = None,
+                 min_level: int = logging.NOTSET, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.names = names
+        self.min_level = min_level
+        self._clock = clock
+        self._seen: dict[tuple[str, str], list[float]] = {}  # identity -> [when it last passed, repeats since]
+        self._lock = threading.Lock()  # librdkafka's lines are served on whichever thread polls
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < self.min_level:
+            return True
+        if self.names is not None and not any(record.name == n or record.name.startswith(n + ".")
+                                              for n in self.names):
+            return True
+        with self._lock:
+            return self._pass(record)
+
+    def _pass(self, record: logging.LogRecord) -> bool:
+        key = (record.name, _NUMBERS.sub("#", record.getMessage()))
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.window_s:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.msg = f"{record.getMessage()} (repeated {int(seen[1])} times in the last {now - seen[0]:.0f}s)"
+            record.args = ()
+        self._seen[key] = [now, 0]
+        if len(self._seen) > 1000:  # forget what has not come back for a while
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window_s}
+        return True
+
+
+KAFKA_LOG = logging.getLogger("driftline.kafka.librdkafka")
+"""librdkafka's own log lines (a broker refusing connections, ...) of clients made from :meth:`Settings.confluent`."""
+KAFKA_LOG.addFilter(RepeatFilter())

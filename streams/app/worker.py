@@ -12,9 +12,12 @@ load in :func:`build_app`, so a bad model stops the worker before it consumes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,7 @@ from driftline.streams.kafka.control import ControlFollower
 from driftline.streams.kafka.topics import ensure_topics, topic_max_message_bytes, wait_for_broker
 from driftline.streams.kafka.transactions import default_transactional_id, transactions_problem
 from driftline.streams.metrics import Metrics
-from driftline.streams.settings import KafkaSecurity, Settings
+from driftline.streams.settings import KafkaSecurity, RepeatFilter, Settings
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +146,102 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     return app
 
 
-def run_worker(settings: Settings) -> None:
-    """Run until SIGTERM/Ctrl-C (exits the process, as Faust's worker does)."""
+def check_web_port(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - where the worker will listen
+    """The worker's web port must be free before it joins the consumer group: else one line, not a crash later.
+
+    A second worker started on a busy port would take partitions and die when
+    its web server starts; checked here, it stops before touching the broker.
+    """
+    if port == 0:
+        return
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds: TIME_WAIT is no owner
+        probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"web port {port} is in use: set DRIFTLINE_WEB_PORT or stop the other worker") from None
+        raise ConfigError(f"cannot listen on web port {port} ({exc.strerror}): set DRIFTLINE_WEB_PORT") from None
+    finally:
+        probe.close()
+
+
+STOP_DEADLINE_S = 30.0
+"""After SIGTERM or Ctrl-C the worker exits within this, whatever hangs (a broker that is away): Kubernetes' grace
+period is 40 s. Normally the score path stores its offsets and the process is gone in a few seconds."""
+
+# Loggers whose warnings repeat for as long as a broker is away (aiokafka retries every 100 ms): one line a minute.
+# Not mode.redirect (stderr as log lines: a traceback's lines must all stay).
+NOISY_LOGGERS = ("aiokafka", "faust", "kafka")
+
+
+def stop_watchdog(deadline_s: float = STOP_DEADLINE_S) -> threading.Thread:
+    """Exit the process ``deadline_s`` from now if it is still alive (started once, on the first stop signal)."""
+    def expire() -> None:
+        time.sleep(deadline_s)
+        log.warning("still stopping %gs after the stop signal; exiting now (unacknowledged batches are redone by "
+                    "the next owner of their partitions)", deadline_s)
+        logging.shutdown()
+        os._exit(0)
+
+    thread = threading.Thread(target=expire, name="driftline-stop-deadline", daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_while_starting() -> None:
+    """SIGTERM or Ctrl-C before Faust runs (waiting for the broker, creating topics, loading models) stops at once.
+
+    Until Faust installs its own handlers nothing handles SIGTERM, and a
+    process that is PID 1 in its container ignores a signal it has no handler
+    for: the worker went on waiting for the broker (``broker_wait_s``, 60 s)
+    and Kubernetes killed it after its grace period. The deadline is armed
+    too, for a wait inside the Kafka client that Python cannot interrupt.
+    """
+    armed: list[threading.Thread] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        if not armed:
+            armed.append(stop_watchdog())
+        log.info("%s while starting: stopping", signal.Signals(signum).name)
+        raise SystemExit(0)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+
+
+def worker_class() -> type:
+    """Faust's worker with driftline's stop deadline and repeated-warning filter."""
     from faust.worker import Worker
 
+    class DriftlineWorker(Worker):  # type: ignore[misc]
+        _stop_deadline: threading.Thread | None = None
+
+        def _on_sigterm(self) -> None:
+            self._start_deadline()
+            super()._on_sigterm()
+
+        def _on_sigint(self) -> None:
+            self._start_deadline()
+            super()._on_sigint()
+
+        def _start_deadline(self) -> None:
+            if self._stop_deadline is None:
+                self._stop_deadline = stop_watchdog()
+
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            repeats = RepeatFilter(names=NOISY_LOGGERS, min_level=logging.WARNING)
+            for handler in logger.handlers:
+                handler.addFilter(repeats)
+
+    return DriftlineWorker
+
+
+def run_worker(settings: Settings) -> None:
+    """Run until SIGTERM/Ctrl-C (exits the process, as Faust's worker does)."""
+    check_web_port(settings.web_port)
+    stop_while_starting()
     if settings.require_gpu:
         import onnxruntime as ort
 
@@ -162,4 +257,4 @@ def run_worker(settings: Settings) -> None:
         log.info("created missing topics: %s", ", ".join(created))
     check_exactly_once(settings)
     app = build_app(settings)
-    Worker(app, loglevel="info", quiet=True).execute_from_commandline()
+    worker_class()(app, loglevel="info", quiet=True).execute_from_commandline()

@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = argparse.ArgumentParser(prog="driftline", description="Streaming data plane for ML models.")
-    p.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    p.add_argument("--version", action="version", version=f"driftline {version()}")
+    p.add_argument("--log-level", default=None, metavar="LEVEL",
+                   help="debug, info, warning or error (default: info for worker, trainer and up; warning for the "
+                        "other commands)")
     sub = p.add_subparsers(dest="command", required=True)
     # In the order `driftline --help` lists them.
     up.add_up_command(sub)  # the demo itself runs in demo.py
@@ -52,11 +55,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+SERVICES = {"worker", "trainer", "up"}  # long-running: they log their progress at info by default
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("driftline")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    level = args.log_level or ("info" if args.command in SERVICES else "warning")
+    if level.lower() not in LOG_LEVELS:
+        print(f"driftline: --log-level {level}: give one of {', '.join(LOG_LEVELS)}", file=sys.stderr)
+        return 2
     who = f"w{os.environ['DRIFTLINE_PROCESS_INDEX']} " if "DRIFTLINE_PROCESS_INDEX" in os.environ else ""
-    logging.basicConfig(level=args.log_level.upper(),
-                        format=f"%(asctime)s {who}%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level.upper(), format=f"%(asctime)s {who}%(levelname)s %(name)s: %(message)s")
+    if args.log_level is None and args.command not in SERVICES:
+        # librdkafka's warnings are retries it makes by itself ("coordinator load in progress: retrying"): a
+        # command shows its errors only (repeats held back), and says what went wrong in its own last line.
+        logging.getLogger("driftline.kafka.librdkafka").setLevel(logging.ERROR)
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -64,4 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except DriftlineError as exc:
         print(f"driftline: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # A Kafka client's own error that no command turned into a sentence: still one line, never a traceback.
+        from confluent_kafka import KafkaException
+
+        if not isinstance(exc, KafkaException):
+            raise
+        err = exc.args[0] if exc.args else exc
+        reason = err.str() if hasattr(err, "str") else str(err)
+        print(f"driftline: the Kafka client failed ({reason}); check DRIFTLINE_BROKER and that the broker is up",
+              file=sys.stderr)
         return 1

@@ -70,7 +70,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - listing works without a broker
         deployments, note = {}, f"(control topic unreadable, live roles from settings: {exc})"
     names = [args.name] if args.name else registry.names()
-    print(f"{'model':<12} {'version':<8} {'live':<18} {'created':<26} {'sha256':<13} metrics")
+    rows: list[dict[str, Any]] = []
     for name in names:
         dep = deployments.get(name)
         if dep is None and any(b.name == name for b in settings.models) and registry.versions(name):
@@ -80,11 +80,18 @@ def cmd_list(args: argparse.Namespace) -> int:
             roles.setdefault(version, []).append(variant)
         for version in registry.versions(name):
             raw = Manifest.read(registry.path(name, version)).raw
-            metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                for k, v in dict(raw.get("metrics") or {}).items())
-            live = ",".join(roles.get(version, [])) or "-"
-            print(f"{name:<12} {version:<8} {live:<18} {str(raw.get('created_at', '-')):<26} "
-                  f"{str(raw['sha256'])[:12]:<13} {metrics or '-'}")
+            rows.append({"model": name, "version": version, "live": roles.get(version, []),
+                         "created_at": raw.get("created_at"), "sha256": raw.get("sha256"),
+                         "metrics": dict(raw.get("metrics") or {})})
+    if args.json:
+        print(json.dumps({"versions": rows, "control_topic_error": note or None}, default=str))
+        return 0
+    print(f"{'model':<12} {'version':<8} {'live':<18} {'created':<26} {'sha256':<13} metrics")
+    for row in rows:
+        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["metrics"].items())
+        live = ",".join(row["live"]) or "-"
+        print(f"{row['model']:<12} {row['version']:<8} {live:<18} {str(row['created_at'] or '-'):<26} "
+              f"{str(row['sha256'])[:12]:<13} {metrics or '-'}")
     if note:
         print(note)
     return 0
@@ -94,8 +101,11 @@ def cmd_change(args: argparse.Namespace) -> int:
     """promote | canary | shadow | ab | rollback: read the current deployment, change it, write it back."""
     from confluent_kafka import Producer
 
+    from driftline.streams.cli.common import require_broker
+
     settings = load_settings(broker=args.broker, **({"model_dir": args.model_dir} if args.model_dir else {}))
     registry = ModelRegistry(settings.model_dir)
+    require_broker(settings, [settings.topic("models")])
     current = current_deployment(settings, args.name)
     now = int(time.time() * 1000)
     providers: ProviderChoice = args.providers or settings.providers
@@ -188,6 +198,7 @@ def add_model_commands(sub: Any) -> None:
 
     ls = msub.add_parser("list", help="versions, and which serve (champion, canary, a/b, shadow)")
     ls.add_argument("name", nargs="?")
+    ls.add_argument("--json", action="store_true", help="one JSON object instead of the table (machine-readable)")
     common(ls, check=False)
     ls.set_defaults(func=cmd_list)
 

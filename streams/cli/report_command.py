@@ -11,11 +11,23 @@ from driftline.streams.cli.common import Subcommands, cli_settings
 def cmd_report(args: argparse.Namespace) -> int:
     import time
 
+    from driftline.inference.registry import ModelRegistry
+    from driftline.streams.cli.common import require_broker
     from driftline.streams.cli.report import parse_window, write_reports
+    from driftline.streams.errors import ConfigError
 
     settings = cli_settings(args)
+    window = parse_window(args.window)
+    if args.model:
+        registry = ModelRegistry(settings.model_dir)
+        known = [name for name in registry.names() if registry.versions(name)]
+        if args.model not in known:
+            have = ", ".join(known) if known else "none"
+            raise ConfigError(f"--model {args.model}: no such model in the registry at {settings.model_dir} "
+                              f"(it has: {have}); check the name or DRIFTLINE_MODEL_DIR")
     models = [args.model] if args.model else [b.name for b in settings.models]
-    for path in write_reports(settings, models, parse_window(args.window), Path(args.out_dir),
+    require_broker(settings, [settings.topic("sketches"), settings.topic("alerts")])
+    for path in write_reports(settings, models, window, Path(args.out_dir),
                               int(time.time() * 1000)):
         print(path)
     return 0

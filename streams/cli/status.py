@@ -41,7 +41,10 @@ def fetched_watermarks(conf: Mapping[str, Any], topics: Mapping[str, int], timeo
                 if err is None or err.code() == KafkaError._PARTITION_EOF:
                     pending.discard((str(msg.topic()), int(msg.partition() or 0)))
         if pending:
-            raise BrokerError(f"no fetch answer within {timeout_s:.0f}s for {sorted(pending)[:4]}")
+            names = ", ".join(f"{t}[{p}]" for t, p in sorted(pending)[:4])
+            raise BrokerError(f"the broker at {conf.get('bootstrap.servers')} sent no data for {names}"
+                              f"{' ...' if len(pending) > 4 else ''} within {timeout_s:.0f}s; is it overloaded, "
+                              "or are these partitions without a leader?")
         return {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, cached=True) for tp in parts}
     finally:
         consumer.close()
@@ -66,10 +69,11 @@ def worker_models(url: str) -> list[dict[str, str]]:
     return out
 
 
-def render_status(settings: Any, worker_url: str, alerts: int = 5) -> str:
+def status_data(settings: Any, worker_url: str, alerts: int = 5) -> dict[str, Any]:
+    """What ``driftline status`` shows, as JSON-ready data: topics and lag, models, the workers' providers, alerts."""
     from driftline.streams.catalog import build_catalog
+    from driftline.streams.cli.common import event_json
     from driftline.streams.cli.report import read_alerts, skipped_count
-    from driftline.streams.core.events import format_event
     from driftline.streams.core.poison import SkipLog
     from driftline.streams.kafka.control import configured, read_deployments
     from driftline.streams.kafka.topics import iter_topic
@@ -79,41 +83,85 @@ def render_status(settings: Any, worker_url: str, alerts: int = 5) -> str:
     marks = fetched_watermarks(conf, parts)
     requests = {settings.requests_topic(b) for b in settings.models}
     done = committed(conf, settings.score_group, {t: parts[t] for t in requests})
-    lines = [f"driftline {settings.namespace} on {settings.broker}", "", "TOPICS"]
-    lines.append(f"  {'topic':<40} {'partitions':>10} {'records':>10} {'lag':>10}")
+    topics = []
     for topic, n in parts.items():
         records = sum(marks[(topic, p)][1] - max(marks[(topic, p)][0], 0) for p in range(n))
-        lag = "-"
+        lag = None
         if topic in requests:
-            lag = str(sum(max(0, marks[(topic, p)][1] - (done[(topic, p)] if done[(topic, p)] >= 0 else
-                                                       max(marks[(topic, p)][0], 0))) for p in range(n)))
-        lines.append(f"  {topic:<40} {n:>10} {records:>10} {lag:>10}")
-    lines += ["", "MODELS"]
+            lag = sum(max(0, marks[(topic, p)][1] - (done[(topic, p)] if done[(topic, p)] >= 0 else
+                                                     max(marks[(topic, p)][0], 0))) for p in range(n))
+        topics.append({"topic": topic, "partitions": n, "records": records, "lag": lag})
     deployments = read_deployments(settings, timeout_s=10)
+    models = []
     for b in settings.models:
         dep = deployments.get(b.name) or configured(settings, b.name)
-        lines.append(f"  {dep.describe()}" + ("" if b.name in deployments else " (configured; no control record)"))
+        models.append({"model": b.name, "describe": dep.describe(), "deployment": dep.to_dict(),
+                       "source": "control topic" if b.name in deployments else "settings"})
+    workers: list[dict[str, str]] = []
+    worker_error = None
     try:
-        live = worker_models(worker_url)
-        for m in live:
-            lines.append(f"  worker at {worker_url}: {m.get('model')} v{m.get('version')} {m.get('variant')} "
-                         f"on {m.get('provider')}")
+        workers = worker_models(worker_url)
     except OSError as exc:
-        lines.append(f"  provider: unknown (no worker answers at {worker_url}: {exc})")
-    lines += ["", f"LAST {alerts} ALERTS"]
+        worker_error = str(exc)
     skips = SkipLog(log)
     found = read_alerts(iter_topic(conf, settings.topic("alerts")), build_catalog(settings), skips)
     found.sort(key=lambda a: a.created_at)
-    lines += [f"  {format_event(a, colour=False)}" for a in found[-alerts:]] or ["  none"]
-    skipped = skipped_count(skips)
-    if skipped:
-        lines.append(f"  (skipped {skipped} records that do not parse as alerts on {settings.topic('alerts')})")
+    return {
+        "namespace": settings.namespace, "broker": settings.broker, "topics": topics, "models": models,
+        "worker": {"url": worker_url, "models": workers, "error": worker_error},
+        "alerts": [event_json(a) for a in found[-alerts:]] if alerts > 0 else [],
+        "skipped_alerts": skipped_count(skips), "alerts_topic": settings.topic("alerts"),
+    }
+
+
+def render_status(settings: Any, worker_url: str, alerts: int = 5) -> str:
+    return format_status(status_data(settings, worker_url, alerts), alerts)
+
+
+def format_status(data: dict[str, Any], alerts: int = 5) -> str:
+    """:func:`status_data` as one screen of text."""
+    from driftline.streams.core.events import Alert, BinShift, format_event
+
+    lines = [f"driftline {data['namespace']} on {data['broker']}", "", "TOPICS"]
+    lines.append(f"  {'topic':<40} {'partitions':>10} {'records':>10} {'lag':>10}")
+    for t in data["topics"]:
+        lag = "-" if t["lag"] is None else str(t["lag"])
+        lines.append(f"  {t['topic']:<40} {t['partitions']:>10} {t['records']:>10} {lag:>10}")
+    lines += ["", "MODELS"]
+    for m in data["models"]:
+        note = "" if m["source"] == "control topic" else " (configured; no control record)"
+        lines.append(f"  {m['describe']}{note}")
+    worker = data["worker"]
+    for m in worker["models"]:
+        lines.append(f"  worker at {worker['url']}: {m.get('model')} v{m.get('version')} {m.get('variant')} "
+                     f"on {m.get('provider')}")
+    if worker["error"] is not None:
+        lines.append(f"  provider: unknown (no worker answers at {worker['url']}: {worker['error']})")
+    lines += ["", f"LAST {alerts} ALERTS"]
+    shown = []
+    for a in data["alerts"]:
+        fields = {k: v for k, v in a.items() if k not in ("event",)}
+        fields["top_bins"] = tuple(BinShift(**b) for b in fields["top_bins"])
+        shown.append(f"  {format_event(Alert(**fields), colour=False)}")
+    lines += shown or ["  none"]
+    if data["skipped_alerts"]:
+        lines.append(f"  (skipped {data['skipped_alerts']} records that do not parse as alerts on "
+                     f"{data['alerts_topic']})")
     return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from driftline.streams.cli.common import require_broker
+
     settings = cli_settings(args)
-    print(render_status(settings, args.worker or f"http://127.0.0.1:{settings.web_port}", alerts=args.alerts))
+    require_broker(settings, settings.topic_partitions())
+    url = args.worker or f"http://127.0.0.1:{settings.web_port}"
+    if args.json:
+        print(json.dumps(status_data(settings, url, alerts=args.alerts)))
+    else:
+        print(render_status(settings, url, alerts=args.alerts))
     return 0
 
 
@@ -122,4 +170,5 @@ def add_status_command(sub: Subcommands) -> None:
     st.add_argument("--broker")
     st.add_argument("--worker", help="a worker's web address for the provider (default http://127.0.0.1:WEB_PORT)")
     st.add_argument("--alerts", type=int, default=5, help="how many recent alerts (default 5)")
+    st.add_argument("--json", action="store_true", help="one JSON object instead of the screen (machine-readable)")
     st.set_defaults(func=cmd_status)

@@ -8,9 +8,11 @@ from driftline.streams.cli.common import Subcommands, cli_settings
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
+    from driftline.streams.cli.common import require_broker
     from driftline.streams.kafka.topics import ensure_topics
 
     settings = cli_settings(args)
+    require_broker(settings)
     created = ensure_topics(settings)
     for topic, n in settings.topic_partitions().items():
         print(f"{topic}\t{n} partitions\t{'created' if topic in created else 'exists'}")

@@ -9,9 +9,13 @@ from driftline.streams.cli.common import Subcommands, cli_settings
 
 def cmd_trainer(args: argparse.Namespace) -> int:
     from driftline.streams.catalog import build_catalog
+    from driftline.streams.cli.common import require_broker
     from driftline.streams.trainer.service import run_trainer
 
     settings = cli_settings(args)
+    # A service waits for its broker as the worker does (DRIFTLINE_BROKER_WAIT_S); --once as a command does.
+    require_broker(settings, [settings.topic(t) for t in ("retrain", "labeled", "models")],
+                   wait_s=None if args.once else settings.broker_wait_s)
     return run_trainer(settings, build_catalog(settings), once=args.once)
 
 

@@ -21,8 +21,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from driftline.streams.core.pipeline import Headers, OutRecord, RawMessage
 from driftline.streams.errors import DeliveryError
+from driftline.streams.settings import KAFKA_LOG, RepeatFilter
 
 log = logging.getLogger(__name__)
+# A broker that is away makes every poll report the same error: one warning a minute says so (with the count).
+log.addFilter(RepeatFilter(min_level=logging.WARNING))
 
 
 Partition = tuple[str, int]
@@ -46,7 +49,7 @@ class BatchSource:
         self.transactional = transactional  # offsets commit in the producer's transactions, not from here
         if transactional:
             conf = {**conf, "enable.auto.commit": False, "isolation.level": "read_committed"}
-        self._consumer = Consumer({**conf, "error_cb": self._on_error}, logger=log)
+        self._consumer = Consumer({**conf, "error_cb": self._on_error}, logger=KAFKA_LOG)
         self._consumer.subscribe(list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
         self._busy = busy
@@ -345,7 +348,7 @@ class AckedSink:
     """
 
     def __init__(self, conf: Mapping[str, Any]) -> None:
-        self._producer = Producer({**conf, "error_cb": self._on_error}, logger=log)
+        self._producer = Producer({**conf, "error_cb": self._on_error}, logger=KAFKA_LOG)
         self._inflight: deque[_Pending] = deque()
         self.fatal_error: str | None = None  # set the moment librdkafka says the producer is unusable
 
@@ -411,7 +414,7 @@ class TransactionalSink:
     def __init__(self, conf: Mapping[str, Any],
                  offsets: Callable[[list[Any]], tuple[list[TopicPartition], Any]], *,
                  commit_every_s: float = 0.1, max_batches: int = 8, timeout_s: float = 30.0) -> None:
-        self._producer = Producer({**conf, "error_cb": self._on_error}, logger=log)
+        self._producer = Producer({**conf, "error_cb": self._on_error}, logger=KAFKA_LOG)
         self._offsets = offsets
         self._every = commit_every_s
         self._max = max_batches

@@ -108,8 +108,8 @@ def client_refused(exc: KafkaException) -> ConfigError:
 
 
 def wait_for_broker(conf: Mapping[str, Any], wait_s: float, *, sleep: Any = time.sleep,
-                    clock: Any = time.monotonic) -> None:
-    """Return once the broker answers a metadata request; retry with backoff for ``wait_s``, then one error.
+                    clock: Any = time.monotonic) -> Any:
+    """Return the broker's metadata once it answers; retry with backoff for ``wait_s``, then one error.
 
     A worker started before its broker (a pod beside a Kafka that is still
     starting) waits instead of crash-looping. A TLS or authentication failure
@@ -130,8 +130,7 @@ def wait_for_broker(conf: Mapping[str, Any], wait_s: float, *, sleep: Any = time
     while True:
         errors.clear()
         try:
-            admin.list_topics(timeout=max(0.5, min(1.0, deadline - clock())))
-            return
+            return admin.list_topics(timeout=max(0.5, min(1.0, deadline - clock())))
         except KafkaException as exc:
             admin.poll(0)  # serves the error callbacks, which carry the detailed reason
             detailed = [e for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN]

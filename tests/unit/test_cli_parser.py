@@ -61,3 +61,11 @@ def test_a_command_runs_from_the_module_named_after_it(words: tuple[str, ...]) -
         return
     module = func.__module__.rsplit(".", 1)[-1]
     assert module in {words[0], f"{words[0]}_command"}, f"driftline {' '.join(words)} runs from {func.__module__}"
+
+
+def test_version_and_the_machine_readable_flags() -> None:
+    code, text = help_of(["--version"])
+    assert code == 0 and re.fullmatch(r"driftline \S+\n", text), text
+    for words in (["status"], ["model", "list"], ["alerts"]):
+        code, text = help_of([*words, "--help"])
+        assert code == 0 and "--json" in text, words
