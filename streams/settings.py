@@ -220,6 +220,10 @@ class Settings(BaseSettings):
         "(a crashed worker's outputs stay invisible to read_committed readers until then, or until it restarts)",
     )
     web_port: int = Field(6066, ge=0, le=65535)
+    web_host: str = Field(
+        "0.0.0.0",  # noqa: S104 - in a pod, probes and Prometheus come from outside
+        description="address the web server listens on (driftline up: 127.0.0.1, the demo is local)",
+    )
     data_dir: Path = Path(".driftline")
 
     @model_validator(mode="after")

@@ -115,7 +115,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
         broker=[f"kafka://{b.strip()}" for b in settings.broker.split(",")],
         broker_credentials=faust_credentials(settings.kafka),
         web_port=settings.web_port,
-        web_host="0.0.0.0",  # noqa: S104 - probes and Prometheus scrape from outside the pod
+        web_bind=settings.web_host,  # where it listens (Faust's web_host only names it in URLs)
         datadir=str(Path(settings.data_dir) / "faust"),
         topic_disable_leader=True,
         broker_session_timeout=timeout,
@@ -240,7 +240,7 @@ def worker_class() -> type:
 
 def run_worker(settings: Settings) -> None:
     """Run until SIGTERM/Ctrl-C (exits the process, as Faust's worker does)."""
-    check_web_port(settings.web_port)
+    check_web_port(settings.web_port, settings.web_host)
     stop_while_starting()
     if settings.require_gpu:
         import onnxruntime as ort

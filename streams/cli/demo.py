@@ -30,6 +30,7 @@ from driftline.inference.registry import ModelRegistry
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import encode_many
 from driftline.streams.catalog import build_catalog
+from driftline.streams.cli.common import use_colour
 from driftline.streams.core.events import ALERT_SUBJECT, RETRAIN_SUBJECT, Event, format_event, read_alert, read_retrain
 from driftline.streams.core.pipeline import Headers
 from driftline.streams.core.poison import BadRecord, Skip, SkipLog, decode_avro
@@ -249,6 +250,7 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
         env = {**os.environ, "DRIFTLINE_BROKER": bootstrap, "DRIFTLINE_SESSION_TIMEOUT_S": "6",
                "DRIFTLINE_WINDOW_S": str(settings.window_s), "DRIFTLINE_WINDOW_GRACE_S": str(settings.window_grace_s),
                "DRIFTLINE_MODEL_DIR": str(models), "DRIFTLINE_FEEDBACK": "true",
+               "DRIFTLINE_WEB_HOST": "127.0.0.1",  # a local demo: its dashboard and metrics stay on this machine
                "DRIFTLINE_MODELS": json.dumps(pinned),  # pinned: challengers join this registry
                # a demo-sized loop: train on 1,500 labels, decide after 1,000 labeled shadow requests
                "DRIFTLINE_TRAINER_MIN_LABELS": "1500", "DRIFTLINE_TRAINER_SHADOW_LABELS": "1000",
@@ -272,7 +274,7 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
               f"  driftline tail {settings.topic('predictions')}", file=out, flush=True)
         watch = Watch()
         threads = [
-            threading.Thread(target=monitor, args=(settings, catalog, watch, stop, started, out.isatty()),
+            threading.Thread(target=monitor, args=(settings, catalog, watch, stop, started, use_colour(out)),
                              daemon=True),
             threading.Thread(target=drive, args=(settings, catalog, rate, duration, drift_at, watch, stop),
                              daemon=True),
