@@ -156,6 +156,87 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
+def _version_section(rep: VersionReport, alpha: float) -> list[str]:
+    """One version: a one-line verdict, the flagged columns first with when each began, their charts since then.
+
+    Columns are ordered by how many windows flagged them, then by when the
+    first did (schema order hid the one that mattered in a 36-row table);
+    a drifted column is compared with its reference over the windows since
+    its first flag, so drift that began late in the period is not diluted
+    by the calm before it. Columns without drift share one compact table.
+    """
+    e = html.escape
+    out: list[str] = []
+    n_msgs = sum(w.messages for w in rep.windows)
+    first: dict[tuple[str, str], int] = {}
+    count: dict[tuple[str, str], int] = {}
+    for i, rs in enumerate(rep.per_window):
+        for r in rs:
+            if r.p_value < alpha:
+                key = (r.column, r.statistic)
+                first.setdefault(key, i)
+                count[key] = count.get(key, 0) + 1
+    order = sorted(rep.period, key=lambda r: (-count.get((r.column, r.statistic), 0),
+                                              first.get((r.column, r.statistic), len(rep.windows)),
+                                              column_label(r.column)))
+    drifted = [r for r in order if count.get((r.column, r.statistic))]
+    calm = [r for r in order if not count.get((r.column, r.statistic))]
+    out.append(f"<h2>Version {e(rep.version)}</h2><p>{len(rep.windows)} windows, {n_msgs:,} requests "
+               f"({sum(w.dead_letters for w in rep.windows):,} dead letters).</p>")
+    if drifted:
+        began = min(first[(r.column, r.statistic)] for r in drifted)
+        names = ", ".join(e(column_label(r.column)) for r in drifted[:5]) + (" …" if len(drifted) > 5 else "")
+        out.append(f"<p class=summary><b>{len(drifted)} of {len(order)} columns above their threshold</b> in at "
+                   f"least one window, the first from {_ts(rep.windows[began].start_ms)} (window {began + 1} of "
+                   f"{len(rep.windows)}): {names}.</p>")
+    else:
+        out.append(f"<p class=summary><b>No column above its threshold</b> in any of the {len(rep.windows)} "
+                   f"windows (false-alarm rate {alpha:g} per column and window).</p>")
+    out.append("<h3>Windows above the threshold</h3><table><tr><th>column</th><th>test</th>"
+               "<th class=n>windows flagged</th><th class=n>of</th><th>first flagged</th></tr>")
+    for r in order:
+        key = (r.column, r.statistic)
+        k = count.get(key, 0)
+        when = _ts(rep.windows[first[key]].start_ms) if k else "–"
+        out.append(f"<tr{' class=flag' if k else ''}><td>{e(column_label(r.column))}</td><td>{e(r.statistic)}"
+                   f"</td><td class=n>{k}</td><td class=n>{len(rep.windows)}</td><td>{when}</td></tr>")
+    out.append("</table>")
+    if drifted:
+        out.append('<p class="legend">Since each column was first flagged:<span style="background:#8a96a3"></span>'
+                   'reference<span style="background:#2f81f7"></span>current</p>')
+    for r in drifted:
+        start = first[(r.column, r.statistic)]
+        since = total(rep.windows[start:])
+        same = (r.column, r.statistic)
+        now = next((x for x in evaluate(rep.profile, since, alpha) if (x.column, x.statistic) == same), r)
+        name = column_label(r.column)
+        out.append(f'<h3 id="col-{e(name)}">{e(name)} <span class=dim>({e(r.kind)}, since '
+                   f"{_ts(rep.windows[start].start_ms)})</span></h3>")
+        out.append(_stat_table([now], alpha))
+        if now.statistic in ("ks", "chi2"):
+            labels, ref, cur = _column(rep.profile, since, name)
+            out.append(_bars(labels, ref, cur))
+    if calm:
+        out.append("<h3>Columns without drift (whole period)</h3>")
+        out.append(_stat_table(calm, alpha, named=True))
+    return out
+
+
+def _stat_table(results: list[ColumnResult], alpha: float, named: bool = False) -> str:
+    e = html.escape
+    rows = [f"<table><tr>{'<th>column</th>' if named else ''}<th>statistic</th><th class=n>value</th>"
+            "<th class=n>threshold</th><th class=n>p</th><th class=n>PSI</th><th class=n>PSI chance level</th>"
+            "<th class=n>n</th></tr>"]
+    for r in results:
+        rows.append(f"<tr{' class=flag' if r.p_value < alpha else ''}>"
+                    f"{f'<td>{e(column_label(r.column))}</td>' if named else ''}<td>{e(r.statistic)}</td>"
+                    f'<td class=n data-value="{r.value!r}">{r.value:.4g}</td><td class=n>{r.threshold:.4g}</td>'
+                    f"<td class=n>{r.p_value:.3g}</td><td class=n>{r.psi:.4g}</td>"
+                    f"<td class=n>{r.psi_threshold:.4g}</td><td class=n>{r.n:,}</td></tr>")
+    rows.append("</table>")
+    return "".join(rows)
+
+
 def render(model: str, reports: list[VersionReport], alerts: list[Alert], since_ms: int, until_ms: int,
            alpha: float, skipped: int = 0) -> str:
     """The report page; ``skipped``: records of the sketches and alerts topics left out because they do not parse."""
@@ -171,33 +252,7 @@ def render(model: str, reports: list[VersionReport], alerts: list[Alert], since_
     if not reports:
         out.append("<p>No drift window of this model closed in the period (or no reference profile).</p>")
     for rep in reports:
-        profile = rep.profile
-        n_msgs = sum(w.messages for w in rep.windows)
-        out.append(f"<h2>Version {e(rep.version)}</h2><p>{len(rep.windows)} windows, {n_msgs:,} requests "
-                   f"({sum(w.dead_letters for w in rep.windows):,} dead letters).</p>")
-        flagged = {(i, r.column, r.statistic) for i, rs in enumerate(rep.per_window) for r in rs if r.p_value < alpha}
-        out.append("<h3>Windows above the threshold</h3><table><tr><th>column</th><th>test</th>"
-                   "<th class=n>windows flagged</th><th class=n>of</th></tr>")
-        for r in rep.period:
-            k = sum(1 for i in range(len(rep.windows)) if (i, r.column, r.statistic) in flagged)
-            out.append(f"<tr{' class=flag' if k else ''}><td>{e(column_label(r.column))}</td><td>{e(r.statistic)}"
-                       f"</td><td class=n>{k}</td><td class=n>{len(rep.windows)}</td></tr>")
-        out.append("</table>")
-        out.append('<p class="legend">Over the whole period:<span style="background:#8a96a3"></span>reference'
-                   '<span style="background:#2f81f7"></span>current</p>')
-        for r in rep.period:
-            name = column_label(r.column)
-            out.append(f'<h3 id="col-{e(name)}">{e(name)} <span class=dim>({e(r.kind)})</span></h3>')
-            out.append(
-                f"<table><tr><th>statistic</th><th class=n>value</th><th class=n>threshold</th><th class=n>p</th>"
-                f"<th class=n>PSI</th><th class=n>PSI chance level</th><th class=n>n</th></tr>"
-                f"<tr{' class=flag' if r.p_value < alpha else ''}><td>{e(r.statistic)}</td>"
-                f'<td class=n data-value="{r.value!r}">{r.value:.4g}</td><td class=n>{r.threshold:.4g}</td>'
-                f"<td class=n>{r.p_value:.3g}</td><td class=n>{r.psi:.4g}</td><td class=n>{r.psi_threshold:.4g}</td>"
-                f"<td class=n>{r.n:,}</td></tr></table>")
-            if r.statistic in ("ks", "chi2"):
-                labels, ref, cur = _column(profile, total(rep.windows), name)
-                out.append(_bars(labels, ref, cur))
+        out.extend(_version_section(rep, alpha))
     out.append("<h2>Alerts of the period</h2>")
     if alerts:
         out.append("<table><tr><th>time</th><th>severity</th><th>kind</th><th>version</th><th>message</th></tr>")
