@@ -26,6 +26,7 @@ from typing import Any, TextIO, cast
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from driftline.inference.deployment import Deployment
 from driftline.inference.registry import ModelRegistry
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import encode_many
@@ -38,6 +39,7 @@ from driftline.streams.errors import ConfigError
 from driftline.streams.example import fraud_generator
 from driftline.streams.kafka.broker import BrokerKind, launch
 from driftline.streams.kafka.clients import read_headers
+from driftline.streams.kafka.control import write_deployment
 from driftline.streams.kafka.topics import count_records, ensure_topics
 from driftline.streams.settings import Settings
 
@@ -247,11 +249,18 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
         shutil.copytree(settings.model_dir, models)
         registry = ModelRegistry(models)
         pinned = [{"name": b.name, "version": registry.path(b.name, b.version).name} for b in settings.models]
+        # What serves is on the control topic from the start: a version registered from a second terminal is
+        # then a candidate to shadow or promote, not the champion of a configured "latest".
+        control = Producer(settings.producer_config())
+        for pin in pinned:
+            write_deployment(control, settings, Deployment(pin["name"], pin["version"]))
         env = {**os.environ, "DRIFTLINE_BROKER": bootstrap, "DRIFTLINE_SESSION_TIMEOUT_S": "6",
                "DRIFTLINE_WINDOW_S": str(settings.window_s), "DRIFTLINE_WINDOW_GRACE_S": str(settings.window_grace_s),
                "DRIFTLINE_MODEL_DIR": str(models), "DRIFTLINE_FEEDBACK": "true",
                "DRIFTLINE_WEB_HOST": "127.0.0.1",  # a local demo: its dashboard and metrics stay on this machine
                "DRIFTLINE_MODELS": json.dumps(pinned),  # pinned: challengers join this registry
+               # labels come a second after their requests: joined ids need not be remembered for an hour
+               "DRIFTLINE_FEEDBACK_TTL_S": "120",
                # a demo-sized loop: train on 1,500 labels, decide after 1,000 labeled shadow requests
                "DRIFTLINE_TRAINER_MIN_LABELS": "1500", "DRIFTLINE_TRAINER_SHADOW_LABELS": "1000",
                "DRIFTLINE_TRAINER_WAIT_S": "60", "DRIFTLINE_TRAINER_SHADOW_WAIT_S": "60"}

@@ -213,9 +213,9 @@ class Trainer:
         model = request.model
         dep = self.deployment(model)
         if request.model_version != dep.champion:  # asked for before a promotion: the version it names is gone
-            self.emit(request, "failed", f"stale: v{request.model_version} is no longer the champion (v{dep.champion} "
-                      f"is); v{dep.champion}'s own alerts ask for a retrain when it needs one")
-            return "failed"
+            self.emit(request, "rejected", f"superseded: v{request.model_version} is no longer the champion "
+                      f"(v{dep.champion} is); v{dep.champion}'s own alerts ask for a retrain when it needs one")
+            return "rejected"
         champion = Manifest.read(self.registry.path(model, dep.champion))
         positive = champion.labels[1]
         since = request.data_start

@@ -1,4 +1,4 @@
-"""A retrain request for a version that is no longer the champion fails as stale, naming both versions.
+"""A retrain request for a version that is no longer the champion is rejected as superseded, naming both versions.
 
 `make demo` printed `RETRAIN registered fraud v1 → v3 … next to v2`: a request
 raised on v1 before v2's promotion was still trained, from v2's labels, under
@@ -40,5 +40,5 @@ def test_a_request_for_a_replaced_champion_fails_as_stale(broker: Broker, namesp
     assert run_trainer(settings, catalog, once=True) == 0
     events = [read_retrain(catalog, m.value()) for m in iter_topic(settings.confluent(), settings.topic("retrain"))]
     stages = [(e.stage, e.reason) for e in events if isinstance(e, RetrainEvent) and e.id == "drift-on-1"]
-    assert [s for s, _ in stages] == ["requested", "failed"], stages
-    assert "stale: v1 is no longer the champion (v2 is)" in stages[-1][1]
+    assert [s for s, _ in stages] == ["requested", "rejected"], stages
+    assert "superseded: v1 is no longer the champion (v2 is)" in stages[-1][1]
