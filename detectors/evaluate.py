@@ -1,22 +1,41 @@
 """Window statistics: a merged sketch against the reference profile, one result per column.
 
 Decision statistic per column, so that each column has one calibrated test
-and the false-alarm rate per column per window is the configured level:
-numeric columns (and the score) use the two-sample KS test on fine bins,
-categorical columns the chi-square test; PSI is reported with it, and its
-sample-size-aware threshold says how large a PSI this window could show by
-chance. Null rates are tested against the reference null rate (data quality).
+and the false-alarm rate per column per window is the configured level
+whatever the window and reference sizes (see :mod:`driftline.detectors.stats`):
+
+* numeric columns (and the score): the smooth test of order 4 on the fine
+  bins, statistic ``chi2`` with up to 4 degrees of freedom; valid for ties,
+  so count and mostly-constant columns are tested as exactly as continuous ones;
+* categorical columns: the chi-square test of the 2×C table, rare levels pooled;
+* null rates: Fisher's exact test against the reference's null count
+  (the reference is a sample), one-sided;
+* the dead-letter rate: the exact binomial test against the configured
+  expected rate (a rate, not a sample), one-sided.
+
+PSI is reported with every drift result as an effect size, with the PSI this
+window would show by chance (``psi_threshold``); it does not decide. In every
+result ``value > threshold`` exactly when ``p_value < alpha``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from driftline.detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
 from driftline.detectors.sketch import ColumnSketch, WindowSketch
-from driftline.detectors.stats import chi2_counts, chi2_isf, ks_counts, ks_threshold, psi, psi_threshold, rate_test
+from driftline.detectors.stats import (
+    binomial_test,
+    chi2_homogeneity,
+    chi2_isf,
+    psi,
+    psi_chance_level,
+    smooth_test,
+    two_sample_rate_test,
+)
 
 SCORE = "__score__"
 DEAD_LETTERS = "__dead_letters__"
@@ -28,12 +47,12 @@ class ColumnResult:
 
     column: str
     kind: str  # data_drift, prediction_drift, data_quality
-    statistic: str  # ks, chi2, null_rate
+    statistic: str  # chi2, null_rate, dead_letter_rate
     value: float
-    threshold: float  # the value this window would exceed with probability alpha under no drift
+    threshold: float  # flagged (p_value < alpha) exactly when value > threshold
     p_value: float
     psi: float
-    psi_threshold: float
+    psi_threshold: float  # the PSI a window this size shows by chance in alpha of the windows
     n: int
     reference_n: int
     top_bins: tuple[tuple[str, float, float], ...] = ()
@@ -47,7 +66,7 @@ def evaluate(profile: ReferenceProfile, sketch: WindowSketch, alpha: float) -> l
         if col.n > 0:
             out.append(_numeric(ref, col, "data_drift", alpha) if isinstance(ref, NumericReference)
                        else _categorical(ref, col, alpha))
-        quality = _null_rate(ref.name, ref.null_rate, ref.n, col, alpha)
+        quality = _null_rate(ref, col, alpha)
         if quality is not None:
             out.append(quality)
     if sketch.score.n > 0:
@@ -57,42 +76,66 @@ def evaluate(profile: ReferenceProfile, sketch: WindowSketch, alpha: float) -> l
 
 def _numeric(ref: NumericReference, col: ColumnSketch, kind: str, alpha: float, name: str | None = None
              ) -> ColumnResult:
-    d, p = ks_counts(ref.fine_counts, col.fine)
-    value = psi(ref.counts, col.counts)
-    labels = _bin_labels(ref.edges)
-    return ColumnResult(name or ref.name, kind, "ks", d, ks_threshold(col.n, ref.n, alpha), p, value,
-                        psi_threshold(len(ref.counts), col.n, ref.n, alpha), col.n, ref.n,
-                        _top_bins(labels, ref.counts, col.counts))
+    stat, p, dof = (float(v[0]) for v in smooth_test(ref.fine_counts, col.fine))
+    return _drift(name or ref.name, kind, stat, p, int(dof), alpha, ref, col, _bin_labels(ref.edges))
 
 
 def _categorical(ref: CategoricalReference, col: ColumnSketch, alpha: float) -> ColumnResult:
-    stat, p = chi2_counts(ref.counts, col.counts)
-    labels = [*ref.categories, "(other)"]
-    dof = int(((ref.counts + col.counts) > 0).sum()) - 1
-    return ColumnResult(ref.name, "data_drift", "chi2", stat, chi2_isf(alpha, max(dof, 1)), p,
-                        psi(ref.counts, col.counts),
-                        psi_threshold(len(ref.counts), col.n, ref.n, alpha), col.n, ref.n,
+    stat, p, dof = (float(v[0]) for v in chi2_homogeneity(ref.counts, col.counts))
+    return _drift(ref.name, "data_drift", stat, p, int(dof), alpha, ref, col, [*ref.categories, "(other)"])
+
+
+def _drift(name: str, kind: str, stat: float, p: float, dof: int, alpha: float,
+           ref: NumericReference | CategoricalReference, col: ColumnSketch, labels: list[str]) -> ColumnResult:
+    threshold = _consistent(stat, chi2_isf(alpha, max(dof, 1)), p, alpha)
+    return ColumnResult(name, kind, "chi2", stat, threshold, p, psi(ref.counts, col.counts),
+                        psi_chance_level(ref.counts, col.n, alpha), col.n, ref.n,
                         _top_bins(labels, ref.counts, col.counts))
 
 
-def _null_rate(name: str, ref_rate: float, ref_n: int, col: ColumnSketch, alpha: float) -> ColumnResult | None:
-    """One-sided test that the window has more nulls than the reference (normal approximation)."""
+def reference_nulls(ref: NumericReference | CategoricalReference) -> tuple[int, int]:
+    """The reference's null count and rows (its ``n`` counts the values present; ``null_rate`` is of all rows)."""
+    if ref.null_rate <= 0.0:
+        return 0, ref.n
+    if ref.null_rate >= 1.0 or ref.n == 0:
+        return 0, 0  # nothing but nulls: no rate to compare with
+    nulls = round(ref.n * ref.null_rate / (1.0 - ref.null_rate))
+    return nulls, ref.n + nulls
+
+
+def _null_rate(ref: NumericReference | CategoricalReference, col: ColumnSketch, alpha: float) -> ColumnResult | None:
+    """One-sided exact test that the window has more nulls than the reference (both samples)."""
     total = col.n + col.nulls
     if total == 0:
         return None
+    nulls, rows = reference_nulls(ref)
+    p, critical = two_sample_rate_test(col.nulls, total, nulls, rows, alpha)
     rate = col.nulls / total
-    p, threshold = rate_test(rate, min(max(ref_rate, 0.5 / max(ref_n, 1)), 1.0 - 1e-9), total, alpha)
-    return ColumnResult(name, "data_quality", "null_rate", rate, threshold, p, 0.0, 0.0, total, ref_n)
+    threshold = _consistent(rate, _rate_threshold(critical, total), p, alpha)
+    return ColumnResult(ref.name, "data_quality", "null_rate", rate, threshold, p, 0.0, 0.0, total, rows)
 
 
 def dead_letter_result(sketch: WindowSketch, baseline_rate: float, alpha: float) -> ColumnResult | None:
-    """Dead-letter rate of the window against an expected rate (one-sided binomial, normal approximation)."""
+    """Dead-letter rate of the window against the expected (configured) rate: one-sided exact binomial test."""
     if sketch.messages == 0:
         return None
+    p, critical = binomial_test(sketch.dead_letters, sketch.messages, baseline_rate, alpha)
     rate = sketch.dead_letters / sketch.messages
-    p, threshold = rate_test(rate, min(max(baseline_rate, 1e-4), 1 - 1e-9), sketch.messages, alpha)
+    threshold = _consistent(rate, _rate_threshold(critical, sketch.messages), p, alpha)
     return ColumnResult(DEAD_LETTERS, "data_quality", "dead_letter_rate", rate, threshold, p, 0.0, 0.0,
                         sketch.messages, 0)
+
+
+def _rate_threshold(critical: int, total: int) -> float:
+    """The largest rate not flagged: one count below the critical count (1.0 when nothing can be flagged)."""
+    return min(critical - 1, total) / total
+
+
+def _consistent(value: float, threshold: float, p: float, alpha: float) -> float:
+    """``threshold``, nudged in the last bit where rounding put ``value`` on the wrong side of it."""
+    if (value > threshold) == (p < alpha):
+        return threshold
+    return math.nextafter(value, -math.inf) if p < alpha else value
 
 
 def bin_labels(ref: NumericReference | CategoricalReference) -> list[str]:

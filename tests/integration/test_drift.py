@@ -90,7 +90,7 @@ def test_alerts_only_after_drift_only_on_drifted_features_and_a_retrain(
     assert all(escape(a["message"]) in page for a in alerts)
     for feature in DRIFTED:
         section = page.split(f'<h3 id="col-{feature}">')[1].split("<h3")[0]
-        assert "<tr class=flag><td>ks</td>" in section and "<svg" in section
+        assert "<tr class=flag><td>chi2</td>" in section and "<svg" in section
     flagged = dict(re.findall(r"<tr class=flag><td>([a-z_0-9]+)</td><td>(?:ks|chi2)</td><td class=n>(\d+)", page))
     assert DRIFTED <= set(flagged) and all(int(flagged[f]) >= 2 for f in DRIFTED)
 

@@ -21,8 +21,10 @@ NOW = 1_767_225_700_000
 ERRORS = [(ERROR_HEADER + "reason", b"malformed_avro"), (ERROR_HEADER + "exception.message", b"x" * 300)]
 
 blobs = st.one_of(st.none(), st.binary(max_size=64), st.integers(0, 300_000).map(lambda n: b"k" * n))
-header_lists = st.lists(st.tuples(st.text(max_size=40), st.one_of(st.none(), st.binary(max_size=3000))),
-                        max_size=300)
+# Original headers never carry driftline's own prefix here: the assertions tell the two apart by it (hypothesis
+# draws string constants from the code under test, so it does try "driftline.errors." as a name).
+header_lists = st.lists(st.tuples(st.text(max_size=40).filter(lambda name: not name.startswith(ERROR_HEADER)),
+                                  st.one_of(st.none(), st.binary(max_size=3000))), max_size=300)
 
 
 @settings(max_examples=300, deadline=None)

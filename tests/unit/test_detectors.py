@@ -65,9 +65,14 @@ def test_kolmogorov_matches_scipy() -> None:
 def test_chi2_counts_matches_scipy_contingency_test(rng: np.random.Generator) -> None:
     ref = np.array([400, 300, 150, 100, 50, 0])
     cur = np.bincount(rng.choice(6, 700, p=[0.35, 0.3, 0.2, 0.1, 0.04, 0.01]), minlength=6)
-    stat, p = chi2_counts(ref, cur)
+    stat, p = chi2_counts(ref, cur, min_expected=0)
     want = stats.chi2_contingency(np.vstack([ref, cur]), correction=False)
     assert stat == pytest.approx(want.statistic) and p == pytest.approx(want.pvalue)
+    # by default levels expecting fewer than 5 counts pool: here the unseen last one with the next rarest
+    pooled = np.vstack([[*ref[:4], ref[4] + ref[5]], [*cur[:4], cur[4] + cur[5]]])
+    assert stats.contingency.expected_freq(np.vstack([ref, cur]))[:, 5].min() < 5
+    want = stats.chi2_contingency(pooled, correction=False)
+    assert chi2_counts(ref, cur) == pytest.approx((want.statistic, want.pvalue))
     # and against scipy.stats.chisquare when the reference is much larger than the window
     big = ref[:5] * 1000
     small = cur[:5]

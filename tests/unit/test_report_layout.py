@@ -48,8 +48,8 @@ def test_the_report_leads_with_the_drifted_column_and_when_it_began(catalog: Sch
     assert "since 2026-01-01 00:07:00 UTC" in section and "<svg" in section
     # compared over the 3 drifted windows only: the statistic is the drifted windows', not diluted by 7 calm ones
     since = report.evaluate(PROFILE, report.total([windows[k] for k in sorted(windows)][7:]), ALPHA)
-    whole = next(r for r in rep.period if r.column == "amount" and r.statistic == "ks")
-    ks_since = next(r for r in since if r.column == "amount" and r.statistic == "ks")
+    whole = next(r for r in rep.period if r.column == "amount" and r.statistic == "chi2")
+    ks_since = next(r for r in since if r.column == "amount" and r.statistic == "chi2")
     assert ks_since.value > 2 * whole.value
     assert f'data-value="{ks_since.value!r}"' in section
     assert "<h3>Columns without drift (whole period)</h3>" in page
