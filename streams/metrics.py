@@ -119,7 +119,7 @@ class Metrics:
         )
         self.ready = Gauge("driftline_ready", "1 when /readyz answers ready, else 0.", registry=registry)
         self.drift_statistic = Gauge(
-            "driftline_drift_statistic", "Each column's test statistic (ks, chi2, null_rate, dead_letter_rate) "
+            "driftline_drift_statistic", "Each column's test statistic (chi2, null_rate, dead_letter_rate) "
             "and PSI in the last closed window.", ["model", "feature", "statistic"], registry=registry,
         )
         self.drift_threshold = Gauge(
