@@ -20,11 +20,10 @@ from driftline.detectors.profile import NumericReference, ReferenceProfile
 from driftline.detectors.river_signal import KINDS
 from driftline.detectors.sketch import ColumnSketch, WindowSketch
 from driftline.streams.core.events import Alert, BinShift, RetrainEvent, event_id, retrain_request
-from driftline.streams.core.poison import BadRecord, Skip, brief, load_json
+from driftline.streams.core.poison import BadRecord, Skip, brief, load_json, printable_name
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = 1
-MAX_NAME = 200  # model and version names are directory names
 MAX_MS = 2**53  # epoch ms beyond this are no time
 MAX_COUNT = 2**40  # a count no real sketch reaches; keeps merged int64 counts far from overflow
 
@@ -344,11 +343,7 @@ def _list(value: Any, what: str) -> list[Any]:
 
 
 def _name(value: Any, what: str) -> str:
-    """Printable (no control characters, no lone surrogates): names end up in metric labels and logs."""
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME or not value.isprintable():
-        raise BadRecord("invalid_sketch", f"{what} must be a non-empty printable string of at most {MAX_NAME} "
-                                          "characters")
-    return value
+    return printable_name(value, what, "invalid_sketch")
 
 
 def _int(d: Mapping[str, Any], key: str, limit: int) -> int:

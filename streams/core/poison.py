@@ -76,6 +76,16 @@ def brief(value: Any) -> str:
     return _REPR.repr(value)
 
 
+MAX_NAME = 200  # model, version and column names: directory names, metric labels
+
+
+def printable_name(value: Any, what: str, reason: str) -> str:
+    """``value`` if it is a name fit for metric labels and logs (printable, no lone surrogates); else BadRecord."""
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME or not value.isprintable():
+        raise BadRecord(reason, f"{what} must be a non-empty printable string of at most {MAX_NAME} characters")
+    return value
+
+
 def load_json(value: bytes | None) -> Any:
     """JSON of a record value; :class:`BadRecord` for a tombstone, bad UTF-8, bad JSON or JSON nested too deep."""
     if value is None:

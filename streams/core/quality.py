@@ -40,12 +40,11 @@ from driftline.inference.deployment import ARM_A, ARM_B, CANARY, CHAMPION, SHADO
 from driftline.inference.manifest import Task
 from driftline.streams.core.drift import DriftMonitor, sketch_from_dict
 from driftline.streams.core.events import Alert, RetrainEvent, Severity, point_alert, retrain_request
-from driftline.streams.core.poison import BadRecord, Skip, brief, load_json
+from driftline.streams.core.poison import BadRecord, Skip, brief, load_json, printable_name
 
 LABELS_KIND = "labels"  # the "kind" of a label batch on {ns}.sketches (window sketches have none)
 TASKS = get_args(Task)  # binary_classification, regression
 VARIANTS = frozenset({CHAMPION, CANARY, SHADOW, ARM_A, ARM_B})
-MAX_NAME = 200
 MAX_VALUES = 1 << 20  # values in one group of a batch (a feedback batch holds at most a few thousand)
 STATE_FORMAT = 1
 CALIBRATION_BINS = 10
@@ -408,11 +407,7 @@ def _object(value: Any, what: str) -> Mapping[str, Any]:
 
 
 def _name(value: Any, what: str) -> str:
-    """Printable (no control characters, no lone surrogates): names end up in metric labels and logs."""
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME or not value.isprintable():
-        raise BadRecord("invalid_labels", f"{what} must be a non-empty printable string of at most {MAX_NAME} "
-                                          "characters")
-    return value
+    return printable_name(value, what, "invalid_labels")
 
 
 def _variant(value: Any) -> str:
