@@ -23,8 +23,11 @@ from tests.byo import CARD, SPEC, export, sklearn_scores, train
 from tests.helpers import Collector, WorkerProcess, produce
 
 pytestmark = pytest.mark.kafka
+# Scoring a multi-input model is the same on either broker (both passed when written): the embedded one.
+ONE_BROKER = pytest.mark.parametrize("broker", ["tansu"], indirect=True)
 
 
+@ONE_BROKER
 def test_a_worker_scores_a_multi_input_model_end_to_end(
     broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator  # type: ignore[no-untyped-def]
 ) -> None:

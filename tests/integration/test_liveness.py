@@ -22,6 +22,8 @@ from driftline.streams.settings import load_settings
 from tests.helpers import WorkerProcess, produce
 
 pytestmark = pytest.mark.kafka
+# The liveness rule is the worker's, not the broker's: the embedded broker only.
+ONE_BROKER = pytest.mark.parametrize("broker", ["tansu"], indirect=True)
 
 STALL_S = 2.0
 
@@ -34,6 +36,7 @@ def get(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+@ONE_BROKER
 def test_healthz_fails_once_a_stall_outlasts_the_liveness_bound(
     broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng,  # type: ignore[no-untyped-def]
 ) -> None:

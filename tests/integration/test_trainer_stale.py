@@ -23,9 +23,12 @@ from driftline.streams.settings import load_settings
 from driftline.streams.trainer.service import run_trainer
 
 pytestmark = pytest.mark.kafka
+# A trainer decision, the same on either broker: Apache Kafka only.
+ONE_BROKER = pytest.mark.parametrize("broker", ["kafka"], indirect=True)
 
 
-def test_a_request_for_a_replaced_champion_fails_as_stale(broker: Broker, namespace: str,
+@ONE_BROKER
+def test_a_request_for_a_replaced_champion_is_rejected_as_superseded(broker: Broker, namespace: str,
                                                            catalog: SchemaCatalog) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
     ensure_topics(settings)
