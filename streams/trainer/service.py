@@ -123,8 +123,10 @@ class LabeledReader:
         pending = self._partitions - self._at_end  # fixed for this call, so steady traffic cannot keep it open
         polled = False
         while not polled or pending:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"reading {self.topic} did not reach its end within {timeout_s:.0f}s")
+            if time.monotonic() > deadline:  # labels arrive faster than a slow broker serves them: read on next call
+                log.info("reading %s: %d partitions not at their end after %.0fs; going on with what came",
+                         self.topic, len(pending), timeout_s)
+                break
             polled = True
             for m in self._consumer.consume(10_000, timeout=0.1):
                 err = m.error()
