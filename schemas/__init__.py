@@ -3,9 +3,16 @@
 Pure library: numpy and fastavro only, no Kafka, no global state.
 """
 
-from driftline.schemas.catalog import SchemaCatalog, WireSchema, builtin_schema_dir, schema_id
+from driftline.schemas.catalog import (
+    SchemaCatalog,
+    SchemaSource,
+    WireSchema,
+    builtin_schema_dir,
+    canonical_id,
+    schema_id,
+)
 from driftline.schemas.codec import BatchDecoder, DecodedBatch, Failure, decode, encode, encode_many, frame
-from driftline.schemas.errors import DriftlineError, ProfileError, SchemaError
+from driftline.schemas.errors import DriftlineError, ProfileError, SchemaError, SchemaUnavailable
 from driftline.schemas.profile import CategoricalFeature, InputProfile, NumericFeature
 from driftline.schemas.validation import REASONS, ValidatedBatch, Validator
 
@@ -21,10 +28,13 @@ __all__ = [
     "ProfileError",
     "SchemaCatalog",
     "SchemaError",
+    "SchemaSource",
+    "SchemaUnavailable",
     "ValidatedBatch",
     "Validator",
     "WireSchema",
     "builtin_schema_dir",
+    "canonical_id",
     "decode",
     "encode",
     "encode_many",

@@ -1,14 +1,24 @@
 """Schema catalog: ``.avsc`` files with stable ids, subjects and versions.
 
 A file ``<stem>.v<N>.avsc`` is version ``N`` of the subject named by the
-record's full name. Its id is derived from the schema's Parsing Canonical
-Form (first 31 bits of its SHA-256), so every worker and producer computes
-the same id for the same schema without a shared counter; a real Confluent
-Schema Registry assigns its own ids and is the source of truth there.
+record's full name. Without a registry its id is derived from the schema
+itself (31 bits of the SHA-256 of its whole JSON, keys sorted), so every
+worker and producer computes the same id for the same schema without a
+shared counter. The whole JSON, not the Parsing Canonical Form, because the
+canonical form drops defaults, docs and logical types: a version that
+changes only those is a legitimate evolution and needs an id of its own.
+Ids from the canonical form (what driftline wrote before) stay readable as
+aliases.
+
+With a Confluent-compatible Schema Registry the registry's ids are the truth:
+a :class:`SchemaSource` (``driftline.streams.registry``) fetches the ids the
+files do not know, and :meth:`SchemaCatalog.assign` gives a schema the id
+the registry holds it under, for writing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -16,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
@@ -49,9 +59,39 @@ class WireSchema:
 
 
 def schema_id(raw: Mapping[str, Any]) -> int:
-    """Stable id of a schema: 31 bits of the SHA-256 of its canonical form."""
-    canonical = to_parsing_canonical_form(dict(raw)).encode()
-    return int.from_bytes(hashlib.sha256(canonical).digest()[:4], "big") & 0x7FFF_FFFF
+    """Stable id of a schema without a registry: 31 bits of the SHA-256 of its whole JSON, keys sorted.
+
+    Two files that differ in a default, a doc or a logical type get two ids.
+    """
+    return _id_of(json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+
+
+def canonical_id(raw: Mapping[str, Any]) -> int:
+    """The id earlier driftline versions gave a schema: the same hash of its Parsing Canonical Form.
+
+    Schemas with one canonical form encode identically, so a record framed
+    with this id reads the same whichever of them the alias points to.
+    """
+    return _id_of(to_parsing_canonical_form(dict(raw)))
+
+
+def _id_of(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFF_FFFF
+
+
+class SchemaSource(Protocol):
+    """Where ids the files do not know are looked up (a Schema Registry)."""
+
+    def fetch(self, sid: int) -> WireSchema | None:
+        """The schema registered under ``sid``; None when the source has no such id.
+
+        Raises :class:`SchemaUnavailable` when the source cannot be reached.
+        """
+        ...
+
+    def explain_unknown(self, sid: int) -> str:
+        """What to tell about a record framed with an id that neither the files nor the source know."""
+        ...
 
 
 def strip_logical_types(node: Any) -> Any:
@@ -78,21 +118,29 @@ class SchemaCatalog:
     1
     """
 
-    def __init__(self, schemas: Iterable[WireSchema]) -> None:
+    def __init__(self, schemas: Iterable[WireSchema], source: SchemaSource | None = None) -> None:
         self._by_id: dict[int, WireSchema] = {}
         self._subjects: dict[str, dict[int, WireSchema]] = {}
+        self.source = source
         for s in schemas:
             other = self._by_id.get(s.id)
             if other is not None and other.raw != s.raw:
                 raise SchemaError(
                     f"schema id collision between {other.subject} v{other.version} and "
-                    f"{s.subject} v{s.version}; rename one of the schemas"
+                    f"{s.subject} v{s.version} (two different schemas whose hashes share 31 bits); "
+                    "add or remove a doc in one of them"
                 )
             self._by_id[s.id] = s
             versions = self._subjects.setdefault(s.subject, {})
             if s.version in versions and versions[s.version].id != s.id:
                 raise SchemaError(f"two different files claim {s.subject} version {s.version}")
             versions[s.version] = s
+        # Aliases: what earlier versions framed records with. Same canonical form, same bytes: the
+        # latest version that has it reads them; an alias never hides a real id.
+        for s in sorted(self._by_id.values(), key=lambda w: w.version):
+            alias = canonical_id(s.raw)
+            if alias not in self._by_id or self._by_id[alias].id != alias:
+                self._by_id[alias] = s
 
     @classmethod
     def from_dirs(cls, dirs: Iterable[Path | str]) -> SchemaCatalog:
@@ -107,7 +155,47 @@ class SchemaCatalog:
         return cls(schemas)
 
     def by_id(self, sid: int) -> WireSchema | None:
+        """The schema of ``sid`` if this process knows it already (no lookup: the hot path's call)."""
         return self._by_id.get(sid)
+
+    def resolve(self, sid: int) -> WireSchema | None:
+        """:meth:`by_id`, else the source's answer (kept); None when neither knows ``sid``.
+
+        Raises :class:`SchemaUnavailable` when the source cannot be asked.
+        """
+        known = self._by_id.get(sid)
+        if known is not None or self.source is None:
+            return known
+        fetched = self.source.fetch(sid)
+        if fetched is not None:
+            self.add(fetched)
+        return fetched
+
+    def add(self, schema: WireSchema) -> None:
+        """Know ``schema`` by its id from now on (a schema the source fetched); subjects' versions do not change."""
+        self._by_id[schema.id] = schema
+
+    def assign(self, schema: WireSchema, sid: int) -> WireSchema:
+        """Write ``schema`` with id ``sid`` (the registry's) from now on; its own id stays readable.
+
+        Returns the re-numbered schema, which :meth:`get` and :meth:`latest` return from now on.
+        """
+        renumbered = dataclasses.replace(schema, id=sid)
+        self._by_id[sid] = renumbered
+        self._subjects[schema.subject][schema.version] = renumbered
+        return renumbered
+
+    def versions(self, subject: str) -> list[WireSchema]:
+        """Every version of ``subject`` the files hold, oldest first (registered in this order)."""
+        return [v for _, v in sorted(self._subjects.get(subject, {}).items())]
+
+    def explain_unknown(self, sid: int) -> str:
+        """Why ``sid`` is not known, and what helps."""
+        if self.source is not None:
+            return self.source.explain_unknown(sid)
+        return (f"schema id {sid} is not one of driftline's schema files; add the writer's .avsc to a folder "
+                "in schema_dirs (DRIFTLINE_SCHEMA_DIRS), or set schema_registry.url "
+                "(DRIFTLINE_SCHEMA_REGISTRY__URL) if producers use a Schema Registry")
 
     def get(self, subject: str, version: int | None = None) -> WireSchema:
         """A subject's given version, or its latest when ``version`` is None."""
@@ -128,7 +216,8 @@ class SchemaCatalog:
         return sorted(self._subjects)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._by_id.values())
+        """Each schema the files hold, once, at its current id."""
+        return iter([v for versions in self._subjects.values() for v in versions.values()])
 
 
 def load_schema_file(file: Path) -> WireSchema:

@@ -18,7 +18,7 @@ from fastavro import schemaless_reader, schemaless_writer
 
 from driftline.schemas.catalog import SchemaCatalog, WireSchema
 from driftline.schemas.columnar import ColumnarReader, ColumnarWriter, Columns, columns_from_records, flat_fields
-from driftline.schemas.errors import SchemaError
+from driftline.schemas.errors import SchemaError, SchemaUnavailable
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -124,9 +124,9 @@ def decode(catalog: SchemaCatalog, value: bytes | None, *, fast: bool = False) -
     if value is None or len(value) < HEADER.size or value[0] != MAGIC:
         raise ValueError("not a Confluent-framed Avro message")
     _, sid = HEADER.unpack_from(value)
-    schema = catalog.by_id(sid)
+    schema = catalog.resolve(sid)  # SchemaUnavailable when a registry cannot be asked
     if schema is None:
-        raise KeyError(f"unknown schema id {sid}")
+        raise KeyError(catalog.explain_unknown(sid))
     record = schemaless_reader(io.BytesIO(value[HEADER.size :]), schema.fast if fast else schema.parsed, None)
     return schema, cast(dict[str, Any], record)
 
@@ -155,6 +155,7 @@ class BatchDecoder:
             raise SchemaError(f"{reader.subject} has no primitive fields to read")
         self.fields = fields
         self._plans: dict[int, ColumnarReader | SchemaError | None] = {}
+        self.unavailable: dict[int, str] = {}  # id → why the registry could not be asked about it
 
     def _plan(self, writer: WireSchema) -> ColumnarReader | SchemaError | None:
         if writer.id not in self._plans:
@@ -188,8 +189,7 @@ class BatchDecoder:
                 sid = int.from_bytes(value[1:5], "big")
                 writer = by_id(sid)
                 if writer is None:
-                    failures.append(Failure(i, "decode", "unknown_schema",
-                                            f"schema id {sid} is not in the catalog; register the schema"))
+                    failures.append(self._unknown(i, sid))
                 else:
                     groups.setdefault(sid, (writer, []))[1].append(i)
         parts: list[Columns] = []
@@ -214,6 +214,35 @@ class BatchDecoder:
             return DecodedBatch(columns_from_records([], self.fields), np.empty(0, np.int64),
                                 np.empty(0, np.int64), failures)
         return DecodedBatch(Columns.concat(parts), np.concatenate(positions), np.concatenate(ids), failures)
+
+    def _unknown(self, i: int, sid: int) -> Failure:
+        """An id nobody here knows: the registry lacks it, or could not be asked (see :meth:`prepare`)."""
+        why = self.unavailable.get(sid)
+        if why is not None:
+            return Failure(i, "decode", "registry_unavailable", why, "SchemaUnavailable")
+        return Failure(i, "decode", "unknown_schema", self.catalog.explain_unknown(sid))
+
+    def prepare(self, values: Sequence[bytes | None]) -> None:
+        """Look up, before :meth:`decode`, the writer ids of ``values`` that this process does not know yet.
+
+        Only with a schema source (a registry), and off the event loop (the
+        consumer thread): :meth:`decode` itself never does I/O. An id the
+        source could not be asked about is remembered here until a later
+        lookup succeeds, and its records fail as ``registry_unavailable``.
+        """
+        if self.catalog.source is None:
+            return
+        by_id = self.catalog.by_id
+        ids = {v[1:5] for v in values if v and len(v) >= HEADER.size}
+        for raw_id in ids:
+            sid = int.from_bytes(raw_id, "big")
+            if by_id(sid) is not None:
+                continue
+            try:
+                self.catalog.resolve(sid)
+                self.unavailable.pop(sid, None)
+            except SchemaUnavailable as exc:
+                self.unavailable[sid] = str(exc)
 
     @staticmethod
     def _columnar(plan: ColumnarReader, sid: int, batch: list[bytes], members: list[int],

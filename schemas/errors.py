@@ -15,5 +15,9 @@ class SchemaError(DriftlineError):
     """A schema file, schema id or schema change is not usable."""
 
 
+class SchemaUnavailable(SchemaError):
+    """The Schema Registry could not be asked about an id: the record may be fine, so it is not called malformed."""
+
+
 class ProfileError(DriftlineError):
     """A model's input profile is inconsistent with its request schema."""
