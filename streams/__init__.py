@@ -16,7 +16,8 @@ Five rooms, each with its own rule (enforced by ``tests/unit/test_boundaries.py`
   the worker only inside ``driftline worker``.
 
 Shared by all: ``settings`` (the one configuration object), ``errors``,
-``catalog`` (the schema catalog a process uses), ``metrics`` (Prometheus),
+``catalog`` (the schema catalog a process uses), ``registry`` (a Confluent-compatible
+Schema Registry as the catalog's source of ids), ``metrics`` (Prometheus),
 ``example`` (the bundled fraud example). The pure libraries
 (``driftline.schemas``, ``driftline.inference``, ``driftline.detectors``)
 never import anything from here.

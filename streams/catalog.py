@@ -1,4 +1,4 @@
-"""The schema catalog a process uses: driftline's built-in ``.avsc`` files and the configured folders.
+"""The schema catalog a process uses: driftline's built-in ``.avsc`` files, the configured folders, and a registry.
 
 Its own light module (no Faust, no Kafka clients), so commands that only
 read or write records start without importing the worker.
@@ -10,5 +10,22 @@ from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir
 from driftline.streams.settings import Settings
 
 
-def build_catalog(settings: Settings) -> SchemaCatalog:
-    return SchemaCatalog.from_dirs([builtin_schema_dir(), *settings.schema_dirs])
+def build_catalog(settings: Settings, *, writes: bool = False) -> SchemaCatalog:
+    """The files' schemas; with ``schema_registry.url``, ids the files lack are looked up there.
+
+    ``writes``: this process writes driftline's output records, which are
+    then framed with the registry's ids (registered first when
+    ``schema_registry.auto_register``). Raises ``ConfigError`` with one line
+    when the registry does not answer.
+    """
+    catalog = SchemaCatalog.from_dirs([builtin_schema_dir(), *settings.schema_dirs])
+    if settings.schema_registry.url is None:
+        return catalog
+    from driftline.streams.registry import SchemaRegistry, use_registry_ids
+
+    registry = SchemaRegistry(settings.schema_registry)
+    registry.check()
+    catalog.source = registry
+    if writes:
+        use_registry_ids(catalog, registry, settings, register=settings.schema_registry.auto_register)
+    return catalog

@@ -94,6 +94,46 @@ class KafkaSecurity(BaseModel):
         return conf
 
 
+class SchemaRegistryConfig(BaseModel):
+    """A Confluent-compatible Schema Registry; without ``url``, ids come from the ``.avsc`` files' hashes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str | None = Field(None, description="https://host:8081 (Apicurio: .../apis/ccompat/v7); unset: no registry")
+    username: str | None = Field(None, description="basic auth user (Confluent Cloud: the API key)")
+    password: SecretStr | None = Field(None, description="basic auth secret")
+    ca_file: Path | None = Field(None, description="CA bundle that signed the registry's TLS certificate")
+    subject_strategy: Literal["topic", "record", "topic_record"] = Field(
+        "topic", description="subject names: topic = {topic}-value (Confluent's default), record = the record's "
+        "full name, topic_record = {topic}-{full name}",
+    )
+    auto_register: bool = Field(
+        True, description="register driftline's output schemas at start; false: they must be registered already "
+        "(driftline schemas register)",
+    )
+    wait_s: float = Field(30.0, ge=0, le=120, description="how long a batch waits for an unreachable registry")
+    timeout_s: float = Field(5.0, gt=0, le=120, description="one registry request's time limit")
+    unknown_ttl_s: float = Field(60.0, ge=0, description="an id the registry does not have is asked again after this")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SchemaRegistryConfig:
+        if self.url is not None and not re.match(r"^https?://[^\s]+$", self.url):
+            raise ValueError(f"schema_registry.url={self.url!r} must be an http:// or https:// URL")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("schema_registry needs both username and password for basic auth, or neither")
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            raise ValueError(f"schema_registry.ca_file={self.ca_file} does not exist")
+        return self
+
+    def subject(self, topic: str, record: str) -> str:
+        """The subject a record written to ``topic`` is registered under."""
+        if self.subject_strategy == "record":
+            return record
+        if self.subject_strategy == "topic_record":
+            return f"{topic}-{record}"
+        return f"{topic}-value"
+
+
 class Partitions(BaseModel):
     """Partition counts per topic role; outputs keyed by request id spread over theirs."""
 
@@ -136,6 +176,7 @@ class Settings(BaseSettings):
     models: tuple[ModelBinding, ...] = (ModelBinding(name="fraud"),)
     model_dir: Path = EXAMPLE_MODELS
     schema_dirs: tuple[Path, ...] = ()
+    schema_registry: SchemaRegistryConfig = SchemaRegistryConfig()
     providers: Literal["auto", "cpu", "cuda"] = "auto"
     require_gpu: bool = False
     intra_op_threads: int = Field(1, ge=0)

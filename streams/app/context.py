@@ -95,8 +95,10 @@ class WorkerContext:
 
     def ready(self) -> tuple[bool, dict[str, str]]:
         """Readiness now, from the last broker probe (see the web flow's ``/readyz``)."""
+        source = self.catalog.source
         return readiness(self.progress, time.time(), broker_problem=self.client_problem() or self.probe["problem"],
-                         models_ready={s.model.name: s.model.ready for s in self.pipeline.served.values()})
+                         models_ready={s.model.name: s.model.ready for s in self.pipeline.served.values()},
+                         schema_registry=None if source is None else (getattr(source, "problem", None) or "ok"))
 
     def store_acknowledged(self, timeout_s: float = 0.0) -> None:
         """Store the offsets of every batch the broker has acknowledged; a failed delivery stops the process."""

@@ -44,6 +44,7 @@ import faust
 
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode, encode
+from driftline.schemas.errors import SchemaUnavailable
 from driftline.streams.core.deadletters import ERROR_HEADER, bound_record
 from driftline.streams.core.join import (
     KINDS,
@@ -119,6 +120,12 @@ class FeedbackAgent:
             try:
                 rec = decode(self.catalog, msg.value, fast=True)[1]
                 entry = scored_of(rec) if msg.topic == self.scored_topic else label_of(rec, msg.key, msg.value)
+            except SchemaUnavailable as exc:  # the record may be fine: say so, keep its bytes
+                if msg.topic == self.feedback_topic:
+                    out.append(self._dead(msg.key, msg.value, "registry_unavailable", str(exc), now_ms))
+                else:
+                    self._skip_scored(msg, str(exc))
+                continue
             except Exception as exc:  # noqa: BLE001 - untrusted bytes: fastavro raises IndexError, OverflowError, ...
                 if msg.topic == self.feedback_topic:
                     out.append(self._dead(msg.key, msg.value, "malformed_feedback", f"{type(exc).__name__}: {exc}",

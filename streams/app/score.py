@@ -59,7 +59,7 @@ def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None,
     deployment cannot load falls back to the configured version, and the
     refusal is added to ``refused`` as an alert.
     """
-    catalog = catalog or build_catalog(settings)
+    catalog = catalog or build_catalog(settings, writes=True)
     contributor = contributor_id()
     loader = loader_from(settings)
     served: dict[str, ServedModel] = {}
@@ -117,6 +117,14 @@ def add_score_flow(app: faust.App, ctx: WorkerContext, scoring: Scoring) -> None
     topics = list(pipeline.served)
     consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="driftline-consume")
     stall_after = settings.fault_stall_after_batches
+    wait_s = settings.batch_wait_ms / 1000
+
+    def next_batch() -> list[RawMessage]:
+        """Poll, then look up the batch's new schema ids (a registry): on the consumer thread, never on the loop."""
+        msgs = source.poll_batch(settings.batch_max, wait_s)
+        if msgs and ctx.catalog.source is not None:
+            pipeline.prepare(msgs)
+        return msgs
 
     def score_batch(msgs: list[RawMessage]) -> None:
         """Score, send and account for one batch; its offsets are stored once the broker acknowledges it."""
@@ -142,15 +150,14 @@ def add_score_flow(app: faust.App, ctx: WorkerContext, scoring: Scoring) -> None
         """
         loop = asyncio.get_running_loop()
         log.info("consuming %s as group %s", ", ".join(topics), settings.score_group)
-        wait_s = settings.batch_wait_ms / 1000
         done = 0
         ctx.liveness.started("score")
         try:
-            polling = loop.run_in_executor(consumer_thread, source.poll_batch, settings.batch_max, wait_s)
+            polling = loop.run_in_executor(consumer_thread, next_batch)
             while not app.should_stop:
                 msgs = await polling
                 scoring.active = bool(msgs)
-                polling = loop.run_in_executor(consumer_thread, source.poll_batch, settings.batch_max, wait_s)
+                polling = loop.run_in_executor(consumer_thread, next_batch)
                 if msgs:
                     if stall_after is not None and done >= stall_after:
                         log.warning("fault injection: the score agent stalls now (fault_stall_after_batches=%d)",

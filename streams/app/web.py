@@ -57,6 +57,9 @@ def add_web_pages(app: faust.App, ctx: WorkerContext) -> None:
         if time.monotonic() - ctx.probe["at"] > PROBE_EVERY_S:
             loop = asyncio.get_running_loop()
             ctx.probe["problem"] = await loop.run_in_executor(None, ctx.source.reachable)
+            recheck = getattr(ctx.catalog.source, "recheck", None)
+            if recheck is not None:  # a registry that failed a lookup: is it back?
+                await loop.run_in_executor(None, recheck)
             ctx.probe["at"] = time.monotonic()
         ok, checks = ctx.ready()
         ctx.metrics.ready.set(1.0 if ok else 0.0)

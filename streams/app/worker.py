@@ -98,7 +98,7 @@ def check_exactly_once(settings: Settings) -> None:
 
 def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
     """The worker app; models load here, so a bad model stops it before it consumes."""
-    catalog = build_catalog(settings)
+    catalog = build_catalog(settings, writes=True)
     follower = ControlFollower(settings.confluent(), settings.topic("models"))
     refused: list[Alert] = []
     pipeline = build_pipeline(settings, catalog, follower.read_to_end(), refused,
@@ -251,6 +251,10 @@ def run_worker(settings: Settings) -> None:
                 f"({', '.join(ort.get_available_providers())}); install driftline[gpu] on a machine with CUDA, "
                 "or unset DRIFTLINE_REQUIRE_GPU"
             )
+    if settings.schema_registry.url:  # a configuration check: before waiting a minute for the broker
+        from driftline.streams.registry import SchemaRegistry
+
+        SchemaRegistry(settings.schema_registry).check()
     wait_for_broker(settings.confluent(), settings.broker_wait_s)
     created = ensure_topics(settings)
     if created:

@@ -41,6 +41,7 @@ from driftline.streams.kafka.broker import BrokerKind, launch
 from driftline.streams.kafka.clients import read_headers
 from driftline.streams.kafka.control import write_deployment
 from driftline.streams.kafka.topics import count_records, ensure_topics
+from driftline.streams.registry import request_writer
 from driftline.streams.settings import Settings
 
 BAD_EVERY = 97  # one malformed request in about a hundred, so dead letters show
@@ -92,10 +93,10 @@ def drive(settings: Settings, catalog: SchemaCatalog, rate: float, duration: flo
     the fraud rule, so the labels show concept drift too.
     """
     gen = fraud_generator()
-    schema = catalog.latest("driftline.examples.CardTransaction")
+    topic = settings.requests_topic(settings.models[0])
+    schema = request_writer(catalog, settings, "driftline.examples.CardTransaction", topic)
     feedback = catalog.latest("driftline.Feedback")
     pending: deque[tuple[float, list[str], np.ndarray]] = deque()
-    topic = settings.requests_topic(settings.models[0])
     producer = Producer(settings.producer_config())
     rng = np.random.default_rng()
     drift = gen.Drift(shift={"amount": 1.0, "distance_from_last_km": 1.5},
@@ -243,7 +244,7 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
     try:
         settings = settings.model_copy(update={"broker": bootstrap})
         ensure_topics(settings)
-        catalog = build_catalog(settings)
+        catalog = build_catalog(settings, writes=True)
         models = data_dir / "models"  # a scratch registry: the trainer registers challengers into it
         shutil.rmtree(models, ignore_errors=True)
         shutil.copytree(settings.model_dir, models)

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         produce,
         profile,
         report_command,
+        schemas,
         status,
         tail,
         topics,
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_status_command(sub)
     model.add_model_commands(sub)
     profile.add_profile_commands(sub)
+    schemas.add_schemas_commands(sub)
     return p
 
 

@@ -16,7 +16,7 @@ from driftline.inference.registry import ModelRegistry, register_version
 from driftline.streams.core.provenance import code_version, file_fingerprint
 from driftline.streams.errors import ConfigError
 from driftline.streams.kafka.control import configured, current_deployment, read_deployments, write_deployment
-from driftline.streams.settings import load_settings
+from driftline.streams.settings import ModelBinding, load_settings
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -37,13 +37,25 @@ def cmd_register(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else None
     providers: ProviderChoice = args.providers or settings.providers
     catalog = None
-    if data is not None:
+    if data is not None or settings.schema_registry.url:
         from driftline.streams.catalog import build_catalog
 
         catalog = build_catalog(settings)
 
     def finish(staging: Path) -> None:
-        """Before the version becomes visible: it must warm up where the workers run it; then its profile."""
+        """Before the version becomes visible: it must warm up where the workers run it; then its profile.
+
+        With a Schema Registry, its request schema must pass the requests
+        subject's compatibility rule first (and is registered there).
+        """
+        if catalog is not None and catalog.source is not None:
+            from driftline.streams.registry import request_writer
+
+            binding = next((b for b in settings.models if b.name == args.name), ModelBinding(name=args.name))
+            topic = settings.requests_topic(binding)
+            schema = request_writer(catalog, settings, Manifest.read(staging).request_subject, topic)
+            print(f"request schema {schema.subject} v{schema.version}: id {schema.id} in the schema registry "
+                  f"(subject {settings.schema_registry.subject(topic, schema.subject)})")
         check_runs(staging, providers)
         if data is not None and catalog is not None:
             from driftline.streams.core.profiling import build_profile

@@ -130,6 +130,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from driftline.inference.registry import ModelRegistry
     from driftline.streams.catalog import build_catalog
     from driftline.streams.cli.common import require_broker
+    from driftline.streams.registry import request_writer
 
     settings = cli_settings(args)
     binding = next((m for m in settings.models if m.name == args.model), None) if args.model else settings.models[0]
@@ -139,8 +140,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     text = read_lines(args.file)
     manifest = Manifest.read(ModelRegistry(settings.model_dir).path(binding.name, binding.version))
     catalog = build_catalog(settings)
-    schema = catalog.get(manifest.request_subject, args.schema_version)
     topic = settings.requests_topic(binding)
+    schema = request_writer(catalog, settings, manifest.request_subject, topic, args.schema_version)
     require_broker(settings, [topic])
     bad = 0
 

@@ -16,7 +16,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     # A service waits for its broker as the worker does (DRIFTLINE_BROKER_WAIT_S); --once as a command does.
     require_broker(settings, [settings.topic(t) for t in ("retrain", "labeled", "models")],
                    wait_s=None if args.once else settings.broker_wait_s)
-    return run_trainer(settings, build_catalog(settings), once=args.once)
+    return run_trainer(settings, build_catalog(settings, writes=True), once=args.once)
 
 
 def add_trainer_command(sub: Subcommands) -> None:

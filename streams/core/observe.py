@@ -49,10 +49,12 @@ class Progress:
                 f"but no batch finished for {idle:.0f}s ({limit})")
 
 
-def readiness(progress: Progress, now_s: float, *, broker_problem: str | None, models_ready: dict[str, bool]
-              ) -> tuple[bool, dict[str, str]]:
-    """(ready, check → "ok" or the reason) for ``/readyz``."""
+def readiness(progress: Progress, now_s: float, *, broker_problem: str | None, models_ready: dict[str, bool],
+              schema_registry: str | None = None) -> tuple[bool, dict[str, str]]:
+    """(ready, check → "ok" or the reason) for ``/readyz``; ``schema_registry`` only where one is configured."""
     checks = {"broker": broker_problem or "ok"}
+    if schema_registry is not None:
+        checks["schema_registry"] = schema_registry
     for name, ok in models_ready.items():
         checks[f"model:{name}"] = "ok" if ok else "not loaded"
     checks["progress"] = progress.stalled(now_s) or "ok"

@@ -223,6 +223,16 @@ class ScorePipeline:
         served = self.served.get(topic)
         return served.model.name if served is not None else "-"
 
+    def prepare(self, messages: Sequence[RawMessage]) -> None:
+        """Look up the batch's writer schema ids this process does not know (a registry; I/O, off the event loop).
+
+        Without a schema source this does nothing; with one, :meth:`process`
+        then decodes without any lookup.
+        """
+        for topic, served in self.served.items():
+            if served.decoder.catalog.source is not None:
+                served.decoder.prepare([m.value for m in messages if m.topic == topic])
+
     def process(self, messages: Sequence[RawMessage], now_ms: int) -> BatchOutcome:
         out = BatchOutcome()
         by_topic: dict[str, list[RawMessage]] = {}

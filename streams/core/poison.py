@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode
+from driftline.schemas.errors import SchemaUnavailable
 
 DETAIL_CHARS = 300  # a detail is cut here: records are untrusted and may be huge
 _REPR = reprlib.Repr()
@@ -106,6 +107,8 @@ def decode_avro(catalog: SchemaCatalog, value: bytes | None, subjects: tuple[str
         schema, record = decode(catalog, value, fast=True)
     except KeyError as exc:
         raise BadRecord("unknown_schema", f"{exc.args[0] if exc.args else exc}") from None
+    except SchemaUnavailable as exc:
+        raise BadRecord("registry_unavailable", str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - fastavro raises many unrelated types on arbitrary bytes
         raise BadRecord("malformed_avro", f"not a framed Avro record: {type(exc).__name__}: {exc}") from None
     if schema.subject not in subjects:

@@ -13,7 +13,7 @@ import pytest
 from driftline.streams.cli import build_parser
 
 COMMANDS = {"up", "example", "worker", "produce", "tail", "alerts", "topics", "report", "trainer", "status", "model",
-            "profile"}
+            "profile", "schemas"}
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -43,7 +43,15 @@ def test_compose_file_is_valid_and_wires_the_stack() -> None:
     workers = [s for n, s in services.items() if n.startswith("worker-") and "profiles" not in s]
     assert len(workers) == 2 and all(w["depends_on"]["topic-init"]["condition"] == "service_completed_successfully"
                                      for w in workers)
-    assert services["topic-init"]["command"] == ["topics", "create"]
+    init = services["topic-init"]
+    assert init["command"] == ["driftline topics create && driftline schemas register"]
+    assert init["depends_on"]["schema-registry"]["condition"] == "service_healthy"
+    # every driftline container finds the registry the stack starts (its service name and port)
+    registry = services["schema-registry"]
+    assert "8081:8081" in registry["ports"] and registry["healthcheck"]["test"]
+    for name, service in services.items():
+        if name in ("topic-init", "generator") or name.startswith("worker-"):
+            assert service["environment"]["DRIFTLINE_SCHEMA_REGISTRY__URL"] == "http://schema-registry:8081", name
     assert {"schema-registry", "generator", "prometheus", "grafana"} <= set(services)
     assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     assert "./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro" in services["grafana"]["volumes"]

@@ -1,0 +1,1 @@
+"""The test Schema Registry (Apicurio, built from Maven Central): see server.py."""
