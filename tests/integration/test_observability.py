@@ -23,6 +23,9 @@ from tests.helpers import WorkerProcess, free_port, produce
 from tests.unit.test_deploy_files import exported_names, used_names
 
 pytestmark = pytest.mark.kafka
+# The page and the scrape read the worker's metrics, whichever broker it uses: the embedded one only
+# (both passed when this was written; the suite's time goes to tests where the broker matters).
+ONE_BROKER = pytest.mark.parametrize("broker", ["tansu"], indirect=True)
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -146,6 +149,7 @@ def chromium(*args: str, profile: Path) -> str:
     return done.stdout
 
 
+@ONE_BROKER
 def test_dashboard_numbers_match_metrics_in_headless_chromium(
     broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
@@ -195,6 +199,7 @@ def test_dashboard_numbers_match_metrics_in_headless_chromium(
     shot.write_bytes(png)
 
 
+@ONE_BROKER
 def test_a_real_prometheus_scrapes_the_worker(
     broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
