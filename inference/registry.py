@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Mapping
@@ -15,6 +16,28 @@ from driftline.inference.errors import ModelError
 
 # Fields a registration computes; a template's values for them are ignored.
 _COMPUTED = ("name", "version", "sha256", "created_at", "code_version", "training_data", "metrics")
+
+
+#: a model name or version: a plain directory name (no separators, no leading dot, so no ``..``), as settings allow
+_PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def is_plain_name(value: object) -> bool:
+    """Whether ``value`` may name a model or a version (see :func:`check_name`)."""
+    return isinstance(value, str) and _PLAIN.match(value) is not None
+
+
+def check_name(what: str, value: object) -> str:
+    """``value`` when it is a plain model name or version; :class:`ModelError` otherwise.
+
+    Names reach the registry from the command line, the control topic, the
+    sketches topic and retrain requests: none of them may point outside
+    ``model_dir``.
+    """
+    if not isinstance(value, str) or not is_plain_name(value):
+        raise ModelError(f"{what} {str(value)[:80]!r} is not a valid name: letters, digits, '.', '_' and '-', "
+                         "starting with a letter or digit, at most 128 characters")
+    return value
 
 
 def _version_key(version: str) -> tuple[int, int | str]:
@@ -33,7 +56,7 @@ class ModelRegistry:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir())
 
     def versions(self, name: str) -> list[str]:
-        base = self.root / name
+        base = self.root / check_name("model name", name)
         if not base.is_dir():
             return []
         found = [p.name for p in base.iterdir() if not p.name.startswith(".") and (p / "manifest.json").is_file()]
@@ -47,10 +70,18 @@ class ModelRegistry:
                 f"no versions of model {name!r} under {self.root}; set model_dir or register the model"
             )
         if version in (None, "latest"):
-            return self.root / name / versions[-1]
+            return self._inside(self.root / name / versions[-1])
+        check_name("model version", version)
         if version not in versions:
             raise ModelError(f"model {name!r} has no version {version!r} (has {', '.join(versions)})")
-        return self.root / name / str(version)
+        return self._inside(self.root / name / str(version))
+
+    def _inside(self, path: Path) -> Path:
+        """``path``, unless a symbolic link takes it out of the registry (a version must live in ``model_dir``)."""
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise ModelError(f"{path} leads outside the model directory {self.root} (a symbolic link?); "
+                             "copy the version into the registry instead")
+        return path
 
 
 def write_version(
@@ -63,7 +94,7 @@ def write_version(
     """
     from driftline.inference.manifest import MANIFEST, MODEL_FILE, Manifest
 
-    target = Path(root) / str(manifest["name"]) / str(manifest["version"])
+    target = Path(root) / check_name("model name", manifest["name"]) / check_name("model version", manifest["version"])
     if target.exists():
         raise ModelError(f"{target} already exists; versions are immutable, pick a new version")
     full = {**manifest, "sha256": hashlib.sha256(onnx_bytes).hexdigest()}
@@ -94,9 +125,8 @@ def register_version(
     from driftline.inference.manifest import MANIFEST, MODEL_FILE
     from driftline.inference.model import OnnxModel
 
-    if not version or version.startswith(".") or "/" in version:
-        raise ModelError(f"version {version!r} is not a valid directory name")
-    base = Path(root) / name
+    base = Path(root) / check_name("model name", name)
+    check_name("model version", version)
     target = base / version
     if target.exists():
         raise ModelError(f"{target} already exists; versions are immutable, pick a new version")

@@ -262,9 +262,16 @@ class Settings(BaseSettings):
     )
     web_port: int = Field(6066, ge=0, le=65535)
     web_host: str = Field(
-        "0.0.0.0",  # noqa: S104 - in a pod, probes and Prometheus come from outside
-        description="address the web server listens on (driftline up: 127.0.0.1, the demo is local)",
+        "127.0.0.1", description="address the web server listens on; the images and manifests set 0.0.0.0 (probes "
+        "and Prometheus come from outside the pod) together with a web token",
     )
+    web_token: SecretStr | None = Field(
+        None, description="bearer token that the dashboard's data, /api/* and /metrics require (/healthz and "
+        "/readyz stay open for probes); unset: no token asked for",
+    )
+    web_token_file: Path | None = Field(None, description="...or a file holding it (a mounted Kubernetes Secret)")
+    web_tls_cert_file: Path | None = Field(None, description="serve HTTPS with this certificate (PEM, with chain)")
+    web_tls_key_file: Path | None = Field(None, description="...and this key (PEM)")
     data_dir: Path = Path(".driftline")
 
     @model_validator(mode="after")
@@ -277,6 +284,16 @@ class Settings(BaseSettings):
             raise ValueError("models: two models read the same requests topic; give each its own topic")
         if self.drift_k > self.drift_m:
             raise ValueError("drift_k must not exceed drift_m")
+        if self.web_token is not None and self.web_token_file is not None:
+            raise ValueError("set web_token or web_token_file, not both")
+        if self.web_token_file is not None and not Path(self.web_token_file).is_file():
+            raise ValueError(f"web_token_file={self.web_token_file} does not exist")
+        if (self.web_tls_cert_file is None) != (self.web_tls_key_file is None):
+            raise ValueError("HTTPS needs both web_tls_cert_file and web_tls_key_file")
+        for name in ("web_tls_cert_file", "web_tls_key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}={path} does not exist")
         if self.require_gpu and self.providers == "cpu":
             raise ValueError("require_gpu with providers=cpu can never start; use providers=auto or cuda")
         return self
@@ -295,6 +312,18 @@ class Settings(BaseSettings):
         if config:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
+
+    def web_token_value(self) -> str | None:
+        """The web token, from the setting or its file (read now: a rotated Secret is read at the next start)."""
+        if self.web_token is not None:
+            token = self.web_token.get_secret_value()
+        elif self.web_token_file is not None:
+            token = Path(self.web_token_file).read_text().strip()
+        else:
+            return None
+        if len(token) < 16:
+            raise ConfigError("the web token must be at least 16 characters (openssl rand -hex 32 makes one)")
+        return token
 
     # -- derived names -------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -94,6 +95,9 @@ class WorkerProcess:
         }
         for key, value in settings.items():
             self.env[f"DRIFTLINE_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+        self.token: str | None = settings.get("web_token")  # sent to the pages that need it
+        self.scheme = "https" if "web_tls_cert_file" in settings else "http"
+        self.ssl_context: ssl.SSLContext | None = None  # trusting the test CA, for https
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -129,8 +133,15 @@ class WorkerProcess:
         return m
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:  # noqa: S310
-            return r.read().decode()
+        return self.page("/metrics").decode()
+
+    def page(self, path: str) -> bytes:
+        """A page that needs the web token (sent when the worker has one)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        request = urllib.request.Request(f"{self.scheme}://127.0.0.1:{self.port}{path}",  # noqa: S310 - loopback
+                                         headers=headers)
+        with urllib.request.urlopen(request, timeout=5, context=self.ssl_context) as r:  # noqa: S310 - loopback
+            return r.read()
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -4,17 +4,26 @@ Liveness says whether the worker's loops run, its Kafka clients are usable
 and its score path has not been stalled for long while the broker answers (a
 supervisor restarts it when not); readiness whether it can take traffic now
 (broker reachable, models loaded, score path not stalled).
+
+With a web token, everything but the probes and the dashboard's own page
+(which holds no data and asks for the token) answers 401 without it; the
+check is an aiohttp middleware, so Faust's own views are covered too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
+import logging
+import ssl
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import faust
+from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -22,6 +31,50 @@ from driftline.streams.app.context import WorkerContext
 from driftline.streams.core.observe import liveness
 
 PROBE_EVERY_S = 3.0  # at most one broker metadata request per this many seconds, however often /readyz is asked
+#: answered without the token: the probes (they say nothing about the data) and the dashboard page (static HTML)
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+#: Faust's own web views (router, tables, graph, stats, its metrics): driftline serves none of them
+FAUST_VIEWS_OFF = {f"web_{name}_enabled": False for name in ("router", "tables", "graph", "stats", "metrics")}
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def token_middleware(token: str) -> Any:
+    """401, with an empty body, for any path but :data:`OPEN_PATHS` without ``Authorization: Bearer <token>``."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS:
+            return await handler(request)
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Bearer realm="driftline"'})
+        return await handler(request)
+
+    return require_token
+
+
+def web_options(host: str, token: str | None, cert: Path | None, key: Path | None) -> dict[str, Any]:
+    """The Faust app's web settings: Faust's own views off, the token check, HTTPS where a certificate is given."""
+    options: dict[str, Any] = dict(FAUST_VIEWS_OFF)
+    if token is not None:
+        options["web_application_options"] = {"middlewares": [token_middleware(token)]}
+    elif host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("the web server listens on %s without a token: anyone who reaches it reads /metrics and the "
+                    "dashboard's data; set DRIFTLINE_WEB_TOKEN (or DRIFTLINE_WEB_TOKEN_FILE)", host)
+    if cert is not None and key is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(str(cert), str(key))
+        except (ssl.SSLError, OSError) as exc:
+            from driftline.streams.errors import ConfigError
+
+            raise ConfigError(f"web_tls_cert_file/web_tls_key_file: cannot load them ({exc}); give a PEM "
+                              "certificate and its unencrypted key") from None
+        options["web_ssl_context"] = context
+    return options
 
 
 @functools.cache

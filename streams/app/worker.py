@@ -30,7 +30,7 @@ from driftline.streams.app.context import WorkerContext
 from driftline.streams.app.control import add_control_flow, publish_deployment
 from driftline.streams.app.drift import add_drift_agent
 from driftline.streams.app.score import REVOKE_DRAIN_S, Scoring, add_score_flow, build_pipeline, deadletter_limit
-from driftline.streams.app.web import add_web_pages
+from driftline.streams.app.web import add_web_pages, web_options
 from driftline.streams.catalog import build_catalog
 from driftline.streams.core.events import Alert
 from driftline.streams.core.observe import Progress
@@ -116,6 +116,8 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
         broker_credentials=faust_credentials(settings.kafka),
         web_port=settings.web_port,
         web_bind=settings.web_host,  # where it listens (Faust's web_host only names it in URLs)
+        **web_options(settings.web_host, settings.web_token_value(), settings.web_tls_cert_file,
+                      settings.web_tls_key_file),
         datadir=str(Path(settings.data_dir) / "faust"),
         topic_disable_leader=True,
         broker_session_timeout=timeout,

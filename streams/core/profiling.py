@@ -11,7 +11,7 @@ import numpy as np
 from driftline.detectors.profile import CategoricalReference, NumericReference, Reference, ReferenceProfile
 from driftline.inference.errors import ModelError
 from driftline.inference.model import OnnxModel
-from driftline.inference.registry import ModelRegistry
+from driftline.inference.registry import ModelRegistry, is_plain_name
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.columnar import columns_from_records, flat_fields
 from driftline.schemas.errors import SchemaError
@@ -81,7 +81,7 @@ class ProfileStore:
             self._cache.move_to_end(key)
             return self._cache[key]
         found = None
-        if _plain_name(model) and _plain_name(version):  # names from a topic never leave the registry
+        if is_plain_name(model) and is_plain_name(version):  # names from a topic never leave the registry
             try:
                 path = self.registry.path(model, version) / PROFILE_FILE
                 found = ReferenceProfile.load(path) if path.is_file() else None
@@ -97,12 +97,9 @@ class ProfileStore:
 
 def has_version(registry: ModelRegistry, model: str, version: str) -> bool:
     """Whether the registry holds ``model`` v``version`` (names from a topic never leave the registry)."""
-    return _plain_name(model) and _plain_name(version) and version in registry.versions(model)
+    return is_plain_name(model) and is_plain_name(version) and version in registry.versions(model)
 
 
-def _plain_name(name: str) -> bool:
-    """A registry directory name: no path separators, no leading dot, no NUL, not absurdly long."""
-    return 0 < len(name) <= 200 and not name.startswith(".") and not any(c in name for c in "/\\\0")
 
 
 def impute(matrix: np.ndarray, profile: InputProfile) -> np.ndarray:

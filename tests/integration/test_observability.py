@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -19,6 +21,7 @@ from driftline.schemas.codec import encode_many
 from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import ensure_topics
 from driftline.streams.settings import REPO_ROOT, load_settings
+from tests.certs import make_ca, sign
 from tests.helpers import WorkerProcess, free_port, produce
 from tests.unit.test_deploy_files import exported_names, used_names
 
@@ -28,9 +31,10 @@ pytestmark = pytest.mark.kafka
 ONE_BROKER = pytest.mark.parametrize("broker", ["tansu"], indirect=True)
 
 
-def get(url: str) -> tuple[int, bytes]:
+def get(url: str, authorization: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Authorization": authorization} if authorization else {})  # noqa: S310
     try:
-        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=10) as r:  # noqa: S310 - loopback
             return r.status, r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -155,10 +159,19 @@ def test_dashboard_numbers_match_metrics_in_headless_chromium(
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
     ensure_topics(settings)
+    token = secrets.token_hex(16)
     worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, window_events="500", window_grace_s="0",
-                           feedback="true", quality_window_labels="500").start()
+                           feedback="true", quality_window_labels="500", web_token=token).start()
     base = f"http://127.0.0.1:{worker.port}"
     try:
+        wait_until(lambda: _up(base), worker, "the web server")
+        # Without the token: 401 and nothing else, for driftline's data and Faust's own views alike;
+        # the probes and the page itself (no data in it: it asks for the token) stay open.
+        for path in ("/metrics", "/api/recent", "/router/", "/table/"):
+            assert get(base + path) == (401, b""), path
+        assert get(base + "/metrics", "Bearer wrong" + token)[0] == 401
+        assert get(base + "/healthz")[0] == 200 and get(base + "/")[0] == 200
+        assert get(base + "/router/", f"Bearer {token}")[0] == 404  # Faust's views are off, not just hidden
         n = send_requests(broker.bootstrap, settings.topic("requests"), catalog, generator, rng, 3000, bad=25,
                           labels_to=settings.topic("feedback"))
         done = 'driftline_requests_total{model="fraud",outcome="predicted"}'
@@ -169,17 +182,22 @@ def test_dashboard_numbers_match_metrics_in_headless_chromium(
             return got.get(done, 0) + got.get(dead, 0) >= n
 
         wait_until(lambda: _up(base) and handled(), worker, "every request handled")
-        wait_until(lambda: json.loads(get(base + "/api/recent")[1])["windows"], worker, "a drift window")
+        wait_until(lambda: json.loads(worker.page("/api/recent"))["windows"], worker, "a drift window")
         wait_until(lambda: samples(worker.metrics()).get(
             'driftline_labels_total{model="fraud",outcome="joined"}', 0) >= 3000, worker, "every label joined")
-        dom = chromium("--virtual-time-budget=6000", "--dump-dom", base + "/", profile=tmp_path / "chrome")
+        # The token in the address's fragment: the page keeps it for the tab and sends it as a bearer token.
+        dom = chromium("--virtual-time-budget=6000", "--dump-dom", f"{base}/#token={token}",
+                       profile=tmp_path / "chrome")
+        asked = chromium("--virtual-time-budget=3000", "--dump-dom", base + "/", profile=tmp_path / "chrome3")
         metrics = samples(worker.metrics())
         shot = REPO_ROOT / ".driftline" / "dashboard.png"  # git-ignored; docs/dashboard.png is a copy
         shot.parent.mkdir(exist_ok=True)
         chromium("--virtual-time-budget=6000", "--window-size=1400,1100", f"--screenshot={tmp_path / 'dash.png'}",
-                 base + "/", profile=tmp_path / "chrome2")
+                 f"{base}/#token={token}", profile=tmp_path / "chrome2")
     finally:
         worker.stop()
+    assert "needs the web token" in asked and '<form id="login">' in asked  # no token: the form, no data
+    assert 'data-value="' not in asked
     page = _Values()
     page.feed(dom)
     assert page.polls >= 1, dom[:2000]
@@ -207,13 +225,25 @@ def test_a_real_prometheus_scrapes_the_worker(
     assert exe, "Debian's prometheus is needed for this test (.ci/run installs it: apt-get install prometheus)"
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
     ensure_topics(settings)
-    worker = WorkerProcess(broker.bootstrap, namespace, tmp_path).start()
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = make_ca(pki, "ca")
+    cert, key = sign(pki, "ca", "worker", "IP:127.0.0.1")
+    (tmp_path / "token").write_text(secrets.token_hex(16) + "\n")  # as a mounted Secret holds it
+    worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, web_token_file=str(tmp_path / "token"),
+                           web_tls_cert_file=str(cert), web_tls_key_file=str(key))
+    worker.token = (tmp_path / "token").read_text().strip()
+    worker.ssl_context = ssl.create_default_context(cafile=str(ca))
+    worker.start()
     port = free_port()
     config = tmp_path / "prometheus.yml"
+    # The scrape job the production files use: HTTPS, the CA, the token from a file.
     config.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         f"rule_files: ['{REPO_ROOT / 'deploy' / 'prometheus' / 'rules.yml'}']\n"
-        f"scrape_configs:\n  - job_name: driftline\n    static_configs:\n      - targets: ['127.0.0.1:{worker.port}']\n"
+        f"scrape_configs:\n  - job_name: driftline\n    scheme: https\n    tls_config: {{ca_file: '{ca}'}}\n"
+        f"    authorization: {{credentials_file: '{tmp_path / 'token'}'}}\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{worker.port}']\n"
     )
     prom = subprocess.Popen([exe, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                              f"--web.listen-address=127.0.0.1:{port}"],

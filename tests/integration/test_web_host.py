@@ -1,8 +1,8 @@
-"""Where the web server listens: every address in a pod (probes, Prometheus), loopback for a local demo.
+"""Where the web server listens: loopback unless told (the images and manifests say 0.0.0.0, with a token).
 
-`driftline up` sets ``DRIFTLINE_WEB_HOST=127.0.0.1`` for the worker it starts: the demo's dashboard and
-metrics describe the data and stay on the machine. Read from the kernel's own table of listening sockets
-(/proc/net/tcp), so the test needs no second network interface. Broker-independent: Tansu only.
+The dashboard and metrics describe the data: by default they stay on the machine. Read from the kernel's
+own table of listening sockets (/proc/net/tcp), so the test needs no second network interface.
+Broker-independent: Tansu only.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def listening_address(port: int) -> str:
 
 
 @pytest.mark.parametrize("broker", ["tansu"], indirect=True)
-@pytest.mark.parametrize(("host", "expected"), [("127.0.0.1", "127.0.0.1"), (None, "0.0.0.0")])  # noqa: S104
+@pytest.mark.parametrize(("host", "expected"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])  # noqa: S104
 def test_the_web_server_listens_where_it_is_told(broker: Broker, namespace: str, tmp_path: Path, host: str | None,
                                                  expected: str) -> None:
     worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, **({"web_host": host} if host else {})).start()

@@ -26,9 +26,15 @@ def promtool(*args: str) -> str:
     return done.stdout
 
 
-def test_promtool_accepts_the_rules_and_config_and_the_rules_fire_as_intended() -> None:
+def test_promtool_accepts_the_rules_and_config_and_the_rules_fire_as_intended(tmp_path: Path) -> None:
     assert "SUCCESS: 8 rules found" in promtool("check", "rules", "rules.yml")
-    promtool("check", "config", "prometheus.yml")
+    # promtool checks that the token file exists: the config as it is, with the secret's path made here
+    (tmp_path / "web_token").write_text("x" * 32)
+    config = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    assert "/run/secrets/web_token" in config
+    (tmp_path / "prometheus.yml").write_text(config.replace("/run/secrets/web_token", str(tmp_path / "web_token"))
+                                             .replace("- rules.yml", f"- {DEPLOY / 'prometheus' / 'rules.yml'}"))
+    promtool("check", "config", str(tmp_path / "prometheus.yml"))
     assert "SUCCESS" in promtool("test", "rules", "rules.test.yml")  # stalled worker, dead letters, refused load
 
 

@@ -52,6 +52,13 @@ def test_compose_file_is_valid_and_wires_the_stack() -> None:
     for name, service in services.items():
         if name in ("topic-init", "generator") or name.startswith("worker-"):
             assert service["environment"]["DRIFTLINE_SCHEMA_REGISTRY__URL"] == "http://schema-registry:8081", name
+            # the web server on every address of its container, behind the token Prometheus scrapes with
+            assert service["environment"]["DRIFTLINE_WEB_HOST"] == "0.0.0.0", name  # noqa: S104
+            assert service["environment"]["DRIFTLINE_WEB_TOKEN_FILE"] == "/run/secrets/web_token", name
+            assert service["secrets"] == ["web_token"], name
+    assert services["prometheus"]["secrets"] == ["web_token"] and compose["secrets"]["web_token"]["file"]
+    scrape = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    assert scrape[0]["authorization"]["credentials_file"] == "/run/secrets/web_token"
     assert {"schema-registry", "generator", "prometheus", "grafana"} <= set(services)
     assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     assert "./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro" in services["grafana"]["volumes"]
@@ -139,10 +146,28 @@ def test_the_fields_that_matter() -> None:
     scaled, auth = docs(K8S / "keda-scaledobject.yaml")
     volumes = [v for p in ("deployment.yaml", "deployment-gpu.yaml", "trainer-job.yaml")
                for v in docs(K8S / p)[0]["spec"]["template"]["spec"]["volumes"]]
-    keys = {ref["key"] for ref in auth["spec"]["secretTargetRef"]}
-    keys |= {item["key"] for v in volumes if "secret" in v for item in v["secret"]["items"]}
-    assert keys == {"DRIFTLINE_KAFKA__SASL_USERNAME", "DRIFTLINE_KAFKA__SASL_PASSWORD", "ca.crt"}
-    assert all(re.search(rf"--from-(literal|file)={re.escape(k)}=", how) for k in keys), how
+    keys = {("driftline-kafka", ref["key"]) for ref in auth["spec"]["secretTargetRef"]}
+    keys |= {(v["secret"]["secretName"], item["key"])
+             for v in volumes if "secret" in v for item in v["secret"]["items"]}
+    assert keys == {("driftline-kafka", "DRIFTLINE_KAFKA__SASL_USERNAME"), ("driftline-kafka", "ca.crt"),
+                    ("driftline-kafka", "DRIFTLINE_KAFKA__SASL_PASSWORD"), ("driftline-web", "token")}
+    assert all(re.search(rf"create secret generic {name} .*--from-(literal|file)={re.escape(k)}=", how, re.S)
+               for name, k in keys), how
+
+    # The web server: every address of the pod, with the token from the driftline-web Secret, which the
+    # PodMonitor sends too; no service-account token in any pod; read-only root filesystems everywhere.
+    assert config["DRIFTLINE_WEB_HOST"] == "0.0.0.0"  # noqa: S104 - a pod's probes come from outside
+    assert config["DRIFTLINE_WEB_TOKEN_FILE"] == "/etc/driftline/web/token"
+    for name in ("deployment.yaml", "deployment-gpu.yaml"):
+        spec = docs(K8S / name)[0]["spec"]["template"]["spec"]
+        mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+        assert mounts["web-token"] == "/etc/driftline/web", name
+    monitor = docs(K8S / "podmonitor.yaml")[0]["spec"]["podMetricsEndpoints"][0]["authorization"]
+    assert monitor == {"type": "Bearer", "credentials": {"name": "driftline-web", "key": "token"}}
+    for name in ("deployment.yaml", "deployment-gpu.yaml", "trainer-job.yaml"):
+        spec = docs(K8S / name)[0]["spec"]["template"]["spec"]
+        assert spec["automountServiceAccountToken"] is False, name
+        assert all(c["securityContext"]["readOnlyRootFilesystem"] for c in spec["containers"]), name
 
     gpu = docs(K8S / "deployment-gpu.yaml")[0]["spec"]["template"]["spec"]
     assert gpu["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
