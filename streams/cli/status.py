@@ -59,9 +59,14 @@ def committed(conf: Mapping[str, Any], group: str, topics: Mapping[str, int]) ->
         consumer.close()
 
 
-def worker_models(url: str) -> list[dict[str, str]]:
-    """``driftline_model_info`` series of a running worker's /metrics (model, version, variant, provider)."""
-    with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=3) as r:  # noqa: S310 - operator's URL
+def worker_models(url: str, token: str | None = None) -> list[dict[str, str]]:
+    """``driftline_model_info`` series of a running worker's /metrics (model, version, variant, provider).
+
+    ``token``: the worker's web token (``DRIFTLINE_WEB_TOKEN``), sent as a bearer token.
+    """
+    request = urllib.request.Request(url.rstrip("/") + "/metrics",  # noqa: S310 - the operator's URL
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=3) as r:  # noqa: S310
         text = r.read().decode(errors="replace")
     out = []
     for labels in re.findall(r"^driftline_model_info\{(.*)\} 1\.0$", text, re.M):
@@ -100,7 +105,7 @@ def status_data(settings: Any, worker_url: str, alerts: int = 5) -> dict[str, An
     workers: list[dict[str, str]] = []
     worker_error = None
     try:
-        workers = worker_models(worker_url)
+        workers = worker_models(worker_url, settings.web_token_value())
     except OSError as exc:
         worker_error = str(exc)
     skips = SkipLog(log)

@@ -328,7 +328,7 @@ def test_render_status_skips_what_is_not_an_alert(catalog: SchemaCatalog, monkey
                                                                          for p in range(n)})
     monkeypatch.setattr(driftline.streams.kafka.control, "read_deployments", lambda settings, timeout_s: {})
 
-    def no_worker(url: str) -> Any:
+    def no_worker(url: str, token: str | None = None) -> Any:
         raise OSError("refused")
 
     monkeypatch.setattr(status, "worker_models", no_worker)
