@@ -273,6 +273,14 @@ class Settings(BaseSettings):
     web_tls_cert_file: Path | None = Field(None, description="serve HTTPS with this certificate (PEM, with chain)")
     web_tls_key_file: Path | None = Field(None, description="...and this key (PEM)")
     data_dir: Path = Path(".driftline")
+    control_key: SecretStr | None = Field(
+        None, description="signs deployment records on {ns}.models (HMAC-SHA256); workers refuse unsigned or "
+        "forged ones. Every writer (driftline model, the trainer) and worker needs the same key",
+    )
+    control_key_file: Path | None = Field(None, description="...or a file holding it (a mounted Secret)")
+    control_identity: str | None = Field(
+        None, max_length=200, description="who a deployment change is recorded as (default: OS user@host)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -288,6 +296,10 @@ class Settings(BaseSettings):
             raise ValueError("set web_token or web_token_file, not both")
         if self.web_token_file is not None and not Path(self.web_token_file).is_file():
             raise ValueError(f"web_token_file={self.web_token_file} does not exist")
+        if self.control_key is not None and self.control_key_file is not None:
+            raise ValueError("set control_key or control_key_file, not both")
+        if self.control_key_file is not None and not Path(self.control_key_file).is_file():
+            raise ValueError(f"control_key_file={self.control_key_file} does not exist")
         if (self.web_tls_cert_file is None) != (self.web_tls_key_file is None):
             raise ValueError("HTTPS needs both web_tls_cert_file and web_tls_key_file")
         for name in ("web_tls_cert_file", "web_tls_key_file"):
@@ -324,6 +336,31 @@ class Settings(BaseSettings):
         if len(token) < 16:
             raise ConfigError("the web token must be at least 16 characters (openssl rand -hex 32 makes one)")
         return token
+
+    def control_secret(self) -> bytes | None:
+        """The control key's bytes (from the setting or its file), or None when records are not signed."""
+        if self.control_key is not None:
+            secret = self.control_key.get_secret_value()
+        elif self.control_key_file is not None:
+            secret = Path(self.control_key_file).read_text().strip()
+        else:
+            return None
+        if len(secret) < 16:
+            raise ConfigError("the control key must be at least 16 characters (openssl rand -hex 32 makes one)")
+        return secret.encode()
+
+    def actor(self) -> str:
+        """Who this process records deployment changes as."""
+        if self.control_identity:
+            return self.control_identity
+        import getpass
+        import socket
+
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # a container user without a passwd entry
+            user = f"uid{os.getuid()}"
+        return f"{user}@{socket.gethostname()}"
 
     # -- derived names -------------------------------------------------------------
 

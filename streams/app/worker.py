@@ -99,7 +99,7 @@ def check_exactly_once(settings: Settings) -> None:
 def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
     """The worker app; models load here, so a bad model stops it before it consumes."""
     catalog = build_catalog(settings, writes=True)
-    follower = ControlFollower(settings.confluent(), settings.topic("models"))
+    follower = ControlFollower(settings.confluent(), settings.topic("models"), settings.control_secret())
     refused: list[Alert] = []
     pipeline = build_pipeline(settings, catalog, follower.read_to_end(), refused,
                               deadletter_limit(settings, topic_max_message_bytes(settings.confluent(),

@@ -143,8 +143,42 @@ def cmd_change(args: argparse.Namespace) -> int:
         for version in new.versions():  # the champion it restores may have been loaded nowhere for a while
             if version not in current.versions():
                 check_servable(registry, current, version, providers)
-    write_deployment(Producer(settings.confluent(log_level=0)), settings, new)
+    write_deployment(Producer(settings.confluent(log_level=0)), settings, new, reason=args.reason)
     print(f"before: {current.describe()}\nnow:    {new.describe()}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """The control topic's records of one model, oldest first (compaction may have removed old ones)."""
+    from driftline.streams.cli.common import require_broker
+    from driftline.streams.core.poison import Skip
+    from driftline.streams.kafka.control import ControlRecord, read_history
+
+    settings = load_settings(broker=args.broker)
+    require_broker(settings, [settings.topic("models")])
+    records = read_history(settings, args.name)
+    if not records:
+        print(f"no deployment records of {args.name} on {settings.topic('models')}")
+        return 0
+    rows: list[dict[str, Any]] = []
+    for rec in records:
+        if isinstance(rec, ControlRecord):
+            dep = rec.deployment
+            when = datetime.fromtimestamp(dep.updated_at / 1000, tz=UTC).isoformat(timespec="seconds") \
+                if dep.updated_at else "-"
+            rows.append({"at": when, "by": rec.changed_by, "serves": dep.describe(), "reason": rec.reason,
+                         "signature": rec.signature})
+        elif isinstance(rec, Skip):
+            rows.append({"at": "-", "by": "-", "serves": "REFUSED: " + rec.detail, "reason": "",
+                         "signature": rec.reason})
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    print(f"{'when':<26} {'by':<24} {'signature':<24} serves (reason)")
+    for row in rows:
+        print(f"{row['at']:<26} {row['by'][:24]:<24} {row['signature']:<24} {row['serves']}"
+              + (f" ({row['reason']})" if row["reason"] else ""))
     return 0
 
 
@@ -239,5 +273,11 @@ def add_model_commands(sub: Any) -> None:
     rb.add_argument("name")
     common(rb)
     for p in (pro, can, sh, ab, rb):
+        p.add_argument("--reason", default="", help="why: kept with the change (driftline model history)")
         p.set_defaults(func=cmd_change)
+    hist = msub.add_parser("history", help="every change of what serves a model: when, who, why, signature")
+    hist.add_argument("name")
+    hist.add_argument("--json", action="store_true", help="one JSON object per change instead of the table")
+    hist.add_argument("--broker", help="bootstrap servers (DRIFTLINE_BROKER)")
+    hist.set_defaults(func=cmd_history)
 

@@ -5,6 +5,10 @@ commits, read from offset 0 to the end, then (the worker) followed. Writers
 (``driftline model …``, the trainer) key each record by the model's name, so
 compaction keeps each model's last deployment. This module is the one place
 that reads, follows and writes the topic.
+
+Each record also says who changed it and why (``changed_by``, ``reason``);
+with a control key it is signed, and readers refuse what is not signed with
+it (:mod:`driftline.streams.core.signing`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
@@ -21,6 +26,7 @@ from driftline.inference.deployment import Deployment
 from driftline.inference.errors import ModelError
 from driftline.inference.registry import ModelRegistry
 from driftline.streams.core.poison import DETAIL_CHARS, BadRecord, Skip, SkipLog, load_json
+from driftline.streams.core.signing import Verdict, sign, verify
 from driftline.streams.errors import BrokerError, ConfigError
 from driftline.streams.kafka.topics import read_to_end, reader_config
 from driftline.streams.settings import Settings
@@ -29,16 +35,29 @@ log = logging.getLogger(__name__)
 KEEP_SKIPPED = 20  # skipped control records kept for alerts between two drains (all are counted)
 
 
-def parse_deployment(key: bytes | None, value: bytes | None) -> Deployment | Skip:
-    """A control record as a deployment, or why it is not one; never raises, whatever the bytes.
+@dataclass(frozen=True, slots=True)
+class ControlRecord:
+    """One deployment record as written: the deployment, who changed it and why, and its signature's verdict."""
+
+    deployment: Deployment
+    changed_by: str
+    reason: str
+    signature: Verdict
+
+
+def parse_control(key: bytes | None, value: bytes | None, secret: bytes | None = None) -> ControlRecord | Skip:
+    """A control record, or why it is not one; never raises, whatever the bytes.
 
     The key must be the model's name: the topic is compacted by key, so a
     record keyed otherwise would not replace the model's last deployment.
+    With ``secret`` (the control key), a record not signed with it is
+    refused (``unsigned_control_record``, ``forged_control_record``).
     """
     if key is None:
         return Skip("no_key", "a control record must be keyed by its model's name")
     try:
-        dep = Deployment.from_dict(load_json(value))
+        body = load_json(value)
+        dep = Deployment.from_dict(body)
     except BadRecord as exc:
         return exc.skip()
     except ModelError as exc:
@@ -46,7 +65,22 @@ def parse_deployment(key: bytes | None, value: bytes | None) -> Deployment | Ski
     if dep.model != key.decode(errors="replace"):
         return Skip("key_mismatch", f"a deployment of model {dep.model!r} keyed {key[:80]!r}; "
                                     "the key must be the model's name")
-    return dep
+    verdict = verify(key, body, secret)
+    if verdict == "unsigned":
+        return Skip("unsigned_control_record", f"a deployment of {dep.model} ({dep.describe()}) without a "
+                    "signature, and this worker has a control key: written by something without the key")
+    if verdict == "forged":
+        return Skip("forged_control_record", f"a deployment of {dep.model} ({dep.describe()}) whose signature "
+                    "does not match: altered, or signed with another key")
+    changed_by, reason = body.get("changed_by"), body.get("reason")
+    return ControlRecord(dep, changed_by[:200] if isinstance(changed_by, str) else "unknown",
+                         reason[:DETAIL_CHARS] if isinstance(reason, str) else "", verdict)
+
+
+def parse_deployment(key: bytes | None, value: bytes | None, secret: bytes | None = None) -> Deployment | Skip:
+    """:func:`parse_control`, the deployment only."""
+    got = parse_control(key, value, secret)
+    return got.deployment if isinstance(got, ControlRecord) else got
 
 
 class ControlFollower:
@@ -57,8 +91,9 @@ class ControlFollower:
     the worker what to count and alert about, at start and while following.
     """
 
-    def __init__(self, conf: Mapping[str, Any], topic: str) -> None:
+    def __init__(self, conf: Mapping[str, Any], topic: str, secret: bytes | None = None) -> None:
         self.topic = topic
+        self.secret = secret
         self.skips = SkipLog(log, keep=KEEP_SKIPPED)
         self._consumer = Consumer({**reader_config(conf, f"driftline-control-{uuid.uuid4().hex[:12]}"),
                                    "fetch.wait.max.ms": 100})
@@ -81,7 +116,7 @@ class ControlFollower:
         return out
 
     def _parse(self, msg: Any) -> Deployment | None:
-        got = parse_deployment(msg.key(), msg.value())
+        got = parse_deployment(msg.key(), msg.value(), self.secret)
         if isinstance(got, Skip):
             self.skips.skip(self.topic, msg.partition(), msg.offset(), msg.key(), got)
             return None
@@ -93,7 +128,7 @@ class ControlFollower:
 
 def read_deployments(settings: Settings, timeout_s: float = 15.0) -> dict[str, Deployment]:
     """The latest deployment of every model on the control topic (models never deployed are absent)."""
-    follower = ControlFollower(settings.confluent(log_level=0), settings.topic("models"))
+    follower = ControlFollower(settings.confluent(log_level=0), settings.topic("models"), settings.control_secret())
     try:
         return follower.read_to_end(timeout_s)
     finally:
@@ -116,9 +151,30 @@ def current_deployment(settings: Settings, name: str, fallback: Deployment | Non
     return read_deployments(settings, timeout_s).get(name) or fallback or configured(settings, name)
 
 
-def write_deployment(producer: Producer, settings: Settings, dep: Deployment, timeout_s: float = 15.0) -> None:
-    """Write ``dep`` keyed by its model's name and wait until the broker has it."""
-    producer.produce(settings.topic("models"), json.dumps(dep.to_dict()).encode(), dep.model.encode())
+def write_deployment(producer: Producer, settings: Settings, dep: Deployment, timeout_s: float = 15.0, *,
+                     reason: str = "", actor: str | None = None) -> None:
+    """Write ``dep`` keyed by its model's name, with who and why (signed with the control key), and wait for the broker.
+    """
+    key = dep.model.encode()
+    body: dict[str, Any] = {**dep.to_dict(), "changed_by": actor or settings.actor(), "reason": reason}
+    secret = settings.control_secret()
+    producer.produce(settings.topic("models"), json.dumps(sign(key, body, secret) if secret else body).encode(), key)
     if producer.flush(timeout_s) != 0:
         raise BrokerError(f"could not write the deployment of {dep.model} to {settings.topic('models')} "
                           f"at {settings.broker}; is the broker up?")
+
+
+def read_history(settings: Settings, name: str, timeout_s: float = 15.0) -> list[ControlRecord | Skip]:
+    """Every control record of model ``name`` still on the topic, oldest first (compaction keeps at least the last)."""
+    consumer = Consumer({**reader_config(settings.confluent(log_level=0), f"driftline-history-{uuid.uuid4().hex[:12]}"),
+                         "fetch.wait.max.ms": 100})
+    secret = settings.control_secret()
+    out: list[ControlRecord | Skip] = []
+    try:
+        for msg in read_to_end(consumer, settings.topic("models"), timeout_s=timeout_s,
+                               missing=" (the control topic); run driftline topics create"):
+            if msg.key() == name.encode():
+                out.append(parse_control(msg.key(), msg.value(), secret))
+    finally:
+        consumer.close()
+    return out

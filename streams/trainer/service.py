@@ -177,8 +177,9 @@ class Trainer:
         if self.producer.flush(15) != 0:
             raise BrokerError("could not write a retrain event")
 
-    def write_deployment(self, dep: Deployment) -> None:
-        write_deployment(self.producer, self.settings, dep)
+    def write_deployment(self, dep: Deployment, reason: str) -> None:
+        write_deployment(self.producer, self.settings, dep, reason=reason,
+                         actor=self.settings.control_identity or f"driftline-trainer ({self.settings.actor()})")
 
     def deployment(self, model: str, fallback: Deployment | None = None) -> Deployment:
         """The control topic's record; without one, ``fallback`` or the configured version.
@@ -277,7 +278,8 @@ class Trainer:
         onnx_file.unlink()
         self.emit(request, "registered", f"trained on {len(rows)} labels; holdout {_fmt(holdout)}", version)
         shadow_from = int(self.clock() * 1000)
-        self.write_deployment(self.deployment(model, dep).add_shadow(version, shadow_from))
+        self.write_deployment(self.deployment(model, dep).add_shadow(version, shadow_from),
+                              f"retrain {request.id}: challenger v{version} in shadow")
         self.emit(request, "shadow", f"v{version} scores every request next to v{dep.champion}", version)
 
         def pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -293,17 +295,20 @@ class Trainer:
         paired = self.wait_for("shadow labels", pairs, s.trainer_shadow_wait_s)
         current = self.deployment(model, dep)
         if paired is None:
-            self.write_deployment(current.remove_shadow(version, int(self.clock() * 1000)))
+            self.write_deployment(current.remove_shadow(version, int(self.clock() * 1000)),
+                                  f"retrain {request.id}: too few shadow labels for v{version}")
             self.emit(request, "rejected", f"fewer than {s.trainer_shadow_labels} labeled shadow requests within "
                       f"{s.trainer_shadow_wait_s:g}s", version)
             return "rejected"
         better, detail = decide(paired, s, champion, dep.champion, version,
                                 challenger_threshold=float(template.get("threshold", champion.threshold)))
         if better:
-            self.write_deployment(current.promote(version, int(self.clock() * 1000)))
+            self.write_deployment(current.promote(version, int(self.clock() * 1000)),
+                                  f"retrain {request.id}: v{version} promoted: {detail}"[:500])
             self.emit(request, "promoted", detail, version)
             return "promoted"
-        self.write_deployment(current.remove_shadow(version, int(self.clock() * 1000)))
+        self.write_deployment(current.remove_shadow(version, int(self.clock() * 1000)),
+                              f"retrain {request.id}: v{version} rejected: {detail}"[:500])
         self.emit(request, "rejected", detail, version)
         return "rejected"
 
