@@ -135,6 +135,7 @@ class SchemaCatalog:
             if s.version in versions and versions[s.version].id != s.id:
                 raise SchemaError(f"two different files claim {s.subject} version {s.version}")
             versions[s.version] = s
+        self._files = {s.id: s for s in self._by_id.values()}  # by hash id, whatever id they are written with later
         # Aliases: what earlier versions framed records with. Same canonical form, same bytes: the
         # latest version that has it reads them; an alias never hides a real id.
         for s in sorted(self._by_id.values(), key=lambda w: w.version):
@@ -168,6 +169,9 @@ class SchemaCatalog:
             return known
         fetched = self.source.fetch(sid)
         if fetched is not None:
+            local = self._files.get(schema_id(fetched.raw))  # one of our files: its subject and version
+            if local is not None:
+                fetched = dataclasses.replace(local, id=sid)
             self.add(fetched)
         return fetched
 

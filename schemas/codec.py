@@ -233,7 +233,9 @@ class BatchDecoder:
         if self.catalog.source is None:
             return
         by_id = self.catalog.by_id
-        ids = {v[1:5] for v in values if v and len(v) >= HEADER.size}
+        limit = self.max_bytes
+        # only what decode would read: framed (magic byte 0), not over the size limit
+        ids = {v[1:5] for v in values if v and HEADER.size <= len(v) <= limit and v[0] == MAGIC}
         for raw_id in ids:
             sid = int.from_bytes(raw_id, "big")
             if by_id(sid) is not None:

@@ -24,10 +24,11 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import fastavro
 
@@ -51,7 +52,15 @@ OUTPUTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 NOT_FOUND = 404
 #: the registry's answer that a schema breaks its subject's compatibility rule
 INCOMPATIBLE = 409
-_MAX_UNKNOWN = 10_000  # ids remembered as missing; a flood of garbage ids cannot grow this without bound
+_MAX_UNKNOWN = 10_000  # ids remembered as missing (the oldest forgotten first): bounded under any flood
+#: new ids asked about per second, with bursts up to LOOKUP_BURST: random ids cannot turn every record into a
+#: request (an id over the budget is dead-lettered as unknown_schema and asked about again later)
+LOOKUPS_PER_S = 20.0
+LOOKUP_BURST = 50.0
+#: how long an id over the budget waits before it is asked about again
+DEFERRED_S = 5.0
+#: how often a worker checks that the registry still holds its output schemas under the ids it writes
+VERIFY_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,20 +74,33 @@ class Registered:
 
 def public_url(url: str) -> str:
     """``url`` without credentials, for messages and logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:  # a port that is no number: say nothing of the rest
+        return "(an unparsable URL)"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _client(config: SchemaRegistryConfig) -> Any:
+    """confluent-kafka's client, with credentials as basic auth: never in the URL (its HTTP library logs URLs)."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
-    conf: dict[str, Any] = {"url": config.url, "timeout": config.timeout_s, "max.retries": 0}
-    if config.username is not None and config.password is not None:
+    url = str(config.url)
+    parts = urlsplit(url)
+    conf: dict[str, Any] = {"url": public_url(url), "timeout": config.timeout_s, "max.retries": 0}
+    if parts.username is not None:
+        if config.username is not None:
+            raise ConfigError("schema_registry: give the credentials in the URL or in username and password, "
+                              "not both")
+        conf["basic.auth.user.info"] = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    elif config.username is not None and config.password is not None:
         conf["basic.auth.user.info"] = f"{config.username}:{config.password.get_secret_value()}"
     if config.ca_file is not None:
         conf["ssl.ca.location"] = str(config.ca_file)
+    for name in ("httpx", "httpx2"):  # one INFO line per request, URL and all: not for a worker's log
+        logging.getLogger(name).setLevel(logging.WARNING)
     return SchemaRegistryClient(conf)
 
 
@@ -109,11 +131,18 @@ class SchemaRegistry:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._missing: dict[int, tuple[float, str]] = {}  # id → (when the registry said no, what to tell)
+        # id → (when the registry said no, for how long that holds, what to tell); oldest first
+        self._missing: OrderedDict[int, tuple[float, float, str]] = OrderedDict()
         self._down_since: float | None = None
         self._next_try = 0.0
+        self._backoff = 0.1
+        self._tokens = LOOKUP_BURST
+        self._refilled = clock()
         self.problem: str | None = None  # why the registry cannot be used now (for /readyz); None when it can
         self.lookups = 0  # requests made for unknown ids (the negative cache keeps this small under garbage)
+        self.written: dict[int, WireSchema] = {}  # ids this process writes with → the schema it means by them
+        self._verified = clock()
+        self._checking = threading.Lock()  # one re-check at a time, whoever asks
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SchemaRegistry | None:
@@ -133,18 +162,58 @@ class SchemaRegistry:
             raise ConfigError(f"schema registry at {self.url} does not answer: {_why(exc)}; {hint}") from None
 
     def recheck(self) -> str | None:
-        """While :attr:`problem` is set, ask the registry again (``/readyz``); the problem that remains."""
-        if self.problem is None:
-            return None
-        try:
-            self._client.get_subjects()
-        except Exception as exc:  # noqa: BLE001 - still down: keep saying why
-            with self._lock:
-                self.problem = f"schema registry at {self.url} is unreachable: {_why(exc)}"
+        """Ask the registry again while :attr:`problem` is set, and every :data:`VERIFY_EVERY_S` check that it
+        still holds the schemas this process writes under their ids; the problem that remains.
+
+        Called off the event loop (a ``/readyz`` probe starts it and answers with
+        what is known); concurrent calls do not pile up: one runs, the others
+        return at once.
+        """
+        if not self._checking.acquire(blocking=False):
             return self.problem
-        with self._lock:
-            self._up()
-            self._next_try = 0.0
+        try:
+            due = self._clock() - self._verified >= VERIFY_EVERY_S
+            if self.problem is None and not due:
+                return None
+            try:
+                self._client.get_subjects()
+                changed = self._changed_ids() if due or self.problem else None
+            except Exception as exc:  # noqa: BLE001 - still down: keep saying why
+                with self._lock:
+                    self.problem = f"schema registry at {self.url} is unreachable: {_why(exc)}"
+                return self.problem
+            with self._lock:
+                self._verified = self._clock()
+                if changed is not None:
+                    self.problem = changed  # an id that now means something else: not ready until restarted
+                    log.error("%s", changed)
+                    return changed
+                self._up()
+                self._next_try = 0.0
+            return None
+        finally:
+            self._checking.release()
+
+    def _changed_ids(self) -> str | None:
+        """Why an id this process writes with no longer means its schema there (a registry restarted empty,
+        a subject deleted), or None when all still do."""
+        self._client.clear_caches()  # the client keeps what an id meant: ask the registry itself
+        for sid, schema in list(self.written.items()):
+            try:
+                found = self._client.get_schema(sid)
+            except Exception as exc:
+                if _status(exc) != NOT_FOUND:
+                    raise  # unreachable: the caller says so
+                same = False
+            else:
+                try:
+                    same = json.loads(found.schema_str) == dict(schema.raw)
+                except (TypeError, ValueError):
+                    same = False
+            if not same:
+                return (f"the schema registry at {self.url} no longer holds {schema.subject} under id {sid}, the id "
+                        "this worker writes it with (a registry that lost its storage?): restart the worker to "
+                        "register its schemas again")
         return None
 
     # -- reading: ids the files do not know ------------------------------------------------
@@ -159,10 +228,15 @@ class SchemaRegistry:
         with self._lock:
             now = self._clock()
             seen = self._missing.get(sid)
-            if seen is not None and now - seen[0] < self.config.unknown_ttl_s:
+            if seen is not None and now - seen[0] < seen[1]:
                 return None
             if self._down_since is not None and now < self._next_try:
                 raise SchemaUnavailable(self._unavailable(sid))
+            if not self._take_token(now):
+                self._forget_later(sid, now, f"schema id {sid} was not looked up in the schema registry: over "
+                                   f"{LOOKUPS_PER_S:g} new ids a second (a flood of unknown ids?); it is asked "
+                                   f"about again after {DEFERRED_S:g} s", DEFERRED_S)
+                return None
             deadline = (self._down_since if self._down_since is not None else now) + self.config.wait_s
             delay = 0.1
             while True:
@@ -182,15 +256,25 @@ class SchemaRegistry:
                     self._up()
                     return self._parse(sid, found, now)
                 if self._clock() + delay > deadline:
-                    self._next_try = self._clock() + min(delay, 5.0)
+                    # past the wait: one try per backoff period, the period doubling while the outage lasts
+                    self._next_try = self._clock() + self._backoff
+                    self._backoff = min(self._backoff * 2, 30.0)
                     raise SchemaUnavailable(self._unavailable(sid))
                 self._sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _take_token(self, now: float) -> bool:
+        self._tokens = min(LOOKUP_BURST, self._tokens + (now - self._refilled) * LOOKUPS_PER_S)
+        self._refilled = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
     def explain_unknown(self, sid: int) -> str:
         seen = self._missing.get(sid)
         if seen is not None:
-            return seen[1]
+            return seen[2]
         return f"schema id {sid} is not in the schema registry at {self.url}, nor in driftline's schema files"
 
     def _parse(self, sid: int, found: Any, now: float) -> WireSchema | None:
@@ -215,10 +299,12 @@ class SchemaRegistry:
         log.info("schema id %d from the registry: %s", sid, subject)
         return WireSchema(sid, subject, 0, raw, parsed, fast)
 
-    def _forget_later(self, sid: int, now: float, why: str) -> None:
-        if len(self._missing) >= _MAX_UNKNOWN:
-            self._missing.clear()
-        self._missing[sid] = (now, why)
+    def _forget_later(self, sid: int, now: float, why: str, hold_s: float | None = None) -> None:
+        """Remember that ``sid`` is not to be asked about for ``hold_s`` (default ``unknown_ttl_s``)."""
+        self._missing.pop(sid, None)
+        self._missing[sid] = (now, self.config.unknown_ttl_s if hold_s is None else hold_s, why)
+        while len(self._missing) > _MAX_UNKNOWN:
+            self._missing.popitem(last=False)
 
     def _down(self, why: str) -> None:
         if self._down_since is None:
@@ -230,6 +316,7 @@ class SchemaRegistry:
         if self._down_since is not None:
             log.info("schema registry at %s answers again", self.url)
         self._down_since = None
+        self._backoff = 0.1
         self.problem = None
 
     def _unavailable(self, sid: int) -> str:
@@ -335,7 +422,8 @@ def register_versions(catalog: SchemaCatalog, registry: SchemaRegistry, record: 
             done.append(got)
             ids.append(got.id)
         if ids:
-            catalog.assign(schema, ids[0])
+            written = catalog.assign(schema, ids[0])
+            registry.written[ids[0]] = written
     return done
 
 

@@ -118,7 +118,8 @@ class SchemaRegistryConfig(BaseModel):
     @model_validator(mode="after")
     def _complete(self) -> SchemaRegistryConfig:
         if self.url is not None and not re.match(r"^https?://[^\s]+$", self.url):
-            raise ValueError(f"schema_registry.url={self.url!r} must be an http:// or https:// URL")
+            shown = re.sub(r"//[^/@\s]*@", "//***@", self.url)[:200]  # never echo credentials in a URL
+            raise ValueError(f"schema_registry.url={shown!r} must be an http:// or https:// URL")
         if (self.username is None) != (self.password is None):
             raise ValueError("schema_registry needs both username and password for basic auth, or neither")
         if self.ca_file is not None and not Path(self.ca_file).is_file():

@@ -111,8 +111,8 @@ def add_web_pages(app: faust.App, ctx: WorkerContext) -> None:
             loop = asyncio.get_running_loop()
             ctx.probe["problem"] = await loop.run_in_executor(None, ctx.source.reachable)
             recheck = getattr(ctx.catalog.source, "recheck", None)
-            if recheck is not None:  # a registry that failed a lookup: is it back?
-                await loop.run_in_executor(None, recheck)
+            if recheck is not None:  # is a registry that failed back, and are our ids still its? Not awaited:
+                loop.run_in_executor(None, recheck)  # the probe answers with what is known now
             ctx.probe["at"] = time.monotonic()
         ok, checks = ctx.ready()
         ctx.metrics.ready.set(1.0 if ok else 0.0)

@@ -9,6 +9,7 @@ is a production concern, and the broker's part is the same on both.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -27,10 +28,17 @@ from driftline.inference.deployment import Deployment
 from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir
 from driftline.schemas.codec import HEADER, BatchDecoder, encode
 from driftline.streams.core.pipeline import ERROR_HEADER
+from driftline.streams.errors import ConfigError
 from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.control import write_deployment
 from driftline.streams.kafka.topics import create_topics
-from driftline.streams.registry import SchemaRegistry
+from driftline.streams.registry import (
+    LOOKUP_BURST,
+    LOOKUPS_PER_S,
+    VERIFY_EVERY_S,
+    SchemaRegistry,
+    use_registry_ids,
+)
 from driftline.streams.settings import REPO_ROOT, SchemaRegistryConfig, load_settings
 from tests.helpers import Collector, WorkerProcess, produce
 from tests.registry.server import RegistryServer, free_port
@@ -219,6 +227,62 @@ def test_garbage_ids_are_asked_about_once(registry: RegistryServer, catalog: Sch
         out = decoder.decode(values)
         assert {f.reason for f in out.failures} == {"unknown_schema"} and len(out.failures) == 5_000
     assert source.lookups == 25
+    # What decode would not read as Avro anyway is not asked about: JSON, another magic byte, oversized.
+    junk = [b'{"amount": 1}', b"\x01" + good[1:], HEADER.pack(0, 901_000) + b"x" * (1 << 21)]
+    decoder.prepare(junk * 100)
+    assert source.lookups == 25
+    # Random ids, every one new: a budget of lookups, not one request per record.
+    flood = [HEADER.pack(0, 1_000_000 + i) + good[HEADER.size:] for i in range(2_000)]
+    started = time.monotonic()
+    decoder.prepare(flood)
+    assert source.lookups - 25 <= LOOKUP_BURST + LOOKUPS_PER_S * (time.monotonic() - started) + 1
+    reasons = {f.message for f in decoder.decode(flood[-5:]).failures}
+    assert any("was not looked up" in m for m in reasons), reasons
+
+
+def test_credentials_in_the_url_never_reach_a_log_and_cannot_be_given_twice(
+    registry: RegistryServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret_url = registry.url.replace("http://", "http://alice:S3CRETpw@")
+    caplog.set_level(logging.DEBUG)
+    source = SchemaRegistry(SchemaRegistryConfig(url=secret_url))
+    source.check()
+    assert source.fetch(123_456_789) is None  # asked, answered 404
+    assert source.url == registry.url
+    assert "S3CRETpw" not in caplog.text and "alice" not in caplog.text
+    with pytest.raises(ConfigError, match="not both"):
+        SchemaRegistry(SchemaRegistryConfig(url=secret_url, username="bob", password="pw"))  # noqa: S106
+    refused = cli("schemas", "register", env={"DRIFTLINE_SCHEMA_REGISTRY__URL": "ftp://alice:S3CRETpw@host/x"})
+    assert refused.returncode == 2 and "S3CRETpw" not in refused.stderr and "ftp://***@host/x" in refused.stderr
+
+
+def test_a_registry_that_lost_its_ids_makes_the_worker_not_ready(tmp_path: Path) -> None:
+    """A registry restarted empty: the id driftline writes predictions with now means another schema, or nothing."""
+    first = RegistryServer(tmp_path / "r1.log").start()
+    try:
+        settings = load_settings(namespace="lost", schema_registry={"url": first.url})
+        catalog = SchemaCatalog.from_dirs([builtin_schema_dir()])
+        source = SchemaRegistry(settings.schema_registry)
+        use_registry_ids(catalog, source, settings, register=True)
+        assert source.recheck() is None  # nothing to re-check yet, nothing wrong
+        source._verified -= VERIFY_EVERY_S  # the next periodic check is due
+        assert source.recheck() is None  # the ids still mean our schemas
+        reader = SchemaCatalog.from_dirs([builtin_schema_dir()])  # another process: files, no registry ids yet
+        reader.source = source
+        fetched = reader.resolve(catalog.latest("driftline.Prediction").id)
+        assert fetched is not None and (fetched.subject, fetched.version) == ("driftline.Prediction", 1)
+    finally:
+        first.stop()
+    second = RegistryServer(tmp_path / "r2.log", port=first.port).start()  # same address, empty storage
+    try:
+        other = SchemaRegistryClient({"url": second.url})
+        other.register_schema("someone-else-value", Schema(avsc("card_transaction.v1.avsc"), "AVRO"))
+        source._verified -= VERIFY_EVERY_S
+        problem = source.recheck()
+        assert problem is not None and "no longer holds driftline." in problem and "restart the worker" in problem
+        assert source.problem == problem  # what /readyz shows
+    finally:
+        second.stop()
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
