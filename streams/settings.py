@@ -153,6 +153,30 @@ class Partitions(BaseModel):
     scored: int = Field(4, ge=1)
 
 
+class Retention(BaseModel):
+    """Days each topic keeps its records (``retention.ms`` at creation; the state topics are compacted instead).
+
+    A cost decision: README "Retention and cost" has bytes per record. Labels
+    must stay as long as a prediction may wait for one (``feedback_ttl_s``),
+    and ``{ns}.labeled`` as long as the trainer should find training data.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    requests: float = Field(1.0, gt=0)
+    predictions: float = Field(7.0, gt=0, description="and predictions.shadow")
+    deadletter: float = Field(14.0, gt=0)
+    sketches: float = Field(1.0, gt=0)
+    alerts: float = Field(90.0, gt=0)
+    retrain: float = Field(90.0, gt=0)
+    feedback: float = Field(7.0, gt=0)
+    labeled: float = Field(30.0, gt=0)
+    scored: float = Field(3.0, gt=0, description="read once by the label join, whose state keeps what waits")
+
+    def ms(self, role: str) -> int:
+        return int(getattr(self, role) * 86_400_000)
+
+
 class ModelBinding(BaseModel):
     """One served model: which version, read from which requests topic."""
 
@@ -174,6 +198,7 @@ class Settings(BaseSettings):
     kafka: KafkaSecurity = KafkaSecurity()
     namespace: str = Field("driftline", pattern=_NAME)
     partitions: Partitions = Partitions()
+    retention_days: Retention = Retention()
     models: tuple[ModelBinding, ...] = (ModelBinding(name="fraud"),)
     model_dir: Path = EXAMPLE_MODELS
     schema_dirs: tuple[Path, ...] = ()
@@ -399,8 +424,17 @@ class Settings(BaseSettings):
         return out
 
     def topic_configs(self) -> dict[str, dict[str, str]]:
-        """State topics (last record per key wins) are compacted on real Kafka."""
-        return {self.topic(role): {"cleanup.policy": "compact"} for role in ("models", "drift-state", "feedback-state")}
+        """State topics (last record per key wins) are compacted on real Kafka; the others keep ``retention_days``."""
+        out = {self.topic(role): {"cleanup.policy": "compact"} for role in ("models", "drift-state", "feedback-state")}
+        r = self.retention_days
+        for binding in self.models:
+            out[self.requests_topic(binding)] = {"cleanup.policy": "delete", "retention.ms": str(r.ms("requests"))}
+        for role, days in (("predictions", "predictions"), ("predictions.shadow", "predictions"),
+                           ("deadletter", "deadletter"), ("sketches", "sketches"), ("alerts", "alerts"),
+                           ("retrain", "retrain"), ("feedback", "feedback"), ("labeled", "labeled"),
+                           ("scored", "scored")):
+            out[self.topic(role)] = {"cleanup.policy": "delete", "retention.ms": str(r.ms(days))}
+        return out
 
     # -- client configs ------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import re
 import time
 import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
@@ -26,9 +26,14 @@ from driftline.streams.kafka.topics import reader_config
 log = logging.getLogger(__name__)
 
 
-def fetched_watermarks(conf: Mapping[str, Any], topics: Mapping[str, int], timeout_s: float = 10.0
-                       ) -> dict[tuple[str, int], tuple[int, int]]:
-    """(low, high) per partition, from one fetch of each partition's last record."""
+def fetched_watermarks(conf: Mapping[str, Any], topics: Mapping[str, int], timeout_s: float = 10.0,
+                       sizes: dict[str, int] | None = None) -> dict[tuple[str, int], tuple[int, int]]:
+    """(low, high) per partition, from reading each partition to its end; ``sizes``: bytes per topic, added to.
+
+    The bytes are the records' keys, values and headers as a client receives
+    them (the broker's disk holds them compressed or not, plus ~70 bytes of
+    framing per batch and index files).
+    """
     consumer = Consumer({**reader_config(conf, "driftline-status"), "log_level": 0})
     try:
         parts = [TopicPartition(t, p, 0) for t, n in topics.items() for p in range(n)]
@@ -38,6 +43,11 @@ def fetched_watermarks(conf: Mapping[str, Any], topics: Mapping[str, int], timeo
         while pending and time.monotonic() < deadline:
             for msg in consumer.consume(10_000, timeout=0.3):
                 err = msg.error()
+                if err is None and sizes is not None:
+                    size = len(msg.key() or b"") + len(msg.value() or b"")
+                    size += sum(len(k) + len(v or b"") for k, v in cast(list[tuple[str, bytes | None]],
+                                                                        msg.headers() or []))
+                    sizes[str(msg.topic())] = sizes.get(str(msg.topic()), 0) + size
                 if err is None or err.code() == KafkaError._PARTITION_EOF:
                     pending.discard((str(msg.topic()), int(msg.partition() or 0)))
         if pending:
@@ -81,11 +91,13 @@ def status_data(settings: Any, worker_url: str, alerts: int = 5) -> dict[str, An
     from driftline.streams.cli.report import read_alerts, skipped_count
     from driftline.streams.core.poison import SkipLog
     from driftline.streams.kafka.control import configured, read_deployments
-    from driftline.streams.kafka.topics import iter_topic
+    from driftline.streams.kafka.topics import iter_topic, topic_retention
 
     conf = settings.confluent(**{"log_level": 0})
     parts = settings.topic_partitions()
-    marks = fetched_watermarks(conf, parts)
+    sizes: dict[str, int] = {}
+    marks = fetched_watermarks(conf, parts, sizes=sizes)
+    retention = topic_retention(conf, list(parts))
     requests = {settings.requests_topic(b) for b in settings.models}
     done = committed(conf, settings.score_group, {t: parts[t] for t in requests})
     topics = []
@@ -95,7 +107,8 @@ def status_data(settings: Any, worker_url: str, alerts: int = 5) -> dict[str, An
         if topic in requests:
             lag = sum(max(0, marks[(topic, p)][1] - (done[(topic, p)] if done[(topic, p)] >= 0 else
                                                      max(marks[(topic, p)][0], 0))) for p in range(n))
-        topics.append({"topic": topic, "partitions": n, "records": records, "lag": lag})
+        topics.append({"topic": topic, "partitions": n, "records": records, "lag": lag,
+                       "bytes": sizes.get(topic, 0), "retention": retention[topic]})
     deployments = read_deployments(settings, timeout_s=10)
     models = []
     for b in settings.models:
@@ -128,10 +141,11 @@ def format_status(data: dict[str, Any], alerts: int = 5) -> str:
     from driftline.streams.core.events import Alert, BinShift, format_event
 
     lines = [f"driftline {data['namespace']} on {data['broker']}", "", "TOPICS"]
-    lines.append(f"  {'topic':<40} {'partitions':>10} {'records':>10} {'lag':>10}")
+    lines.append(f"  {'topic':<40} {'partitions':>10} {'records':>10} {'lag':>10} {'size':>10} {'retention':>10}")
     for t in data["topics"]:
         lag = "-" if t["lag"] is None else str(t["lag"])
-        lines.append(f"  {t['topic']:<40} {t['partitions']:>10} {t['records']:>10} {lag:>10}")
+        lines.append(f"  {t['topic']:<40} {t['partitions']:>10} {t['records']:>10} {lag:>10} "
+                     f"{human_bytes(t.get('bytes', 0)):>10} {t.get('retention', '?'):>10}")
     lines += ["", "MODELS"]
     for m in data["models"]:
         note = "" if m["source"] == "control topic" else " (configured; no control record)"
@@ -153,6 +167,15 @@ def format_status(data: dict[str, Any], alerts: int = 5) -> str:
         lines.append(f"  (skipped {data['skipped_alerts']} records that do not parse as alerts on "
                      f"{data['alerts_topic']})")
     return "\n".join(lines)
+
+
+def human_bytes(n: int) -> str:
+    """1234567 → ``1.2 MB`` (decimal units, as brokers' and clouds' bills count)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n} B"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -230,8 +230,40 @@ def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
     """
     conf, configs = settings.confluent(), settings.topic_configs()
     created = create_topics(conf, settings.topic_partitions(), timeout_s, configs=configs)
-    check_topic_configs(conf, {t: c for t, c in configs.items() if t not in created}, timeout_s)
+    # Only what driftline relies on is checked on existing topics: a retention an operator changed is theirs.
+    relied = {t: {k: v for k, v in c.items() if k in CONFIG_REASONS} for t, c in configs.items() if t not in created}
+    check_topic_configs(conf, {t: c for t, c in relied.items() if c}, timeout_s)
     return created
+
+
+def topic_retention(conf: Mapping[str, Any], topics: list[str], timeout_s: float = 10.0) -> dict[str, str]:
+    """Each topic's retention as the broker has it: ``compacted``, ``7d``, ``forever``; ``?`` where not reported."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    out = dict.fromkeys(topics, "?")
+    admin = AdminClient({**conf, "log_level": 0})
+    try:
+        futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in topics],
+                                         request_timeout=timeout_s)
+        for resource, future in futures.items():
+            entries = future.result(timeout=timeout_s)
+            policy = entries.get("cleanup.policy")
+            if policy is not None and policy.value and "compact" in policy.value:
+                out[resource.name] = "compacted"
+                continue
+            ms = entries.get("retention.ms")
+            if ms is not None and ms.value is not None:
+                out[resource.name] = _days(int(ms.value))
+    except (KafkaException, ValueError, TypeError, RuntimeError) as exc:
+        log.info("cannot read the topics' retention (%s)", exc)
+    return out
+
+
+def _days(ms: int) -> str:
+    if ms < 0:
+        return "forever"
+    days = ms / 86_400_000
+    return f"{days:g}d" if days >= 1 else f"{ms / 3_600_000:g}h"
 
 
 def iter_topic(

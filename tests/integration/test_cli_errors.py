@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -161,6 +162,15 @@ def test_status_and_model_list_as_json(broker: Broker, namespace: str, catalog: 
     topics = {t["topic"]: t for t in data["topics"]}
     assert topics[f"{namespace}.requests"]["partitions"] == 4 and topics[f"{namespace}.requests"]["lag"] == 0
     assert topics[f"{namespace}.alerts"]["records"] == 2 and topics[f"{namespace}.alerts"]["lag"] is None
+    # each topic's size and retention: the two alerts' bytes exactly; retention as created (state: compacted)
+    alert_bytes = sum(len(encode_event(catalog, a)) for a in (
+        point_alert("fraud", "1", "performance_drop", "accuracy", 0.7, 0.8, "first", 1_767_225_601_000),
+        point_alert("fraud", "1", "load_failed", "load", 1, 0, "third", 1_767_225_603_000)))
+    assert topics[f"{namespace}.alerts"]["bytes"] == alert_bytes and topics[f"{namespace}.requests"]["bytes"] == 0
+    assert {t: topics[f"{namespace}.{t}"]["retention"] for t in ("requests", "predictions", "deadletter", "models")} \
+        == {"requests": "1d", "predictions": "7d", "deadletter": "14d", "models": "compacted"}
+    shown = run("status", "--worker", "http://127.0.0.1:1", env=env, timeout=90).stdout
+    assert re.search(rf"{namespace}\.alerts +1 +2 +- +{alert_bytes} B +90d", shown), shown
     assert [m["model"] for m in data["models"]] == ["fraud"] and data["models"][0]["source"] == "settings"
     assert [a["message"] for a in data["alerts"]] == ["first", "third"]
     assert data["worker"]["error"] and data["worker"]["models"] == []

@@ -323,7 +323,9 @@ def test_render_status_skips_what_is_not_an_alert(catalog: SchemaCatalog, monkey
     topics = poisoned_topics(catalog, s)
     monkeypatch.setattr(driftline.streams.kafka.topics, "iter_topic", fake_topics(topics))
     monkeypatch.setattr(status, "fetched_watermarks",
-                        lambda conf, parts: {(t, p): (0, 0) for t, n in parts.items() for p in range(n)})
+                        lambda conf, parts, sizes: {(t, p): (0, 0) for t, n in parts.items() for p in range(n)})
+    monkeypatch.setattr(driftline.streams.kafka.topics, "topic_retention", lambda conf, topics: dict.fromkeys(
+        topics, "?"))
     monkeypatch.setattr(status, "committed", lambda conf, group, parts: {(t, p): -1 for t, n in parts.items()
                                                                          for p in range(n)})
     monkeypatch.setattr(driftline.streams.kafka.control, "read_deployments", lambda settings, timeout_s: {})

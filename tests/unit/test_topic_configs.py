@@ -7,7 +7,8 @@ from driftline.streams.settings import load_settings
 
 
 def test_a_state_topic_that_is_not_compacted_is_named_with_the_fix() -> None:
-    wanted = load_settings(namespace="ns").topic_configs()
+    configs = load_settings(namespace="ns").topic_configs()
+    wanted = {t: c for t, c in configs.items() if c["cleanup.policy"] == "compact"}
     assert set(wanted) == {"ns.models", "ns.drift-state", "ns.feedback-state"}
     reported: dict[str, dict[str, str | None]] = {
         "ns.models": {"cleanup.policy": "delete", "retention.ms": "604800000"},  # made before it was compacted
@@ -28,3 +29,13 @@ def test_configs_the_broker_does_not_report_are_not_judged() -> None:
     assert config_mismatches(wanted, {"ns.models": {}}) == []  # the embedded broker: only those it was made with
     assert config_mismatches(wanted, {"ns.models": {"cleanup.policy": None}}) == []
     assert config_mismatches(wanted, {"ns.models": {"cleanup.policy": "compact"}}) == []
+
+
+def test_every_other_topic_keeps_its_documented_retention() -> None:
+    settings = load_settings(namespace="ns", retention_days={"requests": 3})
+    configs = settings.topic_configs()
+    assert set(configs) == set(settings.topic_partitions())  # every topic driftline creates has its policy
+    days = {t: int(c["retention.ms"]) / 86_400_000 for t, c in configs.items() if c["cleanup.policy"] == "delete"}
+    assert days == {"ns.requests": 3, "ns.predictions": 7, "ns.predictions.shadow": 7, "ns.deadletter": 14,
+                    "ns.sketches": 1, "ns.alerts": 90, "ns.retrain": 90, "ns.feedback": 7, "ns.labeled": 30,
+                    "ns.scored": 3}
