@@ -491,7 +491,8 @@ def describe(exc: ValidationError) -> str:
     var = "DRIFTLINE_" + "__".join(loc).upper() if loc else "DRIFTLINE_*"
     msg = err["msg"].removeprefix("Value error, ")
     given = err.get("input")
-    shown = "" if isinstance(given, dict) or given is None or "password" in var.lower() else f" (got {given!r})"
+    secret = any(word in var.lower() for word in ("password", "token", "key", "secret"))
+    shown = "" if isinstance(given, dict) or given is None or secret else f" (got {given!r})"
     return f"bad setting {var}: {msg}{shown}; fix the environment variable or the DRIFTLINE_CONFIG file"
 
 
@@ -501,6 +502,7 @@ OTHER_VARIABLES = frozenset({
     "DRIFTLINE_PROCESS_INDEX",  # set by `driftline worker --processes N` for each child
     "DRIFTLINE_KAFKA_HOME",  # where `make kafka` / the tests keep Apache Kafka's jars
     "DRIFTLINE_TANSU_BIN",  # the embedded broker's binary
+    "DRIFTLINE_LOG_FORMAT",  # text or json: what --log-format sets, for child processes too
 })
 
 

@@ -53,7 +53,9 @@ def add_control_flow(app: faust.App, ctx: WorkerContext, follower: ControlFollow
 
     async def refuse(model: str, version: str, reason: str) -> None:
         rec = load_failed_alert(model, version, reason, int(time.time() * 1000))
-        log.error("alert critical model_load_failed: %s %s", model, rec.message)
+        log.error("alert critical model_load_failed: %s %s", model, rec.message,
+                  extra={"event": "deployment_refused", "model": model, "version": version, "kind": rec.kind,
+                         "severity": rec.severity, **follower.audit.get(model, {})})
         metrics.deployment_changes.labels(model, "refused").inc()
         metrics.alerts.labels(model, "model_load_failed", "critical").inc()
         ctx.recent.add_alert(rec)
@@ -82,7 +84,9 @@ def add_control_flow(app: faust.App, ctx: WorkerContext, follower: ControlFollow
             ctx.sink.send(ctx.sketch_records(served.set_folder(folder)), [])
         publish_deployment(metrics, served)
         metrics.deployment_changes.labels(dep.model, "applied").inc()
-        log.info("deployment applied: %s", dep.describe())
+        log.info("deployment applied: %s", dep.describe(),
+                 extra={"event": "deployment_applied", "model": dep.model, "version": dep.champion,
+                        **follower.audit.get(dep.model, {})})
 
     async def report_skipped() -> None:
         counts, kept = follower.skips.drain()
@@ -90,7 +94,9 @@ def add_control_flow(app: faust.App, ctx: WorkerContext, follower: ControlFollow
             metrics.skipped.labels(topic, reason).inc(n)
         for skipped in kept:
             rec = bad_control_alert(skipped, by_model, int(time.time() * 1000))
-            log.error("alert critical bad_control_record: %s", rec.message)
+            log.error("alert critical bad_control_record: %s", rec.message,
+                      extra={"event": "control_record_refused", "model": rec.model, "kind": rec.kind,
+                             "severity": rec.severity, "reason": skipped.skip.reason})
             metrics.alerts.labels(rec.model, "bad_control_record", "critical").inc()
             ctx.recent.add_alert(rec)
             await send_alert(rec)

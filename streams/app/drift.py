@@ -137,7 +137,9 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
 
     async def send_events(model: str, raised: Sequence[Alert], retrain: RetrainEvent | None) -> None:
         for alert in raised:
-            log.info("alert %s %s: %s", alert.severity, alert.kind, alert.message)
+            log.info("alert %s %s: %s", alert.severity, alert.kind, alert.message,
+                     extra={"event": "alert", "model": alert.model, "version": alert.model_version,
+                            "kind": alert.kind, "severity": alert.severity})
             recent.add_alert(alert)
             await alerts.send(key=model.encode(), value=encode_event(alert_schema, alert))
         if retrain is not None:

@@ -220,6 +220,7 @@ def worker_class() -> type:
         _stop_deadline: threading.Thread | None = None
 
         def _on_sigterm(self) -> None:
+            log.info("worker stopping (SIGTERM)", extra={"event": "worker_stopping"})
             self._start_deadline()
             super()._on_sigterm()
 
@@ -263,4 +264,9 @@ def run_worker(settings: Settings) -> None:
         log.info("created missing topics: %s", ", ".join(created))
     check_exactly_once(settings)
     app = build_app(settings)
-    worker_class()(app, loglevel="info", quiet=True).execute_from_commandline()
+    from driftline.streams.logformat import faust_logging_config
+
+    log.info("worker starting: namespace %s, models %s", settings.namespace,
+             ", ".join(f"{b.name} {b.version}" for b in settings.models), extra={"event": "worker_started"})
+    worker_class()(app, loglevel="info", quiet=True,
+                   logging_config=faust_logging_config("info")).execute_from_commandline()

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=None, metavar="LEVEL",
                    help="debug, info, warning or error (default: info for worker, trainer and up; warning for the "
                         "other commands)")
+    p.add_argument("--log-format", choices=["text", "json"], default=None,
+                   help="text (default) or json: one object per line, with event, model, version, actor fields on "
+                        "deployment changes, alerts, retrain stages, start and stop (DRIFTLINE_LOG_FORMAT)")
     sub = p.add_subparsers(dest="command", required=True)
     # In the order `driftline --help` lists them.
     up.add_up_command(sub)  # the demo itself runs in demo.py
@@ -78,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"driftline: --log-level {level}: give one of {', '.join(LOG_LEVELS)}", file=sys.stderr)
         return 2
     who = f"w{os.environ['DRIFTLINE_PROCESS_INDEX']} " if "DRIFTLINE_PROCESS_INDEX" in os.environ else ""
-    logging.basicConfig(level=level.upper(), format=f"%(asctime)s {who}%(levelname)s %(name)s: %(message)s")
+    from driftline.streams.logformat import configure, log_format
+
+    fmt = args.log_format or log_format()
+    configure(level, fmt, f"%(asctime)s {who}%(levelname)s %(name)s: %(message)s")
+    if fmt == "json":  # what a command changes (a deployment) is an audit record, whatever the level
+        logging.getLogger("driftline.audit").setLevel(logging.INFO)
     if args.log_level is None and args.command not in SERVICES:
         # librdkafka's warnings are retries it makes by itself ("coordinator load in progress: retrying"): a
         # command shows its errors only (repeats held back), and says what went wrong in its own last line.

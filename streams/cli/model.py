@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,6 +145,10 @@ def cmd_change(args: argparse.Namespace) -> int:
             if version not in current.versions():
                 check_servable(registry, current, version, providers)
     write_deployment(Producer(settings.confluent(log_level=0)), settings, new, reason=args.reason)
+    logging.getLogger("driftline.audit").info(
+        "deployment written: %s", new.describe(),
+        extra={"event": "deployment_written", "model": new.model, "version": new.champion,
+               "actor": settings.actor(), "reason": args.reason})
     print(f"before: {current.describe()}\nnow:    {new.describe()}")
     return 0
 

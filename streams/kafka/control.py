@@ -94,6 +94,7 @@ class ControlFollower:
     def __init__(self, conf: Mapping[str, Any], topic: str, secret: bytes | None = None) -> None:
         self.topic = topic
         self.secret = secret
+        self.audit: dict[str, dict[str, str]] = {}  # model → who made its last deployment record, and why
         self.skips = SkipLog(log, keep=KEEP_SKIPPED)
         self._consumer = Consumer({**reader_config(conf, f"driftline-control-{uuid.uuid4().hex[:12]}"),
                                    "fetch.wait.max.ms": 100})
@@ -116,11 +117,12 @@ class ControlFollower:
         return out
 
     def _parse(self, msg: Any) -> Deployment | None:
-        got = parse_deployment(msg.key(), msg.value(), self.secret)
+        got = parse_control(msg.key(), msg.value(), self.secret)
         if isinstance(got, Skip):
             self.skips.skip(self.topic, msg.partition(), msg.offset(), msg.key(), got)
             return None
-        return got
+        self.audit[got.deployment.model] = {"actor": got.changed_by, "reason": got.reason}
+        return got.deployment
 
     def close(self) -> None:
         self._consumer.close()

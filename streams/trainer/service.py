@@ -171,15 +171,20 @@ class Trainer:
 
     def emit(self, request: RetrainEvent, stage: Stage, reason: str, candidate: str | None = None) -> None:
         event = request.advance(stage, reason, int(self.clock() * 1000), candidate)
-        log.info("retrain %s %s: %s", event.model, stage, reason)
+        log.info("retrain %s %s: %s", event.model, stage, reason,
+                 extra={"event": "retrain", "model": event.model, "version": candidate or event.model_version,
+                        "stage": stage, "request": event.id})
         self.producer.produce(self.settings.topic("retrain"), encode_event(self.retrain_schema, event),
                               event.model.encode())
         if self.producer.flush(15) != 0:
             raise BrokerError("could not write a retrain event")
 
     def write_deployment(self, dep: Deployment, reason: str) -> None:
-        write_deployment(self.producer, self.settings, dep, reason=reason,
-                         actor=self.settings.control_identity or f"driftline-trainer ({self.settings.actor()})")
+        actor = self.settings.control_identity or f"driftline-trainer ({self.settings.actor()})"
+        write_deployment(self.producer, self.settings, dep, reason=reason, actor=actor)
+        log.info("deployment written: %s", dep.describe(), extra={"event": "deployment_written", "model": dep.model,
+                                                                   "version": dep.champion, "actor": actor,
+                                                                   "reason": reason})
 
     def deployment(self, model: str, fallback: Deployment | None = None) -> Deployment:
         """The control topic's record; without one, ``fallback`` or the configured version.

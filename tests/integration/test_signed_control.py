@@ -55,7 +55,7 @@ def test_a_worker_with_the_key_refuses_unsigned_and_forged_deployments_and_histo
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)
     ensure_topics(settings)
     worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, model_dir=str(models), control_key=KEY,
-                           models=[{"name": "fraud", "version": "1"}]).start()
+                           models=[{"name": "fraud", "version": "1"}], log_format="json").start()
     alerts_t, models_t = settings.topic("alerts"), settings.topic("models")
     collector = Collector(broker.bootstrap, {alerts_t: 1})
     try:
@@ -101,3 +101,12 @@ def test_a_worker_with_the_key_refuses_unsigned_and_forged_deployments_and_histo
         code = worker.stop()
     assert code == 0, worker.log()[-3000:]
     assert KEY not in worker.log()
+    # The audit trail in the worker's JSON log: every line an object; who changed what serves, and the refusals.
+    lines = [json.loads(line) for line in worker.log().splitlines() if line.strip()]
+    events = [ln for ln in lines if "event" in ln]
+    applied = [e for e in events if e["event"] == "deployment_applied"]
+    assert applied and {k: applied[-1][k] for k in ("model", "version", "actor", "reason")} == {
+        "model": "fraud", "version": "2", "actor": "ana@ops", "reason": "recall up 4 points"}
+    assert sorted(e["reason"] for e in events if e["event"] == "control_record_refused") == [
+        "forged_control_record", "unsigned_control_record"]
+    assert {"worker_started", "worker_stopping"} <= {e["event"] for e in events}
