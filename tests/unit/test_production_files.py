@@ -55,8 +55,10 @@ def test_compose_file_is_valid_and_wires_the_stack() -> None:
             # the web server on every address of its container, behind the token Prometheus scrapes with
             assert service["environment"]["DRIFTLINE_WEB_HOST"] == "0.0.0.0", name  # noqa: S104
             assert service["environment"]["DRIFTLINE_WEB_TOKEN_FILE"] == "/run/secrets/web_token", name
-            assert service["secrets"] == ["web_token"], name
+            assert service["environment"]["DRIFTLINE_CONTROL_KEY_FILE"] == "/run/secrets/control_key", name
+            assert service["secrets"] == ["web_token", "control_key"], name
     assert services["prometheus"]["secrets"] == ["web_token"] and compose["secrets"]["web_token"]["file"]
+    assert compose["secrets"]["control_key"]["file"] == "./deploy/control-key"
     scrape = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
     assert scrape[0]["authorization"]["credentials_file"] == "/run/secrets/web_token"
     assert {"schema-registry", "generator", "prometheus", "grafana"} <= set(services)
@@ -150,7 +152,8 @@ def test_the_fields_that_matter() -> None:
     keys |= {(v["secret"]["secretName"], item["key"])
              for v in volumes if "secret" in v for item in v["secret"]["items"]}
     assert keys == {("driftline-kafka", "DRIFTLINE_KAFKA__SASL_USERNAME"), ("driftline-kafka", "ca.crt"),
-                    ("driftline-kafka", "DRIFTLINE_KAFKA__SASL_PASSWORD"), ("driftline-web", "token")}
+                    ("driftline-kafka", "DRIFTLINE_KAFKA__SASL_PASSWORD"), ("driftline-web", "token"),
+                    ("driftline-control", "key")}
     assert all(re.search(rf"create secret generic {name} .*--from-(literal|file)={re.escape(k)}=", how, re.S)
                for name, k in keys), how
 
@@ -158,6 +161,11 @@ def test_the_fields_that_matter() -> None:
     # PodMonitor sends too; no service-account token in any pod; read-only root filesystems everywhere.
     assert config["DRIFTLINE_WEB_HOST"] == "0.0.0.0"  # noqa: S104 - a pod's probes come from outside
     assert config["DRIFTLINE_WEB_TOKEN_FILE"] == "/etc/driftline/web/token"
+    assert config["DRIFTLINE_CONTROL_KEY_FILE"] == "/etc/driftline/control/key"  # signed deployments, by default
+    for name in ("deployment.yaml", "deployment-gpu.yaml", "trainer-job.yaml"):
+        spec = docs(K8S / name)[0]["spec"]["template"]["spec"]
+        mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+        assert mounts["control-key"] == "/etc/driftline/control", name
     for name in ("deployment.yaml", "deployment-gpu.yaml"):
         spec = docs(K8S / name)[0]["spec"]["template"]["spec"]
         mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
