@@ -56,8 +56,12 @@ class OnnxModel:
         intra_op_threads: int = 1,
         graph_optimization: GraphOptimization = "all",
         io_binding: bool | None = None,
+        verify_key: bytes | None = None,
     ) -> None:
         """``io_binding``: run through ONNX Runtime's IO binding (None: only when CUDA is active).
+
+        ``verify_key``: an Ed25519 public key (PEM); the version must then be
+        signed by its owner (:mod:`driftline.inference.signing`) to load.
 
         With IO binding the input is copied to the device once and only the
         output that is read comes back, instead of every output of the graph.
@@ -67,6 +71,7 @@ class OnnxModel:
         self.intra_op_threads = intra_op_threads
         self.graph_optimization = graph_optimization
         self.io_binding = io_binding
+        self.verify_key = verify_key
         self._bound = False
         self._ranks: dict[str, int] = {}
         self.manifest: Manifest = Manifest.read(self.directory)
@@ -93,6 +98,10 @@ class OnnxModel:
         path = self.directory / MODEL_FILE
         if not path.is_file():
             raise ModelError(f"{path} is missing")
+        if self.verify_key is not None:
+            from driftline.inference.signing import verify_version
+
+            verify_version(self.directory, self.verify_key)
         digest = sha256_file(path)
         if digest != m.sha256:
             raise ModelError(

@@ -304,6 +304,12 @@ class Settings(BaseSettings):
         "forged ones. Every writer (driftline model, the trainer) and worker needs the same key",
     )
     control_key_file: Path | None = Field(None, description="...or a file holding it (a mounted Secret)")
+    model_verify_key_file: Path | None = Field(
+        None, description="an Ed25519 public key (PEM): workers load only model versions signed with its private key",
+    )
+    model_sign_key_file: Path | None = Field(
+        None, description="the private key (PEM) driftline model register and the trainer sign new versions with",
+    )
     control_identity: str | None = Field(
         None, max_length=200, description="who a deployment change is recorded as (default: OS user@host)",
     )
@@ -322,6 +328,10 @@ class Settings(BaseSettings):
             raise ValueError("set web_token or web_token_file, not both")
         if self.web_token_file is not None and not Path(self.web_token_file).is_file():
             raise ValueError(f"web_token_file={self.web_token_file} does not exist")
+        for name in ("model_verify_key_file", "model_sign_key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}={path} does not exist")
         if self.control_key is not None and self.control_key_file is not None:
             raise ValueError("set control_key or control_key_file, not both")
         if self.control_key_file is not None and not Path(self.control_key_file).is_file():
@@ -374,6 +384,10 @@ class Settings(BaseSettings):
         if len(secret) < 16:
             raise ConfigError("the control key must be at least 16 characters (openssl rand -hex 32 makes one)")
         return secret.encode()
+
+    def model_verify_key(self) -> bytes | None:
+        """The public key model versions must be signed for, or None (versions are checked by sha256 only)."""
+        return Path(self.model_verify_key_file).read_bytes() if self.model_verify_key_file else None
 
     def actor(self) -> str:
         """Who this process records deployment changes as."""

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 def loader_from(settings: Settings) -> ModelLoader:
     return ModelLoader(ModelRegistry(settings.model_dir), providers=settings.providers,
                        intra_op_threads=settings.intra_op_threads, graph_optimization=settings.graph_optimization,
-                       io_binding=settings.io_binding, require_gpu=settings.require_gpu)
+                       io_binding=settings.io_binding, require_gpu=settings.require_gpu,
+                       verify_key=settings.model_verify_key())
 
 
 class ModelLoader:
@@ -34,8 +35,9 @@ class ModelLoader:
 
     def __init__(self, registry: ModelRegistry, *, providers: ProviderChoice, intra_op_threads: int,
                  graph_optimization: GraphOptimization = "all", io_binding: bool | None = None,
-                 require_gpu: bool = False) -> None:
+                 require_gpu: bool = False, verify_key: bytes | None = None) -> None:
         self.registry = registry
+        self.verify_key = verify_key
         self.io_binding = io_binding
         self.providers = providers
         self.intra_op_threads = intra_op_threads
@@ -46,7 +48,7 @@ class ModelLoader:
         """Load and warm up one version; ModelError (or ConfigError for require_gpu) when it cannot serve."""
         model = OnnxModel(self.registry.path(name, version), providers=self.providers,
                           intra_op_threads=self.intra_op_threads, graph_optimization=self.graph_optimization,
-                          io_binding=self.io_binding)
+                          io_binding=self.io_binding, verify_key=self.verify_key)
         model.load()
         if self.require_gpu and model.active_provider != CUDA:
             model.unload()

@@ -37,6 +37,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     metrics = json.loads(Path(args.metrics).read_text()) if args.metrics else {}
     data = Path(args.data) if args.data else None
     providers: ProviderChoice = args.providers or settings.providers
+    key_file = Path(args.sign_key) if args.sign_key else settings.model_sign_key_file
+    sign_key = Path(key_file).read_bytes() if key_file else None
     catalog = None
     if data is not None or settings.schema_registry.url:
         from driftline.streams.catalog import build_catalog
@@ -63,6 +65,11 @@ def cmd_register(args: argparse.Namespace) -> int:
 
             _, rows = build_profile(staging, data, catalog)
             print(f"reference profile built from {rows} rows of {data}")
+        if sign_key is not None:  # last: the signature covers the manifest and the profile as they now are
+            from driftline.inference.signing import sign_version
+
+            sign_version(staging, sign_key)
+            print("signed (manifest.sig)")
 
     target = register_version(
         settings.model_dir, onnx_file, template, name=args.name, version=args.version,
@@ -150,6 +157,23 @@ def cmd_change(args: argparse.Namespace) -> int:
         extra={"event": "deployment_written", "model": new.model, "version": new.champion,
                "actor": settings.actor(), "reason": args.reason})
     print(f"before: {current.describe()}\nnow:    {new.describe()}")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from driftline.inference.signing import generate_keys
+
+    generate_keys(Path(args.private), Path(args.public))
+    print(f"private key {args.private} (keep it secret), public key {args.public} (for the workers)")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from driftline.inference.signing import sign_version
+
+    settings = load_settings(**({"model_dir": args.model_dir} if args.model_dir else {}))
+    directory = ModelRegistry(settings.model_dir).path(args.name, args.version)
+    print(f"signed {args.name} v{args.version}: {sign_version(directory, Path(args.key).read_bytes())}")
     return 0
 
 
@@ -242,6 +266,8 @@ def add_model_commands(sub: Any) -> None:
     reg.add_argument("--spec", help="JSON with task, features, request, onnx, threshold, labels")
     reg.add_argument("--metrics", help="JSON of offline evaluation metrics")
     reg.add_argument("--data", help="training data (JSON lines/CSV): fingerprint and reference profile")
+    reg.add_argument("--sign-key",
+                     help="sign the version with this Ed25519 private key (DRIFTLINE_MODEL_SIGN_KEY_FILE)")
     common(reg, broker=False)
     from driftline.streams.cli.byo import add_register_options  # multi-input ONNX, MLflow directories
 
@@ -280,6 +306,16 @@ def add_model_commands(sub: Any) -> None:
     for p in (pro, can, sh, ab, rb):
         p.add_argument("--reason", default="", help="why: kept with the change (driftline model history)")
         p.set_defaults(func=cmd_change)
+    kg = msub.add_parser("keygen", help="make an Ed25519 key pair to sign model versions with")
+    kg.add_argument("private", help="where the private key goes (mode 0600; keep it with whoever registers)")
+    kg.add_argument("public", help="where the public key goes (DRIFTLINE_MODEL_VERIFY_KEY_FILE for workers)")
+    kg.set_defaults(func=cmd_keygen)
+    sg = msub.add_parser("sign", help="sign an existing version (a manifest.sig beside it)")
+    sg.add_argument("name")
+    sg.add_argument("version")
+    sg.add_argument("--key", required=True, help="the Ed25519 private key (PEM)")
+    sg.add_argument("--model-dir", help="registry root (DRIFTLINE_MODEL_DIR)")
+    sg.set_defaults(func=cmd_sign)
     hist = msub.add_parser("history", help="every change of what serves a model: when, who, why, signature")
     hist.add_argument("name")
     hist.add_argument("--json", action="store_true", help="one JSON object per change instead of the table")

@@ -270,6 +270,10 @@ class Trainer:
             m = OnnxModel(staging, providers="cpu")
             m.load()
             profile_from_matrix(staging, raw, m.predict(x))  # the requests' nulls, not the imputed values
+            if self.settings.model_sign_key_file is not None:  # workers that check signatures load it then
+                from driftline.inference.signing import sign_version
+
+                sign_version(staging, Path(self.settings.model_sign_key_file).read_bytes())
 
         onnx_file = Path(self.settings.data_dir) / f"challenger-{model}-{version}.onnx"
         onnx_file.parent.mkdir(parents=True, exist_ok=True)
