@@ -24,7 +24,7 @@ _PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def is_plain_name(value: object) -> bool:
     """Whether ``value`` may name a model or a version (see :func:`check_name`)."""
-    return isinstance(value, str) and _PLAIN.match(value) is not None
+    return isinstance(value, str) and _PLAIN.fullmatch(value) is not None
 
 
 def check_name(what: str, value: object) -> str:
@@ -77,10 +77,12 @@ class ModelRegistry:
         return self._inside(self.root / name / str(version))
 
     def _inside(self, path: Path) -> Path:
-        """``path``, unless a symbolic link takes it out of the registry (a version must live in ``model_dir``)."""
-        if not path.resolve().is_relative_to(self.root.resolve()):
-            raise ModelError(f"{path} leads outside the model directory {self.root} (a symbolic link?); "
-                             "copy the version into the registry instead")
+        """``path``, unless a symbolic link takes it, or a file in it, out of the registry."""
+        root = self.root.resolve()
+        for p in (path, *(path / name for name in ("model.onnx", "manifest.json", "profile.json", "manifest.sig"))):
+            if p.exists() and not p.resolve().is_relative_to(root):
+                raise ModelError(f"{p} leads outside the model directory {self.root} (a symbolic link?); "
+                                 "copy the version into the registry instead")
         return path
 
 

@@ -296,6 +296,9 @@ class Settings(BaseSettings):
         "/readyz stay open for probes); unset: no token asked for",
     )
     web_token_file: Path | None = Field(None, description="...or a file holding it (a mounted Kubernetes Secret)")
+    web_open: bool = Field(
+        False, description="allow listening beyond loopback without a token (a network you trust); else refused",
+    )
     web_tls_cert_file: Path | None = Field(None, description="serve HTTPS with this certificate (PEM, with chain)")
     web_tls_key_file: Path | None = Field(None, description="...and this key (PEM)")
     data_dir: Path = Path(".driftline")

@@ -42,35 +42,47 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def token_middleware(token: str) -> Any:
     """401, with an empty body, for any path but :data:`OPEN_PATHS` without ``Authorization: Bearer <token>``."""
-    expected = f"Bearer {token}".encode()
+    expected = token.encode()
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in OPEN_PATHS:
             return await handler(request)
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # any bytes a client sends (aiohttp keeps undecodable ones as surrogates) compare, never raise
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
+                                                                 expected):
             return web.Response(status=401, headers={"WWW-Authenticate": 'Bearer realm="driftline"'})
         return await handler(request)
 
     return require_token
 
 
-def web_options(host: str, token: str | None, cert: Path | None, key: Path | None) -> dict[str, Any]:
-    """The Faust app's web settings: Faust's own views off, the token check, HTTPS where a certificate is given."""
+def web_options(host: str, token: str | None, cert: Path | None, key: Path | None, *,
+                open_ok: bool = False) -> dict[str, Any]:
+    """The Faust app's web settings: Faust's own views off, the token check, HTTPS where a certificate is given.
+
+    Beyond loopback without a token, anyone who reaches the port reads the
+    metrics and the dashboard's data: refused at start unless ``open_ok``
+    (``web_open``: a network the operator trusts).
+    """
+    from driftline.streams.errors import ConfigError
+
     options: dict[str, Any] = dict(FAUST_VIEWS_OFF)
     if token is not None:
         options["web_application_options"] = {"middlewares": [token_middleware(token)]}
     elif host not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("the web server listens on %s without a token: anyone who reaches it reads /metrics and the "
-                    "dashboard's data; set DRIFTLINE_WEB_TOKEN (or DRIFTLINE_WEB_TOKEN_FILE)", host)
+        if not open_ok:
+            raise ConfigError(f"the web server would listen on {host} without a token: set DRIFTLINE_WEB_TOKEN "
+                              "(or DRIFTLINE_WEB_TOKEN_FILE), or DRIFTLINE_WEB_OPEN=true on a network you trust, "
+                              "or DRIFTLINE_WEB_HOST=127.0.0.1")
+        log.warning("the web server listens on %s without a token (web_open): anyone who reaches it reads /metrics "
+                    "and the dashboard's data", host)
     if cert is not None and key is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
             context.load_cert_chain(str(cert), str(key))
         except (ssl.SSLError, OSError) as exc:
-            from driftline.streams.errors import ConfigError
-
             raise ConfigError(f"web_tls_cert_file/web_tls_key_file: cannot load them ({exc}); give a PEM "
                               "certificate and its unencrypted key") from None
         options["web_ssl_context"] = context

@@ -117,7 +117,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
         web_port=settings.web_port,
         web_bind=settings.web_host,  # where it listens (Faust's web_host only names it in URLs)
         **web_options(settings.web_host, settings.web_token_value(), settings.web_tls_cert_file,
-                      settings.web_tls_key_file),
+                      settings.web_tls_key_file, open_ok=settings.web_open),
         datadir=str(Path(settings.data_dir) / "faust"),
         topic_disable_leader=True,
         broker_session_timeout=timeout,

@@ -254,7 +254,8 @@ def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float 
         # then a candidate to shadow or promote, not the champion of a configured "latest".
         control = Producer(settings.producer_config())
         for pin in pinned:
-            write_deployment(control, settings, Deployment(pin["name"], pin["version"]),
+            write_deployment(control, settings, Deployment(pin["name"], pin["version"],
+                                                           updated_at=int(time.time() * 1000)),
                              reason="driftline up: the configured version")
         env = {**os.environ, "DRIFTLINE_BROKER": bootstrap, "DRIFTLINE_SESSION_TIMEOUT_S": "6",
                "DRIFTLINE_WINDOW_S": str(settings.window_s), "DRIFTLINE_WINDOW_GRACE_S": str(settings.window_grace_s),

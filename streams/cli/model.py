@@ -126,7 +126,7 @@ def cmd_change(args: argparse.Namespace) -> int:
     settings = load_settings(broker=args.broker, **({"model_dir": args.model_dir} if args.model_dir else {}))
     registry = ModelRegistry(settings.model_dir)
     require_broker(settings, [settings.topic("models")])
-    current = current_deployment(settings, args.name)
+    current = current_deployment(settings, args.name, writing=True)
     now = int(time.time() * 1000)
     providers: ProviderChoice = args.providers or settings.providers
     for version in (getattr(args, "version", None), *(getattr(args, "versions", None) or ())):

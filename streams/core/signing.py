@@ -21,23 +21,29 @@ PREFIX = "hmac-sha256:"
 Verdict = Literal["valid", "unsigned", "forged", "not checked"]
 
 
-def _message(key: bytes, body: Mapping[str, Any]) -> bytes:
+def _message(topic: str, key: bytes, body: Mapping[str, Any]) -> bytes:
+    """The signed bytes: the topic (so a record signed for one namespace is not valid in another), the Kafka key,
+    and every field but the signature as canonical JSON in ASCII (any string, lone surrogates too, encodes)."""
     fields = {k: v for k, v in body.items() if k != SIGNATURE}
-    return key + b"\n" + json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return topic.encode("utf-8", "surrogatepass") + b"\n" + key + b"\n" + canonical.encode("ascii")
 
 
-def sign(key: bytes, body: Mapping[str, Any], secret: bytes) -> dict[str, Any]:
-    """``body`` with its signature: HMAC-SHA256 of the Kafka key and the canonical JSON of every other field."""
-    digest = hmac.new(secret, _message(key, body), hashlib.sha256).hexdigest()
+def sign(topic: str, key: bytes, body: Mapping[str, Any], secret: bytes) -> dict[str, Any]:
+    """``body`` with its signature: HMAC-SHA256 of the topic, the Kafka key and the canonical JSON of the rest."""
+    digest = hmac.new(secret, _message(topic, key, body), hashlib.sha256).hexdigest()
     return {**{k: v for k, v in body.items() if k != SIGNATURE}, SIGNATURE: PREFIX + digest}
 
 
-def verify(key: bytes, body: Mapping[str, Any], secret: bytes | None) -> Verdict:
-    """Whether ``body`` was signed with ``secret`` for this Kafka key (constant-time); ``not checked`` without one."""
+def verify(topic: str, key: bytes, body: Mapping[str, Any], secret: bytes | None) -> Verdict:
+    """Whether ``body`` was signed with ``secret`` for this topic and key (constant-time); never raises."""
     given = body.get(SIGNATURE)
     if secret is None:
         return "not checked"
     if not isinstance(given, str) or not given.startswith(PREFIX):
         return "unsigned"
-    expected = PREFIX + hmac.new(secret, _message(key, body), hashlib.sha256).hexdigest()
-    return "valid" if hmac.compare_digest(given.encode(), expected.encode()) else "forged"
+    try:
+        expected = PREFIX + hmac.new(secret, _message(topic, key, body), hashlib.sha256).hexdigest()
+    except (TypeError, ValueError):  # a body no signer could have produced
+        return "forged"
+    return "valid" if hmac.compare_digest(given.encode("ascii", "replace"), expected.encode()) else "forged"

@@ -45,7 +45,8 @@ class ControlRecord:
     signature: Verdict
 
 
-def parse_control(key: bytes | None, value: bytes | None, secret: bytes | None = None) -> ControlRecord | Skip:
+def parse_control(key: bytes | None, value: bytes | None, secret: bytes | None = None,
+                  topic: str = "") -> ControlRecord | Skip:
     """A control record, or why it is not one; never raises, whatever the bytes.
 
     The key must be the model's name: the topic is compacted by key, so a
@@ -65,7 +66,7 @@ def parse_control(key: bytes | None, value: bytes | None, secret: bytes | None =
     if dep.model != key.decode(errors="replace"):
         return Skip("key_mismatch", f"a deployment of model {dep.model!r} keyed {key[:80]!r}; "
                                     "the key must be the model's name")
-    verdict = verify(key, body, secret)
+    verdict = verify(topic, key, body, secret)
     if verdict == "unsigned":
         return Skip("unsigned_control_record", f"a deployment of {dep.model} ({dep.describe()}) without a "
                     "signature, and this worker has a control key: written by something without the key")
@@ -73,13 +74,21 @@ def parse_control(key: bytes | None, value: bytes | None, secret: bytes | None =
         return Skip("forged_control_record", f"a deployment of {dep.model} ({dep.describe()}) whose signature "
                     "does not match: altered, or signed with another key")
     changed_by, reason = body.get("changed_by"), body.get("reason")
-    return ControlRecord(dep, changed_by[:200] if isinstance(changed_by, str) else "unknown",
-                         reason[:DETAIL_CHARS] if isinstance(reason, str) else "", verdict)
+    return ControlRecord(dep, printable(changed_by, 200) if isinstance(changed_by, str) else "unknown",
+                         printable(reason, DETAIL_CHARS) if isinstance(reason, str) else "", verdict)
 
 
-def parse_deployment(key: bytes | None, value: bytes | None, secret: bytes | None = None) -> Deployment | Skip:
+def printable(text: str, limit: int) -> str:
+    """``text`` safe to print and log: control characters (terminal escapes, newlines) and unpaired surrogates
+    replaced, cut to ``limit`` characters (who and why come from a topic anyone with access can write)."""
+    clean = text.encode("utf-8", "replace").decode("utf-8")
+    return "".join(c if c.isprintable() else "?" for c in clean)[:limit]
+
+
+def parse_deployment(key: bytes | None, value: bytes | None, secret: bytes | None = None,
+                     topic: str = "") -> Deployment | Skip:
     """:func:`parse_control`, the deployment only."""
-    got = parse_control(key, value, secret)
+    got = parse_control(key, value, secret, topic)
     return got.deployment if isinstance(got, ControlRecord) else got
 
 
@@ -95,6 +104,8 @@ class ControlFollower:
         self.topic = topic
         self.secret = secret
         self.audit: dict[str, dict[str, str]] = {}  # model → who made its last deployment record, and why
+        self.latest_at: dict[str, int] = {}  # model → updated_at of its last applied record (replays are older)
+        self.signed_seen = False  # whether any record on the topic carries a signature
         self.skips = SkipLog(log, keep=KEEP_SKIPPED)
         self._consumer = Consumer({**reader_config(conf, f"driftline-control-{uuid.uuid4().hex[:12]}"),
                                    "fetch.wait.max.ms": 100})
@@ -117,24 +128,50 @@ class ControlFollower:
         return out
 
     def _parse(self, msg: Any) -> Deployment | None:
-        got = parse_control(msg.key(), msg.value(), self.secret)
+        self.signed_seen = self.signed_seen or _signed(msg.value())
+        got = parse_control(msg.key(), msg.value(), self.secret, self.topic)
+        if not isinstance(got, Skip) and self.secret is not None:
+            got = self._not_older(got)
         if isinstance(got, Skip):
             self.skips.skip(self.topic, msg.partition(), msg.offset(), msg.key(), got)
             return None
         self.audit[got.deployment.model] = {"actor": got.changed_by, "reason": got.reason}
+        self.latest_at[got.deployment.model] = got.deployment.updated_at
         return got.deployment
+
+    def _not_older(self, got: ControlRecord) -> ControlRecord | Skip:
+        """A signed record older than the last one applied is a replay (an old, withdrawn deployment): refused."""
+        dep = got.deployment
+        last = self.latest_at.get(dep.model)
+        if last is not None and dep.updated_at < last:
+            return Skip("stale_control_record", f"a signed deployment of {dep.model} ({dep.describe()}) from "
+                        f"{dep.updated_at}, older than the one applied ({last}): a replayed record; write a new one "
+                        "with driftline model promote/rollback")
+        return got
 
     def close(self) -> None:
         self._consumer.close()
 
 
-def read_deployments(settings: Settings, timeout_s: float = 15.0) -> dict[str, Deployment]:
-    """The latest deployment of every model on the control topic (models never deployed are absent)."""
-    follower = ControlFollower(settings.confluent(log_level=0), settings.topic("models"), settings.control_secret())
+def read_deployments(settings: Settings, timeout_s: float = 15.0, *, writing: bool = False
+                     ) -> dict[str, Deployment]:
+    """The latest deployment of every model on the control topic (models never deployed are absent).
+
+    ``writing``: the caller is about to write a deployment; without a control
+    key, a topic that holds signed records means the workers check
+    signatures and would refuse it, so :class:`ConfigError` says so instead.
+    """
+    secret = settings.control_secret()
+    follower = ControlFollower(settings.confluent(log_level=0), settings.topic("models"), secret)
     try:
-        return follower.read_to_end(timeout_s)
+        found = follower.read_to_end(timeout_s)
     finally:
         follower.close()
+    if writing and secret is None and follower.signed_seen:
+        raise ConfigError(f"{settings.topic('models')} holds signed deployment records: the workers check "
+                          "signatures and would refuse an unsigned change; set DRIFTLINE_CONTROL_KEY (or "
+                          "DRIFTLINE_CONTROL_KEY_FILE) to the workers' key")
+    return found
 
 
 def configured(settings: Settings, name: str) -> Deployment:
@@ -148,19 +185,25 @@ def configured(settings: Settings, name: str) -> Deployment:
 
 
 def current_deployment(settings: Settings, name: str, fallback: Deployment | None = None,
-                       timeout_s: float = 15.0) -> Deployment:
+                       timeout_s: float = 15.0, *, writing: bool = False) -> Deployment:
     """The control topic's record for ``name``; without one, ``fallback`` or the configured version."""
-    return read_deployments(settings, timeout_s).get(name) or fallback or configured(settings, name)
+    return (read_deployments(settings, timeout_s, writing=writing).get(name) or fallback
+            or configured(settings, name))
+
+
+def _signed(value: bytes | None) -> bool:
+    """Whether a record's bytes carry a signature field (without trusting anything else in them)."""
+    return value is not None and b'"signature"' in value
 
 
 def write_deployment(producer: Producer, settings: Settings, dep: Deployment, timeout_s: float = 15.0, *,
                      reason: str = "", actor: str | None = None) -> None:
     """Write ``dep`` keyed by its model's name, with who and why (signed with the control key), and wait for the broker.
     """
-    key = dep.model.encode()
+    key, topic = dep.model.encode(), settings.topic("models")
     body: dict[str, Any] = {**dep.to_dict(), "changed_by": actor or settings.actor(), "reason": reason}
     secret = settings.control_secret()
-    producer.produce(settings.topic("models"), json.dumps(sign(key, body, secret) if secret else body).encode(), key)
+    producer.produce(topic, json.dumps(sign(topic, key, body, secret) if secret else body).encode(), key)
     if producer.flush(timeout_s) != 0:
         raise BrokerError(f"could not write the deployment of {dep.model} to {settings.topic('models')} "
                           f"at {settings.broker}; is the broker up?")
@@ -171,12 +214,19 @@ def read_history(settings: Settings, name: str, timeout_s: float = 15.0) -> list
     consumer = Consumer({**reader_config(settings.confluent(log_level=0), f"driftline-history-{uuid.uuid4().hex[:12]}"),
                          "fetch.wait.max.ms": 100})
     secret = settings.control_secret()
+    judge = ControlFollower.__new__(ControlFollower)  # its record rules (signature, replays), without a consumer
+    judge.topic, judge.secret, judge.latest_at = settings.topic("models"), secret, {}
     out: list[ControlRecord | Skip] = []
     try:
         for msg in read_to_end(consumer, settings.topic("models"), timeout_s=timeout_s,
                                missing=" (the control topic); run driftline topics create"):
             if msg.key() == name.encode():
-                out.append(parse_control(msg.key(), msg.value(), secret))
+                got = parse_control(msg.key(), msg.value(), secret, judge.topic)
+                if isinstance(got, ControlRecord) and secret is not None:
+                    got = judge._not_older(got)
+                    if isinstance(got, ControlRecord):
+                        judge.latest_at[name] = got.deployment.updated_at
+                out.append(got)
     finally:
         consumer.close()
     return out

@@ -170,6 +170,8 @@ def test_dashboard_numbers_match_metrics_in_headless_chromium(
         for path in ("/metrics", "/api/recent", "/router/", "/table/"):
             assert get(base + path) == (401, b""), path
         assert get(base + "/metrics", "Bearer wrong" + token)[0] == 401
+        assert get(base + "/metrics", "Bearer \xe9")[0] == 401  # a byte that is not UTF-8: 401, not a 500
+        assert get(base + "/metrics", f"bearer {token}")[0] == 200  # the scheme is case-insensitive (RFC 7235)
         assert get(base + "/healthz")[0] == 200 and get(base + "/")[0] == 200
         assert get(base + "/router/", f"Bearer {token}")[0] == 404  # Faust's views are off, not just hidden
         n = send_requests(broker.bootstrap, settings.topic("requests"), catalog, generator, rng, 3000, bad=25,

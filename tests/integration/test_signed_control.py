@@ -22,7 +22,7 @@ from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode
 from driftline.streams.core.signing import sign
 from driftline.streams.kafka.broker import Broker
-from driftline.streams.kafka.topics import ensure_topics
+from driftline.streams.kafka.topics import ensure_topics, iter_topic
 from driftline.streams.settings import EXAMPLE_MODELS, REPO_ROOT, load_settings
 from tests.helpers import Collector, WorkerProcess
 
@@ -65,7 +65,8 @@ def test_a_worker_with_the_key_refuses_unsigned_and_forged_deployments_and_histo
                    "changed_by": "mallory", "reason": "trust me"}
         producer = Producer({"bootstrap.servers": broker.bootstrap})
         producer.produce(models_t, json.dumps(promote).encode(), b"fraud")  # no signature
-        producer.produce(models_t, json.dumps(sign(b"fraud", promote, b"w" * 32)).encode(), b"fraud")  # another key
+        forged = sign(models_t, b"fraud", promote, b"w" * 32)  # another key
+        producer.produce(models_t, json.dumps(forged).encode(), b"fraud")
         assert producer.flush(10) == 0
 
         def refusals(records: dict) -> list[dict]:  # type: ignore[type-arg]
@@ -87,15 +88,32 @@ def test_a_worker_with_the_key_refuses_unsigned_and_forged_deployments_and_histo
             assert worker.alive() and time.monotonic() < deadline, worker.log()[-3000:]
             time.sleep(0.3)
 
+        # A replay: the promote record's own bytes, sent again after a rollback, is refused as stale.
+        promoted = next(m for m in iter_topic(settings.confluent(), models_t) if b"recall up" in (m.value() or b""))
+        assert cli("model", "rollback", "fraud", "--reason", "back to v1", env=env).returncode == 0
+        deadline = time.monotonic() + 60
+        while serving(worker) != {"1"}:
+            assert worker.alive() and time.monotonic() < deadline, worker.log()[-3000:]
+            time.sleep(0.3)
+        producer.produce(models_t, promoted.value(), b"fraud")
+        assert producer.flush(10) == 0
+        got = collector.until(lambda r: len(refusals(r)) >= 3, timeout_s=60)
+        assert any("stale_control_record" in a["message"] for a in refusals(got))
+        assert serving(worker) == {"1"}
+        # Without the key, a change would be refused by the workers: the CLI says so instead of writing it.
+        no_key = {k: v for k, v in env.items() if k != "DRIFTLINE_CONTROL_KEY"}
+        refused = cli("model", "promote", "fraud", "2", env=no_key)
+        assert refused.returncode == 2 and "holds signed deployment records" in refused.stderr, refused.stderr
+
         history = cli("model", "history", "fraud", "--json", env=env)
         assert history.returncode == 0, history.stderr
         rows = [json.loads(line) for line in history.stdout.splitlines()]
-        assert [r["signature"] for r in rows] == ["unsigned_control_record", "forged_control_record", "valid"]
-        assert rows[-1]["by"] == "ana@ops" and rows[-1]["reason"] == "recall up 4 points"
-        assert "champion v2" in rows[-1]["serves"], rows[-1]
-        no_key = {k: v for k, v in env.items() if k != "DRIFTLINE_CONTROL_KEY"}
+        assert [r["signature"] for r in rows] == ["unsigned_control_record", "forged_control_record", "valid",
+                                                  "valid", "stale_control_record"]
+        assert rows[2]["by"] == "ana@ops" and rows[2]["reason"] == "recall up 4 points"
+        assert "champion v2" in rows[2]["serves"] and "champion v1" in rows[3]["serves"], rows
         unchecked = cli("model", "history", "fraud", "--json", env=no_key)
-        assert [json.loads(line)["signature"] for line in unchecked.stdout.splitlines()] == ["not checked"] * 3
+        assert [json.loads(line)["signature"] for line in unchecked.stdout.splitlines()] == ["not checked"] * 5
     finally:
         collector.close()
         code = worker.stop()
@@ -105,8 +123,9 @@ def test_a_worker_with_the_key_refuses_unsigned_and_forged_deployments_and_histo
     lines = [json.loads(line) for line in worker.log().splitlines() if line.strip()]
     events = [ln for ln in lines if "event" in ln]
     applied = [e for e in events if e["event"] == "deployment_applied"]
-    assert applied and {k: applied[-1][k] for k in ("model", "version", "actor", "reason")} == {
-        "model": "fraud", "version": "2", "actor": "ana@ops", "reason": "recall up 4 points"}
+    assert [{k: a[k] for k in ("model", "version", "actor", "reason")} for a in applied[-2:]] == [
+        {"model": "fraud", "version": "2", "actor": "ana@ops", "reason": "recall up 4 points"},
+        {"model": "fraud", "version": "1", "actor": "ana@ops", "reason": "back to v1"}]
     assert sorted(e["reason"] for e in events if e["event"] == "control_record_refused") == [
-        "forged_control_record", "unsigned_control_record"]
+        "forged_control_record", "stale_control_record", "unsigned_control_record"]
     assert {"worker_started", "worker_stopping"} <= {e["event"] for e in events}

@@ -33,7 +33,8 @@ def listening_address(port: int) -> str:
 @pytest.mark.parametrize(("host", "expected"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])  # noqa: S104
 def test_the_web_server_listens_where_it_is_told(broker: Broker, namespace: str, tmp_path: Path, host: str | None,
                                                  expected: str) -> None:
-    worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, **({"web_host": host} if host else {})).start()
+    settings = {"web_host": host, "web_open": "true"} if host else {}  # open: this test is about the address
+    worker = WorkerProcess(broker.bootstrap, namespace, tmp_path, **settings).start()
     try:
         deadline = time.monotonic() + 60
         while True:

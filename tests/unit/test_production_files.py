@@ -48,7 +48,8 @@ def test_compose_file_is_valid_and_wires_the_stack() -> None:
     assert init["depends_on"]["schema-registry"]["condition"] == "service_healthy"
     # every driftline container finds the registry the stack starts (its service name and port)
     registry = services["schema-registry"]
-    assert "8081:8081" in registry["ports"] and registry["healthcheck"]["test"]
+    assert "127.0.0.1:8081:8081" in registry["ports"] and registry["healthcheck"]["test"]
+    assert all(str(p).startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
     for name, service in services.items():
         if name in ("topic-init", "generator") or name.startswith("worker-"):
             assert service["environment"]["DRIFTLINE_SCHEMA_REGISTRY__URL"] == "http://schema-registry:8081", name
@@ -159,8 +160,15 @@ def test_the_fields_that_matter() -> None:
 
     # The web server: every address of the pod, with the token from the driftline-web Secret, which the
     # PodMonitor sends too; no service-account token in any pod; read-only root filesystems everywhere.
-    assert config["DRIFTLINE_WEB_HOST"] == "0.0.0.0"  # noqa: S104 - a pod's probes come from outside
-    assert config["DRIFTLINE_WEB_TOKEN_FILE"] == "/etc/driftline/web/token"
+    # the web settings are the workers' own (a trainer pod with them would look for a token it has no mount for)
+    assert "DRIFTLINE_WEB_HOST" not in config and "DRIFTLINE_WEB_TOKEN_FILE" not in config
+    for name in ("deployment.yaml", "deployment-gpu.yaml"):
+        env = {e["name"]: e["value"] for e in docs(K8S / name)[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env == {"DRIFTLINE_WEB_HOST": "0.0.0.0",  # noqa: S104 - a pod's probes come from outside
+                       "DRIFTLINE_WEB_TOKEN_FILE": "/etc/driftline/web/token"}
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs(K8S / "networkpolicy.yaml")}
+    assert policies["driftline-trainer"]["podSelector"]["matchLabels"] == {"app": "driftline-trainer"}
+    assert policies["driftline-trainer"]["ingress"] == []
     assert config["DRIFTLINE_CONTROL_KEY_FILE"] == "/etc/driftline/control/key"  # signed deployments, by default
     for name in ("deployment.yaml", "deployment-gpu.yaml", "trainer-job.yaml"):
         spec = docs(K8S / name)[0]["spec"]["template"]["spec"]

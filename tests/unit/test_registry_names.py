@@ -70,3 +70,17 @@ def test_registering_a_bad_name_writes_nothing(registry: ModelRegistry, tmp_path
         register_version(registry.root, EXAMPLE_MODELS / "fraud" / "1" / "model.onnx", {}, name=name,
                          version=version, created_at=datetime.now(UTC), code_version="test")
     assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_a_trailing_newline_is_not_a_name(registry: ModelRegistry) -> None:
+    with pytest.raises(ModelError, match="not a valid name"):
+        registry.path("fraud\n")
+
+
+def test_a_file_symlinked_out_of_a_version_is_refused(registry: ModelRegistry, tmp_path: Path) -> None:
+    version = registry.path("fraud", "1")
+    (tmp_path / "elsewhere.onnx").write_bytes((version / "model.onnx").read_bytes())
+    (version / "model.onnx").unlink()
+    (version / "model.onnx").symlink_to(tmp_path / "elsewhere.onnx")
+    with pytest.raises(ModelError, match="outside the model directory"):
+        registry.path("fraud", "1")
