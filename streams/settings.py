@@ -366,27 +366,12 @@ class Settings(BaseSettings):
 
     def web_token_value(self) -> str | None:
         """The web token, from the setting or its file (read now: a rotated Secret is read at the next start)."""
-        if self.web_token is not None:
-            token = self.web_token.get_secret_value()
-        elif self.web_token_file is not None:
-            token = Path(self.web_token_file).read_text().strip()
-        else:
-            return None
-        if len(token) < 16:
-            raise ConfigError("the web token must be at least 16 characters (openssl rand -hex 32 makes one)")
-        return token
+        return _secret("the web token", self.web_token, self.web_token_file)
 
     def control_secret(self) -> bytes | None:
         """The control key's bytes (from the setting or its file), or None when records are not signed."""
-        if self.control_key is not None:
-            secret = self.control_key.get_secret_value()
-        elif self.control_key_file is not None:
-            secret = Path(self.control_key_file).read_text().strip()
-        else:
-            return None
-        if len(secret) < 16:
-            raise ConfigError("the control key must be at least 16 characters (openssl rand -hex 32 makes one)")
-        return secret.encode()
+        secret = _secret("the control key", self.control_key, self.control_key_file)
+        return None if secret is None else secret.encode()
 
     def model_verify_key(self) -> bytes | None:
         """The public key model versions must be signed for, or None (versions are checked by sha256 only)."""
@@ -511,6 +496,19 @@ def describe(exc: ValidationError) -> str:
     secret = any(word in var.lower() for word in ("password", "token", "key", "secret"))
     shown = "" if isinstance(given, dict) or given is None or secret else f" (got {given!r})"
     return f"bad setting {var}: {msg}{shown}; fix the environment variable or the DRIFTLINE_CONFIG file"
+
+
+def _secret(what: str, value: SecretStr | None, file: Path | None) -> str | None:
+    """A secret from its setting or the file it names (surrounding whitespace dropped); at least 16 characters."""
+    if value is not None:
+        secret = value.get_secret_value()
+    elif file is not None:
+        secret = Path(file).read_text().strip()
+    else:
+        return None
+    if len(secret) < 16:
+        raise ConfigError(f"{what} must be at least 16 characters (openssl rand -hex 32 makes one)")
+    return secret
 
 
 # ``DRIFTLINE_*`` variables that are not settings: read by the commands themselves.
