@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import ssl
@@ -274,3 +275,26 @@ def test_a_real_prometheus_scrapes_the_worker(
         prom.terminate()
         prom.wait(20)
         worker.stop()
+
+
+@ONE_BROKER
+def test_a_payload_from_a_topic_is_shown_as_text_not_run_in_chromium(
+    broker: Broker, namespace: str, tmp_path: Path
+) -> None:
+    """A control record keyed with markup: its bad_control_record alert quotes the key on the dashboard as text."""
+    settings = load_settings(broker=broker.bootstrap, namespace=namespace)
+    ensure_topics(settings)
+    payload = "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned2'</script>"
+    worker = WorkerProcess(broker.bootstrap, namespace, tmp_path).start()
+    base = f"http://127.0.0.1:{worker.port}"
+    try:
+        wait_until(lambda: _up(base), worker, "the web server")
+        produce(broker.bootstrap, settings.topic("models"), [(payload.encode(), b'{"model": "x"}')])
+        wait_until(lambda: any("onerror" in a["message"] for a in json.loads(worker.page("/api/recent"))["alerts"]),
+                   worker, "the alert quoting the key")
+        dom = chromium("--virtual-time-budget=4000", "--dump-dom", base + "/", profile=tmp_path / "chrome")
+    finally:
+        worker.stop()
+    assert "pwned" not in re.search(r"<title>(.*?)</title>", dom, re.S).group(1)  # type: ignore[union-attr]
+    assert "&lt;img src=x onerror" in dom  # shown, escaped
+    assert "<img src=" not in dom and "<script>document.title" not in dom  # never an element
