@@ -56,6 +56,8 @@ class Manifest:
     raw: Mapping[str, Any] = field(repr=False)
     #: named inputs (``onnx.inputs``); empty for a model that reads one float32 matrix (``onnx.input``)
     inputs: tuple[ModelInput, ...] = ()
+    #: request fields whose values are personal (besides those the schema marks ``"driftline.pii": true``)
+    personal: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str = "manifest") -> Manifest:
@@ -82,6 +84,7 @@ class Manifest:
                 labels=(str(labels[0]), str(labels[1])),
                 raw=raw,
                 inputs=_named_inputs(onnx, profile, where),
+                personal=_personal(raw.get("personal", []), where),
             )
         except KeyError as exc:
             raise ModelError(f"{where}: missing field {exc.args[0]!r}; see README 'Bring your own model'") from exc
@@ -101,8 +104,13 @@ class Manifest:
 
 
     def check_request(self, schema: WireSchema) -> None:
-        """Refuse named inputs that ``schema``'s fields cannot feed exactly (an int64 input from a double field)."""
+        """Refuse named inputs that ``schema``'s fields cannot feed exactly (an int64 input from a double field),
+        and a ``personal`` field the schema does not have (a typo would leave the real one unprotected)."""
         types = schema.field_types
+        unknown = [n for n in self.personal if n not in types]
+        if unknown:
+            raise ModelError(f"{self.name} v{self.version}: personal lists {unknown[0]!r}, which {schema.subject} "
+                             "lacks; list the request's field names")
         for i in self.inputs:
             base = _base_type(types.get(i.field))
             if base is None:
@@ -111,6 +119,12 @@ class Manifest:
             if i.type in ("int64", "int32") and base not in _INTEGER_FIELDS:
                 raise ModelError(f"{self.name} v{self.version}: onnx input {i.name!r} is {i.type} but {schema.subject}"
                                  f" has {i.field!r} as {base}; export the input as float or double")
+
+
+def _personal(listed: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(listed, list) or not all(isinstance(n, str) and n for n in listed):
+        raise ModelError(f"{where}: personal must be a list of request field names")
+    return tuple(listed)
 
 
 def _named_inputs(onnx: Mapping[str, Any], profile: InputProfile, where: str) -> tuple[ModelInput, ...]:

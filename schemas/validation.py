@@ -88,11 +88,16 @@ class Validator:
     ([[12.5]], [0], 'out_of_range')
     """
 
-    def __init__(self, profile: InputProfile, reader: WireSchema, *, columns: bool = False) -> None:
-        """``columns``: also keep each feature's valid values, for models with named inputs (off: matrix only)."""
+    def __init__(self, profile: InputProfile, reader: WireSchema, *, columns: bool = False,
+                 personal: frozenset[str] = frozenset()) -> None:
+        """``columns``: also keep each feature's valid values, for models with named inputs (off: matrix only).
+
+        ``personal``: fields whose values a failure message must not show (it names the field only).
+        """
         profile.check_against(reader)
         self.profile = profile
         self.columns = columns
+        self.personal = personal
         types = reader.field_types
         self._nullable = {name: is_nullable(t) for name, t in types.items()}
         self._string_fields = [n for n, t in types.items() if _base_type(t) == "string"]
@@ -175,9 +180,12 @@ class Validator:
                               {k: v[rows] for k, v in kept.items()} if kept is not None else None)
 
     def _failure(self, index: int, reason: str, name: str, value: Any) -> Failure:
-        shown = repr(value) if not isinstance(value, str) else repr(value[:40]) + (
-            f"... ({len(value)} chars)" if len(value) > 40 else ""
-        )
+        if name in self.personal:
+            shown = "(a personal value, not shown)"
+        else:
+            shown = repr(value) if not isinstance(value, str) else repr(value[:40]) + (
+                f"... ({len(value)} chars)" if len(value) > 40 else ""
+            )
         spec = next((f for f in self.profile.features if f.name == name), None)
         if reason == "out_of_range" and isinstance(spec, NumericFeature):
             text = f"{name} = {shown} is outside the allowed range [{spec.minimum}, {spec.maximum}]"

@@ -217,6 +217,12 @@ class Settings(BaseSettings):
         1_000_000, ge=4096, le=100 * 1024 * 1024,
         description="a dead letter's whole record (key + value + headers) is cut and hashed to fit here",
     )
+    deadletter_pii: Literal["redact", "keep"] = Field(
+        "redact", description="dead letters of models with personal fields: re-encoded with those values replaced "
+        "by a keyed HMAC (redact), or the original bytes (keep)",
+    )
+    pii_key: SecretStr | None = Field(None, description="the HMAC key personal values are pseudonymised with")
+    pii_key_file: Path | None = Field(None, description="...or a file holding it (a mounted Secret)")
     broker_wait_s: float = Field(60.0, ge=0, le=3_600, description="how long to wait for the broker at start")
     feedback: bool = Field(False, description="join labels on {ns}.feedback to predictions (emits {ns}.scored)")
     feedback_ttl_s: float = Field(3600.0, gt=0, le=30 * 86_400, description="how long a prediction waits for its label")
@@ -367,6 +373,11 @@ class Settings(BaseSettings):
     def web_token_value(self) -> str | None:
         """The web token, from the setting or its file (read now: a rotated Secret is read at the next start)."""
         return _secret("the web token", self.web_token, self.web_token_file)
+
+    def pii_secret(self) -> bytes | None:
+        """The key personal values are pseudonymised with, or None when none is set."""
+        secret = _secret("the PII key", self.pii_key, self.pii_key_file)
+        return None if secret is None else secret.encode()
 
     def control_secret(self) -> bytes | None:
         """The control key's bytes (from the setting or its file), or None when records are not signed."""

@@ -21,6 +21,7 @@ from driftline.inference.deployment import Deployment
 from driftline.inference.errors import ModelError
 from driftline.inference.model import OnnxModel
 from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.pii import Redactor
 from driftline.streams.app.context import EXIT_CRASH, WorkerContext, contributor_id, exit_if_stuck, fatal
 from driftline.streams.app.rollout import load_failed_alert, loader_from, refused_version
 from driftline.streams.catalog import build_catalog
@@ -28,7 +29,7 @@ from driftline.streams.core.events import Alert
 from driftline.streams.core.pipeline import RawMessage, ScorePipeline, ServedModel
 from driftline.streams.core.profiling import PROFILE_FILE
 from driftline.streams.core.windows import WindowFolder
-from driftline.streams.errors import DeliveryError
+from driftline.streams.errors import ConfigError, DeliveryError
 from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,30 @@ def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None,
     return ScorePipeline(
         served,
         catalog.latest("driftline.Prediction"),
+        redactor=redactor_for(settings, catalog, served),
         predictions_topic=settings.topic("predictions"),
         deadletter_topic=settings.topic("deadletter"),
         deadletter_max_bytes=deadletter_bytes or settings.deadletter_max_bytes,
         shadow_topic=settings.topic("predictions.shadow"),
         scored=(catalog.latest("driftline.Scored"), settings.topic("scored")) if settings.feedback else None,
     )
+
+
+def redactor_for(settings: Settings, catalog: SchemaCatalog, served: Mapping[str, ServedModel]) -> Redactor | None:
+    """What pseudonymises personal values in dead letters; None where no served model has any, or with ``keep``.
+
+    A model with personal fields and ``deadletter_pii=redact`` needs the PII
+    key: without it the worker stops at start with one line.
+    """
+    listed = {f for s in served.values() for f in s.model.manifest.personal}
+    if settings.deadletter_pii == "keep" or not any(s.personal for s in served.values()):
+        return None
+    key = settings.pii_secret()
+    if key is None:
+        names = ", ".join(sorted({f for s in served.values() for f in s.personal}))
+        raise ConfigError(f"personal fields ({names}) would be dead-lettered in clear: set DRIFTLINE_PII_KEY (or "
+                          "DRIFTLINE_PII_KEY_FILE) to pseudonymise them, or DRIFTLINE_DEADLETTER_PII=keep")
+    return Redactor(catalog, listed, key)
 
 
 def deadletter_limit(settings: Settings, topic_limit: int | None) -> int:

@@ -24,6 +24,7 @@ from driftline.inference.model import OnnxModel
 from driftline.schemas.catalog import SchemaCatalog, WireSchema
 from driftline.schemas.codec import BatchDecoder, BatchEncoder, Failure
 from driftline.schemas.columnar import Columns
+from driftline.schemas.pii import Redactor, personal_fields, pseudonym
 from driftline.schemas.profile import CategoricalFeature
 from driftline.schemas.validation import ModelBatch, ValidatedBatch, Validator
 from driftline.streams.core.deadletters import ERROR_HEADER, EXCEPTION_CLASS, MAX_MESSAGE_CHARS, Headers, bound_record
@@ -102,7 +103,9 @@ class ServedModel:
         self.reader: WireSchema = catalog.latest(model.manifest.request_subject)
         model.manifest.check_request(self.reader)
         self.decoder = BatchDecoder(catalog, self.reader, max_message_bytes)
-        self.validator = Validator(model.manifest.profile, self.reader, columns=bool(model.manifest.inputs))
+        self.personal = personal_fields(self.reader.raw, model.manifest.personal)
+        self.validator = Validator(model.manifest.profile, self.reader, columns=bool(model.manifest.inputs),
+                                   personal=self.personal)
         self.folder: WindowFolder | None = None
         self.set_folder(folder)
 
@@ -152,6 +155,10 @@ def model_input(checked: ValidatedBatch, model: OnnxModel, rows: np.ndarray | No
     return checked.matrix if rows is None else checked.matrix[rows]
 
 
+#: on a dead letter of a model with personal fields: what became of them (``redacted: a,b`` or why they were kept)
+PII_HEADER = ERROR_HEADER + "pii"
+
+
 def error_headers(msg: RawMessage, failure: Failure, model: str, now_ms: int) -> Headers:
     """Kafka-Connect-style error headers (string values) that say where and why."""
     when = datetime.fromtimestamp(now_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
@@ -182,8 +189,15 @@ class ScorePipeline:
         deadletter_max_bytes: int,
         shadow_topic: str | None = None,
         scored: tuple[WireSchema, str] | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
-        """``scored``: (schema, topic) to also emit each prediction with its input row, for the feedback join."""
+        """``scored``: (schema, topic) to also emit each prediction with its input row, for the feedback join.
+
+        ``redactor``: re-encodes dead letters of models with personal fields, those fields pseudonymised
+        (None: dead letters keep the original bytes, ``deadletter_pii=keep``).
+        """
+        self.redactor = redactor
+        self._personal = {s.model.name: (s.personal, s.validator.profile.key_field) for s in served.values()}
         self.served = dict(served)
         self.prediction_schema = prediction_schema
         self._encoder = BatchEncoder(prediction_schema)
@@ -405,6 +419,25 @@ class ScorePipeline:
 
     def _deadletter(self, out: BatchOutcome, msg: RawMessage, failure: Failure, model: str, now_ms: int) -> None:
         errors = error_headers(msg, failure, model, now_ms)
-        key, value, headers = bound_record(msg.key, msg.value, msg.headers, errors, self.dlq_max)
+        key, value = msg.key, msg.value
+        personal, key_field = self._personal.get(model, (frozenset(), None))
+        if personal:
+            key, value, note = self._redacted(msg, personal, key_field)
+            errors.append((PII_HEADER, note.encode()))
+        key, value, headers = bound_record(key, value, msg.headers, errors, self.dlq_max)
         out.deadletters.append(OutRecord(self.deadletter_topic, key, value, headers))
         out.failures.append((model, failure))
+
+    def _redacted(self, msg: RawMessage, personal: frozenset[str], key_field: str | None
+                  ) -> tuple[bytes | None, bytes | None, str]:
+        """The dead letter's key and value with personal values pseudonymised, and what the header says."""
+        if self.redactor is None:
+            return msg.key, msg.value, "kept: deadletter_pii=keep"
+        key = msg.key
+        if key is not None and key_field in personal:  # the entity key is the personal value itself
+            key = pseudonym(self.redactor.key, key).encode()
+        got = self.redactor.redact(msg.value, personal)
+        if got is None:
+            return key, msg.value, "kept: the record does not decode, so it cannot be redacted"
+        value, fields = got
+        return key, value, f"redacted: {','.join(fields) or 'none present'} (keyed HMAC-SHA256)"

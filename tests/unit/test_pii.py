@@ -1,0 +1,116 @@
+"""Personal fields: marked in the schema or the manifest; never in a failure message or a dead letter in clear."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from fastavro import schemaless_reader
+
+from driftline.inference.errors import ModelError
+from driftline.inference.model import OnnxModel
+from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir
+from driftline.schemas.codec import HEADER, encode
+from driftline.schemas.pii import PSEUDONYM, Redactor, personal_fields, pseudonym
+from driftline.streams.app.score import redactor_for
+from driftline.streams.core.pipeline import ERROR_HEADER, RawMessage, ScorePipeline, ServedModel
+from driftline.streams.errors import ConfigError
+from driftline.streams.settings import EXAMPLE_MODELS, load_settings
+
+KEY = b"p" * 32
+CARD = "driftline.examples.CardTransaction"
+SECRET_CARD = "4111-1111-1111-1111"
+
+
+@pytest.fixture
+def marked(tmp_path: Path) -> SchemaCatalog:
+    """The example request schema, v3: card_id marked personal in the schema itself."""
+    raw = json.loads((builtin_schema_dir() / "card_transaction.v2.avsc").read_text())
+    next(f for f in raw["fields"] if f["name"] == "card_id")["driftline.pii"] = True
+    (tmp_path / "schemas").mkdir()
+    (tmp_path / "schemas" / "card_transaction.v3.avsc").write_text(json.dumps(raw))
+    return SchemaCatalog.from_dirs([builtin_schema_dir(), tmp_path / "schemas"])
+
+
+def model_listing(tmp_path: Path, personal: list[str]) -> OnnxModel:
+    """The example model with a manifest that lists ``personal`` fields."""
+    target = tmp_path / "models" / "fraud"
+    shutil.copytree(EXAMPLE_MODELS / "fraud", target)
+    manifest = json.loads((target / "1" / "manifest.json").read_text())
+    (target / "1" / "manifest.json").write_text(json.dumps({**manifest, "personal": personal}))
+    model = OnnxModel(target / "1", providers="cpu")
+    model.load()
+    return model
+
+
+def pipeline(catalog: SchemaCatalog, model: OnnxModel, redactor: Redactor | None) -> ScorePipeline:
+    served = {"ns.requests": ServedModel(model, catalog, max_message_bytes=1 << 16)}
+    return ScorePipeline(served, catalog.latest("driftline.Prediction"), predictions_topic="ns.predictions",
+                         deadletter_topic="ns.deadletter", deadletter_max_bytes=1 << 20, redactor=redactor)
+
+
+def bad_requests(catalog: SchemaCatalog, generator, rng) -> list[RawMessage]:  # type: ignore[no-untyped-def]
+    """An out-of-range amount and an unknown channel (a personal field here), each from the secret card."""
+    records, _ = generator.generate(2, rng)
+    schema = catalog.latest(CARD)
+    bad = [{**records[0], "card_id": SECRET_CARD, "amount": -5.0, "ip_risk": 0.1},
+           {**records[1], "card_id": SECRET_CARD, "channel": "Dr. Jane Roe's phone", "ip_risk": 0.1}]
+    return [RawMessage("ns.requests", 0, i, SECRET_CARD.encode(), encode(schema, r), [], 0)
+            for i, r in enumerate(bad)]
+
+
+def test_marks_come_from_the_schema_and_the_manifest(marked: SchemaCatalog) -> None:
+    assert personal_fields(marked.latest(CARD).raw) == {"card_id"}
+    assert personal_fields(marked.latest(CARD).raw, ["channel"]) == {"card_id", "channel"}
+    assert personal_fields(marked.get(CARD, 2).raw) == frozenset()
+
+
+def test_dead_letters_carry_pseudonyms_and_messages_no_personal_value(
+    marked: SchemaCatalog, tmp_path: Path, generator, rng  # type: ignore[no-untyped-def]
+) -> None:
+    model = model_listing(tmp_path, ["channel"])
+    out = pipeline(marked, model, Redactor(marked, ["channel"], KEY)).process(bad_requests(marked, generator, rng),
+                                                                            1_767_225_700_000)
+    assert len(out.deadletters) == 2
+    for dead in out.deadletters:
+        everything = (dead.key or b"") + (dead.value or b"") + b"".join(v or b"" for _, v in dead.headers or [])
+        assert SECRET_CARD.encode() not in everything and b"Jane Roe" not in everything
+        headers = dict(dead.headers or [])
+        assert headers[ERROR_HEADER + "pii"].startswith(b"redacted: card_id,channel")
+        record = schemaless_reader(io.BytesIO(dead.value[HEADER.size:]), marked.latest(CARD).fast, None)  # type: ignore[index]
+        assert record["card_id"] == pseudonym(KEY, SECRET_CARD) and record["card_id"].startswith(PSEUDONYM)
+        assert dead.key == pseudonym(KEY, SECRET_CARD.encode()).encode()  # the entity key is the card
+    channel = next(d for d in out.deadletters if b"unknown_category" in dict(d.headers or [])[ERROR_HEADER + "reason"])
+    message = dict(channel.headers or [])[ERROR_HEADER + "exception.message"].decode()
+    assert message.startswith("channel = (a personal value, not shown)"), message
+    amount = next(d for d in out.deadletters if d is not channel)
+    assert "-5.0" in dict(amount.headers or [])[ERROR_HEADER + "exception.message"].decode()  # not personal: shown
+
+
+def test_keep_leaves_the_bytes_and_says_so(marked: SchemaCatalog, fraud_model: OnnxModel, generator, rng) -> None:  # type: ignore[no-untyped-def]
+    msgs = bad_requests(marked, generator, rng)
+    out = pipeline(marked, fraud_model, None).process(msgs, 1_767_225_700_000)
+    assert [d.value for d in out.deadletters] == [m.value for m in msgs]
+    assert {dict(d.headers or [])[ERROR_HEADER + "pii"] for d in out.deadletters} == {b"kept: deadletter_pii=keep"}
+
+
+def test_bytes_that_do_not_decode_are_kept_and_said_so(marked: SchemaCatalog, fraud_model: OnnxModel) -> None:
+    junk = RawMessage("ns.requests", 0, 0, b"k", b"\x00\x00\x00\x00\x07garbage", [], 0)
+    out = pipeline(marked, fraud_model, Redactor(marked, [], KEY)).process([junk], 1_767_225_700_000)
+    assert out.deadletters[0].value == junk.value
+    assert dict(out.deadletters[0].headers or [])[ERROR_HEADER + "pii"].startswith(b"kept: the record does not")
+
+
+def test_a_personal_model_without_a_key_stops_at_start_and_a_typo_is_refused(
+    marked: SchemaCatalog, fraud_model: OnnxModel, tmp_path: Path
+) -> None:
+    served = pipeline(marked, fraud_model, None).served
+    with pytest.raises(ConfigError, match="DRIFTLINE_PII_KEY"):
+        redactor_for(load_settings(), marked, served)
+    assert redactor_for(load_settings(deadletter_pii="keep"), marked, served) is None
+    assert redactor_for(load_settings(pii_key="k" * 20), marked, served) is not None
+    with pytest.raises(ModelError, match="personal lists 'cardid'"):
+        ServedModel(model_listing(tmp_path, ["cardid"]), marked, max_message_bytes=1 << 16)
