@@ -1,6 +1,6 @@
-"""Model registry, manifests and ONNX Runtime sessions.
+"""Model registry, manifests, ONNX Runtime sessions, and signed versions.
 
-Pure library: numpy, onnxruntime and ``schemas``; no Kafka, no global state.
+Pure library: numpy, onnxruntime, cryptography (signatures) and ``schemas``; no Kafka, no global state.
 """
 
 from driftline.inference.errors import ModelError, ModelNotReady
