@@ -92,6 +92,33 @@ def parse_deployment(key: bytes | None, value: bytes | None, secret: bytes | Non
     return got.deployment if isinstance(got, ControlRecord) else got
 
 
+class ControlRules:
+    """What each record of the control topic is worth to a reader, in topic order.
+
+    :func:`parse_control` (the deployment, its signature), and with a control
+    key one rule more: a signed record older than the last one accepted for
+    its model is a replay (an old, withdrawn deployment), refused.
+    """
+
+    def __init__(self, topic: str, secret: bytes | None) -> None:
+        self.topic = topic
+        self.secret = secret
+        self.latest_at: dict[str, int] = {}  # model → updated_at of its last accepted record (replays are older)
+
+    def judge(self, key: bytes | None, value: bytes | None) -> ControlRecord | Skip:
+        got = parse_control(key, value, self.secret, self.topic)
+        if isinstance(got, Skip):
+            return got
+        dep = got.deployment
+        last = self.latest_at.get(dep.model)
+        if self.secret is not None and last is not None and dep.updated_at < last:
+            return Skip("stale_control_record", f"a signed deployment of {dep.model} ({dep.describe()}) from "
+                        f"{dep.updated_at}, older than the one applied ({last}): a replayed record; write a new one "
+                        "with driftline model promote/rollback")
+        self.latest_at[dep.model] = dep.updated_at
+        return got
+
+
 class ControlFollower:
     """Reads ``{ns}.models`` from the beginning with its own consumer (a throw-away group, no commits).
 
@@ -102,9 +129,8 @@ class ControlFollower:
 
     def __init__(self, conf: Mapping[str, Any], topic: str, secret: bytes | None = None) -> None:
         self.topic = topic
-        self.secret = secret
+        self.rules = ControlRules(topic, secret)
         self.audit: dict[str, dict[str, str]] = {}  # model → who made its last deployment record, and why
-        self.latest_at: dict[str, int] = {}  # model → updated_at of its last applied record (replays are older)
         self.signed_seen = False  # whether any record on the topic carries a signature
         self.skips = SkipLog(log, keep=KEEP_SKIPPED)
         self._consumer = Consumer({**reader_config(conf, f"driftline-control-{uuid.uuid4().hex[:12]}"),
@@ -129,25 +155,12 @@ class ControlFollower:
 
     def _parse(self, msg: Any) -> Deployment | None:
         self.signed_seen = self.signed_seen or _signed(msg.value())
-        got = parse_control(msg.key(), msg.value(), self.secret, self.topic)
-        if not isinstance(got, Skip) and self.secret is not None:
-            got = self._not_older(got)
+        got = self.rules.judge(msg.key(), msg.value())
         if isinstance(got, Skip):
             self.skips.skip(self.topic, msg.partition(), msg.offset(), msg.key(), got)
             return None
         self.audit[got.deployment.model] = {"actor": got.changed_by, "reason": got.reason}
-        self.latest_at[got.deployment.model] = got.deployment.updated_at
         return got.deployment
-
-    def _not_older(self, got: ControlRecord) -> ControlRecord | Skip:
-        """A signed record older than the last one applied is a replay (an old, withdrawn deployment): refused."""
-        dep = got.deployment
-        last = self.latest_at.get(dep.model)
-        if last is not None and dep.updated_at < last:
-            return Skip("stale_control_record", f"a signed deployment of {dep.model} ({dep.describe()}) from "
-                        f"{dep.updated_at}, older than the one applied ({last}): a replayed record; write a new one "
-                        "with driftline model promote/rollback")
-        return got
 
     def close(self) -> None:
         self._consumer.close()
@@ -213,20 +226,13 @@ def read_history(settings: Settings, name: str, timeout_s: float = 15.0) -> list
     """Every control record of model ``name`` still on the topic, oldest first (compaction keeps at least the last)."""
     consumer = Consumer({**reader_config(settings.confluent(log_level=0), f"driftline-history-{uuid.uuid4().hex[:12]}"),
                          "fetch.wait.max.ms": 100})
-    secret = settings.control_secret()
-    judge = ControlFollower.__new__(ControlFollower)  # its record rules (signature, replays), without a consumer
-    judge.topic, judge.secret, judge.latest_at = settings.topic("models"), secret, {}
+    rules = ControlRules(settings.topic("models"), settings.control_secret())  # as a worker judges them
     out: list[ControlRecord | Skip] = []
     try:
-        for msg in read_to_end(consumer, settings.topic("models"), timeout_s=timeout_s,
+        for msg in read_to_end(consumer, rules.topic, timeout_s=timeout_s,
                                missing=" (the control topic); run driftline topics create"):
             if msg.key() == name.encode():
-                got = parse_control(msg.key(), msg.value(), secret, judge.topic)
-                if isinstance(got, ControlRecord) and secret is not None:
-                    got = judge._not_older(got)
-                    if isinstance(got, ControlRecord):
-                        judge.latest_at[name] = got.deployment.updated_at
-                out.append(got)
+                out.append(rules.judge(msg.key(), msg.value()))
     finally:
         consumer.close()
     return out
