@@ -10,6 +10,11 @@ from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir
 from driftline.streams.settings import Settings
 
 
+def file_catalog(settings: Settings) -> SchemaCatalog:
+    """driftline's built-in ``.avsc`` files and those in ``schema_dirs``, at their file ids (no registry)."""
+    return SchemaCatalog.from_dirs([builtin_schema_dir(), *settings.schema_dirs])
+
+
 def build_catalog(settings: Settings, *, writes: bool = False) -> SchemaCatalog:
     """The files' schemas; with ``schema_registry.url``, ids the files lack are looked up there.
 
@@ -18,7 +23,7 @@ def build_catalog(settings: Settings, *, writes: bool = False) -> SchemaCatalog:
     ``schema_registry.auto_register``). Raises ``ConfigError`` with one line
     when the registry does not answer.
     """
-    catalog = SchemaCatalog.from_dirs([builtin_schema_dir(), *settings.schema_dirs])
+    catalog = file_catalog(settings)
     if settings.schema_registry.url is None:
         return catalog
     from driftline.streams.registry import SchemaRegistry, use_registry_ids

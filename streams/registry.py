@@ -328,15 +328,12 @@ class SchemaRegistry:
         """Register ``schema`` under ``subject`` (idempotent); :class:`SchemaError` when its rule refuses it."""
         from confluent_kafka.schema_registry import Schema
 
-        body = Schema(json.dumps(schema.raw), "AVRO")
+        known = self.lookup(subject, schema)
+        if known is not None:
+            return Registered(subject, known, False)
         try:
-            known = self._client.lookup_schema(subject, body)
-            return Registered(subject, int(known.schema_id), False)
-        except Exception as exc:  # noqa: BLE001 - 404: not under this subject yet
-            if _status(exc) != NOT_FOUND:
-                raise self._failed(exc, f"looking up {schema.subject} under subject {subject}") from None
-        try:
-            return Registered(subject, int(self._client.register_schema(subject, body)), True)
+            return Registered(subject, int(self._client.register_schema(subject, Schema(json.dumps(schema.raw),
+                                                                                        "AVRO"))), True)
         except Exception as exc:  # noqa: BLE001
             if _status(exc) == INCOMPATIBLE:
                 raise SchemaError(
@@ -398,10 +395,11 @@ def use_registry_ids(catalog: SchemaCatalog, registry: SchemaRegistry, settings:
 
 
 def register_versions(catalog: SchemaCatalog, registry: SchemaRegistry, record: str, subjects: list[str], *,
-                      register: bool) -> list[Registered]:
-    """Register (or look up) every version of ``record`` under ``subjects``; the latest is then written with its id."""
+                      register: bool, up_to: int | None = None) -> list[Registered]:
+    """Register (or look up) every version of ``record`` under ``subjects`` (up to version ``up_to``), oldest first;
+    each is then written with its id."""
     done: list[Registered] = []
-    versions = catalog.versions(record)
+    versions = [v for v in catalog.versions(record) if up_to is None or v.version <= up_to]
     if not versions:
         raise ConfigError(f"no schema file for {record}; add its .avsc to a folder in schema_dirs")
     for schema in versions:
@@ -438,10 +436,6 @@ def request_writer(catalog: SchemaCatalog, settings: Settings, subject: str, top
     registry = catalog.source
     if not isinstance(registry, SchemaRegistry):
         return schema
-    wanted = [s for s in catalog.versions(subject) if s.version <= schema.version]
-    holder = SchemaCatalog(wanted)  # the versions up to the one written; their ids then go to ``catalog``
-    subjects = [settings.schema_registry.subject(topic, subject)]
-    register_versions(holder, registry, subject, subjects, register=settings.schema_registry.auto_register)
-    for s in holder.versions(subject):
-        catalog.assign(catalog.get(subject, s.version), s.id)
+    register_versions(catalog, registry, subject, [settings.schema_registry.subject(topic, subject)],
+                      register=settings.schema_registry.auto_register, up_to=schema.version)
     return catalog.get(subject, schema.version)

@@ -16,7 +16,7 @@ def cmd_schemas_register(args: argparse.Namespace) -> int:
     """
     from driftline.inference.manifest import Manifest
     from driftline.inference.registry import ModelRegistry
-    from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir
+    from driftline.streams.catalog import file_catalog
     from driftline.streams.registry import OUTPUTS, SchemaRegistry, register_versions, subjects_of
 
     settings = cli_settings(args)
@@ -24,7 +24,7 @@ def cmd_schemas_register(args: argparse.Namespace) -> int:
     if registry is None:
         raise ConfigError("no schema registry configured: set schema_registry.url (DRIFTLINE_SCHEMA_REGISTRY__URL)")
     registry.check()
-    catalog = SchemaCatalog.from_dirs([builtin_schema_dir(), *settings.schema_dirs])
+    catalog = file_catalog(settings)
     plan = [(record, subjects_of(settings, record, roles)) for record, roles in OUTPUTS]
     models = ModelRegistry(settings.model_dir)
     for binding in settings.models:
