@@ -21,7 +21,7 @@ from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from driftline.schemas.catalog import SchemaCatalog, WireSchema
+from driftline.schemas.catalog import SchemaCatalog
 
 MARK = "driftline.pii"
 PSEUDONYM = "pii-hmac:"
@@ -61,24 +61,24 @@ def _replacement(avro_type: Any, value: Any, key: bytes) -> Any:
 class Redactor:
     """Re-encodes framed records with their personal fields replaced, for the dead-letter topic."""
 
-    def __init__(self, catalog: SchemaCatalog, listed: Iterable[str], key: bytes) -> None:
+    def __init__(self, catalog: SchemaCatalog, key: bytes) -> None:
         self.catalog = catalog
-        self.listed = frozenset(listed)
         self.key = key
 
     def redact(self, value: bytes | None, also: frozenset[str] = frozenset()) -> tuple[bytes, list[str]] | None:
         """(the record re-encoded, the fields replaced: none when it has no personal field); None when it does not
         decode (its bytes cannot be parsed, so they cannot be redacted).
 
-        ``also``: fields personal in the reader schema (marks on the model's
-        version of the schema count for records written with an older one).
+        ``also``: the model's personal fields (its reader schema's marks and
+        its manifest's list), which count for records written with an older
+        schema too; the writer schema's own marks are added.
         """
         if not value or len(value) < HEADER_SIZE or value[0] != 0:
             return None
         writer = self.catalog.by_id(int.from_bytes(value[1:HEADER_SIZE], "big"))
         if writer is None:
             return None
-        personal = personal_fields(writer.raw, self.listed | also)
+        personal = personal_fields(writer.raw, also)
         fields = {str(f["name"]): f["type"] for f in writer.raw["fields"]}
         present = [name for name in fields if name in personal]
         if not present:
@@ -96,8 +96,3 @@ class Redactor:
         except Exception:  # noqa: BLE001 - a body that does not read: kept as it came, the caller says so
             return None
         return out.getvalue(), present
-
-
-def reader_personal(reader: WireSchema, listed: Iterable[str]) -> frozenset[str]:
-    """The personal fields of a model's reader schema, with the manifest's list."""
-    return personal_fields(reader.raw, listed)

@@ -98,7 +98,6 @@ def redactor_for(settings: Settings, catalog: SchemaCatalog, served: Mapping[str
     A model with personal fields and ``deadletter_pii=redact`` needs the PII
     key: without it the worker stops at start with one line.
     """
-    listed = {f for s in served.values() for f in s.model.manifest.personal}
     if settings.deadletter_pii == "keep" or not any(s.personal for s in served.values()):
         return None
     key = settings.pii_secret()
@@ -106,7 +105,7 @@ def redactor_for(settings: Settings, catalog: SchemaCatalog, served: Mapping[str
         names = ", ".join(sorted({f for s in served.values() for f in s.personal}))
         raise ConfigError(f"personal fields ({names}) would be dead-lettered in clear: set DRIFTLINE_PII_KEY (or "
                           "DRIFTLINE_PII_KEY_FILE) to pseudonymise them, or DRIFTLINE_DEADLETTER_PII=keep")
-    return Redactor(catalog, listed, key)
+    return Redactor(catalog, key)
 
 
 def deadletter_limit(settings: Settings, topic_limit: int | None) -> int:

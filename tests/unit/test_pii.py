@@ -72,7 +72,7 @@ def test_dead_letters_carry_pseudonyms_and_messages_no_personal_value(
     marked: SchemaCatalog, tmp_path: Path, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
     model = model_listing(tmp_path, ["channel"])
-    out = pipeline(marked, model, Redactor(marked, ["channel"], KEY)).process(bad_requests(marked, generator, rng),
+    out = pipeline(marked, model, Redactor(marked, KEY)).process(bad_requests(marked, generator, rng),
                                                                             1_767_225_700_000)
     assert len(out.deadletters) == 2
     for dead in out.deadletters:
@@ -99,7 +99,7 @@ def test_keep_leaves_the_bytes_and_says_so(marked: SchemaCatalog, fraud_model: O
 
 def test_bytes_that_do_not_decode_are_kept_and_said_so(marked: SchemaCatalog, fraud_model: OnnxModel) -> None:
     junk = RawMessage("ns.requests", 0, 0, b"k", b"\x00\x00\x00\x00\x07garbage", [], 0)
-    out = pipeline(marked, fraud_model, Redactor(marked, [], KEY)).process([junk], 1_767_225_700_000)
+    out = pipeline(marked, fraud_model, Redactor(marked, KEY)).process([junk], 1_767_225_700_000)
     assert out.deadletters[0].value == junk.value
     assert dict(out.deadletters[0].headers or [])[ERROR_HEADER + "pii"].startswith(b"kept: the record does not")
 
