@@ -150,20 +150,32 @@ def wait_for_broker(conf: Mapping[str, Any], wait_s: float, *, sleep: Any = time
         delay = min(delay * 2, 5.0)
 
 
-def topic_max_message_bytes(conf: Mapping[str, Any], topic: str, timeout_s: float = 10.0) -> int | None:
-    """The topic's ``max.message.bytes`` as the broker reports it, or None where it reports none (Tansu)."""
+#: what reading topic configs can raise (the broker away, a topic missing, a bad answer)
+DESCRIBE_ERRORS = (KafkaException, ValueError, TypeError, RuntimeError)
+
+
+def describe_topic_configs(conf: Mapping[str, Any], topics: Iterable[str], timeout_s: float = 10.0
+                           ) -> Iterator[tuple[str, dict[str, str | None]]]:
+    """(topic, its configs as the broker reports them), topic by topic; raises one of :data:`DESCRIBE_ERRORS`."""
     from confluent_kafka.admin import ConfigResource, ResourceType
 
     admin = AdminClient({**conf, "log_level": 0})
+    futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in topics],
+                                     request_timeout=timeout_s)
+    for resource, future in futures.items():
+        yield resource.name, {k: e.value for k, e in future.result(timeout=timeout_s).items()}
+
+
+def topic_max_message_bytes(conf: Mapping[str, Any], topic: str, timeout_s: float = 10.0) -> int | None:
+    """The topic's ``max.message.bytes`` as the broker reports it, or None where it reports none (Tansu)."""
     try:
-        futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)], request_timeout=timeout_s)
-        entries = next(iter(futures.values())).result(timeout=timeout_s)
-    except (KafkaException, ValueError, TypeError, RuntimeError) as exc:
+        entries = dict(describe_topic_configs(conf, [topic], timeout_s))[topic]
+    except DESCRIBE_ERRORS as exc:
         log.info("cannot read the configs of %s (%s); using the configured limits", topic, exc)
         return None
-    entry = entries.get("max.message.bytes")
+    value = entries.get("max.message.bytes")
     try:
-        return int(entry.value) if entry is not None and entry.value is not None else None
+        return int(value) if value is not None else None
     except ValueError:
         return None
 
@@ -201,18 +213,11 @@ def check_topic_configs(conf: Mapping[str, Any], wanted: Mapping[str, Mapping[st
     it was compacted), or by the broker's auto-creation, keeps the broker's
     defaults: creating topics skips it, so this says what to change.
     """
-    from confluent_kafka.admin import ConfigResource, ResourceType
-
     if not wanted:
         return []
-    admin = AdminClient({**conf, "log_level": 0})
-    reported: dict[str, dict[str, str | None]] = {}
     try:
-        futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in wanted],
-                                         request_timeout=timeout_s)
-        for resource, future in futures.items():
-            reported[resource.name] = {k: e.value for k, e in future.result(timeout=timeout_s).items()}
-    except (KafkaException, ValueError, TypeError, RuntimeError) as exc:
+        reported = dict(describe_topic_configs(conf, wanted, timeout_s))
+    except DESCRIBE_ERRORS as exc:
         log.info("cannot read the configs of %s (%s); not checked", ", ".join(wanted), exc)
         return []
     problems = config_mismatches(wanted, reported)
@@ -238,23 +243,15 @@ def ensure_topics(settings: Settings, timeout_s: float = 15.0) -> list[str]:
 
 def topic_retention(conf: Mapping[str, Any], topics: list[str], timeout_s: float = 10.0) -> dict[str, str]:
     """Each topic's retention as the broker has it: ``compacted``, ``7d``, ``forever``; ``?`` where not reported."""
-    from confluent_kafka.admin import ConfigResource, ResourceType
-
     out = dict.fromkeys(topics, "?")
-    admin = AdminClient({**conf, "log_level": 0})
     try:
-        futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, t) for t in topics],
-                                         request_timeout=timeout_s)
-        for resource, future in futures.items():
-            entries = future.result(timeout=timeout_s)
-            policy = entries.get("cleanup.policy")
-            if policy is not None and policy.value and "compact" in policy.value:
-                out[resource.name] = "compacted"
-                continue
-            ms = entries.get("retention.ms")
-            if ms is not None and ms.value is not None:
-                out[resource.name] = _days(int(ms.value))
-    except (KafkaException, ValueError, TypeError, RuntimeError) as exc:
+        for topic, entries in describe_topic_configs(conf, topics, timeout_s):
+            policy, ms = entries.get("cleanup.policy"), entries.get("retention.ms")
+            if policy and "compact" in policy:
+                out[topic] = "compacted"
+            elif ms is not None:
+                out[topic] = _days(int(ms))
+    except DESCRIBE_ERRORS as exc:
         log.info("cannot read the topics' retention (%s)", exc)
     return out
 
