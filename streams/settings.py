@@ -333,21 +333,13 @@ class Settings(BaseSettings):
             raise ValueError("models: two models read the same requests topic; give each its own topic")
         if self.drift_k > self.drift_m:
             raise ValueError("drift_k must not exceed drift_m")
-        if self.web_token is not None and self.web_token_file is not None:
-            raise ValueError("set web_token or web_token_file, not both")
-        if self.web_token_file is not None and not Path(self.web_token_file).is_file():
-            raise ValueError(f"web_token_file={self.web_token_file} does not exist")
-        for name in ("model_verify_key_file", "model_sign_key_file"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"{name}={path} does not exist")
-        if self.control_key is not None and self.control_key_file is not None:
-            raise ValueError("set control_key or control_key_file, not both")
-        if self.control_key_file is not None and not Path(self.control_key_file).is_file():
-            raise ValueError(f"control_key_file={self.control_key_file} does not exist")
+        for secret in ("web_token", "control_key", "pii_key"):  # a secret, or a file holding it
+            if getattr(self, secret) is not None and getattr(self, f"{secret}_file") is not None:
+                raise ValueError(f"set {secret} or {secret}_file, not both")
         if (self.web_tls_cert_file is None) != (self.web_tls_key_file is None):
             raise ValueError("HTTPS needs both web_tls_cert_file and web_tls_key_file")
-        for name in ("web_tls_cert_file", "web_tls_key_file"):
+        for name in ("web_token_file", "control_key_file", "pii_key_file", "model_verify_key_file",
+                     "model_sign_key_file", "web_tls_cert_file", "web_tls_key_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}={path} does not exist")

@@ -29,6 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from driftline.streams.app.context import WorkerContext
 from driftline.streams.core.observe import liveness
+from driftline.streams.errors import ConfigError
 
 PROBE_EVERY_S = 3.0  # at most one broker metadata request per this many seconds, however often /readyz is asked
 #: answered without the token: the probes (they say nothing about the data) and the dashboard page (static HTML)
@@ -66,8 +67,6 @@ def web_options(host: str, token: str | None, cert: Path | None, key: Path | Non
     metrics and the dashboard's data: refused at start unless ``open_ok``
     (``web_open``: a network the operator trusts).
     """
-    from driftline.streams.errors import ConfigError
-
     options: dict[str, Any] = dict(FAUST_VIEWS_OFF)
     if token is not None:
         options["web_application_options"] = {"middlewares": [token_middleware(token)]}
