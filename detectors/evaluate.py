@@ -64,8 +64,9 @@ def evaluate(profile: ReferenceProfile, sketch: WindowSketch, alpha: float) -> l
     for ref in profile.features:
         col = sketch.columns[ref.name]
         if col.n > 0:
-            out.append(_numeric(ref, col, "data_drift", alpha) if isinstance(ref, NumericReference)
-                       else _categorical(ref, col, alpha))
+            labels = bin_labels(ref, hidden=ref.name in profile.personal)
+            out.append(_numeric(ref, col, "data_drift", alpha, labels=labels) if isinstance(ref, NumericReference)
+                       else _categorical(ref, col, alpha, labels))
         quality = _null_rate(ref, col, alpha)
         if quality is not None:
             out.append(quality)
@@ -74,15 +75,15 @@ def evaluate(profile: ReferenceProfile, sketch: WindowSketch, alpha: float) -> l
     return out
 
 
-def _numeric(ref: NumericReference, col: ColumnSketch, kind: str, alpha: float, name: str | None = None
-             ) -> ColumnResult:
+def _numeric(ref: NumericReference, col: ColumnSketch, kind: str, alpha: float, name: str | None = None,
+             labels: list[str] | None = None) -> ColumnResult:
     stat, p, dof = (float(v[0]) for v in smooth_test(ref.fine_counts, col.fine))
-    return _drift(name or ref.name, kind, stat, p, int(dof), alpha, ref, col, _bin_labels(ref.edges))
+    return _drift(name or ref.name, kind, stat, p, int(dof), alpha, ref, col, labels or bin_labels(ref))
 
 
-def _categorical(ref: CategoricalReference, col: ColumnSketch, alpha: float) -> ColumnResult:
+def _categorical(ref: CategoricalReference, col: ColumnSketch, alpha: float, labels: list[str]) -> ColumnResult:
     stat, p, dof = (float(v[0]) for v in chi2_homogeneity(ref.counts, col.counts))
-    return _drift(ref.name, "data_drift", stat, p, int(dof), alpha, ref, col, [*ref.categories, "(other)"])
+    return _drift(ref.name, "data_drift", stat, p, int(dof), alpha, ref, col, labels)
 
 
 def _drift(name: str, kind: str, stat: float, p: float, dof: int, alpha: float,
@@ -138,11 +139,13 @@ def _consistent(value: float, threshold: float, p: float, alpha: float) -> float
     return math.nextafter(value, -math.inf) if p < alpha else value
 
 
-def bin_labels(ref: NumericReference | CategoricalReference) -> list[str]:
-    """Readable names of a reference's PSI bins (numeric intervals) or categories (plus "(other)")."""
+def bin_labels(ref: NumericReference | CategoricalReference, hidden: bool = False) -> list[str]:
+    """Readable names of a reference's PSI bins (numeric intervals) or categories (plus "(other)");
+    ``hidden`` (a personal feature): numbered instead, so no value of the field is shown."""
     if isinstance(ref, NumericReference):
-        return _bin_labels(ref.edges)
-    return [*ref.categories, "(other)"]
+        return [f"bin {i + 1}" for i in range(len(ref.edges) + 1)] if hidden else _bin_labels(ref.edges)
+    named = [f"category {i + 1}" for i in range(len(ref.categories))] if hidden else list(ref.categories)
+    return [*named, "(other)"]
 
 
 def _bin_labels(edges: np.ndarray) -> list[str]:

@@ -120,10 +120,16 @@ Reference = NumericReference | CategoricalReference
 
 @dataclass(frozen=True, slots=True)
 class ReferenceProfile:
-    """The reference of every monitored feature and of the model's score."""
+    """The reference of every monitored feature and of the model's score.
+
+    ``personal``: features that come from personal fields (the model's
+    marks, not stored with the profile): their bins are shown by number,
+    never by their values (edges or category names), in alerts and reports.
+    """
 
     features: tuple[Reference, ...]
     score: NumericReference
+    personal: frozenset[str] = frozenset()
 
     def to_json(self) -> str:
         return json.dumps({"features": [f.to_dict() for f in self.features], "score": self.score.to_dict()})

@@ -71,7 +71,7 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
     retrain_schema = catalog.latest("driftline.RetrainRequest")
     # Each version against its own reference: sketches of another worker may name any version.
     registry = ModelRegistry(settings.model_dir)
-    profiles = ProfileStore(registry)
+    profiles = ProfileStore(registry, catalog)
     monitor = DriftMonitor(
         profiles.get,
         PolicyConfig(alpha=settings.drift_alpha, k=settings.drift_k, m=settings.drift_m,

@@ -241,6 +241,7 @@ class FeedbackAgent:
         return encode(self.scored_schema, {
             "request_id": s.request_id, "model": s.model, "model_version": s.version, "variant": s.variant,
             "score": s.score, "predicted": s.predicted, "event_time": s.event_time, "features": s.features,
+            "sealed": s.sealed,
         }, fast=True)
 
     def restore(self, latest: dict[int, dict[bytes, bytes]], now_ms: int | None = None) -> None:
@@ -293,7 +294,8 @@ class FeedbackAgent:
         s, lab = j.scored, j.label
         rec = {"request_id": s.request_id, "model": s.model, "model_version": s.version, "variant": s.variant,
                "score": s.score, "predicted": s.predicted, "label": lab.label, "target": lab.target,
-               "event_time": s.event_time, "label_time": lab.event_time, "features": s.features}
+               "event_time": s.event_time, "label_time": lab.event_time, "features": s.features,
+               "sealed": s.sealed}
         out = [OutRecord(self.settings.topic("labeled"), s.request_id.encode(),
                          encode(self.labeled_schema, rec, fast=True))]
         if s.variant != "shadow":
@@ -316,7 +318,7 @@ def scored_of(rec: dict[str, Any]) -> Scored:
     predicted = rec.get("predicted")
     return Scored(rec["request_id"], sys.intern(rec["model"]), sys.intern(rec["model_version"]),
                   sys.intern(rec["variant"]), float(rec["score"]), None if predicted is None else sys.intern(predicted),
-                  int(rec["event_time"]), bytes(rec["features"]))
+                  int(rec["event_time"]), bytes(rec["features"]), bool(rec.get("sealed", False)))
 
 
 def label_of(rec: dict[str, Any], key: bytes | None, value: bytes | None) -> Label | None:

@@ -89,7 +89,30 @@ def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None,
         deadletter_max_bytes=deadletter_bytes or settings.deadletter_max_bytes,
         shadow_topic=settings.topic("predictions.shadow"),
         scored=(catalog.latest("driftline.Scored"), settings.topic("scored")) if settings.feedback else None,
+        pii_key=pii_key_for(settings, served),
     )
+
+
+def pii_key_for(settings: Settings, served: Mapping[str, ServedModel]) -> bytes | None:
+    """The PII key; a worker whose models would send a personal value out in clear without it stops at start.
+
+    A personal entity key is pseudonymised on every prediction, and a model
+    that reads personal fields has its input rows sealed on ``{ns}.scored``
+    (with feedback on): both need the key, whatever ``deadletter_pii`` says.
+    """
+    key = settings.pii_secret()
+    if key is not None:
+        return key
+    for s in served.values():
+        if s.key_is_personal:
+            raise ConfigError(f"{s.model.name}'s entity key {s.validator.profile.key_field} is personal and every "
+                              "prediction carries it: set DRIFTLINE_PII_KEY (or DRIFTLINE_PII_KEY_FILE) to "
+                              "pseudonymise it")
+        if settings.feedback and s.personal_columns:
+            raise ConfigError(f"{s.model.name} reads personal fields ({', '.join(s.personal_columns)}) and feedback "
+                              "sends its input rows to the trainer: set DRIFTLINE_PII_KEY (or "
+                              "DRIFTLINE_PII_KEY_FILE) to seal them")
+    return None
 
 
 def redactor_for(settings: Settings, catalog: SchemaCatalog, served: Mapping[str, ServedModel]) -> Redactor | None:

@@ -142,7 +142,7 @@ def _column(profile: ReferenceProfile, sketch: WindowSketch, name: str) -> tuple
     else:
         ref = next(f for f in profile.features if f.name == name)
         col = sketch.columns[name]
-    return bin_labels(ref), np.asarray(ref.counts), np.asarray(col.counts)
+    return bin_labels(ref, hidden=name in profile.personal), np.asarray(ref.counts), np.asarray(col.counts)
 
 
 _CSS = """
@@ -352,11 +352,12 @@ def write_reports(settings: Any, models: list[str], window_ms: int, out_dir: Any
 
     conf = settings.confluent(**{"log_level": 0})
     since_ms, until_ms = now_ms - window_ms, now_ms
-    profiles = ProfileStore(ModelRegistry(settings.model_dir))
+    catalog = build_catalog(settings)
+    profiles = ProfileStore(ModelRegistry(settings.model_dir), catalog)
     skips = SkipLog(log)
     sketches = read_sketches(iter_topic(conf, settings.topic("sketches")), set(models), since_ms, until_ms,
                              profiles.get, skips)
-    alerts = read_alerts(iter_topic(conf, settings.topic("alerts")), build_catalog(settings), skips)
+    alerts = read_alerts(iter_topic(conf, settings.topic("alerts")), catalog, skips)
     skipped = skipped_count(skips)
     if skipped:
         log.warning("skipped %d records that do not parse on %s and %s (or do not fit their reference profile)",

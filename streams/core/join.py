@@ -69,6 +69,7 @@ class Scored:
     predicted: str | None
     event_time: int
     features: bytes = b""  # the model's float32 input row
+    sealed: bool = False  # features encrypted (the model reads personal fields): passed on as it came
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from driftline.schemas.pii import Redactor, personal_fields, pseudonym
 from driftline.schemas.profile import CategoricalFeature
 from driftline.schemas.validation import ModelBatch, ValidatedBatch, Validator
 from driftline.streams.core.deadletters import ERROR_HEADER, EXCEPTION_CLASS, MAX_MESSAGE_CHARS, Headers, bound_record
+from driftline.streams.core.sealing import seal_rows
 from driftline.streams.core.windows import WindowFolder
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,11 @@ class ServedModel:
         self.personal = personal_fields(self.reader.raw, model.manifest.personal)
         self.validator = Validator(model.manifest.profile, self.reader, columns=bool(model.manifest.inputs),
                                    personal=self.personal)
+        profile = self.validator.profile
+        #: the entity key is personal: predictions carry its pseudonym, not the key
+        self.key_is_personal = profile.key_field in self.personal
+        #: the model's columns that come from personal fields: its input rows travel sealed on {ns}.scored
+        self.personal_columns = tuple(f.name for f in profile.features if f.name in self.personal)
         self.folder: WindowFolder | None = None
         self.set_folder(folder)
 
@@ -190,13 +196,24 @@ class ScorePipeline:
         shadow_topic: str | None = None,
         scored: tuple[WireSchema, str] | None = None,
         redactor: Redactor | None = None,
+        pii_key: bytes | None = None,
     ) -> None:
         """``scored``: (schema, topic) to also emit each prediction with its input row, for the feedback join.
 
         ``redactor``: re-encodes dead letters of models with personal fields, those fields pseudonymised
         (None: dead letters keep the original bytes, ``deadletter_pii=keep``).
+
+        ``pii_key``: pseudonymises a personal entity key on predictions and seals the input rows of models
+        that read personal fields on ``{ns}.scored``; needed when a served model has either.
         """
+        needs = [s.model.name for s in served.values()
+                 if s.key_is_personal or (scored is not None and s.personal_columns)]
+        if needs and pii_key is None:
+            raise ValueError(f"{needs[0]} has personal values on its outputs: pass the PII key")
         self.redactor = redactor
+        self._pii_key = pii_key or b""
+        self._pseudonymised = {s.model.name for s in served.values() if s.key_is_personal}
+        self._sealed = {s.model.name for s in served.values() if s.personal_columns}
         self._personal = {s.model.name: (s.personal, s.validator.profile.key_field) for s in served.values()}
         self.served = dict(served)
         self.prediction_schema = prediction_schema
@@ -343,7 +360,7 @@ class ScorePipeline:
         ids = cols.values[profile.id_field][rows]
         common = {
             "request_id": ids,
-            "entity_key": cols.values[profile.key_field][rows],
+            "entity_key": self._entity_keys(name, cols.values[profile.key_field][rows]),
             "model": name,
             "schema_id": decoded.schema_ids[rows],
             "event_time": event_ms,
@@ -380,6 +397,13 @@ class ScorePipeline:
         m = np.ascontiguousarray(matrix, dtype="<f4")
         return cast(list[bytes], m.view(np.dtype((np.void, m.shape[1] * 4))).ravel().tolist())
 
+    def _entity_keys(self, model: str, keys: np.ndarray) -> np.ndarray:
+        """The entity keys predictions carry: as they came, or their pseudonyms where the key is personal (one
+        HMAC per row, only for such models)."""
+        if model not in self._pseudonymised:
+            return keys
+        return np.array([pseudonym(self._pii_key, k) for k in keys.tolist()], dtype=object)
+
     def _emit_scored(self, out: BatchOutcome, common: dict[str, object], version: object, variant: object,
                      scores: np.ndarray, labels: object, features: list[bytes] | None) -> None:
         if self._scored is None or features is None:
@@ -387,9 +411,13 @@ class ScorePipeline:
         encoder, topic = self._scored
         ids = common["request_id"]
         assert isinstance(ids, np.ndarray)  # noqa: S101 - set by _process_model
+        sealed = common["model"] in self._sealed
+        if sealed:
+            features = seal_rows(self._pii_key, ids.tolist(), features)
         values = encoder.encode(len(ids), {
             "request_id": ids, "model": common["model"], "model_version": version, "variant": variant,
             "score": scores, "predicted": labels, "event_time": common["event_time"], "features": features,
+            "sealed": sealed,
         })
         out.scored.extend(OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True))
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from driftline.detectors.profile import CategoricalReference, NumericReference, Reference, ReferenceProfile
 from driftline.inference.errors import ModelError
+from driftline.inference.manifest import Manifest
 from driftline.inference.model import OnnxModel
 from driftline.inference.registry import ModelRegistry, is_plain_name
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.columnar import columns_from_records, flat_fields
 from driftline.schemas.errors import SchemaError
+from driftline.schemas.pii import personal_fields
 from driftline.schemas.profile import InputProfile, NumericFeature
 from driftline.schemas.validation import Validator
 from driftline.streams.core.records import coerce, read_input
@@ -68,10 +71,15 @@ class ProfileStore:
     the cache is bounded: the ``max_entries`` most recently used are kept
     (misses included, so a flood of unknown names does not hit the disk
     each time); an evicted profile is read again when asked for.
+
+    Each profile knows which of its features are personal (the version's
+    manifest list, and the marks of its request schema in ``catalog``), so
+    alerts and reports show their bins by number only.
     """
 
-    def __init__(self, registry: ModelRegistry, max_entries: int = 64) -> None:
+    def __init__(self, registry: ModelRegistry, catalog: SchemaCatalog | None = None, max_entries: int = 64) -> None:
         self.registry = registry
+        self.catalog = catalog
         self.max_entries = max_entries
         self._cache: OrderedDict[tuple[str, str], ReferenceProfile | None] = OrderedDict()
 
@@ -85,6 +93,8 @@ class ProfileStore:
             try:
                 path = self.registry.path(model, version) / PROFILE_FILE
                 found = ReferenceProfile.load(path) if path.is_file() else None
+                if found is not None:
+                    found = replace(found, personal=self._personal(path.parent))
             except ModelError as exc:  # no such model or version here
                 log.debug("no reference profile for %.80r v%.80r: %s", model, version, exc)
             except (ValueError, KeyError, TypeError, OSError) as exc:
@@ -93,6 +103,14 @@ class ProfileStore:
         while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
         return found
+
+    def _personal(self, version_dir: Path) -> frozenset[str]:
+        manifest = Manifest.read(version_dir)
+        try:
+            raw = self.catalog.get(manifest.request_subject).raw if self.catalog is not None else {}
+        except SchemaError:  # the worker refuses to serve it; its manifest's list still counts
+            raw = {}
+        return personal_fields(raw, manifest.personal)
 
 
 def has_version(registry: ModelRegistry, model: str, version: str) -> bool:

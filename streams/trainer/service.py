@@ -45,6 +45,7 @@ from driftline.inference.training import train_challenger
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.streams.core.events import RetrainEvent, Stage, encode_event, read_retrain
 from driftline.streams.core.poison import DETAIL_CHARS, BadRecord, Skip, SkipLog, decode_avro
+from driftline.streams.core.sealing import Opener, SealError
 from driftline.streams.errors import BrokerError, ConfigError
 from driftline.streams.kafka.control import current_deployment, write_deployment
 from driftline.streams.kafka.topics import iter_topic, reader_config
@@ -95,8 +96,10 @@ class LabeledReader:
     """
 
     def __init__(self, consumer: Any, topic: str, catalog: SchemaCatalog, skips: SkipLog,
-                 max_records: int = 2_000_000) -> None:
+                 max_records: int = 2_000_000, opener: Opener | None = None) -> None:
+        """``opener``: opens rows sealed because the model reads personal fields (from the PII key)."""
         self._consumer, self.topic, self.catalog, self.skips = consumer, topic, catalog, skips
+        self.opener = opener
         self.records: deque[LabeledRecord] = deque(maxlen=max_records)
         self._assigned = False
         self._partitions: set[int] = set()
@@ -137,7 +140,7 @@ class LabeledReader:
                     pending.discard(m.partition())
                     continue
                 self._at_end.discard(m.partition())  # past its end: the next call waits for its next EOF
-                r = decode_labeled(self.catalog, m.value())
+                r = decode_labeled(self.catalog, m.value(), self.opener)
                 if isinstance(r, Skip):
                     self.skips.skip(self.topic, m.partition(), m.offset(), m.key(), r)
                 else:
@@ -165,7 +168,7 @@ class Trainer:
         self.skips = SkipLog(log)
         self.reader = reader or LabeledReader(
             Consumer(reader_config(self.conf, f"{settings.namespace}-trainer-reader")),
-            settings.topic("labeled"), catalog, self.skips)
+            settings.topic("labeled"), catalog, self.skips, opener=opener_for(settings))
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -412,13 +415,21 @@ class Labeled:
     row: LabeledRow
 
 
-def decode_labeled(catalog: SchemaCatalog, value: bytes | None) -> LabeledRecord | Skip:
-    """A ``driftline.Labeled`` record, or why it is not one."""
+def decode_labeled(catalog: SchemaCatalog, value: bytes | None, opener: Opener | None = None) -> LabeledRecord | Skip:
+    """A ``driftline.Labeled`` record, or why it is not one; a sealed row is opened with ``opener`` (the PII key)."""
     try:
         r = decode_avro(catalog, value, ("driftline.Labeled",))
     except BadRecord as exc:
         return exc.skip()
     features = r.get("features")
+    if isinstance(features, bytes) and r.get("sealed"):
+        if opener is None:
+            return Skip("sealed_labeled", "the row is sealed (the model reads personal fields): give the trainer "
+                        "the workers' PII key (DRIFTLINE_PII_KEY or DRIFTLINE_PII_KEY_FILE)")
+        try:
+            features = opener.open(str(r.get("request_id")), features)
+        except SealError as exc:
+            return Skip("sealed_labeled", str(exc))
     if not isinstance(features, bytes) or len(features) % 4:
         return Skip("invalid_labeled", "features must be float32 bytes")
     try:
@@ -431,12 +442,19 @@ def decode_labeled(catalog: SchemaCatalog, value: bytes | None) -> LabeledRecord
         return Skip("invalid_labeled", f"{type(exc).__name__}: {exc}")
 
 
-def parse_labeled(catalog: SchemaCatalog, value: bytes | None, positive: str) -> Labeled | Skip:
+def parse_labeled(catalog: SchemaCatalog, value: bytes | None, positive: str,
+                  opener: Opener | None = None) -> Labeled | Skip:
     """A ``driftline.Labeled`` record as a training row (``positive``: the label that means 1), or why not."""
-    r = decode_labeled(catalog, value)
+    r = decode_labeled(catalog, value, opener)
     if isinstance(r, Skip):
         return r
     return Labeled(r.model, r.label_time, r.row(positive))
+
+
+def opener_for(settings: Settings) -> Opener | None:
+    """What opens sealed rows: the PII key the workers seal them with, or None without one."""
+    key = settings.pii_secret()
+    return None if key is None else Opener(key)
 
 
 def run_trainer(settings: Settings, catalog: SchemaCatalog, *, once: bool = False) -> int:

@@ -243,3 +243,22 @@ def test_river_change_points_match_an_offline_run_over_the_same_signal(profile: 
     assert changes == streamed
     assert any(streamed[40:]), f"{kind} saw no change after the shift"
     assert not any(streamed[:40]), f"{kind} saw a change before the shift"
+
+
+def test_personal_features_show_their_bins_by_number_only(profile: ReferenceProfile) -> None:
+    """A drift result names bins by their values, except for a personal feature (no category, no edge shown)."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(7)
+    data = draw(rng, 5_000, shift=1.0)
+    data["cat"] = rng.choice(np.array(CATS, dtype=object), 5_000, p=CAT_P[::-1])
+    scores = rng.beta(2, 5, 5_000)
+    named = {r.column: r for r in evaluate(profile, sketch_of(profile, data, scores), 0.01) if r.kind == "data_drift"}
+    hidden_profile = replace(profile, personal=frozenset({"cat", "normal"}))
+    hidden = {r.column: r for r in evaluate(hidden_profile, sketch_of(hidden_profile, data, scores), 0.01)
+              if r.kind == "data_drift"}
+    assert {b for b, _, _ in named["cat"].top_bins} & set(CATS)  # the shifted categories, by name
+    assert {b for b, _, _ in hidden["cat"].top_bins} <= {f"category {i}" for i in range(1, 6)} | {"(other)"}
+    assert all(b.startswith("bin ") for b, _, _ in hidden["normal"].top_bins)
+    assert hidden["skewed"].top_bins == named["skewed"].top_bins  # not personal: unchanged
+    assert hidden["cat"].p_value == named["cat"].p_value  # the statistics do not change, only the names

@@ -7,18 +7,21 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastavro import schemaless_reader
 
 from driftline.inference.errors import ModelError
 from driftline.inference.model import OnnxModel
 from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir
-from driftline.schemas.codec import HEADER, encode
+from driftline.schemas.codec import HEADER, decode, encode
 from driftline.schemas.pii import PSEUDONYM, Redactor, personal_fields, pseudonym
-from driftline.streams.app.score import redactor_for
+from driftline.streams.app.score import pii_key_for, redactor_for
 from driftline.streams.core.pipeline import ERROR_HEADER, RawMessage, ScorePipeline, ServedModel
+from driftline.streams.core.sealing import Opener
 from driftline.streams.errors import ConfigError
 from driftline.streams.settings import EXAMPLE_MODELS, load_settings
+from driftline.streams.trainer.service import LabeledRecord, decode_labeled
 
 KEY = b"p" * 32
 CARD = "driftline.examples.CardTransaction"
@@ -49,7 +52,8 @@ def model_listing(tmp_path: Path, personal: list[str]) -> OnnxModel:
 def pipeline(catalog: SchemaCatalog, model: OnnxModel, redactor: Redactor | None) -> ScorePipeline:
     served = {"ns.requests": ServedModel(model, catalog, max_message_bytes=1 << 16)}
     return ScorePipeline(served, catalog.latest("driftline.Prediction"), predictions_topic="ns.predictions",
-                         deadletter_topic="ns.deadletter", deadletter_max_bytes=1 << 20, redactor=redactor)
+                         deadletter_topic="ns.deadletter", deadletter_max_bytes=1 << 20, redactor=redactor,
+                         pii_key=KEY)
 
 
 def bad_requests(catalog: SchemaCatalog, generator, rng) -> list[RawMessage]:  # type: ignore[no-untyped-def]
@@ -114,3 +118,86 @@ def test_a_personal_model_without_a_key_stops_at_start_and_a_typo_is_refused(
     assert redactor_for(load_settings(pii_key="k" * 20), marked, served) is not None
     with pytest.raises(ModelError, match="personal lists 'cardid'"):
         ServedModel(model_listing(tmp_path, ["cardid"]), marked, max_message_bytes=1 << 16)
+
+
+def scoring(catalog: SchemaCatalog, model: OnnxModel, key: bytes | None = KEY) -> ScorePipeline:
+    """A pipeline that also emits each prediction with its input row on ``ns.scored`` (feedback on)."""
+    served = {"ns.requests": ServedModel(model, catalog, max_message_bytes=1 << 16)}
+    return ScorePipeline(served, catalog.latest("driftline.Prediction"), predictions_topic="ns.predictions",
+                         deadletter_topic="ns.deadletter", deadletter_max_bytes=1 << 20, redactor=None,
+                         scored=(catalog.latest("driftline.Scored"), "ns.scored"), pii_key=key)
+
+
+def requests(catalog: SchemaCatalog, generator, rng, n: int = 50) -> tuple[list[RawMessage], list[dict]]:  # type: ignore[no-untyped-def]
+    records, _ = generator.generate(n, rng)
+    records = [{**r, "card_id": f"{SECRET_CARD}-{i}"} for i, r in enumerate(records)]
+    schema = catalog.latest(CARD)
+    return [RawMessage("ns.requests", 0, i, r["card_id"].encode(), encode(schema, r), [], 1)
+            for i, r in enumerate(records)], records
+
+
+def test_rows_of_a_model_reading_personal_fields_travel_sealed_and_the_trainer_opens_them(
+    tmp_path: Path, generator, rng  # type: ignore[no-untyped-def]
+) -> None:
+    catalog = SchemaCatalog.from_dirs([builtin_schema_dir()])
+    msgs, records = requests(catalog, generator, rng)
+    clear = scoring(catalog, model_listing(tmp_path / "a", [])).process(msgs, 1_767_225_700_000)
+    sealed = scoring(catalog, model_listing(tmp_path / "b", ["amount", "channel"])).process(msgs, 1_767_225_700_000)
+    assert len(sealed.scored) == len(clear.scored) == len(msgs)
+    labeled = catalog.latest("driftline.Labeled")
+    for plain, secret, record in zip(clear.scored, sealed.scored, records, strict=True):
+        a, b = decode(catalog, plain.value)[1], decode(catalog, secret.value)[1]
+        assert a["sealed"] is False and b["sealed"] is True and a["request_id"] == b["request_id"]
+        amount = np.float32(record["amount"]).tobytes()
+        assert amount in a["features"] and amount not in secret.value  # the clear value is in the plain row only
+        # through the join's record (what {ns}.labeled carries) to the trainer, which opens it with the key
+        joined = {**b, "label": "fraud", "target": None, "label_time": 2}
+        row = decode_labeled(catalog, encode(labeled, joined), Opener(KEY))
+        assert isinstance(row, LabeledRecord) and row.features == a["features"]
+        assert decode_labeled(catalog, encode(labeled, joined), Opener(b"another key")).reason == "sealed_labeled"
+        no_key = decode_labeled(catalog, encode(labeled, joined))
+        assert no_key.reason == "sealed_labeled" and "DRIFTLINE_PII_KEY" in no_key.detail  # type: ignore[union-attr]
+        moved = {**joined, "request_id": "another request"}  # a sealed row moved onto another record
+        assert decode_labeled(catalog, encode(labeled, moved), Opener(KEY)).reason == "sealed_labeled"
+    # a model whose features are not personal (only the card is) sends rows in clear
+    card_only = scoring(catalog, model_listing(tmp_path / "c", ["card_id"])).process(msgs, 1_767_225_700_000)
+    assert all(decode(catalog, s.value)[1]["sealed"] is False for s in card_only.scored)
+
+
+def test_a_personal_entity_key_reaches_predictions_as_its_pseudonym(
+    tmp_path: Path, generator, rng  # type: ignore[no-untyped-def]
+) -> None:
+    catalog = SchemaCatalog.from_dirs([builtin_schema_dir()])
+    msgs, records = requests(catalog, generator, rng, 20)
+    out = scoring(catalog, model_listing(tmp_path / "a", ["card_id"])).process(msgs, 1_767_225_700_000)
+    keys = [decode(catalog, p.value)[1]["entity_key"] for p in out.predictions]
+    assert keys == [pseudonym(KEY, r["card_id"]) for r in records]
+    assert not any(SECRET_CARD.encode() in p.value for p in out.predictions + out.scored)
+    plain = scoring(catalog, model_listing(tmp_path / "b", [])).process(msgs, 1_767_225_700_000)
+    assert [decode(catalog, p.value)[1]["entity_key"] for p in plain.predictions] == [r["card_id"] for r in records]
+
+
+def test_outputs_that_would_carry_personal_values_need_the_key_at_start(tmp_path: Path) -> None:
+    catalog = SchemaCatalog.from_dirs([builtin_schema_dir()])
+    card = {"ns.requests": ServedModel(model_listing(tmp_path / "a", ["card_id"]), catalog, max_message_bytes=1 << 16)}
+    amount = {"ns.requests": ServedModel(model_listing(tmp_path / "b", ["amount"]), catalog, max_message_bytes=1 << 16)}
+    keep = {"deadletter_pii": "keep"}
+    with pytest.raises(ConfigError, match="entity key card_id is personal"):
+        pii_key_for(load_settings(**keep), card)
+    with pytest.raises(ConfigError, match=r"reads personal fields \(amount\) and feedback"):
+        pii_key_for(load_settings(feedback=True, **keep), amount)
+    assert pii_key_for(load_settings(**keep), amount) is None  # no feedback: its rows go nowhere
+    assert pii_key_for(load_settings(pii_key="k" * 20), card) == b"k" * 20
+    with pytest.raises(ValueError, match="pass the PII key"):
+        scoring(catalog, card["ns.requests"].model, key=None)
+
+
+def test_profiles_know_their_personal_features(marked: SchemaCatalog, tmp_path: Path) -> None:
+    from driftline.inference.registry import ModelRegistry
+    from driftline.streams.core.profiling import ProfileStore
+
+    model_listing(tmp_path, ["channel"])  # writes the registry under tmp_path/models
+    store = ProfileStore(ModelRegistry(tmp_path / "models"), marked)
+    profile = store.get("fraud", "1")
+    assert profile is not None and profile.personal == {"channel", "card_id"}  # the manifest's, the schema's mark
+    assert ProfileStore(ModelRegistry(EXAMPLE_MODELS)).get("fraud", "1").personal == frozenset()  # type: ignore[union-attr]

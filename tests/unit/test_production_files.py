@@ -92,9 +92,12 @@ def stages(dockerfile: Path) -> list[list[str]]:
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.gpu"])
 def test_dockerfile_rules(name: str) -> None:
     all_stages = stages(REPO_ROOT / "deploy" / name)
-    for stage in all_stages:
-        image = stage[0].split()[1]
-        assert ":" in image and not image.endswith(":latest") and re.search(r":\d", image), f"unpinned base {image}"
+    bases = [stage[0].split()[1] for stage in all_stages]
+    for image in bases:
+        tag, _, digest = image.partition("@")
+        assert re.search(r":\d", tag) and not tag.endswith(":latest"), f"base {image} is not pinned by version"
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"base {image} is not pinned by digest"
+    assert len(set(bases)) == 1, "the build and the final stage start from the same base (tag and digest)"
     final = all_stages[-1]
     users = [i.split()[1] for i in final if i.upper().startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), "the final stage must run as a non-root user"
