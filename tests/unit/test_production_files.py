@@ -57,9 +57,11 @@ def test_compose_file_is_valid_and_wires_the_stack() -> None:
             assert service["environment"]["DRIFTLINE_WEB_HOST"] == "0.0.0.0", name  # noqa: S104
             assert service["environment"]["DRIFTLINE_WEB_TOKEN_FILE"] == "/run/secrets/web_token", name
             assert service["environment"]["DRIFTLINE_CONTROL_KEY_FILE"] == "/run/secrets/control_key", name
-            assert service["secrets"] == ["web_token", "control_key"], name
+            assert service["environment"]["DRIFTLINE_PII_KEY_FILE"] == "/run/secrets/pii_key", name
+            assert service["secrets"] == ["web_token", "control_key", "pii_key"], name
     assert services["prometheus"]["secrets"] == ["web_token"] and compose["secrets"]["web_token"]["file"]
     assert compose["secrets"]["control_key"]["file"] == "./deploy/control-key"
+    assert compose["secrets"]["pii_key"]["file"] == "./deploy/pii-key"
     scrape = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
     assert scrape[0]["authorization"]["credentials_file"] == "/run/secrets/web_token"
     assert {"schema-registry", "generator", "prometheus", "grafana"} <= set(services)
@@ -157,7 +159,7 @@ def test_the_fields_that_matter() -> None:
              for v in volumes if "secret" in v for item in v["secret"]["items"]}
     assert keys == {("driftline-kafka", "DRIFTLINE_KAFKA__SASL_USERNAME"), ("driftline-kafka", "ca.crt"),
                     ("driftline-kafka", "DRIFTLINE_KAFKA__SASL_PASSWORD"), ("driftline-web", "token"),
-                    ("driftline-control", "key")}
+                    ("driftline-control", "key"), ("driftline-pii", "key")}
     assert all(re.search(rf"create secret generic {name} .*--from-(literal|file)={re.escape(k)}=", how, re.S)
                for name, k in keys), how
 
