@@ -80,8 +80,9 @@ class WorkerProcess:
     """``driftline worker`` as a child process with its own namespace, killable at will."""
 
     def __init__(self, bootstrap: str, namespace: str, data_dir: Path, *, args: tuple[str, ...] = (),
-                 port: int | None = None, **settings: Any) -> None:
-        self.args = args
+                 options: tuple[str, ...] = (), port: int | None = None, **settings: Any) -> None:
+        """``args``: the worker command's; ``options``: driftline's own, before it (``--log-level debug``)."""
+        self.args, self.options = args, options
         self.port = port or free_port()
         self.log_path = data_dir / f"worker-{namespace}-{time.monotonic_ns()}.log"
         self.env = {
@@ -103,8 +104,8 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "driftline.streams.cli", "worker", *self.args], env=self.env, cwd=REPO_ROOT,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "driftline.streams.cli", *self.options, "worker", *self.args], env=self.env,
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         return self
 
