@@ -20,7 +20,9 @@ from typing import Any
 
 from river import drift
 
-KINDS = ("adwin", "kswin", "page_hinkley")
+from driftline.detectors.bocpd import Bocpd
+
+KINDS = ("adwin", "kswin", "page_hinkley", "bocpd")
 HISTORY = 500
 SIGNAL_CAP = 50.0
 
@@ -33,6 +35,8 @@ def make(kind: str) -> Any:
         return drift.KSWIN(alpha=0.005, window_size=30, stat_size=10, seed=7)
     if kind == "page_hinkley":
         return drift.PageHinkley(min_instances=5, delta=0.5, threshold=25.0)
+    if kind == "bocpd":  # not River's: Adams and MacKay's, with River's interface
+        return Bocpd()
     raise ValueError(f"detector must be one of {', '.join(KINDS)}, not {kind!r}")
 
 

@@ -262,7 +262,7 @@ class Settings(BaseSettings):
     window_events: int | None = Field(None, ge=10, description="count windows instead (tests, replays)")
     window_grace_s: float = Field(5.0, ge=0.0, le=3_600, description="wait for late worker sketches")
     drift_alpha: float = Field(0.01, gt=0.0, lt=0.5, description="false-alarm rate per column per window")
-    drift_detector: Literal["adwin", "kswin", "page_hinkley", "none"] = "adwin"
+    drift_detector: Literal["adwin", "kswin", "page_hinkley", "bocpd", "none"] = "adwin"
     drift_k: int = Field(2, ge=1, description="alert when flagged in k of the last m windows")
     drift_m: int = Field(3, ge=1)
     drift_cooldown_windows: int = Field(5, ge=0)
