@@ -6,7 +6,10 @@ with ``+`` across partitions and workers; :func:`evaluate` computes each
 column's calibrated test against the reference; :class:`AlertPolicy` turns
 windows of results into alerts (hysteresis, cooldown, severity) and retrain
 requests; :class:`SignalDetector` wraps River's ADWIN, KSWIN and
-PageHinkley over each column's per-window signal.
+PageHinkley, or :class:`~driftline.detectors.bocpd.Bocpd` (Bayesian online
+change points), over each column's per-window signal;
+:mod:`~driftline.detectors.changepoints` scores them on streams with known
+change points.
 """
 
 from driftline.detectors.evaluate import SCORE, ColumnResult, dead_letter_result, evaluate
