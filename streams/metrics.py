@@ -18,6 +18,10 @@ from driftline.inference.deployment import SHADOW
 from driftline.streams.core.drift import ClosedWindow, column_label
 from driftline.streams.core.pipeline import BatchOutcome
 
+#: the kinds of alert a worker raises (drift agent, label loop, control follower)
+ALERT_KINDS = ("data_drift", "prediction_drift", "data_quality", "performance_drop", "concept_drift",
+               "model_load_failed", "bad_control_record")
+
 
 def build_versions() -> dict[str, str]:
     import platform
@@ -175,6 +179,20 @@ class Metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
+
+    def init_model(self, model: str) -> None:
+        """Export the model's alert and request counters at 0 from the start.
+
+        A labelled counter otherwise appears at its first increment with the
+        value 1, and Prometheus' ``increase()`` over a series that starts at 1
+        is 0: the first model_load_failed or critical drift alert of a
+        worker's life would never page (deploy/prometheus/rules.yml).
+        """
+        for kind in ALERT_KINDS:
+            for severity in ("warning", "critical"):
+                self.alerts.labels(model, kind, severity)
+        for outcome in ("predicted", "dead_letter"):
+            self.requests.labels(model, outcome)
 
     def observe_window(self, closed: ClosedWindow) -> None:
         """The statistics of one evaluated drift window, and the alerts it raised."""

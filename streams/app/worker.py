@@ -107,6 +107,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
     for served in pipeline.served.values():
+        metrics.init_model(served.model.name)
         publish_deployment(metrics, served)
     timeout = max(int(settings.session_timeout_s), 6)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
