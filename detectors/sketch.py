@@ -141,6 +141,8 @@ class WindowSketch:
                 part = fold_codes(ref, pick(codes[ref.name]), mask)
             else:
                 part = fold_categorical(ref, pick(columns[ref.name]), mask)
+            if ref.name in profile.personal:  # a window of one request would carry its value in its sum
+                part.total = part.total_sq = 0.0
             self.columns[ref.name] = self.columns[ref.name] + part
         self.score = self.score + fold_numeric(profile.score, scores, None, maps.get(SCORE_KEY))
         self.messages += messages

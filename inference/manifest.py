@@ -111,6 +111,13 @@ class Manifest:
         if unknown:
             raise ModelError(f"{self.name} v{self.version}: personal lists {unknown[0]!r}, which {schema.subject} "
                              "lacks; list the request's field names")
+        id_field = self.profile.id_field
+        marked = id_field in self.personal or any(
+            f.get("name") == id_field and f.get("driftline.pii") is True for f in schema.raw.get("fields", ()))
+        if marked:
+            raise ModelError(f"{self.name} v{self.version}: the request id {id_field!r} cannot be personal: it is the "
+                             "key of every output and of the label join; use a random id and mark the fields it "
+                             "was derived from")
         for i in self.inputs:
             base = _base_type(types.get(i.field))
             if base is None:
@@ -192,4 +199,7 @@ def input_mismatch(a: Manifest, b: Manifest) -> str | None:
     if a.profile != b.profile:
         return (f"v{b.version} declares other features or validation than v{a.version} "
                 f"({b.profile.column_names} vs {a.profile.column_names}); register it with the same features")
+    if set(a.personal) != set(b.personal):  # the worker protects what it started with: a change needs a restart
+        return (f"v{b.version} lists other personal fields than v{a.version} ({sorted(b.personal)} vs "
+                f"{sorted(a.personal)}); start the workers with v{b.version} configured to serve it")
     return None

@@ -119,6 +119,7 @@ class ServedModel:
         """Fold into ``folder`` from now on; returns the replaced folder's open window, closed early."""
         old, self.folder = self.folder, folder
         if folder is not None:
+            folder.hide(self.personal)
             folder.accept_codes({f.name: f.categories for f in self.validator.profile.features
                                  if isinstance(f, CategoricalFeature)})
         if old is None or old.current is None or not old.current.messages:
@@ -413,7 +414,7 @@ class ScorePipeline:
         assert isinstance(ids, np.ndarray)  # noqa: S101 - set by _process_model
         sealed = common["model"] in self._sealed
         if sealed:
-            features = seal_rows(self._pii_key, ids.tolist(), features)
+            features = seal_rows(self._pii_key, str(common["model"]), ids.tolist(), features)
         values = encoder.encode(len(ids), {
             "request_id": ids, "model": common["model"], "model_version": version, "variant": variant,
             "score": scores, "predicted": labels, "event_time": common["event_time"], "features": features,

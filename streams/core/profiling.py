@@ -77,7 +77,7 @@ class ProfileStore:
     alerts and reports show their bins by number only.
     """
 
-    def __init__(self, registry: ModelRegistry, catalog: SchemaCatalog | None = None, max_entries: int = 64) -> None:
+    def __init__(self, registry: ModelRegistry, catalog: SchemaCatalog, max_entries: int = 64) -> None:
         self.registry = registry
         self.catalog = catalog
         self.max_entries = max_entries
@@ -92,10 +92,9 @@ class ProfileStore:
         if is_plain_name(model) and is_plain_name(version):  # names from a topic never leave the registry
             try:
                 path = self.registry.path(model, version) / PROFILE_FILE
-                found = ReferenceProfile.load(path) if path.is_file() else None
-                if found is not None:
-                    found = replace(found, personal=self._personal(path.parent))
-            except ModelError as exc:  # no such model or version here
+                if path.is_file():  # the marks first: a profile whose marks cannot be read is not used (fail closed)
+                    found = replace(ReferenceProfile.load(path), personal=self._personal(path.parent))
+            except ModelError as exc:  # no such model or version here, or its manifest does not read
                 log.debug("no reference profile for %.80r v%.80r: %s", model, version, exc)
             except (ValueError, KeyError, TypeError, OSError) as exc:
                 log.warning("the reference profile of %s v%s does not load: %s", model, version, exc)
@@ -105,11 +104,15 @@ class ProfileStore:
         return found
 
     def _personal(self, version_dir: Path) -> frozenset[str]:
+        """The version's personal features: its manifest's list and its request schema's marks; every feature
+        when the schema is not in the catalog (its marks cannot be known, so nothing is shown)."""
         manifest = Manifest.read(version_dir)
         try:
-            raw = self.catalog.get(manifest.request_subject).raw if self.catalog is not None else {}
-        except SchemaError:  # the worker refuses to serve it; its manifest's list still counts
-            raw = {}
+            raw = self.catalog.get(manifest.request_subject).raw
+        except SchemaError:
+            log.warning("%s v%s reads %s, which is not in the schema catalog: all its features are treated as "
+                        "personal (bins shown by number)", manifest.name, manifest.version, manifest.request_subject)
+            return frozenset(f.name for f in manifest.profile.features)
         return personal_fields(raw, manifest.personal)
 
 

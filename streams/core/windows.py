@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 import numpy as np
 
@@ -33,6 +34,10 @@ class WindowFolder:
         self.current: WindowSketch | None = None
         self._maps = fine_maps(profile)
         self._categories: dict[str, tuple[str, ...] | None] = {}
+
+    def hide(self, personal: Iterable[str]) -> None:
+        """Fold these features' bins only: their sums (a one-request window's sum is its value) stay 0."""
+        self.profile = replace(self.profile, personal=self.profile.personal | frozenset(personal))
 
     def accept_codes(self, categories: Mapping[str, tuple[str, ...]]) -> None:
         """Category lists the validator encodes with; its codes are reused where they match the profile's."""

@@ -100,6 +100,7 @@ class LabeledReader:
         """``opener``: opens rows sealed because the model reads personal fields (from the PII key)."""
         self._consumer, self.topic, self.catalog, self.skips = consumer, topic, catalog, skips
         self.opener = opener
+        self.sealed_skipped = 0  # sealed rows that did not open (no PII key, or another one)
         self.records: deque[LabeledRecord] = deque(maxlen=max_records)
         self._assigned = False
         self._partitions: set[int] = set()
@@ -141,6 +142,8 @@ class LabeledReader:
                     continue
                 self._at_end.discard(m.partition())  # past its end: the next call waits for its next EOF
                 r = decode_labeled(self.catalog, m.value(), self.opener)
+                if isinstance(r, Skip) and r.reason == "sealed_labeled":
+                    self.sealed_skipped += 1
                 if isinstance(r, Skip):
                     self.skips.skip(self.topic, m.partition(), m.offset(), m.key(), r)
                 else:
@@ -242,7 +245,11 @@ class Trainer:
 
         rows = self.wait_for("training labels", training_rows, s.trainer_wait_s)
         if rows is None:
-            self.emit(request, "failed", f"fewer than {s.trainer_min_labels} labels within {s.trainer_wait_s:g}s")
+            sealed = getattr(self.reader, "sealed_skipped", 0)
+            why = (f"; {sealed} labeled rows are sealed and did not open: give the trainer the workers' PII key "
+                   "(DRIFTLINE_PII_KEY or DRIFTLINE_PII_KEY_FILE)" if sealed else "")
+            self.emit(request, "failed",
+                      f"fewer than {s.trainer_min_labels} labels within {s.trainer_wait_s:g}s{why}")
             return "failed"
         from driftline.streams.core.profiling import impute
 
@@ -427,7 +434,7 @@ def decode_labeled(catalog: SchemaCatalog, value: bytes | None, opener: Opener |
             return Skip("sealed_labeled", "the row is sealed (the model reads personal fields): give the trainer "
                         "the workers' PII key (DRIFTLINE_PII_KEY or DRIFTLINE_PII_KEY_FILE)")
         try:
-            features = opener.open(str(r.get("request_id")), features)
+            features = opener.open(str(r.get("model")), str(r.get("request_id")), features)
         except SealError as exc:
             return Skip("sealed_labeled", str(exc))
     if not isinstance(features, bytes) or len(features) % 4:

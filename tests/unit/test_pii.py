@@ -154,7 +154,10 @@ def test_rows_of_a_model_reading_personal_fields_travel_sealed_and_the_trainer_o
         joined = {**b, "label": "fraud", "target": None, "label_time": 2}
         row = decode_labeled(catalog, encode(labeled, joined), Opener(KEY))
         assert isinstance(row, LabeledRecord) and row.features == a["features"]
-        assert decode_labeled(catalog, encode(labeled, joined), Opener(b"another key")).reason == "sealed_labeled"
+        other_key = decode_labeled(catalog, encode(labeled, joined), Opener(b"another key"))
+        assert other_key.reason == "sealed_labeled" and "another PII key" in other_key.detail  # type: ignore[union-attr]
+        other_model = {**joined, "model": "credit"}  # the same request id scored by another model
+        assert decode_labeled(catalog, encode(labeled, other_model), Opener(KEY)).reason == "sealed_labeled"
         no_key = decode_labeled(catalog, encode(labeled, joined))
         assert no_key.reason == "sealed_labeled" and "DRIFTLINE_PII_KEY" in no_key.detail  # type: ignore[union-attr]
         moved = {**joined, "request_id": "another request"}  # a sealed row moved onto another record
@@ -200,4 +203,52 @@ def test_profiles_know_their_personal_features(marked: SchemaCatalog, tmp_path: 
     store = ProfileStore(ModelRegistry(tmp_path / "models"), marked)
     profile = store.get("fraud", "1")
     assert profile is not None and profile.personal == {"channel", "card_id"}  # the manifest's, the schema's mark
-    assert ProfileStore(ModelRegistry(EXAMPLE_MODELS)).get("fraud", "1").personal == frozenset()  # type: ignore[union-attr]
+    plain = SchemaCatalog.from_dirs([builtin_schema_dir()])
+    assert ProfileStore(ModelRegistry(EXAMPLE_MODELS), plain).get("fraud", "1").personal == frozenset()  # type: ignore[union-attr]
+    # fails closed: a catalog without the request schema hides every feature; a manifest that does not read, all
+    (tmp_path / "no-schemas").mkdir()
+    empty = SchemaCatalog.from_dirs([tmp_path / "no-schemas"])
+    hidden = ProfileStore(ModelRegistry(tmp_path / "models"), empty).get("fraud", "1")
+    assert hidden is not None and hidden.personal == {f.name for f in hidden.features}
+    (tmp_path / "models" / "fraud" / "1" / "manifest.json").write_text("{not json")
+    assert ProfileStore(ModelRegistry(tmp_path / "models"), marked).get("fraud", "1") is None
+
+
+def test_window_sketches_carry_no_sum_of_a_personal_feature(tmp_path: Path, generator, rng) -> None:  # type: ignore[no-untyped-def]
+    """A window of one request would carry its value in the column's sum: personal features keep bins only."""
+    from driftline.streams.app.score import build_folder
+
+    catalog = SchemaCatalog.from_dirs([builtin_schema_dir()])
+    model = model_listing(tmp_path, ["amount"])
+    folder = build_folder(load_settings(window_events=10), model, "w1")
+    served = {"ns.requests": ServedModel(model, catalog, max_message_bytes=1 << 16, folder=folder)}
+    pipe = ScorePipeline(served, catalog.latest("driftline.Prediction"), predictions_topic="ns.predictions",
+                         deadletter_topic="ns.deadletter", deadletter_max_bytes=1 << 20)
+    msgs, records = requests(catalog, generator, rng, 10)
+    (sketch,) = pipe.process(msgs, 1_767_225_700_000).sketches
+    amount, risk = sketch.to_dict()["columns"]["amount"], sketch.to_dict()["columns"]["merchant_risk"]
+    assert amount["n"] == 10 and amount["sum"] == 0.0 and amount["sum_sq"] == 0.0
+    assert risk["sum"] == pytest.approx(sum(r["merchant_risk"] for r in records))  # not personal: as before
+    assert not any(repr(r["amount"]) in json.dumps(sketch.to_dict()) for r in records)
+
+
+def test_a_version_that_marks_other_fields_cannot_be_deployed_beside_the_served_one(tmp_path: Path) -> None:
+    """The worker protects what it started with: a version listing other personal fields waits for a restart."""
+    from driftline.inference.manifest import input_mismatch
+
+    v1 = model_listing(tmp_path / "a", []).manifest
+    v2 = model_listing(tmp_path / "b", ["card_id", "amount"]).manifest
+    assert "other personal fields" in (input_mismatch(v1, v2) or "")
+    assert input_mismatch(v2, v2) is None
+
+
+def test_the_request_id_cannot_be_personal(tmp_path: Path, marked: SchemaCatalog) -> None:
+    with pytest.raises(ModelError, match="request id 'request_id' cannot be personal"):
+        ServedModel(model_listing(tmp_path / "a", ["request_id"]), marked, max_message_bytes=1 << 16)
+    raw = json.loads((builtin_schema_dir() / "card_transaction.v2.avsc").read_text())
+    raw["fields"][0]["driftline.pii"] = True  # request_id, marked in the schema
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "card_transaction.v3.avsc").write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="cannot be personal"):
+        ServedModel(model_listing(tmp_path / "b", []), SchemaCatalog.from_dirs([builtin_schema_dir(), tmp_path / "s"]),
+                    max_message_bytes=1 << 16)

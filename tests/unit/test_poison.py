@@ -217,8 +217,8 @@ def test_pending_windows_are_bounded_and_windows_ending_apart_merge(caplog: pyte
     assert merged.messages == 50 and merged.end_ms == a.end_ms + 1234
 
 
-def test_the_profile_cache_is_bounded_whatever_names_the_topic_brings() -> None:
-    store = ProfileStore(ModelRegistry(EXAMPLE_MODELS), max_entries=8)
+def test_the_profile_cache_is_bounded_whatever_names_the_topic_brings(catalog: SchemaCatalog) -> None:
+    store = ProfileStore(ModelRegistry(EXAMPLE_MODELS), catalog, max_entries=8)
     for i in range(100):
         assert store.get(f"ghost-{i}", "1") is None
     assert store.get("../fraud", "1") is None and store.get("fraud", "../1") is None

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from driftline.detectors.profile import ReferenceProfile
 from driftline.detectors.sketch import WindowSketch
 from driftline.inference.registry import ModelRegistry
-from driftline.schemas.catalog import SchemaCatalog
+from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir
 from driftline.schemas.codec import encode, frame
 from driftline.streams.cli import demo, report, status
 from driftline.streams.core.events import Alert, format_event
@@ -46,7 +46,7 @@ def msgs(topic: str, values: list[bytes | None]) -> list[StoredMessage]:
 
 # -- sketches (driftline report) ----------------------------------------------------------------------------------
 
-profiles = ProfileStore(ModelRegistry(EXAMPLE_MODELS))
+profiles = ProfileStore(ModelRegistry(EXAMPLE_MODELS), SchemaCatalog.from_dirs([builtin_schema_dir()]))
 
 
 def valid_sketch(start: int = NOW - HOUR // 2) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import pytest
 
 from driftline.inference.errors import ModelError
 from driftline.inference.registry import ModelRegistry, register_version
+from driftline.schemas.catalog import SchemaCatalog
 from driftline.streams.core.profiling import ProfileStore, has_version
 from driftline.streams.settings import EXAMPLE_MODELS
 
@@ -54,9 +55,9 @@ def test_a_symlink_out_of_the_registry_is_refused(registry: ModelRegistry) -> No
         registry.path("evil", "1")
 
 
-def test_topic_names_never_reach_the_disk(registry: ModelRegistry) -> None:
+def test_topic_names_never_reach_the_disk(registry: ModelRegistry, catalog: SchemaCatalog) -> None:
     """Names read from the sketches topic and from retrain requests: looked up safely, never raised on."""
-    profiles = ProfileStore(registry)
+    profiles = ProfileStore(registry, catalog)
     for name in BAD:
         assert profiles.get(name, "1") is None and profiles.get("fraud", name) is None
         assert not has_version(registry, name, "1")
