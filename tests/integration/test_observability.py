@@ -299,3 +299,132 @@ def test_a_payload_from_a_topic_is_shown_as_text_not_run_in_chromium(
     assert "pwned" not in re.search(r"<title>(.*?)</title>", dom, re.S).group(1)  # type: ignore[union-attr]
     assert "&lt;img src=x onerror" in dom  # shown, escaped
     assert "<img src=" not in dom and "<script>document.title" not in dom  # never an element
+
+
+class Hook:
+    """A local HTTP endpoint standing in for Slack and PagerDuty: keeps every JSON body posted, by path."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.received: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                hook.received.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def at(self, path: str) -> list[dict]:  # type: ignore[type-arg]
+        return [body for p, body in list(self.received) if p == path]
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@ONE_BROKER
+def test_alertmanager_routes_real_alerts_by_severity_and_model(
+    broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
+) -> None:
+    """The shipped rules and Alertmanager configuration, run for real: a refused deployment pages (PagerDuty and
+    Slack), dead letters open a ticket (Slack), and the fraud model's alerts also reach its own channel.
+
+    Changed for the test only: the rules' ``for:`` durations (0s), Alertmanager's grouping waits (1s), and where
+    notifications go (a local endpoint for Slack and PagerDuty, a closed port for e-mail).
+    """
+    import yaml
+
+    from driftline.inference.deployment import Deployment
+
+    prometheus_exe, alertmanager_exe = shutil.which("prometheus"), shutil.which("prometheus-alertmanager")
+    assert prometheus_exe and alertmanager_exe, "Debian's prometheus and prometheus-alertmanager (.ci/run has them)"
+    settings = load_settings(broker=broker.bootstrap, namespace=namespace)
+    ensure_topics(settings)
+    hook = Hook()
+    secrets_dir = tmp_path / "am-secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "slack-webhook-url").write_text(f"http://127.0.0.1:{hook.port}/slack\n")
+    (secrets_dir / "pagerduty-routing-key").write_text("pd-routing-key-0123456789abcdef\n")
+    (secrets_dir / "smtp-password").write_text("smtp-secret\n")
+    shipped = (REPO_ROOT / "deploy" / "alertmanager" / "alertmanager.yml").read_text()
+    templates = REPO_ROOT / "deploy" / "alertmanager" / "templates"
+    am = yaml.safe_load(shipped.replace("/etc/alertmanager/secrets/", f"{secrets_dir}/")
+                        .replace("/etc/alertmanager/templates/", f"{templates}/"))
+    am["route"].update(group_wait="1s", group_interval="1s")
+    am["global"].update(smtp_smarthost=f"127.0.0.1:{free_port()}", smtp_require_tls=False)
+    pagerduty = next(r for r in am["receivers"] if r["name"] == "pagerduty")["pagerduty_configs"][0]
+    pagerduty["url"] = f"http://127.0.0.1:{hook.port}/pagerduty"
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(am))
+    rules = re.sub(r"\n(\s+)for: \S+", r"\n\1for: 0s", (REPO_ROOT / "deploy" / "prometheus" / "rules.yml").read_text())
+    (tmp_path / "rules.yml").write_text(rules)
+    am_port, prom_port = free_port(), free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files: ['{tmp_path / 'rules.yml'}']\n"
+        f"alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\n"
+        f"scrape_configs:\n  - job_name: driftline\n    static_configs:\n      - targets: ['127.0.0.1:{{port}}']\n"
+    )
+    worker = WorkerProcess(broker.bootstrap, namespace, tmp_path).start()
+    config = (tmp_path / "prometheus.yml").read_text().replace("{port}", str(worker.port))
+    (tmp_path / "prometheus.yml").write_text(config)
+    alertmanager = subprocess.Popen(
+        [alertmanager_exe, f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
+         f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "am.log").open("wb"))
+    prom = subprocess.Popen([prometheus_exe, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "prom.log").open("wb"))
+    try:
+        worker.wait_log("consuming")
+        # a ticket: a fifth of the requests are junk (DriftlineDeadLetterRate, over 5 %)
+        send_requests(broker.bootstrap, settings.topic("requests"), catalog, generator, rng, 800, bad=200)
+        # a page: a deployment of a version the registry does not hold is refused (DriftlineModelLoadFailed)
+        promote = Deployment("fraud", "1").promote("99", int(time.time() * 1000)).to_dict()
+        produce(broker.bootstrap, settings.topic("models"), [(b"fraud", json.dumps(promote).encode())])
+
+        def delivered() -> bool:
+            slack = {(b["channel"], t) for b in hook.at("/slack")
+                     for t in re.findall(r"\] (\w+)", b["attachments"][0]["title"])}
+            return {("#driftline-pages", "DriftlineModelLoadFailed"), ("#driftline", "DriftlineDeadLetterRate"),
+                    ("#fraud-models", "DriftlineModelLoadFailed"), ("#fraud-models", "DriftlineDeadLetterRate")
+                    } <= slack and bool(hook.at("/pagerduty"))
+
+        def alive() -> None:
+            for log, p in (("prom.log", prom), ("am.log", alertmanager)):
+                assert p.poll() is None, (tmp_path / log).read_text()[-2000:]
+
+        deadline = time.monotonic() + 120
+        while not delivered():
+            alive()
+            assert worker.alive(), worker.log()[-2000:]
+            assert time.monotonic() < deadline, f"not delivered within 120s: {hook.received}"
+            time.sleep(0.5)
+    finally:
+        prom.terminate()
+        alertmanager.terminate()
+        prom.wait(20)
+        alertmanager.wait(20)
+        worker.stop()
+        hook.close()
+    pages = hook.at("/pagerduty")
+    paged = {p["payload"]["summary"].split("] ")[1].split(" ")[0] for p in pages}
+    # page-severity alerts only (the starting worker's not-ready moment may page too: its for: is 0s here)
+    assert "DriftlineModelLoadFailed" in paged and paged <= {"DriftlineModelLoadFailed", "DriftlineWorkerNotReady"}
+    assert all(p["routing_key"] == "pd-routing-key-0123456789abcdef" for p in pages)  # from its file
+    assert any(link["href"] == "https://driftline.example.com/" for link in pages[0]["links"])
+    text = next(b for b in hook.at("/slack") if b["channel"] == "#driftline")["attachments"][0]
+    assert "model fraud" in text["title"] and "(ticket)" in text["title"]
+    assert "Dashboard: https://driftline.example.com/" in text["text"]
+    assert "Report: driftline report --model fraud --window 24h" in text["text"]
+    assert "dead-lettered" in text["text"]  # the rule's own summary
