@@ -70,6 +70,11 @@ def evaluate(profile: ReferenceProfile, sketch: WindowSketch, alpha: float) -> l
         quality = _null_rate(ref, col, alpha)
         if quality is not None:
             out.append(quality)
+    pca = profile.multivariate
+    joint = sketch.columns.get(pca.errors.name) if pca is not None else None
+    if pca is not None and joint is not None and joint.n > 0:
+        out.append(_numeric(pca.errors, joint, "multivariate_drift", alpha,
+                            labels=bin_labels(pca.errors, hidden=bool(profile.personal & set(pca.names)))))
     if sketch.score.n > 0:
         out.append(_numeric(profile.score, sketch.score, "prediction_drift", alpha, name=SCORE))
     return out

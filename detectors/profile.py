@@ -13,9 +13,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from driftline.detectors.multivariate import PcaReference
 
 PSI_BINS = 10
 FINE_BINS = 250  # a multiple of PSI_BINS: every PSI edge is also a fine edge
@@ -130,9 +133,19 @@ class ReferenceProfile:
     features: tuple[Reference, ...]
     score: NumericReference
     personal: frozenset[str] = frozenset()
+    #: principal components of the numeric features, for the multivariate test (profiles built before: None)
+    multivariate: PcaReference | None = None
+
+    @property
+    def monitored(self) -> tuple[Reference, ...]:
+        """Every column a window sketch holds: the features, then the multivariate reconstruction error."""
+        return self.features if self.multivariate is None else (*self.features, self.multivariate.errors)
 
     def to_json(self) -> str:
-        return json.dumps({"features": [f.to_dict() for f in self.features], "score": self.score.to_dict()})
+        d: dict[str, Any] = {"features": [f.to_dict() for f in self.features], "score": self.score.to_dict()}
+        if self.multivariate is not None:
+            d["multivariate"] = self.multivariate.to_dict()
+        return json.dumps(d)
 
     @staticmethod
     def from_json(text: str) -> ReferenceProfile:
@@ -141,7 +154,10 @@ class ReferenceProfile:
             NumericReference.from_dict(f) if f["kind"] == "numeric" else CategoricalReference.from_dict(f)
             for f in d["features"]
         ]
-        return ReferenceProfile(tuple(feats), NumericReference.from_dict(d["score"]))
+        from driftline.detectors.multivariate import PcaReference
+
+        pca = PcaReference.from_dict(d["multivariate"]) if d.get("multivariate") else None
+        return ReferenceProfile(tuple(feats), NumericReference.from_dict(d["score"]), multivariate=pca)
 
     def save(self, path: Path) -> None:
         path.write_text(self.to_json())

@@ -113,7 +113,7 @@ class WindowSketch:
     @staticmethod
     def empty(profile: ReferenceProfile, model: str, version: str, start_ms: int, end_ms: int,
               contributor: str = "") -> WindowSketch:
-        return WindowSketch(model, version, start_ms, end_ms, {f.name: empty_column(f) for f in profile.features},
+        return WindowSketch(model, version, start_ms, end_ms, {f.name: empty_column(f) for f in profile.monitored},
                             empty_column(profile.score), contributors=frozenset({contributor} if contributor else ()))
 
     def fold(self, profile: ReferenceProfile, columns: Mapping[str, np.ndarray], nulls: Mapping[str, np.ndarray],
@@ -144,6 +144,13 @@ class WindowSketch:
             if ref.name in profile.personal:  # a window of one request would carry its value in its sum
                 part.total = part.total_sq = 0.0
             self.columns[ref.name] = self.columns[ref.name] + part
+        pca = profile.multivariate
+        if pca is not None and len(scores):  # the rows' joint position: one matrix product per batch
+            picked = {n: pick(columns[n]) for n in pca.names}
+            masks = {n: pick(m) for n in pca.names if (m := nulls.get(n)) is not None}
+            errors = pca.reconstruction_errors(picked, masks)
+            self.columns[pca.errors.name] = self.columns[pca.errors.name] + fold_numeric(
+                pca.errors, errors, None, maps.get(pca.errors.name))
         self.score = self.score + fold_numeric(profile.score, scores, None, maps.get(SCORE_KEY))
         self.messages += messages
         self.dead_letters += dead_letters
@@ -177,8 +184,8 @@ SCORE_KEY = "\0score"
 
 def fine_maps(profile: ReferenceProfile) -> dict[str, np.ndarray]:
     """Fine→PSI bin map of every numeric column (and the score, under ``SCORE_KEY``) that has one."""
-    refs = [*profile.features, profile.score]
-    keys = [*(f.name for f in profile.features), SCORE_KEY]
+    refs = [*profile.monitored, profile.score]
+    keys = [*(f.name for f in profile.monitored), SCORE_KEY]
     return {k: m for k, r in zip(keys, refs, strict=True)
             if isinstance(r, NumericReference) and (m := r.fine_to_psi) is not None}
 

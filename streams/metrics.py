@@ -19,8 +19,8 @@ from driftline.streams.core.drift import ClosedWindow, column_label
 from driftline.streams.core.pipeline import BatchOutcome
 
 #: the kinds of alert a worker raises (drift agent, label loop, control follower)
-ALERT_KINDS = ("data_drift", "prediction_drift", "data_quality", "performance_drop", "concept_drift",
-               "model_load_failed", "bad_control_record")
+ALERT_KINDS = ("data_drift", "prediction_drift", "multivariate_drift", "data_quality", "performance_drop",
+               "concept_drift", "model_load_failed", "bad_control_record")
 
 
 def build_versions() -> dict[str, str]:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from driftline.detectors.evaluate import ColumnResult, bin_labels, dead_letter_result, evaluate
+from driftline.detectors.multivariate import MULTIVARIATE
 from driftline.detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
 from driftline.detectors.sketch import ColumnSketch, WindowSketch
 from driftline.schemas.catalog import SchemaCatalog
@@ -139,6 +140,8 @@ def _column(profile: ReferenceProfile, sketch: WindowSketch, name: str) -> tuple
     col: ColumnSketch
     if name == "score":
         ref, col = profile.score, sketch.score
+    elif name == "multivariate" and profile.multivariate is not None:
+        ref, col = profile.multivariate.errors, sketch.columns[MULTIVARIATE]
     else:
         ref = next(f for f in profile.features if f.name == name)
         col = sketch.columns[name]

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from driftline.detectors.evaluate import DEAD_LETTERS, SCORE, ColumnResult, dead_letter_result, evaluate
+from driftline.detectors.multivariate import MULTIVARIATE
 from driftline.detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
 from driftline.detectors.profile import NumericReference, ReferenceProfile
 from driftline.detectors.river_signal import KINDS
@@ -30,7 +31,7 @@ MAX_COUNT = 2**40  # a count no real sketch reaches; keeps merged int64 counts f
 
 def column_label(column: str) -> str:
     """A column's name for people and labels: the model score and the dead-letter rate get readable ones."""
-    return {SCORE: "score", DEAD_LETTERS: "dead_letters"}.get(column, column)
+    return {SCORE: "score", DEAD_LETTERS: "dead_letters", MULTIVARIATE: "multivariate"}.get(column, column)
 
 
 class ClosedWindow(NamedTuple):
@@ -280,11 +281,11 @@ def sketch_from_dict(d: Any) -> WindowSketch:
 
 def fits_profile(sketch: WindowSketch, profile: ReferenceProfile) -> None:
     """BadRecord (profile_mismatch) unless every column of ``sketch`` has the shape its reference has."""
-    names = [f.name for f in profile.features]
+    names = [f.name for f in profile.monitored]
     if set(sketch.columns) != set(names):
         raise BadRecord("profile_mismatch", f"sketch of {sketch.model!r} v{sketch.version!r} has columns "
                                             f"{brief(sorted(sketch.columns))}, the profile {brief(names)}")
-    for ref, col in ((*zip(profile.features, (sketch.columns[n] for n in names), strict=True),
+    for ref, col in ((*zip(profile.monitored, (sketch.columns[n] for n in names), strict=True),
                      (profile.score, sketch.score))):
         fine = len(ref.fine_counts) if isinstance(ref, NumericReference) else 0
         if len(col.counts) != len(ref.counts) or len(col.fine) != fine:
@@ -374,11 +375,12 @@ def alert_id(sketch: WindowSketch, result: ColumnResult) -> str:
 def alert_record(sketch: WindowSketch, decision: AlertDecision, now_ms: int) -> Alert:
     """The alert of one decision about a closed window."""
     r = decision.result
-    feature = None if r.column in (SCORE, DEAD_LETTERS) else r.column
-    what = {SCORE: "model score", DEAD_LETTERS: "dead-letter rate"}.get(r.column, r.column)
+    feature = None if r.column in (SCORE, DEAD_LETTERS, MULTIVARIATE) else r.column
+    what = {SCORE: "model score", DEAD_LETTERS: "dead-letter rate",
+            MULTIVARIATE: "joint distribution of the features (PCA reconstruction error)"}.get(r.column, r.column)
     extra = f", PSI {r.psi:.3f} (chance level {r.psi_threshold:.3f})" if r.statistic in ("ks", "chi2") else ""
     if decision.change_point:
-        extra += "; River change point"
+        extra += "; change point"
     return Alert(
         id=alert_id(sketch, r), model=sketch.model, model_version=sketch.version, kind=r.kind,
         severity=decision.severity, feature=feature, statistic=r.statistic, value=float(r.value),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from driftline.detectors.multivariate import PcaReference
 from driftline.detectors.profile import CategoricalReference, NumericReference, Reference, ReferenceProfile
 from driftline.inference.errors import ModelError
 from driftline.inference.manifest import Manifest
@@ -54,13 +55,17 @@ def build_profile(model_dir: Path, data: Path, catalog: SchemaCatalog, *, force:
     good = cols.take(checked.rows)
     scores = model.predict(checked.feature_columns() if manifest.inputs else checked.matrix)
     refs: list[Reference] = []
+    numeric: dict[str, np.ndarray] = {}
     for f in manifest.profile.features:
         nulls = good.null_mask(f.name)
         if isinstance(f, NumericFeature):
-            refs.append(NumericReference.build(f.name, good.values[f.name].astype(np.float64), nulls))
+            values = good.values[f.name].astype(np.float64)
+            refs.append(NumericReference.build(f.name, values, nulls))
+            numeric[f.name] = np.where(nulls, np.nan, values) if nulls is not None else values
         else:
             refs.append(CategoricalReference.build(f.name, good.values[f.name], f.categories, nulls))
-    ReferenceProfile(tuple(refs), NumericReference.build("score", scores)).save(target)
+    ReferenceProfile(tuple(refs), NumericReference.build("score", scores),
+                     multivariate=PcaReference.build(numeric)).save(target)
     return target, len(checked.rows)
 
 
@@ -151,6 +156,7 @@ def profile_from_matrix(model_dir: Path, matrix: np.ndarray, scores: np.ndarray)
 
     manifest = OnnxModel(model_dir, providers="cpu").manifest
     refs: list[Reference] = []
+    numeric: dict[str, np.ndarray] = {}
     col = 0
     for f in manifest.profile.features:
         if isinstance(f, CategoricalFeature):
@@ -166,7 +172,9 @@ def profile_from_matrix(model_dir: Path, matrix: np.ndarray, scores: np.ndarray)
         else:
             values = matrix[:, col].astype(np.float64)
             refs.append(NumericReference.build(f.name, values, nulls=np.isnan(values)))
+            numeric[f.name] = values
             col += 1
     target = model_dir / PROFILE_FILE
-    ReferenceProfile(tuple(refs), NumericReference.build("score", np.asarray(scores, dtype=np.float64))).save(target)
+    ReferenceProfile(tuple(refs), NumericReference.build("score", np.asarray(scores, dtype=np.float64)),
+                     multivariate=PcaReference.build(numeric)).save(target)
     return target

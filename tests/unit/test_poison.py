@@ -369,7 +369,7 @@ def fitting_sketches(draw: st.DrawFn) -> bytes:
     start = NOW - draw(st.integers(0, SKEW_MS - 20_000))
     return json.dumps({
         "model": "fraud", "version": "1", "start_ms": start, "end_ms": start + draw(st.integers(0, 10_000)),
-        "columns": {f.name: column(f) for f in PROFILE.features}, "score": column(PROFILE.score),
+        "columns": {f.name: column(f) for f in PROFILE.monitored}, "score": column(PROFILE.score),
         "messages": messages, "dead_letters": draw(st.integers(0, messages)), "contributors": ["w"],
     }).encode()
 

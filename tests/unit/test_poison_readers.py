@@ -71,7 +71,7 @@ def fitting_sketches(draw: st.DrawFn) -> bytes:
     start = NOW - draw(st.sampled_from([1, 10_000, HOUR // 2, HOUR]))  # some share a window: they merge
     return json.dumps({
         "model": "fraud", "version": "1", "start_ms": start, "end_ms": start + draw(st.integers(0, 2**40)),
-        "columns": {f.name: column(f) for f in PROFILE.features}, "score": column(PROFILE.score),
+        "columns": {f.name: column(f) for f in PROFILE.monitored}, "score": column(PROFILE.score),
         "messages": messages, "dead_letters": draw(st.integers(0, messages)),
         "contributors": draw(st.lists(st.sampled_from(["w1", "w2"]), max_size=2)),
     }).encode()
