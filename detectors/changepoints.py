@@ -24,6 +24,7 @@ from driftline.detectors.stats import normal_sf
 class Stream:
     signal: np.ndarray  # -log10 p per window
     changes: tuple[int, ...]  # the windows where a new stretch starts
+    onsets: tuple[int, ...] = ()  # those where a drifted stretch starts (what the alert policy escalates)
 
 
 @dataclass(frozen=True)
@@ -54,16 +55,18 @@ class Score:
 def piecewise_stream(rng: np.random.Generator, windows: int = 600, stretch: tuple[int, int] = (30, 90),
                      shift: tuple[float, float] = (1.0, 3.0)) -> Stream:
     """Calm and drifted stretches in turn, starting calm; each drifted one with its own mean shift of z."""
-    means, changes, at, drifted = np.zeros(windows), [], 0, False
+    means, changes, onsets, at, drifted = np.zeros(windows), [], [], 0, False
     while at < windows:
         length = int(rng.integers(stretch[0], stretch[1] + 1))
         if at > 0:
             changes.append(at)
+            if drifted:
+                onsets.append(at)
         means[at:at + length] = rng.uniform(*shift) if drifted else 0.0
         at, drifted = at + length, not drifted
     z = rng.normal(means, 1.0)
     p = np.array([normal_sf(v) for v in z.tolist()])
-    return Stream(np.minimum(50.0, -np.log10(np.maximum(p, 1e-300))), tuple(changes))
+    return Stream(np.minimum(50.0, -np.log10(np.maximum(p, 1e-300))), tuple(changes), tuple(onsets))
 
 
 def score(changes: Sequence[int], detections: Sequence[int], margin: int = 5) -> Score:

@@ -10,6 +10,7 @@ sample. For each categorical feature: the category counts. Stored as
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +157,14 @@ class ReferenceProfile:
         ]
         from driftline.detectors.multivariate import PcaReference
 
-        pca = PcaReference.from_dict(d["multivariate"]) if d.get("multivariate") else None
+        pca = None
+        if d.get("multivariate"):
+            numeric = {f.name for f in feats if isinstance(f, NumericReference)}
+            try:
+                pca = PcaReference.from_dict(d["multivariate"], numeric)
+            except (ValueError, KeyError, TypeError) as exc:  # the univariate tests still run without it
+                logging.getLogger(__name__).warning("the profile's multivariate section is not usable (%s): no "
+                                                    "multivariate test for it; rebuild the profile", exc)
         return ReferenceProfile(tuple(feats), NumericReference.from_dict(d["score"]), multivariate=pca)
 
     def save(self, path: Path) -> None:

@@ -77,6 +77,6 @@ class SignalDetector:
     @classmethod
     def restore(cls, state: dict[str, Any]) -> SignalDetector:
         d = cls(state["kind"])
-        for v in state["history"]:
+        for v in list(state["history"])[-HISTORY:]:  # what a snapshot can hold: a longer list is not replayed
             d.update(float(v))
         return d

@@ -148,9 +148,11 @@ class WindowSketch:
         if pca is not None and len(scores):  # the rows' joint position: one matrix product per batch
             picked = {n: pick(columns[n]) for n in pca.names}
             masks = {n: pick(m) for n in pca.names if (m := nulls.get(n)) is not None}
-            errors = pca.reconstruction_errors(picked, masks)
-            self.columns[pca.errors.name] = self.columns[pca.errors.name] + fold_numeric(
-                pca.errors, errors, None, maps.get(pca.errors.name))
+            errors, incomplete = pca.reconstruction_errors(picked, masks)
+            part = fold_numeric(pca.errors, errors, incomplete, maps.get(pca.errors.name))
+            if profile.personal & set(pca.names):  # its sum, with the others', would give a personal value back
+                part.total = part.total_sq = 0.0
+            self.columns[pca.errors.name] = self.columns[pca.errors.name] + part
         self.score = self.score + fold_numeric(profile.score, scores, None, maps.get(SCORE_KEY))
         self.messages += messages
         self.dead_letters += dead_letters

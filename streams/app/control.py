@@ -109,7 +109,8 @@ def add_control_flow(app: faust.App, ctx: WorkerContext, follower: ControlFollow
         at start or since: each is counted and raises a critical
         bad_control_record alert, and what served before keeps serving.
         """
-        for rec in refused:
+        for rec in refused:  # refused at start (before serving): counted like any other, so the rule pages
+            metrics.alerts.labels(rec.model, rec.kind, rec.severity).inc()
             await send_alert(rec)
         loop = asyncio.get_running_loop()
         try:

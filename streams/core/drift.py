@@ -19,7 +19,7 @@ from driftline.detectors.multivariate import MULTIVARIATE
 from driftline.detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
 from driftline.detectors.profile import NumericReference, ReferenceProfile
 from driftline.detectors.river_signal import KINDS
-from driftline.detectors.sketch import ColumnSketch, WindowSketch
+from driftline.detectors.sketch import ColumnSketch, WindowSketch, empty_column
 from driftline.streams.core.events import Alert, BinShift, RetrainEvent, event_id, retrain_request
 from driftline.streams.core.poison import BadRecord, Skip, brief, load_json, printable_name
 
@@ -195,10 +195,16 @@ class DriftMonitor:
             _name(version, "version")
         pending = _list(state.get("pending"), "pending")
         windows = [sketch_from_dict(d) for d in pending]
+        fitting = []
         for sketch in windows:
             if sketch.model != model:
                 raise BadRecord("invalid_state", f"drift state of {brief(model)} holds a window of another model")
-            self._check_shape(sketch)
+            try:  # a window that no longer fits its profile (rebuilt) is dropped, not the whole state
+                self._check_shape(sketch)
+                fitting.append(sketch)
+            except BadRecord as exc:
+                log.warning("drift state of %s: a pending window is dropped: %s", model, exc.detail)
+        windows = fitting
         if now_ms is not None:
             kept = []
             for sketch in windows:
@@ -280,7 +286,17 @@ def sketch_from_dict(d: Any) -> WindowSketch:
 
 
 def fits_profile(sketch: WindowSketch, profile: ReferenceProfile) -> None:
-    """BadRecord (profile_mismatch) unless every column of ``sketch`` has the shape its reference has."""
+    """BadRecord (profile_mismatch) unless every column of ``sketch`` has the shape its reference has.
+
+    The multivariate column is optional both ways (a worker with a profile
+    built before it, or an agent whose profile lacks it, during an upgrade or
+    a ``profile build --force``): missing, it is added empty; unexpected, it
+    is dropped. Every other column must match.
+    """
+    if profile.multivariate is not None and MULTIVARIATE not in sketch.columns:
+        sketch.columns[MULTIVARIATE] = empty_column(profile.multivariate.errors)
+    elif profile.multivariate is None:
+        sketch.columns.pop(MULTIVARIATE, None)
     names = [f.name for f in profile.monitored]
     if set(sketch.columns) != set(names):
         raise BadRecord("profile_mismatch", f"sketch of {sketch.model!r} v{sketch.version!r} has columns "

@@ -38,7 +38,7 @@ def test_the_run_length_posterior_equals_a_scipy_implementation() -> None:
         d.update(s)
     want = reference_posterior([probit(s) for s in signals], 0.02, d.prior)
     assert np.allclose(np.exp(d._log_r), want, rtol=1e-9, atol=1e-12)
-    assert [probit(s) for s in signals] == pytest.approx(z.tolist(), abs=1e-6)  # the probit undoes -log10 p
+    assert [probit(s) for s in signals] == pytest.approx(np.maximum(z, -2.0).tolist(), abs=1e-6)  # undoes -log10 p
     assert d.run_length() == pytest.approx(15, abs=3)  # the shift 15 windows ago
 
 
@@ -102,3 +102,22 @@ def test_the_policy_runs_bocpd_and_restores_it_by_replay() -> None:
     assert any(fired[40:]) and not any(fired[:40])
     assert [restored.update(v) for v in values[-5:]] == [d.update(v) for v in values[-5:]]
     AlertPolicy(PolicyConfig(detector="bocpd"))  # accepted by the policy like River's
+
+
+def test_a_p_value_of_one_is_not_a_change_and_replay_is_bounded() -> None:
+    """Discrete one-sided tests return p = 1 exactly; z is clipped at -3.5, so that is no outlier. A snapshot's
+    history longer than a detector keeps is replayed from its end only."""
+    from driftline.detectors.river_signal import HISTORY
+
+    rng = np.random.default_rng(12)
+    fired = {"with p = 1": 0, "without": 0}
+    for _ in range(100):
+        calm = [signal(float(stats.norm.sf(v))) for v in rng.normal(size=40)]
+        for name, values in (("without", calm), ("with p = 1", [*calm[:20], 0.0, *calm[21:]])):
+            d = Bocpd()
+            for v in values:
+                d.update(v)
+                fired[name] += d.drift_detected
+    assert fired["with p = 1"] <= fired["without"] + 3, fired
+    long = {"kind": "bocpd", "history": [0.3] * (HISTORY * 20)}
+    assert len(SignalDetector.restore(long).history) == HISTORY

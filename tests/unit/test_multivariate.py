@@ -86,15 +86,68 @@ def test_in_large_windows_it_is_no_more_liberal_than_the_univariate_tests(profil
     assert alerts <= ALPHA, alerts
 
 
-def test_nulls_add_no_error_and_the_profile_round_trips(profile: ReferenceProfile) -> None:
+def test_rows_with_nulls_have_no_error_and_the_profile_round_trips(profile: ReferenceProfile) -> None:
     pca = profile.multivariate
     assert pca is not None
-    data = {"a": np.array([0.0, np.nan]), "b": np.array([0.0, 5.0]), "c": np.array([0.0, 0.0])}
     centred = {n: np.array([pca.mean[i]]) for i, n in enumerate(pca.names)}
-    assert pca.reconstruction_errors(centred, {})[0] == pytest.approx(0.0, abs=1e-9)  # the mean is on the subspace
-    nulled = pca.reconstruction_errors(data, {"b": np.array([False, True])})
-    assert np.isfinite(nulled).all()
+    assert pca.reconstruction_errors(centred, {})[0][0] == pytest.approx(0.0, abs=1e-9)  # the mean is on it
+    data = {"a": np.array([0.0, np.nan, 1e300]), "b": np.array([0.0, 5.0, 0.0]), "c": np.array([0.0, 0.0, 0.0])}
+    errors, incomplete = pca.reconstruction_errors(data, {"b": np.array([False, True, False])})
+    assert incomplete.tolist() == [False, True, False] and np.isfinite(errors).all()  # huge, not inf
     back = ReferenceProfile.from_json(profile.to_json())
     assert back.multivariate is not None and np.allclose(back.multivariate.components, pca.components)
     assert [f.name for f in back.monitored] == ["a", "b", "c", MULTIVARIATE]
     assert PcaReference.build({"only": np.arange(10.0)}) is None  # one column has no joint distribution
+
+
+def test_a_rising_null_rate_is_not_joint_drift(profile: ReferenceProfile) -> None:
+    """30 % nulls in a correlated feature: the null-rate test's business, not a multivariate alert."""
+    rng = np.random.default_rng(8)
+    flagged = 0
+    for _ in range(100):
+        data = draw(rng, 2_000, rho=0.8)
+        nulls = {"b": rng.random(2_000) < 0.3}
+        s = WindowSketch.empty(profile, "m", "1", 0, 60_000)
+        s.fold(profile, data, nulls, rng.beta(2, 5, 2_000), messages=2_000, dead_letters=0)
+        assert s.columns[MULTIVARIATE].nulls == int(nulls["b"].sum())
+        flagged += any(r.kind == "multivariate_drift" and r.p_value < ALPHA for r in evaluate(profile, s, ALPHA))
+    assert flagged <= 5, flagged
+
+
+def test_a_bad_multivariate_section_only_turns_the_multivariate_test_off(profile: ReferenceProfile) -> None:
+    import json
+
+    good = json.loads(profile.to_json())
+    for change in ({"names": ["a", "nope"]}, {"names": ["a", "a", "b"]}, {"scale": [1.0, 0.0, 1.0]},
+                   {"mean": [0.0]}, {"components": []}, {"components": [[1.0, 1.0, 1.0]]},
+                   {"errors": {**good["multivariate"]["errors"], "name": "a"}}, {"names": 3}):
+        broken = {**good, "multivariate": {**good["multivariate"], **change}}
+        loaded = ReferenceProfile.from_json(json.dumps(broken))
+        assert loaded.multivariate is None and len(loaded.features) == 3, change
+
+
+def test_sketches_with_and_without_the_column_still_merge(profile: ReferenceProfile) -> None:
+    """An upgrade: workers on a profile without components send no multivariate column; the agent's has one."""
+    from dataclasses import replace
+
+    from driftline.streams.core.drift import fits_profile
+
+    rng = np.random.default_rng(4)
+    old_profile = replace(profile, multivariate=None)
+    old = window(old_profile, draw(rng, 500, rho=0.8), rng)
+    new = window(profile, draw(rng, 500, rho=0.8), rng)
+    fits_profile(old, profile)  # the missing column is added empty
+    merged = old + new
+    assert merged.columns[MULTIVARIATE].n == 500
+    fits_profile(new, old_profile)  # and an unexpected one dropped
+    assert MULTIVARIATE not in new.columns
+
+
+def test_personal_features_leave_no_sum_in_the_multivariate_column(profile: ReferenceProfile) -> None:
+    from dataclasses import replace
+
+    rng = np.random.default_rng(6)
+    hidden = replace(profile, personal=frozenset({"a"}))
+    s = window(hidden, draw(rng, 1, rho=0.8), rng)
+    assert s.columns[MULTIVARIATE].n == 1 and s.columns[MULTIVARIATE].total == 0.0
+    assert window(profile, draw(rng, 1, rho=0.8), rng).columns[MULTIVARIATE].total > 0.0
