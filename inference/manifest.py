@@ -12,6 +12,7 @@ from typing import Any, Literal, cast, get_args
 from driftline.inference.errors import ModelError
 from driftline.schemas.catalog import WireSchema
 from driftline.schemas.errors import ProfileError
+from driftline.schemas.pii import personal_fields
 from driftline.schemas.profile import CategoricalFeature, InputProfile, _base_type
 
 Task = Literal["binary_classification", "regression"]
@@ -112,9 +113,7 @@ class Manifest:
             raise ModelError(f"{self.name} v{self.version}: personal lists {unknown[0]!r}, which {schema.subject} "
                              "lacks; list the request's field names")
         id_field = self.profile.id_field
-        marked = id_field in self.personal or any(
-            f.get("name") == id_field and f.get("driftline.pii") is True for f in schema.raw.get("fields", ()))
-        if marked:
+        if id_field in personal_fields(schema.raw, self.personal):
             raise ModelError(f"{self.name} v{self.version}: the request id {id_field!r} cannot be personal: it is the "
                              "key of every output and of the label join; use a random id and mark the fields it "
                              "was derived from")

@@ -104,14 +104,10 @@ def pii_key_for(settings: Settings, served: Mapping[str, ServedModel]) -> bytes 
     if key is not None:
         return key
     for s in served.values():
-        if s.key_is_personal:
-            raise ConfigError(f"{s.model.name}'s entity key {s.validator.profile.key_field} is personal and every "
-                              "prediction carries it: set DRIFTLINE_PII_KEY (or DRIFTLINE_PII_KEY_FILE) to "
-                              "pseudonymise it")
-        if settings.feedback and s.personal_columns:
-            raise ConfigError(f"{s.model.name} reads personal fields ({', '.join(s.personal_columns)}) and feedback "
-                              "sends its input rows to the trainer: set DRIFTLINE_PII_KEY (or "
-                              "DRIFTLINE_PII_KEY_FILE) to seal them")
+        why = s.needs_pii_key(settings.feedback)
+        if why is not None:
+            raise ConfigError(f"{why}: set DRIFTLINE_PII_KEY (or DRIFTLINE_PII_KEY_FILE) to pseudonymise or seal "
+                              "its personal values")
     return None
 
 

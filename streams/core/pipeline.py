@@ -115,6 +115,16 @@ class ServedModel:
         self.folder: WindowFolder | None = None
         self.set_folder(folder)
 
+    def needs_pii_key(self, feedback: bool) -> str | None:
+        """Why this model's outputs would carry a personal value without the PII key, or None."""
+        if self.key_is_personal:
+            return (f"{self.model.name}'s entity key {self.validator.profile.key_field} is personal and every "
+                    "prediction carries it")
+        if feedback and self.personal_columns:
+            return (f"{self.model.name} reads personal fields ({', '.join(self.personal_columns)}) and feedback "
+                    "sends its input rows to the trainer")
+        return None
+
     def set_folder(self, folder: WindowFolder | None) -> list[WindowSketch]:
         """Fold into ``folder`` from now on; returns the replaced folder's open window, closed early."""
         old, self.folder = self.folder, folder
@@ -207,10 +217,9 @@ class ScorePipeline:
         ``pii_key``: pseudonymises a personal entity key on predictions and seals the input rows of models
         that read personal fields on ``{ns}.scored``; needed when a served model has either.
         """
-        needs = [s.model.name for s in served.values()
-                 if s.key_is_personal or (scored is not None and s.personal_columns)]
+        needs = [why for s in served.values() if (why := s.needs_pii_key(scored is not None))]
         if needs and pii_key is None:
-            raise ValueError(f"{needs[0]} has personal values on its outputs: pass the PII key")
+            raise ValueError(f"{needs[0]}: pass the PII key")
         self.redactor = redactor
         self._pii_key = pii_key or b""
         self._pseudonymised = {s.model.name for s in served.values() if s.key_is_personal}
