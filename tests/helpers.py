@@ -238,6 +238,17 @@ def produce_refusals(bootstrap: str, topic: str, items: Iterable[tuple[bytes | N
     return n, errors
 
 
+def send_labels(producer: Producer, topic: str, schema: Any, request_ids: Iterable[str],
+                labels: Iterable[bool]) -> None:
+    """Queue one ``driftline.Feedback`` label per request (``fraud`` for true), keyed by request id, stamped now."""
+    from driftline.schemas.codec import encode
+
+    now = int(time.time() * 1000)
+    for rid, y in zip(request_ids, labels, strict=True):
+        rec = {"request_id": rid, "label": "fraud" if y else "legit", "target": None, "event_time": now}
+        producer.produce(topic, encode(schema, rec), rid.encode())
+
+
 def valid_requests(catalog: Any, generator: Any, n: int, seed: int) -> tuple[list[str], list[tuple[bytes, bytes]]]:
     """``n`` valid card transactions: their request ids, and (key, Avro value) pairs to produce."""
     from driftline.schemas.codec import encode_many

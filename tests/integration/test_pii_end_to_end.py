@@ -24,14 +24,14 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from driftline.schemas.catalog import SchemaCatalog
-from driftline.schemas.codec import decode, encode, encode_many
+from driftline.schemas.codec import decode, encode_many
 from driftline.schemas.pii import pseudonym
 from driftline.streams.core.sealing import Opener
 from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import ensure_topics, iter_topic
 from driftline.streams.settings import EXAMPLE_MODELS, load_settings
 from driftline.streams.trainer.service import LabeledRecord, decode_labeled
-from tests.helpers import Collector, WorkerProcess
+from tests.helpers import Collector, WorkerProcess, send_labels
 
 pytestmark = pytest.mark.kafka
 
@@ -105,11 +105,7 @@ def test_no_personal_value_leaves_in_clear(
                 producer.poll(0.01)
         for r, v in zip(bad, encode_many(card, bad), strict=True):
             producer.produce(settings.topic("requests"), v, r["card_id"].encode())
-        now = int(time.time() * 1000)
-        for r, y in zip(recs, labels.tolist(), strict=True):
-            rec = {"request_id": r["request_id"], "label": "fraud" if y else "legit", "target": None,
-                   "event_time": now}
-            producer.produce(settings.topic("feedback"), encode(fb, rec), r["request_id"].encode())
+        send_labels(producer, settings.topic("feedback"), fb, [r["request_id"] for r in recs], labels.tolist())
         producer.flush(30)
         got = collector.until(lambda r: len(r[t["labeled"]]) >= N and len(r[t["deadletter"]]) >= 2
                               and any(decode(catalog, m.value())[1]["feature"] == "amount" for m in r[t["alerts"]]),

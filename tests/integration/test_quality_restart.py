@@ -23,11 +23,11 @@ import pytest
 from confluent_kafka import Producer
 
 from driftline.schemas.catalog import SchemaCatalog
-from driftline.schemas.codec import decode, encode, encode_many
+from driftline.schemas.codec import decode, encode_many
 from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import ensure_topics
 from driftline.streams.settings import load_settings
-from tests.helpers import Collector, WorkerProcess
+from tests.helpers import Collector, WorkerProcess, send_labels
 from tests.integration.test_feedback import counter
 
 pytestmark = pytest.mark.kafka
@@ -52,11 +52,7 @@ def test_quality_state_survives_a_kill_9(
             producer.produce(settings.topic("requests"), v, r["card_id"].encode())
         producer.flush(30)
         ys = labels ^ (np.random.default_rng(seed).random(n) < flip)
-        now = int(time.time() * 1000)
-        for r, y in zip(recs, ys.tolist(), strict=True):
-            rec = {"request_id": r["request_id"], "label": "fraud" if y else "legit", "target": None,
-                   "event_time": now}
-            producer.produce(settings.topic("feedback"), encode(fb, rec), r["request_id"].encode())
+        send_labels(producer, settings.topic("feedback"), fb, [r["request_id"] for r in recs], ys.tolist())
         producer.flush(30)
 
     def kinds(r: dict) -> list[str]:
