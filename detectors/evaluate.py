@@ -10,8 +10,13 @@ whatever the window and reference sizes (see :mod:`driftline.detectors.stats`):
 * categorical columns: the chi-square test of the 2×C table, rare levels pooled;
 * null rates: Fisher's exact test against the reference's null count
   (the reference is a sample), one-sided;
-* the dead-letter rate: the exact binomial test against the configured
-  expected rate (a rate, not a sample), one-sided.
+* unseen-category shares (a categorical column's values outside the
+  reference's categories, there when its unseen policy imputes them) and
+  out-of-range shares (a numeric column's values beyond the reference's
+  0.4th and 99.6th percentiles: its outer fine bins): the same test against
+  the reference's count;
+* the dead-letter rate and the duplicate-request rate: the exact binomial
+  test against a configured expected rate (a rate, not a sample), one-sided.
 
 PSI is reported with every drift result as an effect size, with the PSI this
 window would show by chance (``psi_threshold``); it does not decide. In every
@@ -39,6 +44,10 @@ from driftline.detectors.stats import (
 
 SCORE = "__score__"
 DEAD_LETTERS = "__dead_letters__"
+DUPLICATES = "__duplicates__"
+#: statistics that were a column's only one of their kind: their policy keys and alert ids name no statistic,
+#: so policy state and alert ids saved before the others existed still match
+_FIRST_OF_KIND = frozenset({"chi2", "ks", "null_rate", "dead_letter_rate"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +55,9 @@ class ColumnResult:
     """The statistics of one column in one window."""
 
     column: str
-    kind: str  # data_drift, prediction_drift, data_quality
-    statistic: str  # chi2, null_rate, dead_letter_rate
+    kind: str  # data_drift, prediction_drift, multivariate_drift, data_quality
+    #: chi2; null_rate, unseen_category_rate, out_of_range_rate, dead_letter_rate, duplicate_rate
+    statistic: str
     value: float
     threshold: float  # flagged (p_value < alpha) exactly when value > threshold
     p_value: float
@@ -57,6 +67,18 @@ class ColumnResult:
     reference_n: int
     top_bins: tuple[tuple[str, float, float], ...] = ()
 
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """What identifies this test of a window: (kind, column), and the statistic where a column has several."""
+        if self.statistic in _FIRST_OF_KIND:
+            return (self.kind, self.column)
+        return (self.kind, self.column, self.statistic)
+
+    @property
+    def key(self) -> str:
+        """The alert policy's key of this test (its history, cooldown and change detector)."""
+        return ":".join(self.parts)
+
 
 def evaluate(profile: ReferenceProfile, sketch: WindowSketch, alpha: float) -> list[ColumnResult]:
     """All column results of a window (columns with no data give none)."""
@@ -65,8 +87,10 @@ def evaluate(profile: ReferenceProfile, sketch: WindowSketch, alpha: float) -> l
         col = sketch.columns[ref.name]
         if col.n > 0:
             labels = bin_labels(ref, hidden=ref.name in profile.personal)
-            out.append(_numeric(ref, col, "data_drift", alpha, labels=labels) if isinstance(ref, NumericReference)
-                       else _categorical(ref, col, alpha, labels))
+            if isinstance(ref, NumericReference):
+                out += [_numeric(ref, col, "data_drift", alpha, labels=labels), _out_of_range(ref, col, alpha)]
+            else:
+                out += [_categorical(ref, col, alpha, labels), _unseen(ref, col, alpha)]
         quality = _null_rate(ref, col, alpha)
         if quality is not None:
             out.append(quality)
@@ -115,21 +139,64 @@ def _null_rate(ref: NumericReference | CategoricalReference, col: ColumnSketch, 
     if total == 0:
         return None
     nulls, rows = reference_nulls(ref)
-    p, critical = two_sample_rate_test(col.nulls, total, nulls, rows, alpha)
-    rate = col.nulls / total
-    threshold = _consistent(rate, _rate_threshold(critical, total), p, alpha)
-    return ColumnResult(ref.name, "data_quality", "null_rate", rate, threshold, p, 0.0, 0.0, total, rows)
+    return _share(ref.name, "null_rate", col.nulls, total, nulls, rows, alpha)
+
+
+def _share(name: str, statistic: str, x: int, n: int, a: int, m: int, alpha: float) -> ColumnResult:
+    """One-sided exact test that a window's share ``x / n`` exceeds the reference sample's ``a / m``."""
+    p, critical = two_sample_rate_test(x, n, a, m, alpha)
+    rate = x / n
+    threshold = _consistent(rate, _rate_threshold(critical, n), p, alpha)
+    return ColumnResult(name, "data_quality", statistic, rate, threshold, p, 0.0, 0.0, n, m)
+
+
+def _unseen(ref: CategoricalReference, col: ColumnSketch, alpha: float) -> ColumnResult:
+    """Share of values outside the reference's categories (their last count) against the reference's share."""
+    return _share(ref.name, "unseen_category_rate", int(col.counts[-1]), col.n, int(ref.counts[-1]), ref.n, alpha)
+
+
+def _out_of_range(ref: NumericReference, col: ColumnSketch, alpha: float) -> ColumnResult:
+    """Share of values in the outer fine bins (below the reference's 0.4th percentile, at or above its 99.6th).
+
+    The reference's own share there is about 0.8 % for continuous columns and
+    whatever ties put there for discrete ones; both are counted the same way,
+    so the test is calibrated for every column kind.
+    """
+    x = int(col.fine[0] + col.fine[-1])
+    a = int(ref.fine_counts[0] + ref.fine_counts[-1])
+    return _share(ref.name, "out_of_range_rate", x, col.n, a, ref.n, alpha)
 
 
 def dead_letter_result(sketch: WindowSketch, baseline_rate: float, alpha: float) -> ColumnResult | None:
     """Dead-letter rate of the window against the expected (configured) rate: one-sided exact binomial test."""
-    if sketch.messages == 0:
+    return _configured_rate(DEAD_LETTERS, "dead_letter_rate", sketch.dead_letters, sketch.messages, baseline_rate,
+                            alpha)
+
+
+def duplicate_result(sketch: WindowSketch, baseline_rate: float, alpha: float) -> ColumnResult | None:
+    """Share of the window's checked requests whose id came before, against the expected (configured) rate."""
+    return _configured_rate(DUPLICATES, "duplicate_rate", sketch.duplicates, sketch.ids, baseline_rate, alpha)
+
+
+def window_results(profile: ReferenceProfile, sketch: WindowSketch, alpha: float, dead_letter_rate: float,
+                   duplicate_rate: float) -> list[ColumnResult]:
+    """Every result of a window: its columns', then its dead-letter and duplicate rates against the expected ones."""
+    out = evaluate(profile, sketch, alpha)
+    for extra in (dead_letter_result(sketch, dead_letter_rate, alpha),
+                  duplicate_result(sketch, duplicate_rate, alpha)):
+        if extra is not None:
+            out.append(extra)
+    return out
+
+
+def _configured_rate(name: str, statistic: str, x: int, n: int, baseline_rate: float,
+                     alpha: float) -> ColumnResult | None:
+    if n == 0:
         return None
-    p, critical = binomial_test(sketch.dead_letters, sketch.messages, baseline_rate, alpha)
-    rate = sketch.dead_letters / sketch.messages
-    threshold = _consistent(rate, _rate_threshold(critical, sketch.messages), p, alpha)
-    return ColumnResult(DEAD_LETTERS, "data_quality", "dead_letter_rate", rate, threshold, p, 0.0, 0.0,
-                        sketch.messages, 0)
+    p, critical = binomial_test(x, n, baseline_rate, alpha)
+    rate = x / n
+    threshold = _consistent(rate, _rate_threshold(critical, n), p, alpha)
+    return ColumnResult(name, "data_quality", statistic, rate, threshold, p, 0.0, 0.0, n, 0)
 
 
 def _rate_threshold(critical: int, total: int) -> float:

@@ -84,7 +84,7 @@ class AlertPolicy:
         self.window_index += 1
         alerts: list[AlertDecision] = []
         for r in results:
-            key = f"{r.kind}:{r.column}"
+            key = r.key
             flagged = r.p_value < cfg.alpha
             hist = self.history.setdefault(key, deque(maxlen=cfg.m))
             hist.append(flagged)

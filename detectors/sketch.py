@@ -3,7 +3,8 @@
 A sketch holds, per monitored column, the counts over the reference's PSI
 bins and fine KS bins (or its category counts), plus count, sum, sum of
 squares and nulls; and for the whole window the message and dead-letter
-counts. Every field is a sum, so merging is element-wise addition: merging
+counts, and how many request ids were checked for repeats and repeated.
+Every field is a sum, so merging is element-wise addition: merging
 the sketches of any split of a window (partitions, workers) gives exactly
 the sketch of the whole window (associative and commutative; tested).
 
@@ -109,6 +110,8 @@ class WindowSketch:
     messages: int = 0
     dead_letters: int = 0
     contributors: frozenset[str] = field(default_factory=frozenset)
+    ids: int = 0  # scored requests whose id was checked for a repeat (all, below the worker's memory cap)
+    duplicates: int = 0  # of those, requests whose id came before (this window or the last, on this worker)
 
     @staticmethod
     def empty(profile: ReferenceProfile, model: str, version: str, start_ms: int, end_ms: int,
@@ -164,21 +167,21 @@ class WindowSketch:
             self.model, self.version, self.start_ms, self.end_ms,
             {k: v + other.columns[k] for k, v in self.columns.items()}, self.score + other.score,
             self.messages + other.messages, self.dead_letters + other.dead_letters,
-            self.contributors | other.contributors,
+            self.contributors | other.contributors, self.ids + other.ids, self.duplicates + other.duplicates,
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "version": self.version, "start_ms": self.start_ms, "end_ms": self.end_ms,
                 "columns": {k: v.to_dict() for k, v in self.columns.items()}, "score": self.score.to_dict(),
                 "messages": self.messages, "dead_letters": self.dead_letters,
-                "contributors": sorted(self.contributors)}
+                "contributors": sorted(self.contributors), "ids": self.ids, "duplicates": self.duplicates}
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> WindowSketch:
         return WindowSketch(d["model"], d["version"], int(d["start_ms"]), int(d["end_ms"]),
                             {k: ColumnSketch.from_dict(v) for k, v in d["columns"].items()},
                             ColumnSketch.from_dict(d["score"]), int(d["messages"]), int(d["dead_letters"]),
-                            frozenset(d.get("contributors", ())))
+                            frozenset(d.get("contributors", ())), int(d.get("ids", 0)), int(d.get("duplicates", 0)))
 
 
 SCORE_KEY = "\0score"

@@ -257,8 +257,9 @@ def manifest_template(
                 hint = " (or pip install onnx to read them from the graph)" if found is None else ""
                 raise ModelError(f"{where}: no categories for the string input {name!r}: give --categories "
                                  f"'{{\"{name}\": [...]}}'{hint}")
+            policy = {k: old[k] for k in ("unseen", "impute") if k in old and old.get("kind") == "categorical"}
             features.append({"name": fld, "kind": "categorical", "categories": list(cats),
-                             "encoding": old.get("encoding", "onehot")})
+                             "encoding": old.get("encoding", "onehot"), **policy})
             notes.append(f"{fld}: {len(cats)} categories from {origin}")
         else:
             numeric = old.get("kind", "numeric") == "numeric"

@@ -39,11 +39,19 @@ class NumericFeature:
 
 @dataclass(frozen=True, slots=True)
 class CategoricalFeature:
-    """A string field fed one-hot (one column per category) or as an ordinal index."""
+    """A string field fed one-hot (one column per category) or as an ordinal index.
+
+    A value outside ``categories`` is dead-lettered (``unseen="deadletter"``),
+    or scored as the category ``impute`` (``unseen="impute"``): then the new
+    value reaches the drift window as an unseen category, so a new category
+    shows as drift and as a rising unseen-category share, not only as dead letters.
+    """
 
     name: str
     categories: tuple[str, ...]
     encoding: Literal["onehot", "ordinal"] = "onehot"
+    unseen: Literal["deadletter", "impute"] = "deadletter"
+    impute: str | None = None  # the category an unseen value is scored as (unseen="impute")
 
     @property
     def width(self) -> int:
@@ -100,9 +108,7 @@ class InputProfile:
                         raise ProfileError(
                             f"feature {spec['name']!r}: encoding must be onehot or ordinal, not {encoding!r}"
                         )
-                    features.append(
-                        CategoricalFeature(spec["name"], tuple(spec["categories"]), encoding)
-                    )
+                    features.append(_categorical(spec, encoding))
                 else:
                     raise ProfileError(
                         f"feature {spec.get('name')!r}: kind must be numeric or categorical, not {kind!r}"
@@ -134,6 +140,20 @@ class InputProfile:
                 raise ProfileError(f"feature {f.name!r} is numeric but {schema.subject} has it as {base}")
             if isinstance(f, CategoricalFeature) and base != "string":
                 raise ProfileError(f"feature {f.name!r} is categorical but {schema.subject} has it as {base}")
+
+
+def _categorical(spec: Mapping[str, Any], encoding: Literal["onehot", "ordinal"]) -> CategoricalFeature:
+    name, categories = spec["name"], tuple(spec["categories"])
+    unseen = spec.get("unseen", "deadletter")
+    if unseen not in ("deadletter", "impute"):
+        raise ProfileError(f"feature {name!r}: unseen must be deadletter or impute, not {unseen!r}")
+    impute = spec.get("impute")
+    if unseen == "impute" and impute not in categories:
+        raise ProfileError(f"feature {name!r}: unseen=impute needs impute set to one of its categories (the most "
+                           f"frequent, or the one the model was trained to read as 'other'), not {impute!r}")
+    if unseen == "deadletter" and impute is not None:
+        raise ProfileError(f"feature {name!r}: impute {impute!r} is only used with unseen=impute")
+    return CategoricalFeature(name, categories, encoding, unseen, impute)
 
 
 def is_nullable(avro_type: Any) -> bool:

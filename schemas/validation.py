@@ -157,9 +157,15 @@ class Validator:
             else:
                 lut = self._luts[f.name]
                 idx = np.fromiter((lut.get(v, -1) for v in values[f.name]), dtype=np.int64, count=n)
-                codes[f.name] = idx
+                codes[f.name] = idx  # -1 stays: the window counts an imputed value as unseen
                 mark(null, "null_value", f.name)
-                mark((idx < 0) & ~null, "unknown_category", f.name)
+                unseen = (idx < 0) & ~null
+                column = values[f.name]
+                if f.unseen == "deadletter":
+                    mark(unseen, "unknown_category", f.name)
+                elif unseen.any():  # scored as the impute category
+                    idx = np.where(unseen, lut[str(f.impute)], idx)
+                    column = np.where(unseen, str(f.impute), column)
                 known = idx >= 0
                 if f.encoding == "onehot":
                     rows = np.flatnonzero(known)
@@ -167,7 +173,7 @@ class Validator:
                 else:
                     matrix[:, col_at] = np.where(known, idx, -1)
                 if kept is not None:
-                    kept[f.name] = values[f.name]
+                    kept[f.name] = column
             col_at += f.width
 
         valid = reason == 0

@@ -272,6 +272,12 @@ class Settings(BaseSettings):
     )
     drift_max_pending_windows: int = Field(1_000, ge=1, description="open drift windows kept at most, per worker")
     expected_dead_letter_rate: float = Field(0.02, gt=0.0, lt=1.0)
+    expected_duplicate_rate: float = Field(
+        0.001, gt=0.0, lt=1.0, description="share of requests whose id repeats an earlier one (producer retries) "
+        "that is no data-quality alert")
+    duplicate_check_ids: int = Field(
+        200_000, ge=0, le=10_000_000, description="request ids a worker remembers per model and window to count "
+        "repeated ones (about 110 bytes each, two windows kept); 0: no duplicate check")
     group_id: str | None = Field(None, pattern=_NAME)
     fetch_wait_ms: int = Field(10, ge=1, le=5_000)
     session_timeout_s: float = Field(10.0, ge=1.0, le=300.0)

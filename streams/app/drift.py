@@ -79,6 +79,7 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
                      detector=settings.drift_detector),
         grace_ms=int(settings.window_grace_s * 1000),
         expected_dead_letter_rate=settings.expected_dead_letter_rate,
+        expected_duplicate_rate=settings.expected_duplicate_rate,
         max_pending=settings.drift_max_pending_windows,
         max_skew_ms=int(settings.sketch_max_skew_s * 1000),
     )

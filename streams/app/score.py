@@ -47,7 +47,8 @@ def build_folder(settings: Settings, model: OnnxModel, contributor: str) -> Wind
         return None
     events = settings.window_events
     return WindowFolder(ReferenceProfile.load(path), model.name, model.version, contributor,
-                        length_ms=None if events else int(settings.window_s * 1000), length_events=events)
+                        length_ms=None if events else int(settings.window_s * 1000), length_events=events,
+                        max_ids=settings.duplicate_check_ids)
 
 
 def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None,

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from driftline.detectors.evaluate import ColumnResult, bin_labels, dead_letter_result, evaluate
+from driftline.detectors.evaluate import ColumnResult, bin_labels, evaluate, window_results
 from driftline.detectors.multivariate import MULTIVARIATE
 from driftline.detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
 from driftline.detectors.sketch import ColumnSketch, WindowSketch
@@ -93,7 +93,7 @@ class VersionReport:
 
 
 def analyse(windows: Mapping[tuple[str, int], WindowSketch], profile_of: Callable[[str], ReferenceProfile | None],
-            alpha: float, expected_dead_letter_rate: float) -> list[VersionReport]:
+            alpha: float, expected_dead_letter_rate: float, expected_duplicate_rate: float) -> list[VersionReport]:
     out = []
     for version in sorted({v for v, _ in windows}):
         profile = profile_of(version)
@@ -102,9 +102,7 @@ def analyse(windows: Mapping[tuple[str, int], WindowSketch], profile_of: Callabl
         ws = [windows[k] for k in sorted(windows) if k[0] == version]
 
         def results(s: WindowSketch, profile: ReferenceProfile = profile) -> list[ColumnResult]:
-            r = evaluate(profile, s, alpha)
-            dead = dead_letter_result(s, expected_dead_letter_rate, alpha)
-            return r + ([dead] if dead is not None else [])
+            return window_results(profile, s, alpha, expected_dead_letter_rate, expected_duplicate_rate)
 
         out.append(VersionReport(version, profile, ws, results(total(ws)), [results(w) for w in ws]))
     return out
@@ -371,7 +369,7 @@ def write_reports(settings: Any, models: list[str], window_ms: int, out_dir: Any
     for model in models:
         windows = merge_windows(sketches, model, since_ms, until_ms)
         reports = analyse(windows, partial(profiles.get, model), settings.drift_alpha,
-                          settings.expected_dead_letter_rate)
+                          settings.expected_dead_letter_rate, settings.expected_duplicate_rate)
         mine = [a for a in alerts if a.model == model and since_ms <= a.created_at < until_ms]
         path = out / f"driftline-report-{model}.html"
         path.write_text(render(model, reports, mine, since_ms, until_ms, settings.drift_alpha, skipped))

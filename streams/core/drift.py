@@ -14,7 +14,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from driftline.detectors.evaluate import DEAD_LETTERS, SCORE, ColumnResult, dead_letter_result, evaluate
+from driftline.detectors.evaluate import (
+    DEAD_LETTERS,
+    DUPLICATES,
+    SCORE,
+    ColumnResult,
+    window_results,
+)
 from driftline.detectors.multivariate import MULTIVARIATE
 from driftline.detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
 from driftline.detectors.profile import NumericReference, ReferenceProfile
@@ -31,7 +37,8 @@ MAX_COUNT = 2**40  # a count no real sketch reaches; keeps merged int64 counts f
 
 def column_label(column: str) -> str:
     """A column's name for people and labels: the model score and the dead-letter rate get readable ones."""
-    return {SCORE: "score", DEAD_LETTERS: "dead_letters", MULTIVARIATE: "multivariate"}.get(column, column)
+    return {SCORE: "score", DEAD_LETTERS: "dead_letters", DUPLICATES: "duplicates",
+            MULTIVARIATE: "multivariate"}.get(column, column)
 
 
 class ClosedWindow(NamedTuple):
@@ -57,6 +64,7 @@ class DriftMonitor:
     config: PolicyConfig
     grace_ms: int
     expected_dead_letter_rate: float = 0.02
+    expected_duplicate_rate: float = 0.001
     max_pending: int = 1_000  # open windows kept at most; the oldest is evicted (and logged) beyond
     max_skew_ms: int | None = None  # sketches whose window starts further from now are refused (None: any)
     pending: dict[tuple[str, str, int], WindowSketch] = field(default_factory=dict)
@@ -143,10 +151,8 @@ class DriftMonitor:
             if profile is None:
                 log.warning("no reference profile for model %s v%s; window dropped", sketch.model, sketch.version)
                 continue
-            results = evaluate(profile, sketch, self.config.alpha)
-            dead = dead_letter_result(sketch, self.expected_dead_letter_rate, self.config.alpha)
-            if dead is not None:
-                results.append(dead)
+            results = window_results(profile, sketch, self.config.alpha, self.expected_dead_letter_rate,
+                                     self.expected_duplicate_rate)
             if self.policy_versions.get(sketch.model, sketch.version) != sketch.version:
                 log.info("model %s now serves v%s: its alert policy starts afresh", sketch.model, sketch.version)
                 self.policies.pop(sketch.model, None)
@@ -278,10 +284,15 @@ def sketch_from_dict(d: Any) -> WindowSketch:
     if dead > messages:
         raise BadRecord("invalid_sketch", f"{dead} dead letters out of {messages} messages")
     contributors = _list(d.get("contributors", []), "contributors")
+    # sketches written before duplicate counting have neither: nothing checked
+    ids = _int(d, "ids", MAX_COUNT) if "ids" in d else 0
+    duplicates = _int(d, "duplicates", MAX_COUNT) if "duplicates" in d else 0
+    if duplicates > ids or ids > messages:
+        raise BadRecord("invalid_sketch", f"{duplicates} duplicates of {ids} ids checked in {messages} messages")
     return WindowSketch(
         _name(d.get("model"), "model"), _name(d.get("version"), "version"), start, end,
         {_name(k, "column"): _column(v, k) for k, v in columns.items()}, _column(d.get("score"), "score"),
-        messages, dead, frozenset(_name(c, "contributor") for c in contributors),
+        messages, dead, frozenset(_name(c, "contributor") for c in contributors), ids, duplicates,
     )
 
 
@@ -385,14 +396,14 @@ def _is_finite(value: Any) -> bool:
 
 def alert_id(sketch: WindowSketch, result: ColumnResult) -> str:
     """Deterministic: a window redone after a restart raises the same alert id (consumers dedupe)."""
-    return event_id(sketch.model, sketch.version, str(sketch.start_ms), result.kind, result.column)
+    return event_id(sketch.model, sketch.version, str(sketch.start_ms), *result.parts)
 
 
 def alert_record(sketch: WindowSketch, decision: AlertDecision, now_ms: int) -> Alert:
     """The alert of one decision about a closed window."""
     r = decision.result
-    feature = None if r.column in (SCORE, DEAD_LETTERS, MULTIVARIATE) else r.column
-    what = {SCORE: "model score", DEAD_LETTERS: "dead-letter rate",
+    feature = None if r.column in (SCORE, DEAD_LETTERS, DUPLICATES, MULTIVARIATE) else r.column
+    what = {SCORE: "model score", DEAD_LETTERS: "dead-letter rate", DUPLICATES: "repeated request ids",
             MULTIVARIATE: "joint distribution of the features (PCA reconstruction error)"}.get(r.column, r.column)
     extra = f", PSI {r.psi:.3f} (chance level {r.psi_threshold:.3f})" if r.statistic in ("ks", "chi2") else ""
     if decision.change_point:

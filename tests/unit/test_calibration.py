@@ -18,7 +18,11 @@ of the vectorised tests, so the whole study runs in seconds.
   one real build; reference and window multinomial over them.
 * Categorical (20 levels, 3 rare at 0.5 %): multinomial reference and window.
 * Null rate (5 %) and dead-letter rate (2 %, a configured rate): exact
-  flag probabilities, summed over every reference and window count.
+  flag probabilities, summed over every reference and window count; the
+  unseen-category share (a reference with 0.5 % outside its categories) and
+  the duplicate-request rate (0.1 %, configured) the same way.
+* Out-of-range share (the outer fine bins) of every numeric kind, from the
+  same simulated references and windows as its distribution test.
 
 A flag is ``p_value < alpha`` (the policy's rule). ``pytest -s`` prints the
 tables (calibration, power, PSI chance level) in Markdown.
@@ -65,6 +69,8 @@ WINDOWS = (50, 200, 1_000, 10_000, 100_000)
 LEVELS = np.linspace(0, 1, FINE_BINS + 1)[1:-1]  # the profile's fine quantile levels
 NULL_RATE, NULL_RATE_SHIFTED = 0.05, 0.08
 DEAD_LETTER_RATE, DEAD_LETTER_SHIFTED = 0.02, 0.03
+UNSEEN_RATE, UNSEEN_SHIFTED = 0.005, 0.015
+DUPLICATE_RATE, DUPLICATE_SHIFTED = 0.001, 0.004
 CONTINUOUS_REPS = 8000  # windows (each with its own reference) per cell
 DISCRETE_REPS = 10_000
 POWER_REPS = 2000
@@ -192,6 +198,19 @@ def _flags(p: np.ndarray) -> float:
     return float(np.mean(p < ALPHA))
 
 
+def tail_flags(ref: np.ndarray, win: np.ndarray) -> np.ndarray:
+    """Whether each window's out-of-range share (outer fine bins) is flagged against its reference's."""
+    ref = np.broadcast_to(ref, win.shape)
+    m, n = int(ref[0].sum()), int(win[0].sum())
+    a, x = ref[:, 0] + ref[:, -1], win[:, 0] + win[:, -1]
+    critical = {int(v): two_sample_rate_test(0, n, int(v), m, ALPHA)[1] for v in np.unique(a)}
+    return x >= np.vectorize(critical.__getitem__)(a)
+
+
+def out_of_range(kind: str) -> str:
+    return f"out-of-range share, {kind}"
+
+
 def _continuous(study: Study, rng: np.random.Generator, kind: str, dist: stats.rv_continuous) -> None:
     psi_blocks = np.arange(0, FINE_BINS, FINE_BINS // 10)
     for m in REFERENCES:
@@ -200,6 +219,7 @@ def _continuous(study: Study, rng: np.random.Generator, kind: str, dist: stats.r
             win = window_over(rng, n, edges)
             p = smooth_test(ref, win)[1]
             study.rates[kind, m, n] = _flags(p)
+            study.rates[out_of_range(kind), m, n] = float(tail_flags(ref, win).mean())
             if m == EXAMPLE_N:
                 study.ks_rates[kind, n] = _flags(ks_pvalues(ref, win))
             if kind == "gaussian":  # PSI over the deciles (every 25th fine edge); the same for every reference
@@ -211,6 +231,7 @@ def _continuous(study: Study, rng: np.random.Generator, kind: str, dist: stats.r
         win = window_over(rng, n, shift_cdf(dist, shift)(edges))
         study.power[kind, n] = _flags(smooth_test(ref, win)[1])
         study.ks_power[kind, n] = _flags(ks_pvalues(ref, win))
+        study.power[out_of_range(kind), n] = float(tail_flags(ref, win).mean())
 
 
 def _discrete(study: Study, rng: np.random.Generator, kind: str, null: np.ndarray, shifted: np.ndarray,
@@ -220,6 +241,8 @@ def _discrete(study: Study, rng: np.random.Generator, kind: str, null: np.ndarra
             ref = rng.multinomial(m, null, size=DISCRETE_REPS)
             win = rng.multinomial(n, null, size=DISCRETE_REPS)
             study.rates[kind, m, n] = _flags(test(ref, win))
+            if psi_map is not None:
+                study.rates[out_of_range(kind), m, n] = float(tail_flags(ref, win).mean())
             if m == EXAMPLE_N and psi_map is not None:
                 study.ks_rates[kind, n] = _flags(ks_pvalues(ref, win))
     for n in WINDOWS[:3] + (2000,):
@@ -228,6 +251,7 @@ def _discrete(study: Study, rng: np.random.Generator, kind: str, null: np.ndarra
         study.power[kind, n] = _flags(test(ref, win))
         if psi_map is not None:
             study.ks_power[kind, n] = _flags(ks_pvalues(ref, win))
+            study.power[out_of_range(kind), n] = float(tail_flags(ref, win).mean())
     # PSI's chance level: a bootstrap per reference where counts are small, so fewer references, many windows each
     psi_null = null if psi_map is None else np.bincount(psi_map, weights=null)
     for n in WINDOWS[:3]:
@@ -249,8 +273,9 @@ def null_rate_flags(m: int, n: int, rate: float, window_rate: float) -> float:
     return total
 
 
-def dead_letter_flags(n: int, rate: float) -> float:
-    critical = binomial_test(0, n, DEAD_LETTER_RATE, ALPHA)[1]
+def dead_letter_flags(n: int, rate: float, expected: float = DEAD_LETTER_RATE) -> float:
+    """P(flag) of a test against a configured rate (dead letters, duplicates) when the true rate is ``rate``."""
+    critical = binomial_test(0, n, expected, ALPHA)[1]
     return float(stats.binom.sf(critical - 1, n, rate))
 
 
@@ -269,17 +294,30 @@ def study() -> Study:
     for m in REFERENCES:
         for n in WINDOWS:
             s.rates["null rate (5 %)", m, n] = null_rate_flags(m, n, NULL_RATE, NULL_RATE)
+            s.rates[UNSEEN, m, n] = null_rate_flags(m, n, UNSEEN_RATE, UNSEEN_RATE)
     for n in WINDOWS:
         s.rates["dead-letter rate (2 %)", 0, n] = dead_letter_flags(n, DEAD_LETTER_RATE)
+        s.rates[DUPLICATES, 0, n] = dead_letter_flags(n, DUPLICATE_RATE, DUPLICATE_RATE)
     for n in WINDOWS[:3] + (2000,):
         s.power["null rate (5 %)", n] = null_rate_flags(EXAMPLE_N, n, NULL_RATE, NULL_RATE_SHIFTED)
         s.power["dead-letter rate (2 %)", n] = dead_letter_flags(n, DEAD_LETTER_SHIFTED)
+        s.power[UNSEEN, n] = null_rate_flags(EXAMPLE_N, n, UNSEEN_RATE, UNSEEN_SHIFTED)
+        s.power[DUPLICATES, n] = dead_letter_flags(n, DUPLICATE_SHIFTED, DUPLICATE_RATE)
+        edges, ref = quantile_reference(rng, EXAMPLE_N, POWER_REPS)  # 1 % of values far beyond the range
+        tail = edges[:, 0] + 1 - edges[:, -1]
+        outer = rng.binomial(n, 0.99 * tail + 0.01)
+        win = np.zeros((POWER_REPS, len(ref)), dtype=np.int64)
+        win[:, 0], win[:, 1] = outer, n - outer  # only the outer count matters to the test
+        s.power[OUTLIERS, n] = float(tail_flags(ref, win).mean())
     s.seconds = time.perf_counter() - started
     return s
 
 
 SMOOTH_KINDS = ("gaussian", "heavy-tailed (t3)", "Poisson(2)", "90 %-constant")
 CATEGORICAL = "categorical (20, 3 rare)"
+UNSEEN = "unseen-category share (0.5 %)"
+DUPLICATES = "duplicate requests (0.1 %)"
+OUTLIERS = "out-of-range share, 1 % outliers"
 
 
 @pytest.mark.parametrize("kind", [*SMOOTH_KINDS, CATEGORICAL])
@@ -319,6 +357,38 @@ def test_dead_letter_test_never_exceeds_one_and_a_half_alpha(study: Study, n: in
         assert rate >= LOW
 
 
+@pytest.mark.parametrize("kind", SMOOTH_KINDS)
+@pytest.mark.parametrize("m", REFERENCES)
+@pytest.mark.parametrize("n", WINDOWS)
+def test_out_of_range_share_is_calibrated_for_every_numeric_kind(study: Study, kind: str, m: int, n: int) -> None:
+    """A discrete test (a count in the outer fine bins, about 0.8 % of a continuous column): at most 1.5 α
+    everywhere; at least 0.5 α once a window expects a few such values (from 1,000 rows), except the
+    90 %-constant column, whose lower tail is empty (below its constant) and upper tail holds 0.4 %."""
+    rate = study.rates[out_of_range(kind), m, n]
+    assert rate <= HIGH, f"{kind}, reference {m}, window {n}: {rate:.3%}"
+    if n >= 1000 and kind != "90 %-constant":
+        assert rate >= LOW, f"{kind}, reference {m}, window {n}: {rate:.3%}"
+
+
+@pytest.mark.parametrize("m", REFERENCES)
+@pytest.mark.parametrize("n", WINDOWS)
+def test_unseen_category_share_is_exact(study: Study, m: int, n: int) -> None:
+    """Fisher's test against the reference's own unseen count: at most 1.5 α; at least 0.5 α from 1,000 rows."""
+    rate = study.rates[UNSEEN, m, n]
+    assert rate <= HIGH
+    if n >= 1000:
+        assert rate >= LOW
+
+
+@pytest.mark.parametrize("n", WINDOWS)
+def test_duplicate_rate_never_exceeds_one_and_a_half_alpha(study: Study, n: int) -> None:
+    """Against the configured 0.1 %: at most 1.5 α; close to α once a window expects ten repeats."""
+    rate = study.rates[DUPLICATES, 0, n]
+    assert rate <= HIGH
+    if n >= 10_000:
+        assert rate >= LOW
+
+
 def test_psi_chance_level_is_exceeded_in_alpha_of_the_windows(study: Study) -> None:
     for key, rate in study.psi.items():
         assert LOW <= rate <= HIGH, (key, rate)
@@ -334,6 +404,9 @@ def test_modest_shifts_are_detected(study: Study) -> None:
     assert p[CATEGORICAL, 2000] >= 0.6
     assert p["null rate (5 %)", 1000] >= 0.9
     assert p["dead-letter rate (2 %)", 2000] >= 0.6
+    assert p[UNSEEN, 2000] >= 0.9 and p[DUPLICATES, 2000] >= 0.5
+    assert p[out_of_range("gaussian"), 2000] > 2 * ALPHA  # a shift moves the tails a little
+    assert p[OUTLIERS, 1000] >= 0.6 and p[OUTLIERS, 2000] >= 0.9  # what it is for: values beyond the range
 
 
 def test_print_tables(study: Study) -> None:
@@ -341,13 +414,14 @@ def test_print_tables(study: Study) -> None:
     def pct(v: float) -> str:
         return f"{100 * v:.2f} %"
 
-    kinds = [*SMOOTH_KINDS, CATEGORICAL, "null rate (5 %)", "dead-letter rate (2 %)"]
+    kinds = [*SMOOTH_KINDS, CATEGORICAL, "null rate (5 %)", "dead-letter rate (2 %)",
+             *(out_of_range(k) for k in SMOOTH_KINDS), UNSEEN, DUPLICATES]
     lines = [f"\nRaw flag rate without drift (alpha = {ALPHA:g}; windows per cell: {CONTINUOUS_REPS:,} continuous, "
              f"{DISCRETE_REPS:,} discrete, exact for the rates)\n",
              "| column | reference | " + " | ".join(f"{n:,}" for n in WINDOWS) + " |",
              "|---|---|" + "---|" * len(WINDOWS)]
     for kind in kinds:
-        for m in ((0,) if kind.startswith("dead") else REFERENCES):
+        for m in ((0,) if kind in ("dead-letter rate (2 %)", DUPLICATES) else REFERENCES):
             row = [pct(study.rates[kind, m, n]) for n in WINDOWS]
             lines.append(f"| {kind} | {f'{m:,}' if m else 'configured'} | " + " | ".join(row) + " |")
     lines += ["\nThe previous test (KS, Kolmogorov p-value) on the same windows, reference 20,000:\n",
@@ -356,7 +430,9 @@ def test_print_tables(study: Study) -> None:
         lines.append(f"| {kind} | " + " | ".join(pct(study.ks_rates[kind, n]) for n in WINDOWS) + " |")
     shifts = {"gaussian": "mean + 0.2 sd", "heavy-tailed (t3)": "mean + 0.2 sd", "Poisson(2)": "λ 2 → 2.2",
               "90 %-constant": "non-zero share 10 → 12 %", CATEGORICAL: "a rare level (0.5 %) × 3",
-              "null rate (5 %)": "nulls 5 → 8 %", "dead-letter rate (2 %)": "2 → 3 %"}
+              "null rate (5 %)": "nulls 5 → 8 %", "dead-letter rate (2 %)": "2 → 3 %",
+              **{out_of_range(k): "as its column" for k in SMOOTH_KINDS},
+              OUTLIERS: "1 % beyond the range", UNSEEN: "0.5 → 1.5 %", DUPLICATES: "0.1 → 0.4 %"}
     sizes = (*WINDOWS[:3], 2000)
     lines += [f"\nPower: share of windows flagged under a modest shift (reference {EXAMPLE_N:,}; "
               f"{POWER_REPS:,} windows per cell, exact for the rates; KS = the previous test)\n",

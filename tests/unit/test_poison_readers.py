@@ -116,7 +116,7 @@ def test_a_report_over_any_sketches_that_parse_renders(good: list[bytes], bad: l
     assert len(sketches) >= len(good)  # a field replaced by a fine value may still fit
     skipped = report.skipped_count(skips)
     windows = report.merge_windows(sketches, "fraud", NOW - 2 * HOUR, NOW)
-    reports = report.analyse(windows, lambda v: profiles.get("fraud", v), 0.01, 0.02)
+    reports = report.analyse(windows, lambda v: profiles.get("fraud", v), 0.01, 0.02, 0.001)
     page = report.render("fraud", reports, [], NOW - 2 * HOUR, NOW, 0.01, skipped)
     assert reports and page.endswith("</html>")
     assert (f"Skipped {skipped:,} records" in page) == (skipped > 0)

@@ -38,7 +38,7 @@ def window(catalog: SchemaCatalog, generator, i: int, drifted: bool) -> WindowSk
 
 def test_the_report_leads_with_the_drifted_column_and_when_it_began(catalog: SchemaCatalog, generator) -> None:  # type: ignore[no-untyped-def]
     windows = {("1", START + i * WINDOW): window(catalog, generator, i, drifted=i >= 7) for i in range(10)}
-    [rep] = report.analyse(windows, lambda v: PROFILE, ALPHA, 0.02)
+    [rep] = report.analyse(windows, lambda v: PROFILE, ALPHA, 0.02, 0.001)
     page = report.render("fraud", [rep], [], START, START + 10 * WINDOW, ALPHA)
     summary = re.search(r"<p class=summary>(.*?)</p>", page)
     assert summary is not None and "from 2026-01-01 00:07:00 UTC (window 8 of 10): amount" in summary.group(1)
@@ -54,5 +54,5 @@ def test_the_report_leads_with_the_drifted_column_and_when_it_began(catalog: Sch
     assert f'data-value="{ks_since.value!r}"' in section
     assert "<h3>Columns without drift (whole period)</h3>" in page
     calm = report.analyse({k: w for k, w in windows.items() if k[1] < START + 7 * WINDOW}, lambda v: PROFILE, 1e-9,
-                          0.02)
+                          0.02, 0.001)
     assert "<b>No column above its threshold</b>" in report.render("fraud", calm, [], START, START, 1e-9)
