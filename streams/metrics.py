@@ -131,7 +131,8 @@ class Metrics:
             "rate drift_alpha).", ["model", "feature", "statistic"], registry=registry,
         )
         self.drift_p_value = Gauge(
-            "driftline_drift_p_value", "Each column's p-value in the last closed window.", ["model", "feature"],
+            "driftline_drift_p_value", "Each column's smallest p-value (over its tests) in the last closed window.",
+            ["model", "feature"],
             registry=registry,
         )
         self.drift_windows = Counter(
@@ -198,14 +199,17 @@ class Metrics:
         """The statistics of one evaluated drift window, and the alerts it raised."""
         model = closed.sketch.model
         self.drift_windows.labels(model).inc()
+        smallest: dict[str, float] = {}  # a column's tests (distribution, nulls, shares): the most significant
         for r in closed.results:
             feature = column_label(r.column)
             self.drift_statistic.labels(model, feature, r.statistic).set(r.value)
             self.drift_threshold.labels(model, feature, r.statistic).set(r.threshold)
-            self.drift_p_value.labels(model, feature).set(r.p_value)
+            smallest[feature] = min(r.p_value, smallest.get(feature, 1.0))
             if r.statistic in ("ks", "chi2"):
                 self.drift_statistic.labels(model, feature, "psi").set(r.psi)
                 self.drift_threshold.labels(model, feature, "psi").set(r.psi_threshold)
+        for feature, p in smallest.items():
+            self.drift_p_value.labels(model, feature).set(p)
         for a in closed.alerts:
             self.alerts.labels(model, a.result.kind, a.severity).inc()
         if closed.retrain is not None:

@@ -73,6 +73,22 @@ def test_the_heat_map_has_a_time_axis_a_legend_and_marks_a_version_switch() -> N
     assert html.count('stroke="#f85149" stroke-width="2">') == 8  # the flagged windows after the switch
 
 
+def test_a_column_with_several_tests_is_one_cell_coloured_by_the_most_significant() -> None:
+    w = window(1_767_225_600_000, "1", "amount", 0.5)
+    w["columns"] += [{**w["columns"][0], "kind": "data_quality", "statistic": "out_of_range_rate", "value": 0.03,
+                      "threshold": 0.01, "p_value": 1e-8},
+                     {**w["columns"][0], "kind": "data_quality", "statistic": "null_rate", "p_value": 0.9}]
+    html = heat([w])
+    assert html.count('class="cell"') == 1
+    assert 'stroke="#f85149" stroke-width="2">' in html  # flagged: the out-of-range share crossed its threshold
+    assert "out_of_range_rate 0.03000" in html and "null_rate" in html and "ks 0.1000" in html
+    calm = heat([window(1_767_225_600_000, "1", "amount", 0.5)])
+    def colour(page: str) -> str:
+        return page.split('class="cell"')[1].split('fill="')[1].split('"')[0]
+
+    assert colour(calm) != colour(html)  # coloured by p = 1e-8, not by the calm tests
+
+
 @pytest.mark.parametrize("name", ['<img src=x onerror="alert(1)">', "</title><script>alert(1)</script>"])
 def test_names_from_manifests_are_escaped(name: str) -> None:
     html = heat([window(1_767_225_600_000, "1", name, 0.5)])
