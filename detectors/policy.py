@@ -6,7 +6,8 @@ whatever the window size. An alert fires when a column was flagged in at
 least ``k`` of its last ``m`` windows and its last alert of that kind is more
 than ``cooldown`` windows ago. Severity is critical when the p-value is
 below ``alpha_critical`` and the PSI is at least ``psi_critical`` (strong
-evidence and a material shift), or when the column's River detector
+evidence and a material shift; a column's null, unseen-category or
+out-of-range share needs the p-value alone), or when the column's River detector
 (``detector``, ADWIN by default, fed with each window's ``-log10 p``) sees a
 change point in a flagged window; warning otherwise. River never decides
 alone whether an alert fires, so the false-alarm rate stays ``alpha``.
@@ -23,6 +24,10 @@ from typing import Any
 
 from driftline.detectors.evaluate import ColumnResult
 from driftline.detectors.river_signal import KINDS, SignalDetector, signal
+
+
+#: a column's rate tests, which have no PSI: strong evidence alone makes them critical
+COLUMN_SHARES = frozenset({"null_rate", "unseen_category_rate", "out_of_range_rate"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +97,7 @@ class AlertPolicy:
             if cfg.detector != "none":
                 det = self.detectors.setdefault(key, SignalDetector(cfg.detector))
                 change = det.update(signal(r.p_value))
-            strong = r.p_value < cfg.alpha_critical and (r.statistic == "null_rate" or r.psi >= cfg.psi_critical)
+            strong = r.p_value < cfg.alpha_critical and (r.statistic in COLUMN_SHARES or r.psi >= cfg.psi_critical)
             # A River change point on a flagged column confirms a sustained shift: critical too.
             critical = strong or (change and flagged)
             self.critical_runs[key] = self.critical_runs.get(key, 0) + 1 if critical else 0

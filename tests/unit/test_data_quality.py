@@ -241,3 +241,13 @@ def test_the_drift_monitor_tests_repeats_against_the_configured_rate(profile: Re
     [closed] = monitor.close_due(100)
     [dup] = [r for r in closed.results if r.column == DUPLICATES]
     assert dup.p_value > 0.5 and not [a for a in closed.alerts if a.result.column == DUPLICATES]
+
+
+@pytest.mark.parametrize(("statistic", "severity"), [("out_of_range_rate", "critical"),
+                                                     ("unseen_category_rate", "critical"),
+                                                     ("duplicate_rate", "warning")])
+def test_strong_evidence_makes_a_columns_share_critical(statistic: str, severity: str) -> None:
+    """Shares have no PSI: a column's share with p < alpha_critical is critical, like its null rate."""
+    r = ColumnResult("amount", "data_quality", statistic, 0.5, 0.1, 1e-9, 0.0, 0.0, 100, 100)
+    [decision] = AlertPolicy(PolicyConfig(k=1, detector="none")).update([r])[0]
+    assert decision.severity == severity
