@@ -383,7 +383,7 @@ class QualityMonitor:
             restored = self._parse(model, state)
         except BadRecord as exc:
             raise BadRecord("invalid_state", f"quality state of {brief(model)}: {exc.detail}") from None
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:  # numpy: ints past int64
             raise BadRecord("invalid_state", f"quality state of {brief(model)}: {type(exc).__name__}: {exc}") from None
         self.models[model] = restored
 

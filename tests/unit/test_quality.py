@@ -408,3 +408,13 @@ def test_a_broken_loss_state_is_refused_and_changes_nothing(state: Any, where: s
     else:
         assert isinstance(got, Skip) and got.reason == "invalid_state" and target.models == {}
 
+
+def test_counts_past_int64_in_a_saved_estimate_window_are_refused_not_raised() -> None:
+    m = monitor()
+    for batch in batches(seed=4, n_batches=3, error_from=99):  # 450 predictions: an open window of 150
+        m.apply(batch, 0)
+    state = json.loads(json.dumps(m.snapshot("fraud")))
+    state["unlabeled"][0][2][0] = 10**30
+    target = monitor()
+    got = resume_quality(target, "fraud", json.dumps({"quality": state}).encode())
+    assert isinstance(got, Skip) and got.reason == "invalid_state" and target.models == {}
