@@ -154,11 +154,13 @@ class Metrics:
             "recall, f1, log_loss; mae, rmse).", ["model", "version", "variant", "metric"], registry=registry,
         )
         self.quality_estimate = Gauge(
-            "driftline_quality_estimate", "Label-free estimate (CBPE) of the last window of predictions: accuracy, "
-            "precision, recall, f1.", ["model", "version", "variant", "metric"], registry=registry,
+            "driftline_quality_estimate", "Label-free estimate of the last window of predictions: accuracy, "
+            "precision, recall, f1 (CBPE, classifiers); mae, rmse (DLE, regressors).",
+            ["model", "version", "variant", "metric"], registry=registry,
         )
         self.quality_estimate_gap = Gauge(
-            "driftline_quality_estimate_gap", "Estimated minus real accuracy, when a labeled window closes.",
+            "driftline_quality_estimate_gap", "Estimated minus real accuracy (MAE for regressors), when a labeled "
+            "window closes.",
             ["model", "version", "variant"], registry=registry,
         )
         self.skipped = Counter(

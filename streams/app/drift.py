@@ -3,10 +3,10 @@
 Low volume (one sketch per worker per window, one label batch per feedback
 batch), so a plain Faust agent with Faust's producer. A model's state — the
 drift alert policy, River detectors, pending windows, the quality windows,
-baselines, concept detectors and CBPE calibration (``{ns}.sketches`` position
-of the last record applied included) — is written to ``{ns}.drift-state``
-after every change and read back when this worker takes the sketches
-partition over.
+baselines, concept detectors, CBPE calibration and DLE loss model
+(``{ns}.sketches`` position of the last record applied included) — is
+written to ``{ns}.drift-state`` after every change and read back when this
+worker takes the sketches partition over.
 """
 
 from __future__ import annotations

@@ -95,10 +95,11 @@ class FeedbackAgent:
         self.batcher = LabelBatcher()  # what the quality monitor of each model hears from this batch
 
     def _count_score(self, sc: Scored) -> None:
-        """A classifier's new prediction: its score goes to the label-free estimate."""
+        """A new prediction: its score (a regressor's predicted value) goes to the label-free estimate."""
         served = self.served.get(sc.model)
-        if served is not None and served.model.manifest.task != "regression":
-            self.batcher.score(sc.model, sc.version, sc.variant, served.model.manifest.threshold, sc.score)
+        if served is not None:
+            m = served.model.manifest
+            self.batcher.score(sc.model, sc.version, sc.variant, m.task, m.threshold, sc.score)
 
     def label_batches(self) -> list[OutRecord]:
         """This batch's label batches, one per model, for ``{ns}.sketches`` (keyed by model)."""

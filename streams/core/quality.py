@@ -8,8 +8,9 @@ events' scores and outcomes, and the scores of new predictions) onto
 keeps the model's drift state; it folds the batch into a
 :class:`QualityMonitor` and writes the model's quality state beside its drift
 state on ``{ns}.drift-state``, so a restart or a rebalance resumes the quality
-windows, baselines, open incidents, River concept detectors and the CBPE
-calibration where they were.
+windows, baselines, open incidents, River concept detectors and the
+label-free estimates' fitted maps (CBPE for classifiers, DLE for
+regressors) where they were.
 
 >>> batcher = LabelBatcher()
 >>> for s, y in [(0.9, 1.0), (0.2, 0.0), (0.7, 1.0), (0.4, 1.0)]:
@@ -33,6 +34,7 @@ from typing import Any, get_args
 import numpy as np
 
 from driftline.detectors.estimate import Calibration, Estimate, estimate
+from driftline.detectors.loss import LossEstimate, LossModel
 from driftline.detectors.quality import QualitySketch
 from driftline.detectors.quality_policy import ClosedQuality, Key, QualityPolicy
 from driftline.detectors.sketch import WindowSketch
@@ -47,7 +49,8 @@ TASKS = get_args(Task)  # binary_classification, regression
 VARIANTS = frozenset({CHAMPION, CANARY, SHADOW, ARM_A, ARM_B})
 MAX_VALUES = 1 << 20  # values in one group of a batch (a feedback batch holds at most a few thousand)
 STATE_FORMAT = 1
-CALIBRATION_BINS = 10
+CALIBRATION_BINS = 10  # bins of the CBPE calibration and of the DLE loss model
+CLASSIFIER = "binary_classification"  # the task of a predictions group that names none (written before DLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +71,13 @@ class LabelGroup:
 
 @dataclass(frozen=True, slots=True)
 class ScoreGroup:
-    """Scores of new predictions of one (version, variant) of a classifier: what the label-free estimate reads."""
+    """Scores of new predictions of one (version, variant): what the label-free estimate reads."""
 
     version: str
     variant: str
     threshold: float
     scores: np.ndarray
+    task: str = CLASSIFIER
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +93,7 @@ class LabelBatch:
             "kind": LABELS_KIND, "model": self.model,
             "labeled": [{"version": g.version, "variant": g.variant, "task": g.task, "threshold": g.threshold,
                          "scores": _pack(g.scores), "outcomes": _pack(g.outcomes)} for g in self.labeled],
-            "predictions": [{"version": g.version, "variant": g.variant, "threshold": g.threshold,
+            "predictions": [{"version": g.version, "variant": g.variant, "task": g.task, "threshold": g.threshold,
                              "scores": _pack(g.scores)} for g in self.predictions],
         }, separators=(",", ":")).encode()
 
@@ -109,21 +113,20 @@ def read_label_batch(data: Any) -> LabelBatch:
     groups = []
     for g in labeled:
         g = _object(g, "a labeled group")
-        task = g.get("task")
-        if task not in TASKS:
-            raise BadRecord("invalid_labels", f"task must be one of {', '.join(TASKS)}, not {brief(task)}")
+        task = _task(g.get("task"))
         scores, outcomes = _unpack(g.get("scores"), "scores"), _unpack(g.get("outcomes"), "outcomes")
         if len(scores) != len(outcomes):
             raise BadRecord("invalid_labels", f"{len(scores)} scores but {len(outcomes)} outcomes")
         if task != "regression" and not np.isin(outcomes, (0.0, 1.0)).all():
             raise BadRecord("invalid_labels", "a classifier's outcomes must be 0 or 1")
-        groups.append(LabelGroup(_name(g.get("version"), "version"), _variant(g.get("variant")), str(task),
+        groups.append(LabelGroup(_name(g.get("version"), "version"), _variant(g.get("variant")), task,
                                  _number(g.get("threshold"), "threshold"), scores, outcomes))
     scored = []
     for g in predictions:
         g = _object(g, "a predictions group")
         scored.append(ScoreGroup(_name(g.get("version"), "version"), _variant(g.get("variant")),
-                                 _number(g.get("threshold"), "threshold"), _unpack(g.get("scores"), "scores")))
+                                 _number(g.get("threshold"), "threshold"), _unpack(g.get("scores"), "scores"),
+                                 _task(g.get("task", CLASSIFIER))))
     return LabelBatch(_name(data.get("model"), "model"), tuple(groups), tuple(scored))
 
 
@@ -132,7 +135,7 @@ class LabelBatcher:
 
     def __init__(self) -> None:
         self._labeled: dict[str, dict[tuple[str, str, str, float], tuple[list[float], list[float]]]] = {}
-        self._scores: dict[str, dict[tuple[str, str, float], list[float]]] = {}
+        self._scores: dict[str, dict[tuple[str, str, str, float], list[float]]] = {}
 
     def label(self, model: str, version: str, variant: str, task: str, threshold: float, score: float,
               outcome: float) -> None:
@@ -141,8 +144,8 @@ class LabelBatcher:
         scores.append(score)
         outcomes.append(outcome)
 
-    def score(self, model: str, version: str, variant: str, threshold: float, score: float) -> None:
-        self._scores.setdefault(model, {}).setdefault((version, variant, threshold), []).append(score)
+    def score(self, model: str, version: str, variant: str, task: str, threshold: float, score: float) -> None:
+        self._scores.setdefault(model, {}).setdefault((version, variant, task, threshold), []).append(score)
 
     def take(self) -> list[LabelBatch]:
         """One batch per model with something to say, oldest model first; the batcher is empty afterwards."""
@@ -150,8 +153,8 @@ class LabelBatcher:
         for model in {**self._labeled, **self._scores}:
             labeled = tuple(LabelGroup(v, var, task, thr, np.array(s), np.array(o))
                             for (v, var, task, thr), (s, o) in self._labeled.get(model, {}).items())
-            scored = tuple(ScoreGroup(v, var, thr, np.array(s))
-                           for (v, var, thr), s in self._scores.get(model, {}).items())
+            scored = tuple(ScoreGroup(v, var, thr, np.array(s), task)
+                           for (v, var, task, thr), s in self._scores.get(model, {}).items())
             out.append(LabelBatch(model, labeled, scored))
         self._labeled, self._scores = {}, {}
         return out
@@ -159,7 +162,10 @@ class LabelBatcher:
 
 @dataclass(frozen=True, slots=True)
 class ClosedWindow:
-    """A full window of labeled events, and how far the label-free estimate was from it (None: no estimate)."""
+    """A full window of labeled events, and how far the label-free estimate was from it (None: no estimate).
+
+    ``estimate_gap``: estimated minus real accuracy (classifiers), estimated minus real MAE (regressors).
+    """
 
     key: Key
     window: QualitySketch
@@ -172,7 +178,7 @@ class Verdicts:
     """What one label batch changed: closed windows, new estimates, alerts and retrain requests to send."""
 
     closed: tuple[ClosedWindow, ...] = ()
-    estimates: tuple[tuple[Key, Estimate], ...] = ()
+    estimates: tuple[tuple[Key, Estimate | LossEstimate], ...] = ()
     alerts: tuple[Alert, ...] = ()
     retrains: tuple[RetrainEvent, ...] = ()
 
@@ -194,8 +200,11 @@ class ModelQuality:
     calibration: dict[str, Calibration] = field(default_factory=dict)  # by version: fit on its first window
     calibration_data: dict[str, tuple[list[float], list[bool]]] = field(default_factory=dict)
     unlabeled: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (version, variant): bin counts
-    estimates: dict[tuple[str, str], float] = field(default_factory=dict)  # last estimated accuracy
+    estimates: dict[tuple[str, str], float] = field(default_factory=dict)  # last estimated accuracy (MAE)
     requested: set[str] = field(default_factory=set)  # versions with a concept-drift retrain request sent
+    loss: dict[str, LossModel] = field(default_factory=dict)  # regressors' DLE, by version: fit on its first window
+    loss_data: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # (predictions, targets)
+    loss_unlabeled: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (version, variant): bin counts
 
 
 @dataclass
@@ -237,7 +246,7 @@ class QualityMonitor:
         retrains: list[RetrainEvent] = []
         for g in batch.labeled:
             key = (batch.model, g.version, g.variant)
-            if g.task != "regression" and g.variant != SHADOW:
+            if g.variant != SHADOW:
                 self._calibrate(state, g)
             for score, outcome in zip(g.scores.tolist(), g.outcomes.tolist(), strict=True):
                 if g.task == "regression":
@@ -261,7 +270,8 @@ class QualityMonitor:
                 key, "performance_drop", c.drop.accuracy, c.drop.threshold, window.n,
                 f"accuracy {c.drop.accuracy:.3f} vs {c.drop.baseline:.3f} at first "
                 f"(p={c.drop.p_value:.2g}, {window.n} labels)", now_ms))
-        return ClosedWindow(key, window, task, None if estimated is None else estimated - window.accuracy)
+        real = window.mae if task == "regression" else window.accuracy
+        return ClosedWindow(key, window, task, None if estimated is None else estimated - real)
 
     def _concept(self, state: ModelQuality, key: Key, task: str, alerts: list[Alert], retrains: list[RetrainEvent],
                  now_ms: int) -> None:
@@ -278,7 +288,22 @@ class QualityMonitor:
                                         (alert.id,), now_ms, now_ms, now_ms, cause=("concept_drift", str(now_ms))))
 
     def _calibrate(self, state: ModelQuality, g: LabelGroup) -> None:
-        """Fit the version's score → probability calibration on its first ``window_labels`` labeled events."""
+        """Fit the version's label-free estimator on its first ``window_labels`` labeled events.
+
+        A classifier's is the CBPE score → probability calibration, a regressor's the DLE loss model.
+        """
+        if g.task == "regression":
+            if g.version in state.loss:
+                return
+            predictions, targets = state.loss_data.setdefault(g.version, ([], []))
+            need = self.window_labels - len(predictions)
+            predictions.extend(g.scores[:need].tolist())
+            targets.extend(g.outcomes[:need].tolist())
+            if len(predictions) >= self.window_labels:
+                state.loss[g.version] = LossModel.fit(np.array(predictions), np.array(targets),
+                                                      bins=CALIBRATION_BINS)
+                del state.loss_data[g.version]
+            return
         if g.version in state.calibration:
             return
         scores, labels = state.calibration_data.setdefault(g.version, ([], []))
@@ -290,28 +315,42 @@ class QualityMonitor:
                                                            bins=CALIBRATION_BINS)
             del state.calibration_data[g.version]
 
-    def _estimate(self, state: ModelQuality, model: str, g: ScoreGroup) -> list[tuple[Key, Estimate]]:
-        """Count scores into windows of ``window_labels`` by calibration bin; estimate each full window."""
-        cal = state.calibration.get(g.version)
-        if cal is None:
-            return []
+    def _estimate(self, state: ModelQuality, model: str, g: ScoreGroup) -> list[tuple[Key, Estimate | LossEstimate]]:
+        """Count scores into windows of ``window_labels`` by bin; estimate each full window (CBPE or DLE)."""
         key = (g.version, g.variant)
-        bins = np.searchsorted(cal.edges, g.scores, side="right")
-        out = []
+        out: list[tuple[Key, Estimate | LossEstimate]] = []
+        if g.task == "regression":
+            loss = state.loss.get(g.version)
+            if loss is not None:
+                for counts in self._windows(state.loss_unlabeled, key, loss.bins(g.scores), len(loss.abs_error)):
+                    expected = loss.of_counts(counts)
+                    state.estimates[key] = expected.mae
+                    out.append(((model, *key), expected))
+            return out
+        cal = state.calibration.get(g.version)
+        if cal is not None:
+            for counts in self._windows(state.unlabeled, key, np.searchsorted(cal.edges, g.scores, side="right"),
+                                        len(cal.rates)):
+                est = estimate(np.repeat(cal.rates, counts), g.threshold)
+                state.estimates[key] = est.accuracy
+                out.append(((model, *key), est))
+        return out
+
+    def _windows(self, unlabeled: dict[tuple[str, str], np.ndarray], key: tuple[str, str], bins: np.ndarray,
+                 n_bins: int) -> list[np.ndarray]:
+        """Fold bin indices into ``key``'s open window of ``window_labels``; the bin counts of each window filled."""
+        full = []
         at = 0
         while at < len(bins):
-            counts = state.unlabeled.get(key)
+            counts = unlabeled.get(key)
             if counts is None:
-                counts = state.unlabeled[key] = np.zeros(len(cal.rates), dtype=np.int64)
+                counts = unlabeled[key] = np.zeros(n_bins, dtype=np.int64)
             chunk = bins[at:at + self.window_labels - int(counts.sum())]
-            counts += np.bincount(chunk, minlength=len(cal.rates))
+            counts += np.bincount(chunk, minlength=n_bins)
             at += len(chunk)
             if counts.sum() >= self.window_labels:
-                est = estimate(np.repeat(cal.rates, counts), g.threshold)
-                del state.unlabeled[key]
-                state.estimates[key] = est.accuracy
-                out.append(((model, g.version, g.variant), est))
-        return out
+                full.append(unlabeled.pop(key))
+        return full
 
     def concept_seen(self, model: str, version: str) -> int:
         found = self.models.get(model)
@@ -333,6 +372,9 @@ class QualityMonitor:
             "unlabeled": [[v, var, counts.tolist()] for (v, var), counts in s.unlabeled.items()],
             "estimates": [[v, var, value] for (v, var), value in s.estimates.items()],
             "requested": sorted(s.requested),
+            "loss": [[v, m.to_dict()] for v, m in s.loss.items()],
+            "loss_data": [[v, predictions, targets] for v, (predictions, targets) in s.loss_data.items()],
+            "loss_unlabeled": [[v, var, counts.tolist()] for (v, var), counts in s.loss_unlabeled.items()],
         }
 
     def restore(self, model: str, state: Any) -> None:
@@ -341,7 +383,7 @@ class QualityMonitor:
             restored = self._parse(model, state)
         except BadRecord as exc:
             raise BadRecord("invalid_state", f"quality state of {brief(model)}: {exc.detail}") from None
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:  # numpy: ints past int64
             raise BadRecord("invalid_state", f"quality state of {brief(model)}: {type(exc).__name__}: {exc}") from None
         self.models[model] = restored
 
@@ -374,7 +416,34 @@ class QualityMonitor:
             unlabeled[(v, _variant(var))] = arr
         estimates = {(_name(v, "version"), _variant(var)): _number(x, "estimate") for v, var, x in state["estimates"]}
         requested = {_name(v, "version") for v in state["requested"]}
-        return ModelQuality(policy, calibration, data, unlabeled, estimates, requested)
+        loss, loss_data, loss_unlabeled = self._parse_loss(state)
+        return ModelQuality(policy, calibration, data, unlabeled, estimates, requested, loss, loss_data,
+                            loss_unlabeled)
+
+    def _parse_loss(self, state: Mapping[str, Any]) -> tuple[dict[str, LossModel], dict[str, tuple[list[float],
+                                                               list[float]]], dict[tuple[str, str], np.ndarray]]:
+        """The DLE part of a snapshot; absent (written before DLE), nothing fitted yet."""
+        loss = {}
+        for v, d in state.get("loss", []):
+            try:
+                fitted = LossModel.from_dict(d)
+            except ValueError as exc:
+                raise BadRecord("invalid_state", f"loss model of v{brief(v)} is not one: {exc}") from None
+            loss[_name(v, "version")] = fitted
+        data = {}
+        for v, predictions, targets in state.get("loss_data", []):
+            if not isinstance(predictions, list) or not isinstance(targets, list) or len(predictions) != len(targets):
+                raise BadRecord("invalid_state", f"loss data of v{brief(v)} is not (predictions, targets)")
+            data[_name(v, "version")] = ([_number(x, "prediction") for x in predictions],
+                                         [_number(x, "target") for x in targets])
+        unlabeled = {}
+        for v, var, counts in state.get("loss_unlabeled", []):
+            model_of = loss.get(v)
+            if (model_of is None or not isinstance(counts, list) or len(counts) != len(model_of.abs_error)
+                    or not all(type(c) is int and 0 <= c < 1 << 62 for c in counts)):
+                raise BadRecord("invalid_state", f"estimate window of v{brief(v)} does not fit its loss model")
+            unlabeled[(v, _variant(var))] = np.array(counts, dtype=np.int64)
+        return loss, data, unlabeled
 
     def forget(self) -> None:
         """Drop all state (the sketches partitions moved: their new owner resumes from the state topic)."""
@@ -408,6 +477,12 @@ def _object(value: Any, what: str) -> Mapping[str, Any]:
 
 def _name(value: Any, what: str) -> str:
     return printable_name(value, what, "invalid_labels")
+
+
+def _task(value: Any) -> str:
+    if value not in TASKS:
+        raise BadRecord("invalid_labels", f"task must be one of {', '.join(TASKS)}, not {brief(value)}")
+    return str(value)
 
 
 def _variant(value: Any) -> str:

@@ -94,3 +94,34 @@ def test_names_from_manifests_are_escaped(name: str) -> None:
     html = heat([window(1_767_225_600_000, "1", name, 0.5)])
     assert "<img" not in html and "<script" not in html
     assert "&lt;" in html
+
+
+def quality_rows(samples: list[dict]) -> list[list[str]]:
+    """The quality table's cells after renderQuality, with a DOM stub of elements that hold text and children."""
+    return run_js(f"""
+      const make = () => ({{children: [], dataset: {{}}, textContent: "", className: "",
+                           append(...c) {{ this.children.push(...c); }},
+                           replaceChildren(...c) {{ this.children = c; }}}});
+      const table = make();
+      globalThis.document = {{getElementById: () => table, createElement: make}};
+      renderQuality({json.dumps(samples)});
+      console.log(JSON.stringify({{rows: table.children.map(tr => tr.children.map(td => td.textContent))}}));
+    """)["rows"]
+
+
+def sample(name: str, model: str, value: float, metric: str | None = None) -> dict:
+    labels = {"model": model, "version": "1", "variant": "champion"}
+    return {"name": name, "labels": {**labels, "metric": metric} if metric else labels, "value": value}
+
+
+def test_the_quality_table_shows_a_regressors_mae_and_rmse_with_their_label_free_estimates() -> None:
+    rows = quality_rows([
+        sample("driftline_model_info", "housing", 1), sample("driftline_model_info", "fraud", 1),
+        sample("driftline_quality", "housing", 0.84, "mae"), sample("driftline_quality", "housing", 1.15, "rmse"),
+        sample("driftline_quality_estimate", "housing", 1.16, "mae"),
+        sample("driftline_quality_estimate", "housing", 1.49, "rmse"),
+        sample("driftline_quality", "fraud", 0.97, "accuracy"),
+        sample("driftline_quality_estimate", "fraud", 0.95, "accuracy"),
+    ])
+    assert rows[0] == ["housing", "1", "champion", "–", "–", "–", "–", "0.84 (1.16)", "1.15 (1.49)"]
+    assert rows[1][:4] == ["fraud", "1", "champion", "0.97 (0.95)"] and rows[1][7:] == ["–", "–"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 
@@ -12,9 +13,12 @@ from sklearn import metrics as skm
 
 from driftline.detectors.concept import DETECTION_BOUND, KINDS, ConceptDetector
 from driftline.detectors.estimate import Calibration, estimate
+from driftline.detectors.loss import LossEstimate
 from driftline.detectors.quality import QualitySketch, accuracy_drop
+from driftline.inference.model import OnnxModel
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode, encode
+from driftline.streams.app.drift import observe_quality
 from driftline.streams.app.feedback import FeedbackAgent, FeedbackLoop
 from driftline.streams.core.join import (
     EXPIRE_CHUNK,
@@ -29,7 +33,8 @@ from driftline.streams.core.join import (
     encode_state,
     entry_bytes,
 )
-from driftline.streams.core.pipeline import OutRecord, RawMessage
+from driftline.streams.core.pipeline import OutRecord, RawMessage, ServedModel
+from driftline.streams.core.quality import ClosedWindow, Verdicts, read_label_batch
 from driftline.streams.metrics import Metrics
 from driftline.streams.settings import load_settings
 
@@ -441,3 +446,40 @@ def test_offsets_are_stored_once_outputs_then_tombstones_are_acknowledged(catalo
     source.revoked_during_poll, source.assigned = True, set()  # a rebalance took partition 0
     loop.step()
     assert not agent.join.owns(0) and agent.join.size == 0
+
+
+def test_a_regressors_predictions_and_targets_reach_the_quality_monitor(catalog: SchemaCatalog,
+                                                                         housing_model: OnnxModel) -> None:
+    """Its new predictions feed the label-free estimate (DLE) as a classifier's scores feed CBPE."""
+    served = {"housing": ServedModel(housing_model, catalog, max_message_bytes=8192)}
+    agent = FeedbackAgent(load_settings(feedback=True, feedback_ttl_s=60), catalog, served,
+                          Metrics(CollectorRegistry()))
+    scored_schema, feedback_schema = catalog.latest("driftline.Scored"), catalog.latest("driftline.Feedback")
+    msgs = [RawMessage(agent.scored_topic, 0, i, f"r{i}".encode(), encode(scored_schema, {
+        "request_id": f"r{i}", "model": "housing", "model_version": "1", "variant": "champion",
+        "score": 100.0 + i, "predicted": None, "event_time": 1_000, "features": b""})) for i in range(3)]
+    msgs.append(RawMessage(agent.feedback_topic, 0, 0, b"r0", encode(feedback_schema, {
+        "request_id": "r0", "label": None, "target": 110.0, "event_time": 2_000})))
+    agent.process(msgs, 3_000)
+    [record] = agent.label_batches()
+    batch = read_label_batch(json.loads(record.value or b""))
+    assert batch.model == "housing" and record.key == b"housing"
+    [predictions] = batch.predictions
+    assert (predictions.task, predictions.version, predictions.scores.tolist()) == ("regression", "1",
+                                                                                    [100.0, 101.0, 102.0])
+    [labeled] = batch.labeled
+    assert (labeled.task, labeled.scores.tolist(), labeled.outcomes.tolist()) == ("regression", [100.0], [110.0])
+
+
+def test_a_regressors_estimate_and_its_gap_are_exported() -> None:
+    metrics = Metrics(CollectorRegistry())
+    key = ("housing", "1", "champion")
+    window = QualitySketch.of_regressor(np.array([1.0, 2.0, 4.0]), np.array([2.0, 2.0, 2.0]))
+    observe_quality(metrics, Verdicts(closed=(ClosedWindow(key, window, "regression", 0.25),),
+                                      estimates=((key, LossEstimate(1.25, 1.5)),)))
+    labels = dict(zip(("model", "version", "variant"), key, strict=True))
+    got = {m: metrics.registry.get_sample_value("driftline_quality_estimate", {**labels, "metric": m})
+           for m in ("mae", "rmse", "accuracy")}
+    assert got == {"mae": 1.25, "rmse": 1.5, "accuracy": None}
+    assert metrics.registry.get_sample_value("driftline_quality_estimate_gap", labels) == 0.25
+    assert metrics.registry.get_sample_value("driftline_quality", {**labels, "metric": "mae"}) == 1.0

@@ -1,7 +1,8 @@
 """Quality state per model: label batches, the monitor's verdicts, and state that resumes exactly.
 
 The quality monitor (windows, baselines, open incidents, River concept
-detectors, the CBPE calibration and estimate windows) is restored from its
+detectors, the CBPE calibration, the DLE loss model and their estimate
+windows) is restored from its
 snapshot, through JSON as it travels on ``{ns}.drift-state``; a monitor
 restored mid-stream must decide exactly as one that never stopped.
 """
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from driftline.detectors.concept import KINDS, ConceptDetector
 from driftline.detectors.estimate import Calibration, estimate
+from driftline.detectors.loss import LossEstimate, LossModel
 from driftline.streams.core.drift import DriftMonitor
 from driftline.streams.core.poison import BadRecord, Skip
 from driftline.streams.core.quality import (
@@ -55,7 +57,7 @@ def batches(seed: int, n_batches: int, error_from: int, rate_before: float = 0.0
         for s, y in zip(scores.tolist(), truth.tolist(), strict=True):
             batcher.label("fraud", "1", "champion", "binary_classification", 0.5, s, float(y))
         for s in rng.random(150).tolist():
-            batcher.score("fraud", "1", "champion", 0.5, s)
+            batcher.score("fraud", "1", "champion", "binary_classification", 0.5, s)
         [batch] = batcher.take()
         out.append(read_label_batch(json.loads(batch.to_bytes())))  # as it travels
     return out
@@ -68,7 +70,7 @@ def verdicts(m: QualityMonitor, stream: list[LabelBatch], first: int = 0) -> lis
         v: Verdicts = m.apply(batch, now_ms=1_000 * i)
         out.append((
             [(c.key, c.window.n, c.window.accuracy, c.estimate_gap) for c in v.closed],
-            [(k, e.accuracy, e.f1) for k, e in v.estimates],
+            [(k, e.items()) for k, e in v.estimates],
             [(a.kind, a.id, a.value, a.threshold, a.sample_size) for a in v.alerts],
             [(r.id, r.reason) for r in v.retrains],
         ))
@@ -136,7 +138,7 @@ def test_the_estimate_from_bin_counts_equals_the_estimate_from_scores() -> None:
     scores = rng.random(2 * WINDOW + 17)
     batcher = LabelBatcher()
     for s in scores.tolist():
-        batcher.score("fraud", "1", "champion", 0.5, s)
+        batcher.score("fraud", "1", "champion", "binary_classification", 0.5, s)
     got = m.apply(batcher.take()[0], 0).estimates
     want = [estimate(cal.apply(scores[i * WINDOW:(i + 1) * WINDOW]), 0.5) for i in range(2)]
     assert [e for _, e in got] == pytest.approx(want)
@@ -213,3 +215,206 @@ def test_a_state_holding_another_models_windows_is_refused() -> None:
         m.apply(batch, 0)
     with pytest.raises(BadRecord, match="another model"):
         monitor().restore("credit", m.snapshot("fraud"))
+
+
+# -- regressors: direct loss estimation --------------------------------------------------------------
+
+
+def regressor_monitor() -> QualityMonitor:
+    return QualityMonitor(WINDOW, 0.01, 0.05, "hddm_a", known=lambda m, v: m == "housing" and v == "1")
+
+
+def regressor_rows(rng: np.random.Generator, n: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and targets whose error's scale grows with the prediction (0.3 → 1.8)."""
+    f = rng.normal(shift, 1.0, n)
+    return f, f + rng.normal(0.0, 1.0, n) * (0.3 + 1.5 / (1 + np.exp(-2 * f)))
+
+
+def regressor_batches(seed: int, n_batches: int, shift_from: int, variant: str = "champion") -> list[LabelBatch]:
+    """Batches of 100 labeled events and 150 predictions of housing v1; predictions move up 1 sd at ``shift_from``.
+
+    Returns the batches as they travel; the labeled rows of batch i are those of its predictions' distribution.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(n_batches):
+        shift = 0.0 if b < shift_from else 1.0
+        batcher = LabelBatcher()
+        f, y = regressor_rows(rng, 100, shift)
+        for p, t in zip(f.tolist(), y.tolist(), strict=True):
+            batcher.label("housing", "1", variant, "regression", 0.5, p, t)
+        for p in rng.normal(shift, 1.0, 150).tolist():
+            batcher.score("housing", "1", variant, "regression", 0.5, p)
+        [batch] = batcher.take()
+        out.append(read_label_batch(json.loads(batch.to_bytes())))
+    return out
+
+
+def test_a_regressor_fits_its_loss_model_on_its_first_window_and_estimates_from_bin_counts() -> None:
+    stream = regressor_batches(seed=9, n_batches=3, shift_from=99)
+    m = regressor_monitor()
+    for batch in stream:
+        m.apply(batch, 0)
+    loss = m.models["housing"].loss["1"]
+    first_f = np.concatenate([g.scores for b in stream for g in b.labeled])[:WINDOW]
+    first_y = np.concatenate([g.outcomes for b in stream for g in b.labeled])[:WINDOW]
+    want = LossModel.fit(first_f, first_y, bins=10)
+    assert np.array_equal(loss.edges, want.edges) and np.allclose(loss.abs_error, want.abs_error)
+    assert m.models["housing"].calibration == {} and m.models["housing"].loss_data == {}
+    m.models["housing"].loss_unlabeled.clear()
+    predictions = np.random.default_rng(9).normal(1.0, 1.0, 2 * WINDOW + 17)
+    batcher = LabelBatcher()
+    for p in predictions.tolist():
+        batcher.score("housing", "1", "champion", "regression", 0.5, p)
+    got = m.apply(batcher.take()[0], 0).estimates
+    assert [k for k, _ in got] == [("housing", "1", "champion")] * 2
+    assert all(isinstance(e, LossEstimate) for _, e in got)
+    expected = [loss.estimate(predictions[i * WINDOW:(i + 1) * WINDOW]) for i in range(2)]
+    assert [x for _, e in got for _, x in e.items()] == pytest.approx([x for e in expected for _, x in e.items()])
+    assert int(m.models["housing"].loss_unlabeled[("1", "champion")].sum()) == 17
+
+
+def test_the_monitor_estimates_a_regressors_shift_and_reports_the_gap_when_labels_come() -> None:
+    """15 seeds: 3 batches unshifted (the loss model's window), then 12 shifted; windows of 300.
+
+    The gap reported when a labeled window closes is the last estimate minus its MAE. From batch 6 on, the
+    last estimate's window holds shifted predictions only: it is compared with the realised MAE and RMSE of
+    the labeled window that closes (same distribution, other rows).
+    """
+    rel_mae, rel_rmse, moved = [], [], []
+    for seed in range(15):
+        m = regressor_monitor()
+        stream = regressor_batches(seed=seed, n_batches=15, shift_from=3)
+        last: LossEstimate | None = None
+        baseline = None
+        for i, batch in enumerate(stream):
+            v = m.apply(batch, 1_000 * i)
+            for c in v.closed:
+                if baseline is None:
+                    baseline = c.window.mae
+                    assert c.estimate_gap is None  # no estimate before the loss model was fitted
+                elif last is not None:
+                    assert c.estimate_gap == pytest.approx(last.mae - c.window.mae)
+                    if i < 6:
+                        continue
+                    rel_mae.append(last.mae / c.window.mae - 1)
+                    rel_rmse.append(last.rmse / c.window.rmse - 1)
+                    moved.append(last.mae / baseline)
+            for _, e in v.estimates:
+                assert isinstance(e, LossEstimate)
+                last = e
+    assert len(rel_mae) >= 40
+    # 300-row windows on both sides: each comparison scatters about 8 %; the means over 40+ must be near 0
+    assert abs(np.mean(rel_mae)) < 0.05 and abs(np.mean(rel_rmse)) < 0.05, (np.mean(rel_mae), np.mean(rel_rmse))
+    assert np.quantile(np.abs(rel_mae), 0.95) < 0.25
+    assert min(moved) > 1.1 and np.mean(moved) > 1.25, (min(moved), np.mean(moved))
+
+
+def test_a_regressor_monitor_restored_mid_stream_decides_as_one_that_never_stopped() -> None:
+    stream = regressor_batches(seed=5, n_batches=14, shift_from=6)
+    whole = verdicts(regressor_monitor(), stream)
+    first = regressor_monitor()
+    before = verdicts(first, stream[:7])
+    state = json.loads(json.dumps(first.snapshot("housing")))
+    assert state["loss"] and state["loss_unlabeled"], "the loss model and an open estimate window are saved"
+    resumed = regressor_monitor()
+    resumed.restore("housing", state)
+    assert before + verdicts(resumed, stream[7:], first=7) == whole
+    assert sum(len(b[1]) for b in whole) >= 6
+    early = regressor_monitor()
+    verdicts(early, stream[:2])  # mid-fit: 200 of the 300 rows the loss model needs
+    half = json.loads(json.dumps(early.snapshot("housing")))
+    assert len(half["loss_data"][0][1]) == 200
+    again = regressor_monitor()
+    again.restore("housing", half)
+    assert verdicts(again, stream[2:], first=2) == whole[2:]
+
+
+def test_a_shadow_regressor_never_fits_a_loss_model() -> None:
+    m = regressor_monitor()
+    for batch in regressor_batches(seed=1, n_batches=4, shift_from=99, variant="shadow"):
+        assert m.apply(batch, 0).estimates == ()
+    assert m.models["housing"].loss == {}
+
+
+def test_prediction_groups_name_their_task_and_old_ones_are_a_classifiers() -> None:
+    [batch] = regressor_batches(seed=1, n_batches=1, shift_from=99)
+    assert [g.task for g in batch.predictions] == ["regression"]
+    good = json.loads(batch.to_bytes())
+    old = {**good, "predictions": [{k: v for k, v in good["predictions"][0].items() if k != "task"}]}
+    assert [g.task for g in read_label_batch(old).predictions] == ["binary_classification"]
+    for bad_task in ("ranking", None, 1, ["regression"]):
+        with pytest.raises(BadRecord, match="task"):
+            read_label_batch({**good, "predictions": [{**good["predictions"][0], "task": bad_task}]})
+
+
+def test_a_snapshot_written_before_dle_restores() -> None:
+    m = monitor()
+    for batch in batches(seed=4, n_batches=4, error_from=99):
+        m.apply(batch, 0)
+    old = {k: v for k, v in m.snapshot("fraud").items() if not k.startswith("loss")}
+    target = monitor()
+    target.restore("fraud", json.loads(json.dumps(old)))
+    assert target.snapshot("fraud") == m.snapshot("fraud")
+
+
+def regressor_state() -> dict[str, Any]:
+    m = regressor_monitor()
+    for batch in regressor_batches(seed=4, n_batches=5, shift_from=99):
+        m.apply(batch, 0)
+    early = regressor_monitor()
+    early.apply(regressor_batches(seed=4, n_batches=1, shift_from=99)[0], 0)
+    state = json.loads(json.dumps(m.snapshot("housing")))
+    state["loss_data"] = json.loads(json.dumps(early.snapshot("housing")))["loss_data"]
+    assert state["loss"] and state["loss_data"] and state["loss_unlabeled"]
+    return state
+
+
+def test_broken_loss_states_are_refused() -> None:
+    good = regressor_state()
+    regressor_monitor().restore("housing", good)
+    (v, model), = good["loss"]
+    (_, var, counts), = good["loss_unlabeled"]
+    (_, preds, targets), = good["loss_data"]
+    for where, value in [
+        ("loss", [[v, {**model, "abs_error": [-1.0] * len(model["abs_error"])}]]),
+        ("loss", [[v, {**model, "edges": model["edges"][::-1]}]]),
+        ("loss", [[v, {**model, "sq_error": model["sq_error"][:-1]}]]),
+        ("loss", [["", model]]),
+        ("loss", [[v, {"edges": []}]]),
+        ("loss_unlabeled", [["2", var, counts]]),  # no loss model for that version
+        ("loss_unlabeled", [[v, var, counts[:-1]]]),
+        ("loss_unlabeled", [[v, var, [-1] * len(counts)]]),
+        ("loss_unlabeled", [[v, "boss", counts]]),
+        ("loss_data", [[v, preds, targets[:-1]]]),
+        ("loss_data", [[v, preds, [True] * len(preds)]]),
+        ("loss_data", [[v, preds[:-1] + [float("nan")], targets]]),
+        ("loss_data", {"v": 1}),
+    ]:
+        target = regressor_monitor()
+        with pytest.raises(BadRecord) as refused:
+            target.restore("housing", {**good, where: value})
+        assert refused.value.reason == "invalid_state" and target.models == {}, (where, value)
+
+
+@FEW
+@given(state=json_values, where=st.sampled_from(["loss", "loss_data", "loss_unlabeled"]))
+def test_a_broken_loss_state_is_refused_and_changes_nothing(state: Any, where: str) -> None:
+    good = regressor_state()
+    target = regressor_monitor()
+    got = resume_quality(target, "housing", json.dumps({"quality": {**good, where: state}}).encode())
+    if got is None:  # the replacement happened to be valid
+        assert "housing" in target.models
+    else:
+        assert isinstance(got, Skip) and got.reason == "invalid_state" and target.models == {}
+
+
+def test_counts_past_int64_in_a_saved_estimate_window_are_refused_not_raised() -> None:
+    m = monitor()
+    for batch in batches(seed=4, n_batches=3, error_from=99):  # 450 predictions: an open window of 150
+        m.apply(batch, 0)
+    state = json.loads(json.dumps(m.snapshot("fraud")))
+    state["unlabeled"][0][2][0] = 10**30
+    target = monitor()
+    got = resume_quality(target, "fraud", json.dumps({"quality": state}).encode())
+    assert isinstance(got, Skip) and got.reason == "invalid_state" and target.models == {}
