@@ -25,7 +25,6 @@ from typing import Any
 from driftline.detectors.evaluate import ColumnResult
 from driftline.detectors.river_signal import KINDS, SignalDetector, signal
 
-
 #: a column's rate tests, which have no PSI: strong evidence alone makes them critical
 COLUMN_SHARES = frozenset({"null_rate", "unseen_category_rate", "out_of_range_rate"})
 
