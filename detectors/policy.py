@@ -27,6 +27,9 @@ from driftline.detectors.river_signal import KINDS, SignalDetector, signal
 
 #: a column's rate tests, which have no PSI: strong evidence alone makes them critical
 COLUMN_SHARES = frozenset({"null_rate", "unseen_category_rate", "out_of_range_rate"})
+#: tests without a change detector: their severity needs none, and each detector's state (up to ~10 KB for
+#: ADWIN) is saved with the model's drift state, which must stay below the broker's record size
+UNDETECTED = frozenset({"unseen_category_rate", "out_of_range_rate", "duplicate_rate"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,7 @@ class AlertPolicy:
             hist = self.history.setdefault(key, deque(maxlen=cfg.m))
             hist.append(flagged)
             change = False
-            if cfg.detector != "none":
+            if cfg.detector != "none" and r.statistic not in UNDETECTED:
                 det = self.detectors.setdefault(key, SignalDetector(cfg.detector))
                 change = det.update(signal(r.p_value))
             strong = r.p_value < cfg.alpha_critical and (r.statistic in COLUMN_SHARES or r.psi >= cfg.psi_critical)

@@ -144,6 +144,9 @@ class InputProfile:
 
 def _categorical(spec: Mapping[str, Any], encoding: Literal["onehot", "ordinal"]) -> CategoricalFeature:
     name, categories = spec["name"], tuple(spec["categories"])
+    if not all(isinstance(c, str) for c in categories):
+        raise ProfileError(f"feature {name!r}: categories must be strings (the request field is a string), "
+                           f"not {[c for c in categories if not isinstance(c, str)][:3]!r}")
     unseen = spec.get("unseen", "deadletter")
     if unseen not in ("deadletter", "impute"):
         raise ProfileError(f"feature {name!r}: unseen must be deadletter or impute, not {unseen!r}")

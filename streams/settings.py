@@ -277,7 +277,7 @@ class Settings(BaseSettings):
         "that is no data-quality alert")
     duplicate_check_ids: int = Field(
         200_000, ge=0, le=10_000_000, description="request ids a worker remembers per model and window to count "
-        "repeated ones (about 110 bytes each, two windows kept); 0: no duplicate check")
+        "repeated ones (about 60 bytes each whatever their length, two windows kept); 0: no duplicate check")
     group_id: str | None = Field(None, pattern=_NAME)
     fetch_wait_ms: int = Field(10, ge=1, le=5_000)
     session_timeout_s: float = Field(10.0, ge=1.0, le=300.0)

@@ -284,6 +284,7 @@ class ScorePipeline:
                 self._deadletter(out, m, f, self._model_of(m.topic), now_ms)
                 continue
             by_topic.setdefault(m.topic, []).append(m)
+        folds = []
         for topic, msgs in by_topic.items():
             served = self.served.get(topic)
             if served is None:
@@ -294,10 +295,12 @@ class ScorePipeline:
             before = len(out.failures)
             valid = self._process_model(out, served, msgs, now_ms)
             if served.folder is not None:
-                cols, rows, scores, codes = valid if valid is not None else (None, None, np.empty(0), None)
-                out.sketches.extend(
-                    served.folder.fold(cols, rows, scores, len(msgs), len(out.failures) - before, now_ms, codes)
-                )
+                folds.append((served.folder, valid, len(msgs), len(out.failures) - before))
+        # Windows fold once every topic of the batch is scored: a batch that raises is redone record by
+        # record (process_safely), and a topic folded before the raise would be counted twice.
+        for folder, valid, count, dead in folds:
+            cols, rows, scores, codes = valid if valid is not None else (None, None, np.empty(0), None)
+            out.sketches.extend(folder.fold(cols, rows, scores, count, dead, now_ms, codes))
         return out
 
     def tick(self, now_ms: int) -> list[WindowSketch]:

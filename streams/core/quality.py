@@ -47,6 +47,7 @@ from driftline.streams.core.poison import BadRecord, Skip, brief, load_json, pri
 LABELS_KIND = "labels"  # the "kind" of a label batch on {ns}.sketches (window sketches have none)
 TASKS = get_args(Task)  # binary_classification, regression
 VARIANTS = frozenset({CHAMPION, CANARY, SHADOW, ARM_A, ARM_B})
+MAX_MAGNITUDE = 1e100  # scores and outcomes beyond this are refused: squared errors must stay finite
 MAX_VALUES = 1 << 20  # values in one group of a batch (a feedback batch holds at most a few thousand)
 STATE_FORMAT = 1
 CALIBRATION_BINS = 10  # bins of the CBPE calibration and of the DLE loss model
@@ -404,14 +405,15 @@ class QualityMonitor:
             calibration[_name(v, "version")] = cal
         data = {}
         for v, scores, labels in state["calibration_data"]:
-            if len(scores) != len(labels) or not all(isinstance(y, bool) for y in labels):
+            if (len(scores) != len(labels) or len(scores) >= self.window_labels
+                    or not all(isinstance(y, bool) for y in labels)):
                 raise BadRecord("invalid_state", f"calibration data of v{brief(v)} is not (scores, booleans)")
             data[_name(v, "version")] = ([_number(x, "score") for x in scores], list(labels))
         unlabeled = {}
         for v, var, counts in state["unlabeled"]:
             arr = np.array(counts, dtype=np.int64)
             fitted = calibration.get(v)
-            if fitted is None or arr.shape != fitted.rates.shape or (arr < 0).any():
+            if fitted is None or arr.shape != fitted.rates.shape or (arr < 0).any() or arr.sum() >= self.window_labels:
                 raise BadRecord("invalid_state", f"estimate window of v{brief(v)} does not fit its calibration")
             unlabeled[(v, _variant(var))] = arr
         estimates = {(_name(v, "version"), _variant(var)): _number(x, "estimate") for v, var, x in state["estimates"]}
@@ -432,7 +434,8 @@ class QualityMonitor:
             loss[_name(v, "version")] = fitted
         data = {}
         for v, predictions, targets in state.get("loss_data", []):
-            if not isinstance(predictions, list) or not isinstance(targets, list) or len(predictions) != len(targets):
+            if (not isinstance(predictions, list) or not isinstance(targets, list) or len(predictions) != len(targets)
+                    or len(predictions) >= self.window_labels):
                 raise BadRecord("invalid_state", f"loss data of v{brief(v)} is not (predictions, targets)")
             data[_name(v, "version")] = ([_number(x, "prediction") for x in predictions],
                                          [_number(x, "target") for x in targets])
@@ -440,7 +443,8 @@ class QualityMonitor:
         for v, var, counts in state.get("loss_unlabeled", []):
             model_of = loss.get(v)
             if (model_of is None or not isinstance(counts, list) or len(counts) != len(model_of.abs_error)
-                    or not all(type(c) is int and 0 <= c < 1 << 62 for c in counts)):
+                    or not all(type(c) is int and 0 <= c < 1 << 62 for c in counts)
+                    or sum(counts) >= self.window_labels):  # a full window would have closed
                 raise BadRecord("invalid_state", f"estimate window of v{brief(v)} does not fit its loss model")
             unlabeled[(v, _variant(var))] = np.array(counts, dtype=np.int64)
         return loss, data, unlabeled
@@ -466,6 +470,9 @@ def _unpack(text: Any, what: str) -> np.ndarray:
     values = np.frombuffer(raw, dtype="<f8").astype(np.float64)
     if not np.isfinite(values).all():
         raise BadRecord("invalid_labels", f"{what} holds NaN or infinite values")
+    if len(values) and float(np.abs(values).max()) > MAX_MAGNITUDE:
+        raise BadRecord("invalid_labels", f"{what} holds a value beyond ±{MAX_MAGNITUDE:g}, which no model predicts "
+                                          "(its squared error would overflow the error sums)")
     return values
 
 

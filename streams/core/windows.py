@@ -19,16 +19,18 @@ class SeenIds:
     both copies carry one key (the request's or its entity's), so they land
     on one partition and one worker sees both: counting here is exact
     without any exchange between workers. At most ``cap`` ids are kept per
-    window (about 110 bytes each: the id strings and their set slots):
-    beyond, the window's later requests are not checked (and not counted as
-    checked), so memory stays bounded at any rate. Set operations only, no
-    per-request Python: about 0.1–0.2 µs per request.
+    window, as their 64-bit string hashes (about 60 bytes each with their
+    set slots, whatever the id's length; the process's hash, which nothing
+    outside it sees; a collision, about one in 10^13 pairs at the cap, would
+    count one repeat too many): beyond, the window's later requests are not
+    checked (and not counted as checked), so memory stays bounded at any
+    rate. C loops only (map and set operations): about 0.2–0.3 µs per request.
     """
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self.current: set[str] = set()
-        self.previous: set[str] = set()
+        self.current: set[int] = set()
+        self.previous: set[int] = set()
 
     def roll(self) -> None:
         """A new window: the current one's ids become the ones a repeat may come after."""
@@ -40,7 +42,7 @@ class SeenIds:
         if room <= 0 or len(ids) == 0:
             return 0, 0
         batch = ids[:room].tolist()
-        fresh = set(batch)
+        fresh = set(map(hash, batch))  # 64-bit hashes: memory per id whatever its length
         fresh -= self.current
         repeated = len(batch) - len(fresh) + (len(fresh & self.previous) if self.previous else 0)
         self.current |= fresh

@@ -58,7 +58,8 @@ def manifest_with(tmp: Path, **policy: object) -> Path:
 
 def card_profile(**policy: object) -> InputProfile:
     return InputProfile.from_manifest({"features": [{"name": "merchant_category", "kind": "categorical",
-                                                     "categories": CATEGORIES, **policy}],
+                                                     "categories": policy.pop("categories", CATEGORIES),
+                                                     **policy}],
                                        "request": {"key_field": "card_id"}})
 
 
@@ -93,6 +94,7 @@ def test_deadletter_is_the_default_and_names_the_value(catalog: SchemaCatalog) -
     ({"unseen": "impute", "impute": "crypto"}, "needs impute set to one of its categories"),
     ({"unseen": "drop"}, "unseen must be deadletter or impute"),
     ({"impute": "other"}, "only used with unseen=impute"),
+    ({"categories": [1, 2], "unseen": "impute", "impute": 1}, "categories must be strings"),
 ])
 def test_a_wrong_unseen_policy_is_refused_with_what_to_fix(policy: dict[str, object], says: str) -> None:
     with pytest.raises(ProfileError, match=says):
@@ -251,3 +253,53 @@ def test_strong_evidence_makes_a_columns_share_critical(statistic: str, severity
     r = ColumnResult("amount", "data_quality", statistic, 0.5, 0.1, 1e-9, 0.0, 0.0, 100, 100)
     [decision] = AlertPolicy(PolicyConfig(k=1, detector="none")).update([r])[0]
     assert decision.severity == severity
+
+
+def test_a_batch_redone_record_by_record_folds_each_request_once(
+        catalog: SchemaCatalog, fraud_model: OnnxModel, profile: ReferenceProfile, generator,  # type: ignore[no-untyped-def]
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another model raising mid-batch makes the batch be redone record by record; the first topic's rows
+    must not be in the window twice (nor counted as repeats)."""
+    folder = WindowFolder(profile, "fraud", "1", "w", length_ms=None, length_events=1000, max_ids=10_000)
+    first = ServedModel(fraud_model, catalog, max_message_bytes=8192, folder=folder)
+    second = ServedModel(fraud_model, catalog, max_message_bytes=8192)
+    real, calls = second.validator.validate, [0]
+
+    def fails_once(cols):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("a transient failure in the other model")
+        return real(cols)
+
+    monkeypatch.setattr(second.validator, "validate", fails_once)
+    pipe = ScorePipeline({"req": first, "req2": second}, catalog.latest("driftline.Prediction"),
+                         predictions_topic="p", deadletter_topic="d", deadletter_max_bytes=8192)
+    values = encode_many(catalog.latest(CARD), clean(generator, np.random.default_rng(2), 1000))
+    closed: list[WindowSketch] = []
+    for at in range(0, 1000, 250):
+        msgs = [RawMessage("req", 0, i, None, values[i]) for i in range(at, at + 250)]
+        closed += pipe.process_safely(msgs + [RawMessage("req2", 0, at, None, values[at])], 1_000).sketches
+    [sketch] = closed
+    assert calls[0] > 1  # the failure happened, and the batch was redone
+    assert (sketch.messages, sketch.ids, sketch.duplicates) == (1000, 1000, 0)
+    assert sketch.score.n == 1000
+
+
+def test_a_discrete_columns_common_top_value_is_no_tail(profile: ReferenceProfile) -> None:
+    """hour_of_day's top fine bin is hour 23, about 4 % of the reference: more of it is drift, not out of range."""
+    ref = next(f for f in profile.features if f.name == "hour_of_day")
+    assert ref.fine_counts[-1] > 0.01 * ref.n  # the premise
+    sketch = WindowSketch.empty(profile, "fraud", "1", 0, 10, "w")
+    col = sketch.columns["hour_of_day"]
+    col.fine[-1], col.fine[len(col.fine) // 2], col.n = 300, 700, 1000  # 30 % at hour 23
+    col.counts[-1], col.counts[len(col.counts) // 2] = 300, 700
+    [share] = [r for r in evaluate(profile, sketch, 0.01) if r.statistic == "out_of_range_rate"
+               and r.column == "hour_of_day"] or [None]
+    assert share is None or share.value == 0.0  # only the lower side (below hour 0), if any, is a tail
+
+
+def test_shares_keep_no_change_detector_state(profile: ReferenceProfile) -> None:
+    policy = AlertPolicy(PolicyConfig(detector="adwin"))
+    policy.update([ColumnResult("amount", "data_quality", s, 0.5, 0.1, 0.5, 0.0, 0.0, 100, 100)
+                   for s in ("null_rate", "out_of_range_rate", "unseen_category_rate", "duplicate_rate")])
+    assert set(policy.detectors) == {"data_quality:amount"}  # the null rate's, as before

@@ -165,8 +165,12 @@ def test_label_batches_round_trip_and_refuse_what_no_feedback_member_writes() ->
     assert again.model == batch.model and np.array_equal(again.labeled[0].scores, batch.labeled[0].scores)
     good = json.loads(batch.to_bytes())
     nan = base64.b64encode(np.array([np.nan]).tobytes()).decode()
+    scores = np.frombuffer(base64.b64decode(good["labeled"][0]["scores"])).copy()
+    scores[0] = 1e200  # finite, but its square is not
+    huge = base64.b64encode(scores.tobytes()).decode()
     for bad in ({**good, "model": ""}, {**good, "labeled": [{**good["labeled"][0], "variant": "boss"}]},
                 {**good, "labeled": [{**good["labeled"][0], "outcomes": nan}]},
+                {**good, "labeled": [{**good["labeled"][0], "scores": huge}]},
                 {**good, "labeled": [{**good["labeled"][0], "scores": "AAAA"}]},
                 {**good, "predictions": [{**good["predictions"][0], "threshold": float("inf")}]},
                 {**good, "labeled": {}}, {"kind": "labels"}):
@@ -386,6 +390,8 @@ def test_broken_loss_states_are_refused() -> None:
         ("loss_unlabeled", [[v, var, counts[:-1]]]),
         ("loss_unlabeled", [[v, var, [-1] * len(counts)]]),
         ("loss_unlabeled", [[v, "boss", counts]]),
+        ("loss_unlabeled", [[v, var, [c + 10**6 for c in counts]]]),  # a full window would have closed
+        ("loss_data", [[v, preds * 10**3, targets * 10**3]]),  # longer than the fitting window
         ("loss_data", [[v, preds, targets[:-1]]]),
         ("loss_data", [[v, preds, [True] * len(preds)]]),
         ("loss_data", [[v, preds[:-1] + [float("nan")], targets]]),
