@@ -22,7 +22,7 @@ from tests.helpers import Collector, WorkerProcess, produce
 pytestmark = pytest.mark.kafka
 
 N = 60_000
-KILLS = 4
+KILLS = 3
 
 
 def request_id(catalog: SchemaCatalog, value: bytes | None) -> str:
@@ -30,7 +30,7 @@ def request_id(catalog: SchemaCatalog, value: bytes | None) -> str:
 
 
 @pytest.mark.parametrize("broker", ["kafka"], indirect=True)
-def test_kill_9_four_times_every_request_exactly_once(
+def test_kill_9_three_times_every_request_exactly_once(
     broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
     settings = load_settings(broker=broker.bootstrap, namespace=namespace)

@@ -151,6 +151,7 @@ def test_concept_drift_to_a_promoted_challenger(loop_env, broker: Broker, catalo
     assert {p["model_version"] for p in preds[-50:]} == {"2"}
 
 
+@pytest.mark.parametrize("broker", ["tansu"], indirect=True)  # the trainer's decision; the loop above runs on both
 def test_a_challenger_that_is_not_better_is_rejected(loop_env, broker: Broker, catalog: SchemaCatalog,  # type: ignore[no-untyped-def]
                                                      generator) -> None:
     settings, worker, trainer, trainer_log = loop_env

@@ -78,6 +78,7 @@ def send_requests(bootstrap: str, topic: str, catalog: SchemaCatalog, generator,
     return sent
 
 
+@ONE_BROKER  # the worker's own readiness; broker-independent
 def test_readyz_catches_a_stalled_agent(
     broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],

@@ -23,7 +23,7 @@ from tests.helpers import WorkerProcess, produce, valid_requests
 pytestmark = pytest.mark.kafka
 BACKLOG = 200_000
 LIVE = 200_000
-CYCLES = 5
+CYCLES = 3  # a rolling update, a crash, a rolling update
 
 
 @pytest.mark.parametrize("partitions", [1, 4])

@@ -174,6 +174,7 @@ def test_hot_swap_canary_shadow_and_rollback_under_load(
     assert {p["request_id"] for p in shadow} <= wanted
 
 
+@pytest.mark.parametrize("broker", ["tansu"], indirect=True)  # loading and refusing a version: broker-independent
 def test_a_refused_version_leaves_the_old_one_serving_and_raises_an_alert(
     broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, registry: Path,  # type: ignore[no-untyped-def]
     housing_dir: Path, generator, monkeypatch: pytest.MonkeyPatch,

@@ -133,7 +133,7 @@ def test_sketch_round_trips_through_dicts(profile: ReferenceProfile) -> None:
 # -- calibration and detection ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("window", "windows"), [(100, 1000), (100_000, 200)])
+@pytest.mark.parametrize(("window", "windows"), [(100, 1000), (100_000, 100)])
 def test_false_alarm_rate_without_drift_is_at_most_alpha(profile: ReferenceProfile, window: int,
                                                          windows: int) -> None:
     """Seeded no-drift windows: the share flagged per column stays at the configured level.

@@ -107,7 +107,7 @@ def test_garbage_on_the_sketches_topic_is_skipped_and_counted(values: list[bytes
     assert got == [] and report.skipped_count(skips) == len(values)
 
 
-@FEW
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a report takes ~1 s
 @given(good=st.lists(fitting_sketches(), min_size=1, max_size=4), bad=st.lists(garbage() | wrong_field(), max_size=3))
 def test_a_report_over_any_sketches_that_parse_renders(good: list[bytes], bad: list[bytes | None]) -> None:
     skips = SkipLog(logging.getLogger("test"))
