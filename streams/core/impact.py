@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 
 from driftline.detectors.impact import BY_PSI, FeatureImpact, drifted, rank_drift
 from driftline.detectors.profile import ReferenceProfile
@@ -69,7 +68,7 @@ class ImpactRanker:
                 model = OnnxModel(self.registry.path(name, version), providers="cpu", intra_op_threads=1,
                                   verify_key=self.verify_key)
                 model.load()
-            except ModelError as exc:
+            except (ModelError, OSError, ValueError) as exc:  # a changed file, a bad key, a manifest that does not read
                 log.warning("%s v%s does not load for the drift impact estimate (%s); drifted features are ranked "
                             "by PSI", name, version, exc)
                 model = None
@@ -78,8 +77,3 @@ class ImpactRanker:
             self._models.popitem(last=False)
         return model
 
-
-def ranked_order(ranked: dict[str, FeatureImpact], columns: Sequence[str]) -> list[str]:
-    """``columns`` with the ranked ones first, by rank (a report lists a window's drifted features so)."""
-    unranked = [c for c in columns if c not in ranked]
-    return [*sorted((c for c in columns if c in ranked), key=lambda c: ranked[c].rank), *unranked]

@@ -158,7 +158,8 @@ def profile_from_matrix(model_dir: Path, matrix: np.ndarray, scores: np.ndarray)
     requests', not the imputed matrix's (whose null rate reads 0 and whose
     distribution has a spike at the impute value). A one-hot categorical is
     the category of its hot column (none hot: outside the categories); an
-    ordinal one is its code.
+    ordinal one is its code. The profile's joint rows are a seeded sample of
+    these rows, read the same way.
     """
     from driftline.schemas.profile import CategoricalFeature
 
