@@ -102,13 +102,14 @@ def impacts(profile: ReferenceProfile, sketch: WindowSketch, features: Sequence[
         raise ValueError("the profile has no joint rows; rebuild it (driftline profile build --force)")
     refs = {f.name: f for f in profile.features}
     n = rows.n
+    doubled = {k: np.concatenate([v, v]) for k, v in rows.columns.items()}
     out: dict[str, float] = {}
     for name in features:
         rng = np.random.default_rng((seed, zlib.crc32(name.encode())))  # a feature's draws whatever else drifted
         base, moved = swap(refs[name], np.asarray(rows.columns[name]), sketch.columns[name], rng)
-        both = {k: np.concatenate([v, v]) for k, v in rows.columns.items()}
-        both[name] = np.concatenate([base, moved])
-        scores = np.asarray(score(both), dtype=np.float64)
+        scores = np.asarray(score({**doubled, name: np.concatenate([base, moved])}), dtype=np.float64)
+        if scores.shape != (2 * n,) or not np.isfinite(scores).all():
+            raise ValueError(f"the model gave {scores.shape} scores, not {2 * n} finite ones, for the joint rows")
         out[name] = wasserstein1(scores[:n], scores[n:])
     return out
 
