@@ -3,8 +3,11 @@
 For each numeric feature (and the model's score): PSI bins at reference
 deciles, fine bins at up to 256 reference quantiles for the KS statistic, the
 reference counts over both, mean, standard deviation, null rate and a capped
-sample. For each categorical feature: the category counts. Stored as
-``profile.json`` next to the model.
+sample. For each categorical feature: the category counts. And a small
+seeded sample of whole reference rows (:class:`JointRows`), which the drift
+impact estimate scores through the model. Stored as ``profile.json`` next
+to the model, in the model registry: it holds reference values (personal
+ones too) and never goes on a topic.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
 PSI_BINS = 10
 FINE_BINS = 250  # a multiple of PSI_BINS: every PSI edge is also a fine edge
 SAMPLE_CAP = 2000
+JOINT_ROWS = 256  # reference rows kept whole: enough for a stable score distribution, a few ms per ONNX call
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,64 @@ Reference = NumericReference | CategoricalReference
 
 
 @dataclass(frozen=True, slots=True)
+class JointRows:
+    """A seeded sample of whole reference rows, every feature of a row together, as the requests held them.
+
+    Numeric columns are float64 with NaN where the request had no value;
+    categorical columns are the category names. Kept in the request's
+    fields, not in the model's matrix, because window sketches describe
+    fields: a feature's values are swapped there, then encoded as the model
+    reads them (matrix or named inputs) by :mod:`driftline.inference.model`.
+    """
+
+    columns: Mapping[str, np.ndarray]
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    @staticmethod
+    def build(columns: Mapping[str, np.ndarray], rng: np.random.Generator | None = None,
+              cap: int = JOINT_ROWS) -> JointRows | None:
+        """Up to ``cap`` rows drawn without replacement (seeded); None without columns or rows."""
+        lengths = {len(v) for v in columns.values()}
+        if not columns or lengths == {0}:
+            return None
+        if len(lengths) != 1:
+            raise ValueError(f"joint rows: columns of different lengths {sorted(lengths)}")
+        (n,) = lengths
+        rng = rng or np.random.default_rng(0)
+        take = np.arange(n) if n <= cap else np.sort(rng.choice(n, cap, replace=False))
+        return JointRows({k: np.asarray(v)[take] for k, v in columns.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(v: np.ndarray) -> list[Any]:
+            if v.dtype.kind == "f":
+                return [None if not np.isfinite(x) else float(x) for x in v.tolist()]
+            return [None if x is None else str(x) for x in v.tolist()]
+
+        return {"columns": {k: plain(np.asarray(v)) for k, v in self.columns.items()}}
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any], features: tuple[Reference, ...]) -> JointRows:
+        """Checked against the profile's features: ValueError unless each has one column of equal length."""
+        cols = d["columns"]
+        names = [f.name for f in features]
+        if not isinstance(cols, Mapping) or set(cols) != set(names):
+            raise ValueError("rows: one column per feature of the profile")
+        out: dict[str, np.ndarray] = {}
+        for f in features:
+            values = cols[f.name]
+            if isinstance(f, NumericReference):
+                out[f.name] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+            else:
+                out[f.name] = np.array([None if v is None else str(v) for v in values], dtype=object)
+        if len({len(v) for v in out.values()}) != 1:
+            raise ValueError("rows: columns of different lengths")
+        return JointRows(out)
+
+
+@dataclass(frozen=True, slots=True)
 class ReferenceProfile:
     """The reference of every monitored feature and of the model's score.
 
@@ -136,6 +198,8 @@ class ReferenceProfile:
     personal: frozenset[str] = frozenset()
     #: principal components of the numeric features, for the multivariate test (profiles built before: None)
     multivariate: PcaReference | None = None
+    #: whole reference rows, for the drift impact estimate (profiles built before: None, drift ranked by PSI)
+    rows: JointRows | None = None
 
     @property
     def monitored(self) -> tuple[Reference, ...]:
@@ -146,6 +210,8 @@ class ReferenceProfile:
         d: dict[str, Any] = {"features": [f.to_dict() for f in self.features], "score": self.score.to_dict()}
         if self.multivariate is not None:
             d["multivariate"] = self.multivariate.to_dict()
+        if self.rows is not None:
+            d["rows"] = self.rows.to_dict()
         return json.dumps(d)
 
     @staticmethod
@@ -165,7 +231,15 @@ class ReferenceProfile:
             except (ValueError, KeyError, TypeError) as exc:  # the univariate tests still run without it
                 logging.getLogger(__name__).warning("the profile's multivariate section is not usable (%s): no "
                                                     "multivariate test for it; rebuild the profile", exc)
-        return ReferenceProfile(tuple(feats), NumericReference.from_dict(d["score"]), multivariate=pca)
+        rows = None
+        if d.get("rows"):
+            try:
+                rows = JointRows.from_dict(d["rows"], tuple(feats))
+            except (ValueError, KeyError, TypeError) as exc:  # drift is still tested, ranked by PSI
+                logging.getLogger(__name__).warning("the profile's rows are not usable (%s): drifted features are "
+                                                    "ranked by PSI, not by their effect on the score; rebuild the "
+                                                    "profile", exc)
+        return ReferenceProfile(tuple(feats), NumericReference.from_dict(d["score"]), multivariate=pca, rows=rows)
 
     def save(self, path: Path) -> None:
         path.write_text(self.to_json())

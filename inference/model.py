@@ -189,6 +189,11 @@ class OnnxModel:
             out = out[:, m.output_index if m.output_index is not None else 0]
         return out
 
+    def predict_columns(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Scores for valid feature columns (numeric NaN: missing, imputed), encoded as this model reads them."""
+        profile = self.manifest.profile
+        return self.predict(profile.imputed(columns) if self.manifest.inputs else profile.encode(columns))
+
     def _feeds(self, batch: ModelBatch) -> dict[str, np.ndarray]:
         """Each named input's column, in its element type and shape (``[n, 1]``, or ``[n]`` for a rank-1 input)."""
         m = self.manifest

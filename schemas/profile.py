@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from driftline.schemas.catalog import WireSchema
 from driftline.schemas.errors import ProfileError
 
@@ -84,6 +86,45 @@ class InputProfile:
             else:
                 names.append(f.name)
         return names
+
+    def imputed(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Valid feature columns as a model with named inputs reads them: a missing numeric value (NaN) imputed."""
+        out: dict[str, np.ndarray] = {}
+        for f in self.features:
+            if isinstance(f, NumericFeature):
+                x = np.asarray(columns[f.name], dtype=np.float64)
+                out[f.name] = np.where(np.isnan(x), f.impute, x)
+            else:
+                out[f.name] = np.asarray(columns[f.name], dtype=object)
+        return out
+
+    def encode(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The float32 feature matrix of valid feature columns, as validation builds it (vectorised per column).
+
+        A missing numeric value (NaN) takes its impute value; a category its
+        one-hot column or ordinal index (one not in the list: no hot column, or -1).
+
+        >>> p = InputProfile((NumericFeature("x", impute=2.0), CategoricalFeature("c", ("a", "b"))))
+        >>> p.encode({"x": np.array([1.0, np.nan]), "c": np.array(["b", "a"], dtype=object)}).tolist()
+        [[1.0, 0.0, 1.0], [2.0, 1.0, 0.0]]
+        """
+        imputed = self.imputed(columns)
+        n = len(next(iter(imputed.values()))) if imputed else 0
+        matrix = np.zeros((n, self.width), dtype=np.float32)
+        at = 0
+        for f in self.features:
+            if isinstance(f, NumericFeature):
+                matrix[:, at] = imputed[f.name]
+            else:
+                lut = {c: i for i, c in enumerate(f.categories)}
+                idx = np.fromiter((lut.get(v, -1) for v in imputed[f.name]), dtype=np.int64, count=n)
+                if f.encoding == "onehot":
+                    rows = np.flatnonzero(idx >= 0)
+                    matrix[rows, at + idx[rows]] = 1.0
+                else:
+                    matrix[:, at] = idx
+            at += f.width
+        return matrix
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> InputProfile:

@@ -271,6 +271,10 @@ class Settings(BaseSettings):
         86_400.0, gt=0, description="sketches whose window starts further than this from now are rejected"
     )
     drift_max_pending_windows: int = Field(1_000, ge=1, description="open drift windows kept at most, per worker")
+    drift_impact: bool = Field(
+        True, description="rank a window's drifted features by their estimated effect on the model's score "
+        "(the profile's joint rows scored through the version's model when a window raises data-drift alerts)"
+    )
     expected_dead_letter_rate: float = Field(0.02, gt=0.0, lt=1.0)
     expected_duplicate_rate: float = Field(
         0.001, gt=0.0, lt=1.0, description="share of requests whose id repeats an earlier one (producer retries) "

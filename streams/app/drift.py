@@ -25,6 +25,7 @@ from driftline.inference.registry import ModelRegistry
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.streams.core.drift import DriftMonitor, alert_record, resume, retrain_record
 from driftline.streams.core.events import Alert, RetrainEvent, encode_event
+from driftline.streams.core.impact import ImpactRanker
 from driftline.streams.core.observe import Recent
 from driftline.streams.core.poison import Skip, SkipLog
 from driftline.streams.core.profiling import ProfileStore, has_version
@@ -86,6 +87,8 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
     quality = QualityMonitor(settings.quality_window_labels, settings.drift_alpha, settings.performance_drop_min,
                              settings.concept_detector, known=lambda m, v: has_version(registry, m, v),
                              cooldown_ms=int(settings.performance_drop_cooldown_s * 1000))
+    ranker = ImpactRanker(registry, settings.drift_alpha, verify_key=settings.model_verify_key()) \
+        if settings.drift_impact else None
     skips = SkipLog(log, metrics.skipped)
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     sketches_name, state_name = settings.topic("sketches"), settings.topic("drift-state")
@@ -184,11 +187,15 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
     async def close_windows() -> None:
         now = int(time.time() * 1000)
         closed = monitor.close_due(now)
+        loop = asyncio.get_running_loop()
         for window in closed:
             sketch, decisions, retrain, _ = window
             metrics.observe_window(window)
             recent.add_window(window)
-            raised = [alert_record(sketch, d, now) for d in decisions]
+            # a few ONNX calls when a window raises data-drift alerts: off the event loop, once per window
+            ranked = {} if ranker is None else await loop.run_in_executor(
+                None, ranker.rank, window, profiles.get(sketch.model, sketch.version))
+            raised = [alert_record(sketch, d, now, ranked) for d in decisions]
             request = None if retrain is None else retrain_record(sketch, retrain, [a.id for a in raised],
                                                                   lookback_ms, now)
             await send_events(sketch.model, raised, request)

@@ -238,6 +238,30 @@ def _stat_table(results: list[ColumnResult], alpha: float, named: bool = False) 
     return "".join(rows)
 
 
+def _impact_section(alerts: list[Alert]) -> list[str]:
+    """Per window with data-drift alerts, its drifted features in the order of their effect on the score."""
+    e = html.escape
+    windows: dict[tuple[str, int], list[Alert]] = {}
+    for a in alerts:
+        if a.kind == "data_drift" and a.feature is not None and a.impact_rank is not None:
+            windows.setdefault((a.model_version, a.window_start), []).append(a)
+    if not windows:
+        return []
+    out = ["<h2>Which drift matters</h2><p class=dim>Each window's alerted features, the one with the largest "
+           "estimated effect on the model's score first (W1: how far the score distribution moves when that "
+           "feature alone moves from its reference to the window, on the profile's reference rows).</p>",
+           "<table><tr><th>window</th><th>version</th><th>drifted features by effect on the score</th></tr>"]
+    for (version, start), group in sorted(windows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        group.sort(key=lambda a: (a.impact_rank or 0, a.feature or ""))
+        of = max(a.drifted_features or 0 for a in group)
+        names = ", ".join(f"{a.impact_rank}. {e(a.feature or '')} "
+                          f"({'W1 ' + format(a.impact, '.3g') if a.impact is not None else 'by PSI'})" for a in group)
+        out.append(f"<tr><td>{_ts(start)}</td><td>{e(version)}</td><td>{names} <span class=dim>(of {of} drifted)"
+                   "</span></td></tr>")
+    out.append("</table>")
+    return out
+
+
 def render(model: str, reports: list[VersionReport], alerts: list[Alert], since_ms: int, until_ms: int,
            alpha: float, skipped: int = 0) -> str:
     """The report page; ``skipped``: records of the sketches and alerts topics left out because they do not parse."""
@@ -254,10 +278,11 @@ def render(model: str, reports: list[VersionReport], alerts: list[Alert], since_
         out.append("<p>No drift window of this model closed in the period (or no reference profile).</p>")
     for rep in reports:
         out.extend(_version_section(rep, alpha))
+    out.extend(_impact_section(alerts))
     out.append("<h2>Alerts of the period</h2>")
     if alerts:
         out.append("<table><tr><th>time</th><th>severity</th><th>kind</th><th>version</th><th>message</th></tr>")
-        for a in sorted(alerts, key=lambda a: a.created_at):
+        for a in sorted(alerts, key=lambda a: (a.created_at, a.window_start, a.impact_rank or 0)):
             out.append(f"<tr class=\"{e(a.severity)}\"><td>{_ts(a.created_at)}</td><td>{e(a.severity)}</td>"
                        f"<td>{e(a.kind)}</td><td>{e(a.model_version)}</td><td>{e(a.message)}</td></tr>")
         out.append("</table>")

@@ -21,6 +21,7 @@ from driftline.detectors.evaluate import (
     ColumnResult,
     window_results,
 )
+from driftline.detectors.impact import BY_PSI, FeatureImpact
 from driftline.detectors.multivariate import MULTIVARIATE
 from driftline.detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
 from driftline.detectors.profile import NumericReference, ReferenceProfile
@@ -399,8 +400,9 @@ def alert_id(sketch: WindowSketch, result: ColumnResult) -> str:
     return event_id(sketch.model, sketch.version, str(sketch.start_ms), *result.parts)
 
 
-def alert_record(sketch: WindowSketch, decision: AlertDecision, now_ms: int) -> Alert:
-    """The alert of one decision about a closed window."""
+def alert_record(sketch: WindowSketch, decision: AlertDecision, now_ms: int,
+                 ranked: Mapping[str, FeatureImpact] | None = None) -> Alert:
+    """The alert of one decision about a closed window; ``ranked``: the window's drifted features by impact."""
     r = decision.result
     feature = None if r.column in (SCORE, DEAD_LETTERS, DUPLICATES, MULTIVARIATE) else r.column
     what = {SCORE: "model score", DEAD_LETTERS: "dead-letter rate", DUPLICATES: "repeated request ids",
@@ -408,14 +410,26 @@ def alert_record(sketch: WindowSketch, decision: AlertDecision, now_ms: int) -> 
     extra = f", PSI {r.psi:.3f} (chance level {r.psi_threshold:.3f})" if r.statistic in ("ks", "chi2") else ""
     if decision.change_point:
         extra += "; change point"
+    rank = (ranked or {}).get(r.column) if r.kind == "data_drift" else None
+    if rank is not None:
+        extra += "; " + impact_phrase(rank)
     return Alert(
         id=alert_id(sketch, r), model=sketch.model, model_version=sketch.version, kind=r.kind,
         severity=decision.severity, feature=feature, statistic=r.statistic, value=float(r.value),
         threshold=float(r.threshold), window_start=sketch.start_ms, window_end=sketch.end_ms, sample_size=int(r.n),
         reference_size=int(r.reference_n), top_bins=tuple(BinShift(b, p, q) for b, p, q in r.top_bins),
         message=f"{what}: {r.statistic} {r.value:.4g} > {r.threshold:.4g} (p={r.p_value:.2g}){extra}",
-        created_at=now_ms,
+        created_at=now_ms, impact=None if rank is None else rank.impact,
+        impact_rank=None if rank is None else rank.rank, drifted_features=None if rank is None else rank.of,
     )
+
+
+def impact_phrase(rank: FeatureImpact) -> str:
+    """Where a drifted feature ranks, for the alert's message."""
+    if rank.method == BY_PSI or rank.impact is None:
+        return (f"rank {rank.rank} of {rank.of} drifted features by PSI (the effect on the score was not "
+                "estimated: the profile has no joint rows, rebuild it, or the drift agent's log says why)")
+    return f"rank {rank.rank} of {rank.of} drifted features by effect on the score (W1 {rank.impact:.3g})"
 
 
 def retrain_record(sketch: WindowSketch, decision: RetrainDecision, alert_ids: Sequence[str], lookback_ms: int,

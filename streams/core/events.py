@@ -69,16 +69,21 @@ class Alert:
     top_bins: tuple[BinShift, ...]
     message: str
     created_at: int
+    #: data_drift (alert v2): the effect on the score, the rank among the window's drifted features and their number
+    impact: float | None = None
+    impact_rank: int | None = None
+    drifted_features: int | None = None
 
     def to_avro(self) -> dict[str, Any]:
-        """The record as the fast (logical-type-free) schema takes it."""
+        """The record as the fast (logical-type-free) schema takes it (a v1 writer ignores the v2 fields)."""
         return {
             "id": self.id, "model": self.model, "model_version": self.model_version, "kind": self.kind,
             "severity": self.severity, "feature": self.feature, "statistic": self.statistic,
             "value": float(self.value), "threshold": float(self.threshold), "window_start": self.window_start,
             "window_end": self.window_end, "sample_size": self.sample_size, "reference_size": self.reference_size,
             "top_bins": [{"bin": b.bin, "reference": b.reference, "current": b.current} for b in self.top_bins],
-            "message": self.message, "created_at": self.created_at,
+            "message": self.message, "created_at": self.created_at, "impact": self.impact,
+            "impact_rank": self.impact_rank, "drifted_features": self.drifted_features,
         }
 
     @classmethod
@@ -86,8 +91,14 @@ class Alert:
         """From a decoded record; BadRecord (wrong_schema) when a field is missing or of another type.
 
         The subject may have schemas registered by others: a decoded record
-        is checked, not trusted. Fields with a default in alert.v1 take it.
+        is checked, not trusted. Fields with a default in alert.v1 take it,
+        and a v1 record has no impact, rank or count of drifted features.
         """
+        impact = _field(rec, "impact", (int, float, type(None)), None)
+        rank = _field(rec, "impact_rank", (int, type(None)), None)
+        count = _field(rec, "drifted_features", (int, type(None)), None)
+        if any(isinstance(v, bool) for v in (impact, rank, count)):
+            raise BadRecord("wrong_schema", "impact, impact_rank and drifted_features are numbers, not booleans")
         bins = _field(rec, "top_bins", list, [])
         return cls(
             _text(rec, "id"), _text(rec, "model"), _text(rec, "model_version"), _text(rec, "kind"),
@@ -95,6 +106,7 @@ class Alert:
             _number(rec, "value"), _number(rec, "threshold"), _millis(rec, "window_start"),
             _millis(rec, "window_end"), _long(rec, "sample_size"), _long(rec, "reference_size"),
             tuple(_bin(b) for b in bins), _text(rec, "message"), _millis(rec, "created_at"),
+            None if impact is None else float(impact), rank, count,
         )
 
 

@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from driftline.detectors.multivariate import PcaReference
-from driftline.detectors.profile import CategoricalReference, NumericReference, Reference, ReferenceProfile
+from driftline.detectors.profile import (
+    CategoricalReference,
+    JointRows,
+    NumericReference,
+    Reference,
+    ReferenceProfile,
+)
 from driftline.inference.errors import ModelError
 from driftline.inference.manifest import Manifest
 from driftline.inference.model import OnnxModel
@@ -56,16 +62,18 @@ def build_profile(model_dir: Path, data: Path, catalog: SchemaCatalog, *, force:
     scores = model.predict(checked.feature_columns() if manifest.inputs else checked.matrix)
     refs: list[Reference] = []
     numeric: dict[str, np.ndarray] = {}
+    whole: dict[str, np.ndarray] = {}
     for f in manifest.profile.features:
         nulls = good.null_mask(f.name)
         if isinstance(f, NumericFeature):
             values = good.values[f.name].astype(np.float64)
             refs.append(NumericReference.build(f.name, values, nulls))
-            numeric[f.name] = np.where(nulls, np.nan, values) if nulls is not None else values
+            numeric[f.name] = whole[f.name] = np.where(nulls, np.nan, values) if nulls is not None else values
         else:
             refs.append(CategoricalReference.build(f.name, good.values[f.name], f.categories, nulls))
+            whole[f.name] = good.values[f.name]
     ReferenceProfile(tuple(refs), NumericReference.build("score", scores),
-                     multivariate=PcaReference.build(numeric)).save(target)
+                     multivariate=PcaReference.build(numeric), rows=JointRows.build(whole)).save(target)
     return target, len(checked.rows)
 
 
@@ -150,13 +158,15 @@ def profile_from_matrix(model_dir: Path, matrix: np.ndarray, scores: np.ndarray)
     requests', not the imputed matrix's (whose null rate reads 0 and whose
     distribution has a spike at the impute value). A one-hot categorical is
     the category of its hot column (none hot: outside the categories); an
-    ordinal one is its code.
+    ordinal one is its code. The profile's joint rows are a seeded sample of
+    these rows, read the same way.
     """
     from driftline.schemas.profile import CategoricalFeature
 
     manifest = OnnxModel(model_dir, providers="cpu").manifest
     refs: list[Reference] = []
     numeric: dict[str, np.ndarray] = {}
+    whole: dict[str, np.ndarray] = {}
     col = 0
     for f in manifest.profile.features:
         if isinstance(f, CategoricalFeature):
@@ -169,12 +179,13 @@ def profile_from_matrix(model_dir: Path, matrix: np.ndarray, scores: np.ndarray)
                 hot = np.clip(np.rint(matrix[:, col]).astype(np.int64), 0, len(f.categories))
                 col += 1
             refs.append(CategoricalReference.build(f.name, cats[hot], f.categories))
+            whole[f.name] = cats[hot]
         else:
             values = matrix[:, col].astype(np.float64)
             refs.append(NumericReference.build(f.name, values, nulls=np.isnan(values)))
-            numeric[f.name] = values
+            numeric[f.name] = whole[f.name] = values
             col += 1
     target = model_dir / PROFILE_FILE
     ReferenceProfile(tuple(refs), NumericReference.build("score", np.asarray(scores, dtype=np.float64)),
-                     multivariate=PcaReference.build(numeric)).save(target)
+                     multivariate=PcaReference.build(numeric), rows=JointRows.build(whole)).save(target)
     return target

@@ -76,6 +76,14 @@ def test_alerts_only_after_drift_only_on_drifted_features_and_a_retrain(
                if a["kind"] == "data_drift")
     assert retrains[0]["stage"] == "requested" and retrains[0]["reason"]
     assert set(retrains[0]["alert_ids"]) <= {a["id"] for a in alerts}
+    # Which drift matters: each data-drift alert ranks its feature by the estimated effect on the score.
+    for a in alerts:
+        if a["kind"] == "data_drift":
+            assert a["impact"] is not None and a["impact"] >= 0 and 1 <= a["impact_rank"] <= a["drifted_features"]
+            assert f"rank {a['impact_rank']} of {a['drifted_features']} drifted features by effect on the score" \
+                in a["message"]
+        else:
+            assert a["impact_rank"] is None
 
     # The drift report of the period: one self-contained page with every alert and the drifted features flagged.
     from html import escape
@@ -88,6 +96,7 @@ def test_alerts_only_after_drift_only_on_drifted_features_and_a_retrain(
     page = (tmp_path / "driftline-report-fraud.html").read_text()
     assert "<script" not in page and "src=" not in page and "http" not in page.split("</style>")[1]
     assert all(escape(a["message"]) in page for a in alerts)
+    assert "<h2>Which drift matters</h2>" in page
     for feature in DRIFTED:
         section = page.split(f'<h3 id="col-{feature}">')[1].split("<h3")[0]
         assert "<tr class=flag><td>chi2</td>" in section and "<svg" in section

@@ -73,6 +73,12 @@ def test_a_challenger_profile_from_raw_rows_raises_nothing_on_requests_that_did_
 
     fixed = profile_of(batch.raw(batch.matrix), "raw")
     old = profile_of(batch.matrix, "imputed")
+    # the joint rows are the requests' rows: nulls as NaN, categories by name, and they score as the matrix did
+    assert fixed.rows is not None and fixed.rows.n == 256
+    assert all(np.isnan(fixed.rows.columns[name]).any() for name in nullable)
+    np.testing.assert_allclose(fraud_model.predict_columns(fixed.rows.columns),
+                               fraud_model.predict(profile.encode(fixed.rows.columns)))
+    assert set(fixed.rows.columns["channel"]) <= set(generator.CHANNELS)
     for name in nullable:
         ref = next(r for r in fixed.features if r.name == name)
         assert isinstance(ref, NumericReference)

@@ -128,6 +128,8 @@ def test_profile_build_refuses_to_overwrite_and_covers_every_feature(
 
     assert [f.name for f in built.features] == [f.name for f in Manifest.read(target).profile.features]
     assert 0.0 <= built.score.mean <= 1.0
+    assert built.rows is not None and built.rows.n == 256  # whole rows, for ranking drift by effect on the score
+    assert set(built.rows.columns) == {f.name for f in built.features}
     with pytest.raises(ConfigError, match="exists"):
         build_profile(target, data, catalog)
 
