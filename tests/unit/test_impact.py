@@ -234,7 +234,8 @@ def test_the_drift_agent_ranks_with_the_versions_own_model(registry: Path, profi
     assert {d.result.column for d in closed.alerts if d.result.kind == "data_drift"} == {"a", "b", "c"}
     ranker = ImpactRanker(ModelRegistry(registry), ALPHA)
     ranked = ranker.rank(closed, profile)
-    alerts = {a.feature: a for a in (alert_record(closed.sketch, d, 1, ranked) for d in closed.alerts)}
+    alerts = {a.feature: a for a in (alert_record(closed.sketch, d, 1, ranked) for d in closed.alerts)
+              if a.kind == "data_drift"}  # a shifted column's out-of-range share may alert too, unranked
     assert [alerts[n].impact_rank for n in ("a", "b", "c")] == [1, 2, 3]
     a = alerts["a"]
     assert a.drifted_features == 3 and a.impact is not None and a.impact > 0.05
