@@ -71,11 +71,14 @@ def drifted(results: Sequence[ColumnResult], alpha: float) -> list[ColumnResult]
 
 
 def rank_drift(profile: ReferenceProfile, sketch: WindowSketch, flagged: Sequence[ColumnResult],
-               score: Scorer | None, seed: int = 0) -> dict[str, FeatureImpact]:
+               score: Scorer | None, seed: int = 0,
+               unseen_as: Mapping[str, str] | None = None) -> dict[str, FeatureImpact]:
     """Each flagged feature's rank by effect on the score; by PSI when that cannot be estimated.
 
     ``score`` is the version's own model (None: rank by PSI). Whatever the
     scorer raises propagates: the caller decides whether to fall back.
+    ``unseen_as``: the category a categorical feature's unseen values are
+    scored as (its ``unseen="impute"`` policy), where the window's unseen share goes.
     """
     known = {f.name for f in profile.features}
     flagged = [r for r in flagged if r.column in known]
@@ -85,14 +88,14 @@ def rank_drift(profile: ReferenceProfile, sketch: WindowSketch, flagged: Sequenc
         order = sorted(flagged, key=lambda r: (-r.psi, r.column))
         return {r.column: FeatureImpact(r.column, i + 1, len(order), None, r.psi, BY_PSI)
                 for i, r in enumerate(order)}
-    effects = impacts(profile, sketch, [r.column for r in flagged], score, seed)
+    effects = impacts(profile, sketch, [r.column for r in flagged], score, seed, unseen_as)
     order = sorted(flagged, key=lambda r: (-effects[r.column], -r.psi, r.column))
     return {r.column: FeatureImpact(r.column, i + 1, len(order), effects[r.column], r.psi, BY_SCORE)
             for i, r in enumerate(order)}
 
 
 def impacts(profile: ReferenceProfile, sketch: WindowSketch, features: Sequence[str], score: Scorer,
-            seed: int = 0) -> dict[str, float]:
+            seed: int = 0, unseen_as: Mapping[str, str] | None = None) -> dict[str, float]:
     """The Wasserstein-1 distance of the score when each feature alone moves from the reference to the window.
 
     One ``score`` call per feature, on twice the joint rows (reference side, window side).
@@ -106,7 +109,8 @@ def impacts(profile: ReferenceProfile, sketch: WindowSketch, features: Sequence[
     out: dict[str, float] = {}
     for name in features:
         rng = np.random.default_rng((seed, zlib.crc32(name.encode())))  # a feature's draws whatever else drifted
-        base, moved = swap(refs[name], np.asarray(rows.columns[name]), sketch.columns[name], rng)
+        base, moved = swap(refs[name], np.asarray(rows.columns[name]), sketch.columns[name], rng,
+                           (unseen_as or {}).get(name))
         scores = np.asarray(score({**doubled, name: np.concatenate([base, moved])}), dtype=np.float64)
         if scores.shape != (2 * n,) or not np.isfinite(scores).all():
             raise ValueError(f"the model gave {scores.shape} scores, not {2 * n} finite ones, for the joint rows")
@@ -115,11 +119,11 @@ def impacts(profile: ReferenceProfile, sketch: WindowSketch, features: Sequence[
 
 
 def swap(ref: NumericReference | CategoricalReference, values: np.ndarray, window: ColumnSketch,
-         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+         rng: np.random.Generator, unseen_as: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One feature's values of the joint rows as in the reference and as in the window (see the module)."""
     if isinstance(ref, NumericReference):
         return _numeric(ref, values, window, rng)
-    return _categorical(ref, values, window, rng)
+    return _categorical(ref, values, window, rng, unseen_as)
 
 
 def wasserstein1(a: np.ndarray, b: np.ndarray) -> float:
@@ -202,17 +206,22 @@ def binned_quantile(ref: NumericReference, counts: np.ndarray, u: np.ndarray) ->
 
 
 def _categorical(ref: CategoricalReference, values: np.ndarray, window: ColumnSketch,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                 rng: np.random.Generator, unseen_as: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows move from the reference's shares (its counts, not the rows' own: equal shares move nothing) to the
+    window's; the window's unseen values count as the category they are scored as (else they were dead letters)."""
     cats = np.array(ref.categories, dtype=object)
     lut = {c: i for i, c in enumerate(ref.categories)}
     idx = np.fromiter((lut.get(v, -1) for v in values), dtype=np.int64, count=len(values))
     known = idx >= 0
-    q = np.asarray(window.counts[: len(cats)], dtype=np.float64)  # "(other)" is a dead letter, never valid
+    q = np.asarray(window.counts[: len(cats)], dtype=np.float64)
+    if unseen_as in lut:
+        q[lut[str(unseen_as)]] += float(window.counts[-1])
     moved = np.array(values, dtype=object, copy=True)
-    if not known.any() or q.sum() == 0:
+    reference = np.asarray(ref.counts[: len(cats)], dtype=np.float64)
+    if not known.any() or q.sum() == 0 or reference.sum() == 0:
         return np.array(values, dtype=object), moved
     q /= q.sum()
-    p = np.bincount(idx[known], minlength=len(cats)) / known.sum()
+    p = reference / reference.sum()
     keep = np.where(p > 0, np.minimum(1.0, q / np.where(p > 0, p, 1.0)), 0.0)
     u, v = rng.random(len(values)), rng.random(len(values))
     go = known & (u >= keep[np.where(known, idx, 0)])

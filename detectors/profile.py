@@ -175,6 +175,8 @@ class JointRows:
         out: dict[str, np.ndarray] = {}
         for f in features:
             values = cols[f.name]
+            if not isinstance(values, list) or len(values) > JOINT_ROWS:
+                raise ValueError(f"rows: column {f.name!r} must be a list of at most {JOINT_ROWS} values")
             if isinstance(f, NumericReference):
                 out[f.name] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
             else:
@@ -235,10 +237,11 @@ class ReferenceProfile:
         if d.get("rows"):
             try:
                 rows = JointRows.from_dict(d["rows"], tuple(feats))
-            except (ValueError, KeyError, TypeError) as exc:  # drift is still tested, ranked by PSI
+            except Exception as exc:  # noqa: BLE001 - drift is still tested, ranked by PSI
+                # the error's type only: its text may hold a row's value, and a row may be personal
                 logging.getLogger(__name__).warning("the profile's rows are not usable (%s): drifted features are "
                                                     "ranked by PSI, not by their effect on the score; rebuild the "
-                                                    "profile", exc)
+                                                    "profile", type(exc).__name__)
         return ReferenceProfile(tuple(feats), NumericReference.from_dict(d["score"]), multivariate=pca, rows=rows)
 
     def save(self, path: Path) -> None:

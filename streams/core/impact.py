@@ -20,6 +20,7 @@ from driftline.detectors.profile import ReferenceProfile
 from driftline.inference.errors import ModelError
 from driftline.inference.model import OnnxModel
 from driftline.inference.registry import ModelRegistry, is_plain_name
+from driftline.schemas.profile import CategoricalFeature
 from driftline.streams.core.drift import ClosedWindow
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ class ImpactRanker:
         model = self._model(sketch.model, sketch.version) if profile.rows is not None else None
         started = time.perf_counter()
         try:
-            ranked = rank_drift(profile, sketch, flagged, None if model is None else model.predict_columns)
+            unseen_as = {} if model is None else {
+                f.name: str(f.impute) for f in model.manifest.profile.features
+                if isinstance(f, CategoricalFeature) and f.unseen == "impute"}
+            ranked = rank_drift(profile, sketch, flagged, None if model is None else model.predict_columns,
+                                unseen_as=unseen_as)
         except Exception as exc:  # noqa: BLE001 - ORT and numpy raise several unrelated types
             log.warning("%s v%s: the drift impact could not be estimated (%s: %s); drifted features ranked by PSI",
                         sketch.model, sketch.version, type(exc).__name__, str(exc)[:300])
@@ -71,7 +76,7 @@ class ImpactRanker:
             except (ModelError, OSError, ValueError) as exc:  # a changed file, a bad key, a manifest that does not read
                 log.warning("%s v%s does not load for the drift impact estimate (%s); drifted features are ranked "
                             "by PSI", name, version, exc)
-                model = None
+                return None  # not cached: a glitch (a file being written) must not rank by PSI until a restart
         self._models[key] = model
         while len(self._models) > self.max_models:
             self._models.popitem(last=False)

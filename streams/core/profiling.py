@@ -71,7 +71,12 @@ def build_profile(model_dir: Path, data: Path, catalog: SchemaCatalog, *, force:
             numeric[f.name] = whole[f.name] = np.where(nulls, np.nan, values) if nulls is not None else values
         else:
             refs.append(CategoricalReference.build(f.name, good.values[f.name], f.categories, nulls))
-            whole[f.name] = good.values[f.name]
+            # the rows as the model reads them: an unseen value scored as its impute category (and never kept)
+            values = good.values[f.name]
+            if f.unseen == "impute":
+                known = set(f.categories)
+                values = np.array([v if v is None or v in known else f.impute for v in values.tolist()], dtype=object)
+            whole[f.name] = values
     ReferenceProfile(tuple(refs), NumericReference.build("score", scores),
                      multivariate=PcaReference.build(numeric), rows=JointRows.build(whole)).save(target)
     return target, len(checked.rows)

@@ -154,6 +154,7 @@ def test_an_undrifted_window_changes_nothing(profile: ReferenceProfile, model: O
 
 
 def test_shares_equal_to_the_reference_move_no_value(profile: ReferenceProfile) -> None:
+    """Numbers at the same quantile and categories at the reference's own shares: nothing moves, impact 0."""
     rows = profile.rows
     assert rows is not None
     rng = np.random.default_rng(6)
@@ -168,7 +169,8 @@ def test_shares_equal_to_the_reference_move_no_value(profile: ReferenceProfile) 
     colour = next(f for f in profile.features if f.name == "colour")
     shares = WindowSketch.empty(profile, "toy", "1", 0, 1).columns["colour"]
     values = rows.columns["colour"]
-    shares.counts = np.array([np.sum(values == "red"), np.sum(values == "blue"), 0]) * 7
+    assert isinstance(colour, CategoricalReference)
+    shares.counts = colour.counts * 3  # the reference's own shares (not the 256 rows', which differ by chance)
     base, moved = swap(colour, values, shares, rng)
     assert list(base) == list(moved) == list(values)
 
@@ -322,3 +324,17 @@ def test_the_report_lists_a_windows_drifted_features_by_rank() -> None:
     assert re.search(r"1\. a \(W1 0\.145\), 2\. b \(W1 0\.0041\), 3\. c \(W1 0\)", section)
     listed = page[page.index("Alerts of the period"):]
     assert listed.index("a: rank 1") < listed.index("b: rank 2") < listed.index("c: rank 3")
+
+
+def test_unseen_values_count_as_the_category_they_are_scored_as(profile: ReferenceProfile) -> None:
+    """Under unseen="impute", a window of new values is scored as the impute category: the rows move there."""
+    rows = profile.rows
+    assert rows is not None
+    colour = next(f for f in profile.features if f.name == "colour")
+    assert isinstance(colour, CategoricalReference)
+    unseen = WindowSketch.empty(profile, "toy", "1", 0, 1).columns["colour"]
+    unseen.counts = np.array([0, 0, 500])  # every value new
+    _, moved = swap(colour, rows.columns["colour"], unseen, np.random.default_rng(3), "blue")
+    assert set(moved) == {"blue"}
+    _, kept = swap(colour, rows.columns["colour"], unseen, np.random.default_rng(3))  # dead letters: no shares
+    assert list(kept) == list(rows.columns["colour"])
