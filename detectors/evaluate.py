@@ -172,13 +172,12 @@ def _out_of_range(ref: NumericReference, col: ColumnSketch, alpha: float) -> Col
     at 20,000 rows), and a test against the count itself would flag one
     unlucky column in most of its large windows.
     """
-    sides = [int(c) for c, r in ((col.fine[0], ref.fine_counts[0]), (col.fine[-1], ref.fine_counts[-1]))
+    tails = [(int(c), int(r)) for c, r in ((col.fine[0], ref.fine_counts[0]), (col.fine[-1], ref.fine_counts[-1]))
              if r <= TAIL_SHARE * ref.n]
-    if not sides:
+    if not tails:
         return None
-    kept = [int(r) for r in (ref.fine_counts[0], ref.fine_counts[-1]) if r <= TAIL_SHARE * ref.n]
-    return _share(ref.name, "out_of_range_rate", sum(sides), col.n, math.ceil(TAIL_FACTOR * sum(kept)), ref.n,
-                  alpha)
+    window, reference = (sum(side) for side in zip(*tails, strict=True))
+    return _share(ref.name, "out_of_range_rate", window, col.n, math.ceil(TAIL_FACTOR * reference), ref.n, alpha)
 
 
 def dead_letter_result(sketch: WindowSketch, baseline_rate: float, alpha: float) -> ColumnResult | None:
