@@ -196,6 +196,15 @@ def test_the_sketches_topic_reader_never_raises(value: bytes | None) -> None:
     assert isinstance(got, Skip)
 
 
+def resumes_or_refuses(target: QualityMonitor, model: str, state: dict[str, Any]) -> None:
+    """A state record either restores (a replaced part that happened to be valid) or is refused, changing nothing."""
+    got = resume_quality(target, model, json.dumps({"quality": state}).encode())
+    if got is None:
+        assert model in target.models
+    else:
+        assert isinstance(got, Skip) and got.reason == "invalid_state" and target.models == {}
+
+
 @FEW
 @given(state=json_values, where=st.sampled_from(["policy", "calibration", "calibration_data", "unlabeled",
                                                   "estimates", "requested", "format"]))
@@ -203,13 +212,8 @@ def test_a_broken_quality_state_is_refused_and_changes_nothing(state: Any, where
     m = monitor()
     for batch in batches(seed=4, n_batches=4, error_from=99):
         m.apply(batch, 0)
-    good = m.snapshot("fraud")
     target = monitor()
-    got = resume_quality(target, "fraud", json.dumps({"quality": {**good, where: state}}).encode())
-    if got is None:  # the replacement happened to be valid
-        assert "fraud" in target.models
-    else:
-        assert isinstance(got, Skip) and got.reason == "invalid_state" and target.models == {}
+    resumes_or_refuses(target, "fraud", {**m.snapshot("fraud"), where: state})
     assert resume_quality(target, "fraud", json.dumps({"format": 1}).encode()) is None  # written before: fresh
 
 
@@ -406,13 +410,7 @@ def test_broken_loss_states_are_refused() -> None:
 @FEW
 @given(state=json_values, where=st.sampled_from(["loss", "loss_data", "loss_unlabeled"]))
 def test_a_broken_loss_state_is_refused_and_changes_nothing(state: Any, where: str) -> None:
-    good = regressor_state()
-    target = regressor_monitor()
-    got = resume_quality(target, "housing", json.dumps({"quality": {**good, where: state}}).encode())
-    if got is None:  # the replacement happened to be valid
-        assert "housing" in target.models
-    else:
-        assert isinstance(got, Skip) and got.reason == "invalid_state" and target.models == {}
+    resumes_or_refuses(regressor_monitor(), "housing", {**regressor_state(), where: state})
 
 
 def test_counts_past_int64_in_a_saved_estimate_window_are_refused_not_raised() -> None:
