@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 
 from driftline.detectors.impact import BY_PSI, FeatureImpact, drifted, rank_drift
 from driftline.detectors.profile import ReferenceProfile
@@ -22,6 +21,7 @@ from driftline.inference.model import OnnxModel
 from driftline.inference.registry import ModelRegistry, is_plain_name
 from driftline.schemas.profile import CategoricalFeature
 from driftline.streams.core.drift import ClosedWindow
+from driftline.streams.core.recent import RecentlyUsed
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,7 @@ class ImpactRanker:
         self.registry = registry
         self.alpha = alpha
         self.verify_key = verify_key
-        self.max_models = max_models
-        self._models: OrderedDict[tuple[str, str], OnnxModel | None] = OrderedDict()
+        self._models = RecentlyUsed[tuple[str, str], OnnxModel | None](max_models)
         self.last_ms = 0.0  # how long the last ranking took (logged; measured in the tests and benchmark)
 
     def rank(self, window: ClosedWindow, profile: ReferenceProfile | None) -> dict[str, FeatureImpact]:
@@ -63,22 +62,19 @@ class ImpactRanker:
         return ranked
 
     def _model(self, name: str, version: str) -> OnnxModel | None:
-        key = (name, version)
-        if key in self._models:
-            self._models.move_to_end(key)
-            return self._models[key]
-        model = None
-        if is_plain_name(name) and is_plain_name(version):
-            try:
-                model = OnnxModel(self.registry.path(name, version), providers="cpu", intra_op_threads=1,
-                                  verify_key=self.verify_key)
-                model.load()
-            except (ModelError, OSError, ValueError) as exc:  # a changed file, a bad key, a manifest that does not read
-                log.warning("%s v%s does not load for the drift impact estimate (%s); drifted features are ranked "
-                            "by PSI", name, version, exc)
-                return None  # not cached: a glitch (a file being written) must not rank by PSI until a restart
-        self._models[key] = model
-        while len(self._models) > self.max_models:
-            self._models.popitem(last=False)
+        # a failure is not kept: a glitch (a file being written) must not rank by PSI until a restart
+        return self._models.get((name, version), lambda: self._load(name, version), keep=lambda m: m is not None)
+
+    def _load(self, name: str, version: str) -> OnnxModel | None:
+        if not (is_plain_name(name) and is_plain_name(version)):
+            return None
+        try:
+            model = OnnxModel(self.registry.path(name, version), providers="cpu", intra_op_threads=1,
+                              verify_key=self.verify_key)
+            model.load()
+        except (ModelError, OSError, ValueError) as exc:  # a changed file, a bad key, a manifest that does not read
+            log.warning("%s v%s does not load for the drift impact estimate (%s); drifted features are ranked "
+                        "by PSI", name, version, exc)
+            return None
         return model
 

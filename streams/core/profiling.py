@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from driftline.schemas.errors import SchemaError
 from driftline.schemas.pii import personal_fields
 from driftline.schemas.profile import InputProfile, NumericFeature
 from driftline.schemas.validation import Validator
+from driftline.streams.core.recent import RecentlyUsed
 from driftline.streams.core.records import coerce, read_input
 from driftline.streams.errors import ConfigError
 
@@ -98,14 +98,12 @@ class ProfileStore:
     def __init__(self, registry: ModelRegistry, catalog: SchemaCatalog, max_entries: int = 64) -> None:
         self.registry = registry
         self.catalog = catalog
-        self.max_entries = max_entries
-        self._cache: OrderedDict[tuple[str, str], ReferenceProfile | None] = OrderedDict()
+        self._cache = RecentlyUsed[tuple[str, str], ReferenceProfile | None](max_entries)
 
     def get(self, model: str, version: str) -> ReferenceProfile | None:
-        key = (model, version)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        return self._cache.get((model, version), lambda: self._load(model, version))
+
+    def _load(self, model: str, version: str) -> ReferenceProfile | None:
         found = None
         if is_plain_name(model) and is_plain_name(version):  # names from a topic never leave the registry
             try:
@@ -116,9 +114,6 @@ class ProfileStore:
                 log.debug("no reference profile for %.80r v%.80r: %s", model, version, exc)
             except (ValueError, KeyError, TypeError, OSError) as exc:
                 log.warning("the reference profile of %s v%s does not load: %s", model, version, exc)
-        self._cache[key] = found
-        while len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)
         return found
 
     def _personal(self, version_dir: Path) -> frozenset[str]:
