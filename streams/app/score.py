@@ -1,9 +1,12 @@
 """The score flow: requests in, predictions, dead letters and window sketches out, offsets stored once acknowledged.
 
 One task consumes with librdkafka and scores with the pure
-:class:`~driftline.streams.core.pipeline.ScorePipeline`; a second serves
-delivery reports, closes idle drift windows and refreshes lag. A worker
-killed at any point redoes at most the unacknowledged batches after restart.
+:class:`~driftline.streams.core.pipeline.ScorePipeline`; a second stores
+the offsets of acknowledged batches, closes idle drift windows and
+refreshes lag. Delivery reports are served on the sink's own thread and
+wake both tasks when a batch is acknowledged (no timer polls for them). A
+worker killed at any point redoes at most the unacknowledged batches after
+restart.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import faust
 
@@ -30,10 +34,40 @@ from driftline.streams.core.pipeline import RawMessage, ScorePipeline, ServedMod
 from driftline.streams.core.profiling import PROFILE_FILE
 from driftline.streams.core.windows import WindowFolder
 from driftline.streams.errors import ConfigError, DeliveryError
+from driftline.streams.kafka.clients import AckedSink
 from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
 REVOKE_DRAIN_S = 10.0  # how long a revocation waits for in-flight batches to be acknowledged
+TICK_S = 0.5  # idle windows close, lag and readiness refresh this often
+POLL_S = 0.002  # how often a sink that cannot wake us (transactions) is asked for finished batches
+WAKE_TIMEOUT_S = 0.1  # a wait on acknowledgements looks again after this long, should a wake-up be lost
+
+
+class Acknowledged:
+    """Set (from the sink's delivery thread, through the loop) whenever the broker acknowledges a batch.
+
+    One event per waiter: the score loop waits on ``backpressure`` while too
+    many batches are in flight, the acknowledgement task on ``stored``.
+    """
+
+    def __init__(self) -> None:
+        self.backpressure = asyncio.Event()
+        self.stored = asyncio.Event()
+
+    def set(self) -> None:
+        self.backpressure.set()
+        self.stored.set()
+
+
+async def wait_for_event(event: asyncio.Event, timeout_s: float) -> None:
+    """Wait until ``event`` is set or ``timeout_s`` passes (the caller clears it before it looks)."""
+    if event.is_set():
+        return
+    try:
+        await asyncio.wait_for(event.wait(), timeout_s)
+    except TimeoutError:
+        pass
 
 
 def build_folder(settings: Settings, model: OnnxModel, contributor: str) -> WindowFolder | None:
@@ -156,6 +190,8 @@ def add_score_flow(app: faust.App, ctx: WorkerContext, scoring: Scoring) -> None
     consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="driftline-consume")
     stall_after = settings.fault_stall_after_batches
     wait_s = settings.batch_wait_ms / 1000
+    acked = Acknowledged()
+    wakes = isinstance(sink, AckedSink)  # a transactional sink is done when it commits: asked on a timer
 
     def next_batch() -> list[RawMessage]:
         """Poll, then look up the batch's new schema ids (a registry): on the consumer thread, never on the loop."""
@@ -208,8 +244,11 @@ def add_score_flow(app: faust.App, ctx: WorkerContext, scoring: Scoring) -> None
                         scoring.active = False
                 ctx.store_acknowledged()
                 while sink.in_flight > settings.max_inflight_batches:
-                    await asyncio.sleep(0.001)
+                    acked.backpressure.clear()
                     ctx.store_acknowledged()
+                    if sink.in_flight <= settings.max_inflight_batches:
+                        break
+                    await wait_for_event(acked.backpressure, WAKE_TIMEOUT_S if wakes else POLL_S / 2)
         except DeliveryError as exc:
             fatal(exc)
         except Exception as exc:  # noqa: BLE001 - a dead score loop behind a live process is the worst failure
@@ -230,11 +269,22 @@ def add_score_flow(app: faust.App, ctx: WorkerContext, scoring: Scoring) -> None
 
     @app.task
     async def acknowledge() -> None:
-        """Serve delivery reports while the score loop waits for its next batch; close idle windows."""
+        """Store acknowledged batches' offsets as the sink reports them; close idle windows, refresh lag."""
         next_tick = 0.0
         ctx.liveness.started("acknowledge")
+        if wakes:
+            loop = asyncio.get_running_loop()
+
+            def wake() -> None:
+                try:
+                    loop.call_soon_threadsafe(acked.set)
+                except RuntimeError:  # the loop closed at shutdown: nobody waits any more
+                    pass
+
+            cast(AckedSink, sink).wake_on_delivery(wake)
         try:
             while not app.should_stop:
+                acked.stored.clear()
                 ctx.store_acknowledged()
                 problem = ctx.client_problem()
                 if problem is not None:
@@ -242,7 +292,7 @@ def add_score_flow(app: faust.App, ctx: WorkerContext, scoring: Scoring) -> None
                     fatal(DeliveryError(f"{problem}; its outputs cannot be acknowledged"))
                 now = time.monotonic()
                 if now >= next_tick:
-                    next_tick = now + 0.5
+                    next_tick = now + TICK_S
                     closed = pipeline.tick(int(time.time() * 1000))
                     if closed:
                         sink.send(ctx.sketch_records(closed), [])
@@ -251,7 +301,10 @@ def add_score_flow(app: faust.App, ctx: WorkerContext, scoring: Scoring) -> None
                     metrics.observe_lag(lag)
                     progress.lag = sum(lag.values())
                     metrics.ready.set(1.0 if ctx.ready()[0] else 0.0)
-                await asyncio.sleep(0.002)
+                if wakes:
+                    await wait_for_event(acked.stored, max(0.0, next_tick - time.monotonic()))
+                else:
+                    await asyncio.sleep(POLL_S)
         except DeliveryError as exc:
             fatal(exc)
         except Exception as exc:  # noqa: BLE001 - see score()

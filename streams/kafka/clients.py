@@ -304,19 +304,24 @@ class Sink(Protocol):
 
 
 class _Pending:
-    """Outputs of one batch still waiting for acknowledgements."""
+    """Outputs of one batch still waiting for acknowledgements; ``wake`` runs once the last one is in (or fails)."""
 
-    __slots__ = ("error", "left", "token")
+    __slots__ = ("error", "left", "token", "wake")
 
-    def __init__(self, left: int, token: Any) -> None:
+    def __init__(self, left: int, token: Any, wake: Callable[[], None] | None = None) -> None:
         self.left = left
         self.token = token
         self.error: str | None = None
+        self.wake = wake
 
     def delivered(self, err: KafkaError | None, _msg: Any) -> None:
         self.left -= 1
         if err is not None and self.error is None:
             self.error = str(err)
+            if self.wake is not None:
+                self.wake()
+        elif self.left == 0 and self.wake is not None:
+            self.wake()
 
 
 def _produce_all(producer: Producer, records: Sequence[OutRecord], pending: _Pending) -> None:
@@ -344,17 +349,39 @@ class AckedSink:
     of its records is acknowledged and every earlier batch is done too, so
     storing offsets in the order returned never skips an unacknowledged
     record. Delivery callbacks run inside :meth:`poll`/:meth:`flush`, on the
-    caller's thread.
+    caller's thread, or, after :meth:`wake_on_delivery`, on a thread of
+    their own that calls back the moment a batch is fully acknowledged, so
+    the caller waits on that instead of polling on a timer.
     """
 
     def __init__(self, conf: Mapping[str, Any]) -> None:
         self._producer = Producer({**conf, "error_cb": self._on_error}, logger=KAFKA_LOG)
         self._inflight: deque[_Pending] = deque()
         self.fatal_error: str | None = None  # set the moment librdkafka says the producer is unusable
+        self._wake: Callable[[], None] | None = None
+        self._serving: threading.Thread | None = None
+        self._stop_serving = threading.Event()
+
+    def wake_on_delivery(self, wake: Callable[[], None]) -> None:
+        """Serve delivery reports on a thread of their own; ``wake()`` (thread-safe) runs when a batch is done.
+
+        ``wake`` runs on that thread: hand it something like
+        ``loop.call_soon_threadsafe(event.set)``. A fatal producer error wakes it too.
+        """
+        self._wake = wake
+        self._serving = threading.Thread(target=self._serve, name="driftline-deliveries", daemon=True)
+        self._serving.start()
+
+    def _serve(self) -> None:
+        poll, stop = self._producer.poll, self._stop_serving
+        while not stop.is_set():
+            poll(0.1)  # releases the GIL while it waits; the callbacks run here
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
             self.fatal_error = f"producer fatal error: {err}"
+            if self._wake is not None:
+                self._wake()
 
     @property
     def in_flight(self) -> int:
@@ -367,17 +394,28 @@ class AckedSink:
         fatal producer) raises :class:`DeliveryError`: the batch is marked
         failed, never left half-counted, so nothing after it is stored either.
         """
-        pending = _Pending(len(records), token)
+        pending = _Pending(len(records), token, self._wake)
         self._inflight.append(pending)
         _produce_all(self._producer, records, pending)
+        if not records and self._wake is not None:
+            self._wake()  # nothing to wait for: done now
 
     def poll(self, timeout_s: float = 0.0) -> list[Any]:
-        """Serve delivery reports; return the tokens of batches now fully acknowledged, oldest first."""
-        self._producer.poll(timeout_s)
+        """Serve delivery reports; return the tokens of batches now fully acknowledged, oldest first.
+
+        With :meth:`wake_on_delivery` the reports are served on their own
+        thread: this only collects what they finished, without waiting.
+        """
+        if self._serving is None:
+            self._producer.poll(timeout_s)
         return self._completed()
 
     def flush(self, timeout_s: float = 30.0) -> list[Any]:
         """Wait for every queued record; raise if some are still unacknowledged."""
+        if self._serving is not None:  # one thread serves the reports from here on
+            self._stop_serving.set()
+            self._serving.join()
+            self._serving = None
         left = self._producer.flush(timeout_s)
         done = self._completed()
         if left:

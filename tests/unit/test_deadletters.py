@@ -121,6 +121,27 @@ def test_a_record_the_producer_refuses_fails_the_batch_instead_of_stalling_it() 
         sink.poll(0)
 
 
+def test_a_failed_delivery_wakes_the_waiter_from_the_sinks_own_thread() -> None:
+    """Delivery reports are served on their own thread and wake whoever waits (no broker here: they fail)."""
+    import threading
+
+    sink = AckedSink({"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 300, "log_level": 0})
+    woke = threading.Event()
+    threads: list[str] = []
+
+    def wake() -> None:
+        threads.append(threading.current_thread().name)
+        woke.set()
+
+    sink.wake_on_delivery(wake)
+    sink.send([OutRecord("t", b"k", b"v"), OutRecord("t", b"k", b"w")], "batch-1")
+    assert woke.wait(30), "the failed delivery never woke the waiter"
+    assert threads[0] == "driftline-deliveries"
+    with pytest.raises(DeliveryError, match="were not delivered"):
+        sink.poll(0)  # collects only: the reports were served by the thread
+    assert sink.flush(1) == []  # stops the thread; nothing left in flight
+
+
 def test_the_dead_letter_bound_follows_a_smaller_topic_limit() -> None:
     from driftline.streams.app.score import deadletter_limit
     from driftline.streams.settings import load_settings
