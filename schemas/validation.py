@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -107,7 +108,13 @@ class Validator:
             if isinstance(f, CategoricalFeature)
         }
 
-    def validate(self, cols: Columns) -> ValidatedBatch:
+    def validate(self, cols: Columns, longest: int | None = None) -> ValidatedBatch:
+        """Check every row; ``longest``: the largest encoded message's size in bytes, when the caller knows it.
+
+        A string cannot have more characters than its message has bytes, so
+        with ``longest`` at most ``max_string_length`` the per-row length
+        check is skipped (it cost ~0.05 µs per row and string field).
+        """
         n = cols.n
         profile = self.profile
         values = cols.values
@@ -122,9 +129,12 @@ class Validator:
                 culprit[hit] = name
 
         ids = values[profile.id_field]
-        mark(np.fromiter((not v for v in ids), dtype=bool, count=n), "missing_id", profile.id_field)
+        if ids.dtype == object:  # strings (or None): compared in numpy's C loop
+            mark((ids == "") | (ids == None), "missing_id", profile.id_field)  # noqa: E711 - elementwise
+        else:
+            mark(np.fromiter((not v for v in ids), dtype=bool, count=n), "missing_id", profile.id_field)
         limit = profile.max_string_length
-        for name in self._string_fields:
+        for name in self._string_fields if longest is None or longest > limit else ():
             col = values.get(name)
             if col is None:
                 continue
@@ -156,7 +166,7 @@ class Validator:
                     kept[f.name] = x
             else:
                 lut = self._luts[f.name]
-                idx = np.fromiter((lut.get(v, -1) for v in values[f.name]), dtype=np.int64, count=n)
+                idx = np.fromiter(map(lut.get, values[f.name], repeat(-1, n)), dtype=np.int64, count=n)
                 codes[f.name] = idx  # -1 stays: the window counts an imputed value as unseen
                 mark(null, "null_value", f.name)
                 unseen = (idx < 0) & ~null

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import cast
+from typing import NamedTuple, cast
 
 import numpy as np
 
@@ -35,9 +35,12 @@ log = logging.getLogger(__name__)
 MAX_LAG_S = 10 * 365 * 86_400.0  # event-time lag is clipped here: an absurd event_time must not wreck the histogram
 
 
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    """One consumed Kafka record, as the pipeline sees it."""
+class RawMessage(NamedTuple):
+    """One consumed Kafka record, as the pipeline sees it.
+
+    A named tuple, like :class:`OutRecord`: one is made per record, and a
+    tuple is made in a third of a frozen dataclass's time (~0.3 µs less).
+    """
 
     topic: str
     partition: int
@@ -49,9 +52,8 @@ class RawMessage:
     header_error: str | None = None  # the headers could not be read: the record is dead-lettered
 
 
-@dataclass(frozen=True, slots=True)
-class OutRecord:
-    """One record to produce."""
+class OutRecord(NamedTuple):
+    """One record to produce (see :class:`RawMessage` on why a named tuple)."""
 
     topic: str
     key: bytes | None
@@ -312,10 +314,11 @@ class ScorePipeline:
     ) -> tuple[Columns, np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
         """Score one model's messages; returns the decoded columns, the scored rows and their scores."""
         name = served.model.name
-        decoded = served.decoder.decode([m.value for m in msgs])
+        bodies = [m.value for m in msgs]
+        decoded = served.decoder.decode(bodies)
         for f in decoded.failures:
             self._deadletter(out, msgs[f.index], f, name, now_ms)
-        checked = served.validator.validate(decoded.columns)
+        checked = served.validator.validate(decoded.columns, longest=max(map(len, filter(None, bodies)), default=0))
         batch_pos = decoded.indices
         for f in checked.failures:
             self._deadletter(out, msgs[int(batch_pos[f.index])], f, name, now_ms)
