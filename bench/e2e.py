@@ -1,6 +1,7 @@
 """End-to-end throughput and latency of one worker, Kafka to Kafka, on the embedded broker or Apache Kafka.
 
-    python bench/e2e.py [--n 100000] [--baseline-n 30000] [--latency-rate 5000] [--latency-s 20]
+    python bench/e2e.py [--n 100000] [--baseline-n 30000] [--latency-rate 5000,20000] [--latency-s 10]
+                        [--no-drift] [--phases throughput,naive,latency] [--broker-kind embedded|apache]
 
 1. Throughput: preloads N requests into a 4-partition topic, starts one
    ``driftline worker`` and times it from its first prediction to its last
@@ -11,15 +12,20 @@
    The worker's CPU per event is its process CPU time (``/proc``) between
    those same two predictions, divided by the events: on a worker that is
    not saturated, throughput hides what an event costs.
-3. Latency: a steady offered load (default 5,000 requests/s for 10 s)
-   against a fresh worker; latency is from the request's produce time (its
-   event_time) to the moment this process reads the prediction back, an
-   upper bound on "prediction acknowledged" (it includes a second broker hop).
-   For scale, the same rate through the bare broker (one hop, no driftline)
-   is measured too: Tansu's memory engine gets slower as a topic grows, so
-   long runs measure the broker, not the worker.
+3. Latency: a steady offered load (default 5,000 and 20,000 requests/s,
+   10 s each) against a fresh worker; latency is from the request's produce
+   time (its event_time) to the moment this process reads the prediction
+   back, an upper bound on "prediction acknowledged" (it includes a second
+   broker hop). The worker's and the broker's CPU per event are measured at
+   that rate too (a worker far from saturated pays its fixed costs per
+   batch and per wake-up on fewer events). For scale, the same rate through
+   the bare broker: one hop, and two hops through a bare relay process
+   (``bench/relay.py``, the worker's client settings, no work), the floor
+   under the worker's two hops. Tansu's memory engine gets slower as a topic
+   grows, so long runs measure the broker, not the worker.
 
-Prints both rates and their ratio, and as its last line one JSON object.
+Every phase runs on a fresh broker. Prints each figure as it is measured,
+and as its last line one JSON object.
 """
 
 from __future__ import annotations
@@ -108,6 +114,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far per thread name (``/proc/<pid>/task``; threads of one name summed)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def rate_of(stamps: np.ndarray) -> float:
     span = (stamps.max() - stamps.min()) / 1000
     return (len(stamps) - 1) / span if span > 0 else float("inf")
@@ -122,8 +141,9 @@ def env_for(bootstrap: str, ns: str, data: Path, drift: bool = True, guarantee: 
 
 
 def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog, gen,  # type: ignore[no-untyped-def]
-               drift: bool = True, guarantee: str = "at_least_once") -> tuple[float, float]:
-    """(events/s, the worker's CPU µs per event), both between its first and its last prediction."""
+               drift: bool = True, guarantee: str = "at_least_once", broker_pid: int | None = None
+               ) -> tuple[float, float, float]:
+    """(events/s, the worker's and the broker's CPU µs per event), all between its first and its last prediction."""
     settings = load_settings(broker=bootstrap, namespace=ns)
     create_topics(settings.confluent(), settings.topic_partitions())
     records, _ = gen.generate(n, np.random.default_rng(5))
@@ -137,23 +157,28 @@ def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog
 
     def on_message(_m) -> None:  # type: ignore[no-untyped-def]
         if not cpu_at_first:
-            cpu_at_first.append(cpu_seconds(proc.pid))
+            cpu_at_first.extend((cpu_seconds(proc.pid), cpu_seconds(broker_pid) if broker_pid else 0.0))
 
     try:
         stamps = read_predictions(bootstrap, settings.topic("predictions"), good, timeout_s=600, proc=proc,
                                   on_message=on_message)
         cpu = cpu_seconds(proc.pid) - cpu_at_first[0]
+        broker_cpu = (cpu_seconds(broker_pid) - cpu_at_first[1]) if broker_pid else float("nan")
     finally:
         stop(proc)
-    return rate_of(stamps), 1e6 * cpu / max(1, len(stamps) - 1)
+    events = max(1, len(stamps) - 1)
+    return rate_of(stamps), 1e6 * cpu / events, 1e6 * broker_cpu / events
 
 
 def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, catalog, gen,  # type: ignore[no-untyped-def]
-            warmup_s: float = 0.0) -> np.ndarray:
+            warmup_s: float = 0.0, broker_pid: int | None = None) -> tuple[np.ndarray, float, float]:
     """End-to-end latency of requests sent at ``rate`` for ``seconds``, after ``warmup_s`` of the same load.
 
     The warm-up's requests are sent and answered but not measured: a JVM
-    broker compiles its hot paths in the first seconds under load.
+    broker compiles its hot paths in the first seconds under load. Returns
+    the latencies and the worker's and the broker's CPU µs per measured
+    request (at this rate a worker is far from saturated: what an event
+    costs here includes every fixed cost per batch and per wake-up).
     """
     settings = load_settings(broker=bootstrap, namespace=ns)
     create_topics(settings.confluent(), settings.topic_partitions())
@@ -181,10 +206,16 @@ def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, ca
         produced_lat: list[float] = []
         measured_from: list[int] = []  # the send time (ms) of the first measured request
 
+        cpu_from: list[float] = []
+        threads_from: dict[str, float] = {}
+
         def on_message(m) -> None:  # type: ignore[no-untyped-def]
             rec = schemaless_reader(io.BytesIO(m.value()[HEADER.size:]), pred_schema.fast, None)
             if not measured_from or rec["event_time"] < measured_from[0]:
                 return
+            if not cpu_from:
+                cpu_from.extend((cpu_seconds(proc.pid), cpu_seconds(broker_pid) if broker_pid else 0.0))
+                threads_from.update(thread_cpu(proc.pid))
             lat.append(time.time() * 1000 - rec["event_time"])
             produced_lat.append(m.timestamp()[1] - rec["event_time"])
 
@@ -218,20 +249,40 @@ def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, ca
             time.sleep(0.002)
         producer.flush(30)
         reader.join()
+        events = max(1, len(lat) - 1)
+        worker_cpu = 1e6 * (cpu_seconds(proc.pid) - cpu_from[0]) / events
+        spent = {k: v - threads_from.get(k, 0.0) for k, v in thread_cpu(proc.pid).items()}
+        print("worker CPU µs per event by thread:", ", ".join(
+            f"{k} {1e6 * v / events:.1f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0), flush=True)
+        broker_cpu = 1e6 * (cpu_seconds(broker_pid) - cpu_from[1]) / events if broker_pid else float("nan")
         print("worker-side (prediction produce time - request time) p50/p99 ms:",
               np.percentile(produced_lat, [50, 99]).round(1), flush=True)
-        return np.asarray(lat)
+        return np.asarray(lat), worker_cpu, broker_cpu
     finally:
         stop(proc)
 
 
-def broker_hop(bootstrap: str, topic: str, rate: float, seconds: float, warmup_s: float = 0.0) -> np.ndarray:
-    """Produce→consume latency of the bare broker at the same rate: the floor under two hops (after a warm-up)."""
+def broker_hop(bootstrap: str, topic: str, rate: float, seconds: float, warmup_s: float = 0.0,
+               relay_to: str | None = None, data: Path | None = None) -> np.ndarray:
+    """Produce→consume latency of the bare broker at the same rate (after a warm-up).
+
+    With ``relay_to``, two hops: a bare relay process (``bench/relay.py``,
+    the worker's linger and fetch wait) copies ``topic`` to ``relay_to``
+    and the latency is read there: the floor under the worker's two hops.
+    """
     import threading
 
-    create_topics({"bootstrap.servers": bootstrap}, {topic: 4})
+    settings = load_settings()
+    read_from = relay_to or topic
+    create_topics({"bootstrap.servers": bootstrap}, {topic: 4, **({relay_to: 4} if relay_to else {})})
+    relay = None
+    if relay_to:  # the relay starts reading at offset 0 as the load starts: its first seconds are not measured
+        warmup_s = max(warmup_s, 2.0)
+        relay = start([sys.executable, "bench/relay.py", bootstrap, topic, relay_to, str(settings.producer_linger_ms),
+                       str(settings.fetch_wait_ms), "4"], dict(os.environ),
+                      (data or Path(tempfile.gettempdir())) / "relay.log")
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-hop", "fetch.wait.max.ms": 10})
-    c.assign([TopicPartition(topic, p, 0) for p in range(4)])
+    c.assign([TopicPartition(read_from, p, 0) for p in range(4)])
     lat: list[float] = []
     total = int(rate * (seconds + warmup_s))
 
@@ -256,6 +307,8 @@ def broker_hop(bootstrap: str, topic: str, rate: float, seconds: float, warmup_s
     p.flush(30)
     reader.join()
     c.close()
+    if relay is not None:
+        stop(relay)
     sent_at = np.asarray(lat)
     return sent_at[-int(rate * seconds):] if warmup_s else sent_at
 
@@ -264,7 +317,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--baseline-n", type=int, default=30_000)
-    ap.add_argument("--latency-rate", type=float, default=5000)
+    ap.add_argument("--latency-rate", default="5000,20000",
+                    help="offered request rates for the latency phase, comma-separated")
+    ap.add_argument("--phases", default="throughput,naive,latency",
+                    help="which phases run (comma-separated): throughput, naive, latency")
     ap.add_argument("--no-drift", action="store_true",
                     help="also time the batched worker with drift windows off, to show what drift costs")
     ap.add_argument("--latency-s", type=float, default=10,
@@ -286,56 +342,79 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="driftline-bench-"))
     # Each phase gets a fresh broker: Tansu's memory engine slows down as it holds
     # more data, and one phase's topics must not tax the next one's.
-    with broker_for("batched") as broker:
-        batched, batched_cpu = throughput(broker.bootstrap, "benchbatched", args.n, data, naive=False,
-                                          catalog=catalog, gen=gen)
-    print(f"batched worker: {batched:,.0f} events/s over {args.n:,} requests, worker CPU {batched_cpu:.1f} µs "
-          "per event", flush=True)
-    eos = eos_cpu = None
+    phases = set(args.phases.split(","))
+    result: dict[str, object] = {}
+
+    def note(**figures: object) -> None:
+        result.update({k: round(v, 1) if isinstance(v, float) else v for k, v in figures.items()})
+
+    # Each phase gets a fresh broker: Tansu's memory engine slows down as it holds
+    # more data, and one phase's topics must not tax the next one's.
+    batched = naive = None
+    if "throughput" in phases:
+        with broker_for("batched") as broker:
+            batched, cpu, broker_cpu = throughput(broker.bootstrap, "benchbatched", args.n, data, naive=False,
+                                                  catalog=catalog, gen=gen, broker_pid=broker.pid)
+        print(f"batched worker: {batched:,.0f} events/s over {args.n:,} requests, CPU per event: worker "
+              f"{cpu:.1f} µs, broker {broker_cpu:.1f} µs", flush=True)
+        note(events_per_s=round(batched), worker_cpu_us_per_event=cpu, broker_cpu_us_per_event=broker_cpu)
     if args.exactly_once:
         with broker_for("eos") as broker:
-            eos, eos_cpu = throughput(broker.bootstrap, "bencheos", args.n, data, naive=False, catalog=catalog,
-                                      gen=gen, guarantee="exactly_once")
-        print(f"batched worker, exactly once: {eos:,.0f} events/s, worker CPU {eos_cpu:.1f} µs per event "
-              f"({100 * (1 - eos / batched):.1f} % slower than at least once)", flush=True)
-    no_drift = no_drift_cpu = None
+            eos, eos_cpu, eos_broker = throughput(broker.bootstrap, "bencheos", args.n, data, naive=False,
+                                                  catalog=catalog, gen=gen, guarantee="exactly_once",
+                                                  broker_pid=broker.pid)
+        print(f"batched worker, exactly once: {eos:,.0f} events/s, CPU per event: worker {eos_cpu:.1f} µs, "
+              f"broker {eos_broker:.1f} µs", flush=True)
+        note(exactly_once_events_per_s=round(eos), exactly_once_cpu_us_per_event=eos_cpu,
+             exactly_once_broker_cpu_us_per_event=eos_broker)
     if args.no_drift:
         with broker_for("nodrift") as broker:
-            no_drift, no_drift_cpu = throughput(broker.bootstrap, "benchnodrift", args.n, data, naive=False,
-                                                catalog=catalog, gen=gen, drift=False)
-        print(f"batched worker, drift off: {no_drift:,.0f} events/s, worker CPU {no_drift_cpu:.1f} µs per event "
-              f"(drift costs {batched_cpu - no_drift_cpu:.1f} µs of CPU per event)", flush=True)
-    with broker_for("naive") as broker:
-        naive, naive_cpu = throughput(broker.bootstrap, "benchnaive", args.baseline_n, data, naive=True,
-                                      catalog=catalog, gen=gen)
-    print(f"naive per-event Faust agent: {naive:,.0f} events/s over {args.baseline_n:,} requests", flush=True)
-    with broker_for("latency") as broker:
-        lat = latency(broker.bootstrap, "benchlatency", args.latency_rate, args.latency_s, data, catalog, gen,
-                      warmup_s=args.warmup_s)
-    p50, p99 = np.percentile(lat, [50, 99])
-    by_second = [round(float(np.percentile(c, 99)), 1) for c in np.array_split(lat, max(1, int(args.latency_s)))]
-    print(f"latency at {args.latency_rate:,.0f}/s offered: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-          f"({len(lat):,} requests); p99 second by second: {by_second}", flush=True)
-    with broker_for("hop") as broker:
-        hop = broker_hop(broker.bootstrap, "benchhop", args.latency_rate, args.latency_s, args.warmup_s)
-    h50, h99 = np.percentile(hop, [50, 99])
-    print(f"bare broker, one produce→consume hop at the same rate: p50 {h50:.1f} ms, p99 {h99:.1f} ms", flush=True)
-    print(f"ratio batched / naive: {batched / naive:.1f}x")
-    print(json.dumps({
-        "events_per_s": round(batched), "baseline_events_per_s": round(naive),
-        "ratio": round(batched / naive, 2), "p50_ms": round(float(p50), 1), "p99_ms": round(float(p99), 1),
-        "worker_cpu_us_per_event": round(batched_cpu, 1), "baseline_cpu_us_per_event": round(naive_cpu, 1),
-        "p99_ms_by_second": by_second,
-        **({"no_drift_events_per_s": round(no_drift), "drift_cost_pct": round(100 * (1 - batched / no_drift), 1),
-            "no_drift_cpu_us_per_event": round(no_drift_cpu or 0.0, 1)} if no_drift else {}),
-        **({"exactly_once_events_per_s": round(eos), "exactly_once_cpu_us_per_event": round(eos_cpu or 0.0, 1),
-            "exactly_once_cost_pct": round(100 * (1 - eos / batched), 1)} if eos else {}),
-        "broker_hop_p50_ms": round(float(h50), 1), "broker_hop_p99_ms": round(float(h99), 1),
-        "broker": kind,
-        "n": args.n, "baseline_n": args.baseline_n, "latency_rate": args.latency_rate,
-        "latency_s": args.latency_s, "warmup_s": args.warmup_s,
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-    }))
+            no_drift, nd_cpu, nd_broker = throughput(broker.bootstrap, "benchnodrift", args.n, data, naive=False,
+                                                     catalog=catalog, gen=gen, drift=False, broker_pid=broker.pid)
+        print(f"batched worker, drift off: {no_drift:,.0f} events/s, CPU per event: worker {nd_cpu:.1f} µs, "
+              f"broker {nd_broker:.1f} µs", flush=True)
+        note(no_drift_events_per_s=round(no_drift), no_drift_cpu_us_per_event=nd_cpu)
+        if "worker_cpu_us_per_event" in result:
+            drift_cpu = float(result["worker_cpu_us_per_event"]) - nd_cpu  # type: ignore[arg-type]
+            print(f"drift costs {drift_cpu:.1f} µs of worker CPU per event", flush=True)
+            note(drift_cpu_us_per_event=drift_cpu)
+    if "naive" in phases:
+        with broker_for("naive") as broker:
+            naive, naive_cpu, _ = throughput(broker.bootstrap, "benchnaive", args.baseline_n, data, naive=True,
+                                             catalog=catalog, gen=gen)
+        print(f"naive per-event Faust agent: {naive:,.0f} events/s over {args.baseline_n:,} requests", flush=True)
+        note(baseline_events_per_s=round(naive), baseline_cpu_us_per_event=naive_cpu)
+    if batched and naive:
+        print(f"ratio batched / naive: {batched / naive:.1f}x")
+        note(ratio=round(batched / naive, 2))
+    for rate in ([float(r) for r in args.latency_rate.split(",")] if "latency" in phases else []):
+        tag = f"{rate / 1000:g}k"
+        with broker_for(f"latency-{tag}") as broker:
+            lat, cpu, broker_cpu = latency(broker.bootstrap, f"benchlatency{tag}", rate, args.latency_s, data,
+                                           catalog, gen, warmup_s=args.warmup_s, broker_pid=broker.pid)
+        p50, p99 = np.percentile(lat, [50, 99])
+        by_second = [round(float(np.percentile(c, 99)), 1) for c in np.array_split(lat, max(1, int(args.latency_s)))]
+        print(f"latency at {rate:,.0f}/s offered: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(lat):,} requests); "
+              f"p99 second by second: {by_second}; CPU per event: worker {cpu:.1f} µs "
+              f"({cpu * rate / 1e6:.2f} of a core), broker {broker_cpu:.1f} µs", flush=True)
+        with broker_for(f"hop-{tag}") as broker:
+            hop = broker_hop(broker.bootstrap, "benchhop", rate, args.latency_s, args.warmup_s)
+        with broker_for(f"relay-{tag}") as broker:
+            two = broker_hop(broker.bootstrap, "benchrelayin", rate, args.latency_s, args.warmup_s,
+                             relay_to="benchrelayout", data=data)
+        h50, h99 = np.percentile(hop, [50, 99])
+        r50, r99 = np.percentile(two, [50, 99])
+        print(f"bare broker at the same rate: one hop p50 {h50:.1f} / p99 {h99:.1f} ms; two hops through a bare "
+              f"relay p50 {r50:.1f} / p99 {r99:.1f} ms (the worker adds {p99 - r99:+.1f} ms at p99)", flush=True)
+        key = "" if rate == 5000 else f"_{tag}"
+        note(**{f"p50_ms{key}": float(p50), f"p99_ms{key}": float(p99), f"p99_ms_by_second{key}": by_second,
+                f"latency_worker_cpu_us_per_event{key}": cpu, f"latency_broker_cpu_us_per_event{key}": broker_cpu,
+                f"broker_hop_p50_ms{key}": float(h50), f"broker_hop_p99_ms{key}": float(h99),
+                f"two_hops_p50_ms{key}": float(r50), f"two_hops_p99_ms{key}": float(r99)})
+    note(broker=kind, n=args.n, baseline_n=args.baseline_n, latency_rate=args.latency_rate,
+         latency_s=args.latency_s, warmup_s=args.warmup_s,
+         machine=f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,54 @@ class ValidatedBatch:
         return out
 
 
+class _NumericBlock:
+    """The numeric features of a profile, checked together as one (features × rows) array.
+
+    Checking column by column cost ~10 numpy calls per feature whatever the
+    batch's size, most of a small batch's validation; here the same checks
+    are a dozen calls for all of them. Rows that fail are rare: only then
+    are the failing features looked at one by one, to name the first rule
+    each row breaks in the order :data:`REASONS` lists them.
+    """
+
+    def __init__(self, profile: InputProfile) -> None:
+        numeric, at, col_at = [], [], 0
+        for f in profile.features:
+            if isinstance(f, NumericFeature):
+                numeric.append(f)
+                at.append(col_at)
+            col_at += f.width
+        self.names = tuple(f.name for f in numeric)
+        self.index = {name: j for j, name in enumerate(self.names)}
+        self.at = np.asarray(at, dtype=np.int64)  # each feature's column in the matrix
+        self.low = np.asarray([f.minimum for f in numeric], dtype=np.float64)[:, None]
+        self.high = np.asarray([f.maximum for f in numeric], dtype=np.float64)[:, None]
+        self.allow = np.asarray([f.allow_missing for f in numeric], dtype=bool)
+        self.impute = np.asarray([f.impute for f in numeric], dtype=np.float64)
+
+    def check(self, cols: Columns) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(values, missing, bad): values as float64, null or NaN, and per feature and row whether a rule breaks.
+
+        ``bad`` is None when no row breaks any numeric rule.
+        """
+        n, k = cols.n, len(self.names)
+        x = np.empty((k, n), dtype=np.float64)
+        null = np.zeros((k, n), dtype=bool)
+        for j, name in enumerate(self.names):
+            x[j] = cols.values[name]
+            mask = cols.nulls.get(name)
+            if mask is not None:
+                null[j] = mask
+        missing = np.isnan(x)
+        missing |= null
+        with np.errstate(invalid="ignore"):
+            bad = (x < self.low) | (x > self.high)
+        bad &= ~missing  # a missing value is imputed, not out of range
+        bad |= np.isinf(x)
+        bad |= missing & ~self.allow[:, None]
+        return x, missing, bad if bad.any() else None
+
+
 class Validator:
     """Turns decoded records of one reader schema into a model's feature matrix.
 
@@ -107,6 +155,7 @@ class Validator:
             for f in profile.features
             if isinstance(f, CategoricalFeature)
         }
+        self._numeric = _NumericBlock(profile)
 
     def validate(self, cols: Columns, longest: int | None = None) -> ValidatedBatch:
         """Check every row; ``longest``: the largest encoded message's size in bytes, when the caller knows it.
@@ -144,27 +193,23 @@ class Validator:
         codes: dict[str, np.ndarray] = {}
         imputed: dict[int, np.ndarray] = {}
         kept: dict[str, np.ndarray] | None = {} if self.columns else None
+        block = self._numeric
+        x, missing, bad = block.check(cols)  # every numeric feature at once: one row of x per feature
         col_at = 0
         for f in profile.features:
-            null = cols.null_mask(f.name)
             if isinstance(f, NumericFeature):
-                x = values[f.name].astype(np.float64)
-                nan = np.isnan(x) & ~null
-                inf = np.isinf(x)
-                if not f.allow_missing:
-                    mark(null, "null_value", f.name)
-                    mark(nan, "not_a_number", f.name)
-                mark(inf, "non_finite", f.name)
-                missing = null | nan
-                with np.errstate(invalid="ignore"):
-                    mark(~missing & ~inf & ((x < f.minimum) | (x > f.maximum)), "out_of_range", f.name)
-                x[missing] = f.impute
-                matrix[:, col_at] = x
-                if f.allow_missing and missing.any():
-                    imputed[col_at] = missing
-                if kept is not None:
-                    kept[f.name] = x
+                j = block.index[f.name]
+                if bad is not None and bad[j].any():  # rare: the failures, named in the order rows are checked
+                    null, nan = cols.null_mask(f.name), missing[j] & ~cols.null_mask(f.name)
+                    inf = np.isinf(x[j])
+                    if not f.allow_missing:
+                        mark(null, "null_value", f.name)
+                        mark(nan, "not_a_number", f.name)
+                    mark(inf, "non_finite", f.name)
+                    with np.errstate(invalid="ignore"):
+                        mark(~missing[j] & ~inf & ((x[j] < f.minimum) | (x[j] > f.maximum)), "out_of_range", f.name)
             else:
+                null = cols.null_mask(f.name)
                 lut = self._luts[f.name]
                 idx = np.fromiter(map(lut.get, values[f.name], repeat(-1, n)), dtype=np.int64, count=n)
                 codes[f.name] = idx  # -1 stays: the window counts an imputed value as unseen
@@ -185,6 +230,13 @@ class Validator:
                 if kept is not None:
                     kept[f.name] = column
             col_at += f.width
+        if len(block.names):
+            x = np.where(missing, block.impute[:, None], x)
+            matrix[:, block.at] = x.T
+            for j in np.flatnonzero(block.allow & missing.any(axis=1)).tolist():
+                imputed[int(block.at[j])] = missing[j]
+            if kept is not None:
+                kept.update(zip(block.names, x, strict=True))
 
         valid = reason == 0
         rows = np.flatnonzero(valid)

@@ -453,6 +453,11 @@ class ApacheKafka:
         self._started = False
 
     @property
+    def pid(self) -> int | None:
+        """The broker's JVM process id while it runs, else None."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def security_protocol(self) -> SecurityProtocol:
         """What clients of :attr:`bootstrap` set as ``security.protocol``."""
         return listener_protocol(tls=self.tls is not None, sasl=bool(self._scram_users))

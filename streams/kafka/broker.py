@@ -109,6 +109,11 @@ class Broker(Protocol):
         """``127.0.0.1:PORT`` once started."""
         ...
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (benchmarks read its CPU time), else None."""
+        ...
+
     def start(self, timeout_s: float = ...) -> str:
         """Start it (a no-op when running); the bootstrap address once it answers, else :class:`BrokerError`."""
         ...
@@ -163,6 +168,10 @@ class EmbeddedBroker:
         self.advertised_port = advertised_port
         self.log_file = log_file
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def bootstrap(self) -> str:

@@ -265,11 +265,11 @@ def test_a_batch_redone_record_by_record_folds_each_request_once(
     second = ServedModel(fraud_model, catalog, max_message_bytes=8192)
     real, calls = second.validator.validate, [0]
 
-    def fails_once(cols):  # type: ignore[no-untyped-def]
+    def fails_once(cols, longest=None):  # type: ignore[no-untyped-def]
         calls[0] += 1
         if calls[0] == 1:
             raise RuntimeError("a transient failure in the other model")
-        return real(cols)
+        return real(cols, longest)
 
     monkeypatch.setattr(second.validator, "validate", fails_once)
     pipe = ScorePipeline({"req": first, "req2": second}, catalog.latest("driftline.Prediction"),
