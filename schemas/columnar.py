@@ -247,17 +247,22 @@ class ColumnarReader:
             if w is not None and f.kind not in _PROMOTIONS[w.kind]:
                 raise SchemaError(f"field {f.name!r}: {w.kind} cannot be read as {f.kind}")
         self._wanted = {f.name for f in rf}
+        self._writer_kind = {f.name: f.kind for f in wf}
         self.implementation = resolve_implementation(implementation)
+        # the compiled reader's layout: each field's row in the output matrix of its kind
         slots, counts = [], {"f64": 0, "i64": 0, "b8": 0, "str": 0}
-        for f in wf:  # each field's row in the compiled reader's matrix of its kind
+        for f in wf:
             group = {"float": "f64", "double": "f64", "int": "i64", "long": "i64", "boolean": "b8"}.get(f.kind, "str")
             slots.append((group, counts[group]))
             counts[group] += 1
-        self._slots = slots
-        self._counts = counts
+        self._counts = (counts["f64"], counts["i64"], counts["b8"], counts["str"])
+        self._slot_index = np.array([slot for _, slot in slots], dtype=np.int64)
         self._kinds = np.array([_KIND_CODE[f.kind] for f in wf], dtype=np.int8)
         self._null_branches = np.array([-1 if f.null_branch is None else f.null_branch for f in wf], dtype=np.int8)
         self._keep = np.array([f.name in self._wanted for f in wf], dtype=np.int8)
+        self._null_rows = [(f.name, j) for j, f in enumerate(wf) if f.null_branch is not None]
+        self._taken = [(f.name, group, slot) for f, (group, slot) in zip(wf, slots, strict=True)
+                       if f.name in self._wanted]
 
     def read(self, buf: bytes, starts: np.ndarray, ends: np.ndarray) -> tuple[Columns, np.ndarray, np.ndarray]:
         """Decode the bodies ``buf[starts[i]:ends[i]]``.
@@ -293,19 +298,12 @@ class ColumnarReader:
 
     def _read_compiled(self, buf: bytes, starts: np.ndarray, ends: np.ndarray
                        ) -> tuple[Columns, np.ndarray, np.ndarray]:
-        c = self._counts
         f64, i64, b8, null_rows, texts, bad = _ccolumnar.read(
             bytes(buf), np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64),
-            self._kinds, self._null_branches, self._keep, np.array([s for _, s in self._slots], dtype=np.int64),
-            c["f64"], c["i64"], c["b8"], c["str"])
+            self._kinds, self._null_branches, self._keep, self._slot_index, *self._counts)
         matrices = {"f64": f64, "i64": i64, "b8": b8, "str": texts}
-        values: dict[str, np.ndarray] = {}
-        nulls: dict[str, np.ndarray] = {}
-        for j, (f, (group, slot)) in enumerate(zip(self.writer_fields, self._slots, strict=True)):
-            if f.null_branch is not None:
-                nulls[f.name] = null_rows[j]
-            if f.name in self._wanted:
-                values[f.name] = matrices[group][slot]
+        values = {name: matrices[group][slot] for name, group, slot in self._taken}
+        nulls = {name: null_rows[j] for name, j in self._null_rows}
         return self._resolve(len(bad), values, nulls, bad)
 
     @staticmethod
@@ -355,7 +353,7 @@ class ColumnarReader:
     def _resolve(
         self, n: int, values: dict[str, np.ndarray], nulls: dict[str, np.ndarray], bad: np.ndarray
     ) -> tuple[Columns, np.ndarray, np.ndarray]:
-        writer_kind = {f.name: f.kind for f in self.writer_fields}
+        writer_kind = self._writer_kind
         incompatible = np.zeros(n, dtype=bool)
         out_values: dict[str, np.ndarray] = {}
         out_nulls: dict[str, np.ndarray] = {}
