@@ -28,7 +28,7 @@ sysdeps:
 kafka: $(STAMP)
 	$(PY) -m driftline.streams.kafka.apache
 
-test: lint sysdeps kafka
+test: sysdeps lint kafka  # sysdeps first: gcc for the compiled codec, which the install builds
 	$(PY) -m pytest --doctest-modules driftline/schemas driftline/inference driftline/detectors tests
 
 unit: $(STAMP)
