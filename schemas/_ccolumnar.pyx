@@ -78,6 +78,12 @@ def read(bytes buf, const int64_t[::1] starts, const int64_t[::1] ends, const in
     cdef unsigned char b
     cdef double dv
     cdef float fv
+    cdef int64_t size = PyBytes_GET_SIZE(buf)
+    if ends.shape[0] != n or slots.shape[0] != nf or null_branches.shape[0] != nf or keep.shape[0] != nf:
+        raise ValueError("starts/ends and the per-field arrays must have matching lengths")
+    for i in range(n):  # the loops below trust these bounds
+        if not 0 <= starts[i] <= ends[i] <= size:
+            raise ValueError(f"row {i}: [{starts[i]}, {ends[i]}) is not within the {size}-byte buffer")
     with nogil:
         for i in range(n):
             p = starts[i]
@@ -193,8 +199,8 @@ def write(bytes header, Py_ssize_t n, const int8_t[::1] kinds, const int8_t[::1]
     """Encode ``n`` rows as ``header`` + the Avro body, byte for byte what fastavro writes.
 
     ``columns[j]``: a contiguous array of n values for numeric fields
-    (float64 for double, float32 for float, int64, uint8 for boolean); for string and bytes fields a list of n objects
-    (str, bytes or None) or of one object used for every row. ``masks[j]``:
+    (float64 for double, float32 for float, int64, uint8 for boolean); for
+    string and bytes fields a list of n objects (str, bytes or None). ``masks[j]``:
     a uint8 null mask of n values, or None (then a string field is null
     where its value is None).
     """
@@ -219,12 +225,20 @@ def write(bytes header, Py_ssize_t n, const int8_t[::1] kinds, const int8_t[::1]
     try:
         if data == NULL or null_at == NULL:
             raise MemoryError()
+        if len(columns) != nf or len(masks) != nf or null_branches.shape[0] != nf:
+            raise ValueError("one column and one mask per field")
         for j in range(nf):  # raw pointers into the arrays, which ``columns`` and ``masks`` keep alive
             if kinds[j] != STRING and kinds[j] != BYTES:
                 raw = columns[j].view(np.uint8)
+                if raw.shape[0] != n * (4 if kinds[j] == FLOAT else 1 if kinds[j] == BOOLEAN else 8):
+                    raise ValueError(f"field {j}: {n} values of the field's dtype expected")
                 data[j] = &raw[0]
+            elif len(<list?>columns[j]) != n:
+                raise ValueError(f"field {j}: {n} values expected")
             if masks[j] is not None:
                 raw = masks[j]
+                if raw.shape[0] != n:
+                    raise ValueError(f"field {j}: a null mask of {n} values expected")
                 null_at[j] = &raw[0]
         for i in range(n):
             o.size = 0
@@ -239,7 +253,7 @@ def write(bytes header, Py_ssize_t n, const int8_t[::1] kinds, const int8_t[::1]
                         is_null = null_at[j][i] != 0
                     elif kind == STRING or kind == BYTES:
                         col = columns[j]
-                        is_null = col[i if len(col) > 1 else 0] is None
+                        is_null = col[i] is None
                     else:
                         is_null = False
                     _put_varint(&o, null_branches[j] if is_null else 1 - null_branches[j])
@@ -259,7 +273,7 @@ def write(bytes header, Py_ssize_t n, const int8_t[::1] kinds, const int8_t[::1]
                     o.size += 1
                 else:
                     col = columns[j]
-                    value = col[i if len(col) > 1 else 0]
+                    value = col[i]
                     if isinstance(value, str):
                         text = PyUnicode_AsUTF8AndSize(value, &size)
                     else:

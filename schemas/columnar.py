@@ -526,7 +526,7 @@ class ColumnarWriter:
             masks.append(mask)  # text fields without a mask: the C loop takes None for null
             kind = f.kind
             if kind in _TEXT:
-                data.append([col] if scalar else col.tolist() if isinstance(col, np.ndarray) else col)
+                data.append([col] * n if scalar else col.tolist() if isinstance(col, np.ndarray) else col)
             elif kind in ("double", "float"):
                 dtype = np.float64 if kind == "double" else np.float32
                 data.append(np.full(n, col, dtype=dtype) if scalar else _dense(col, 0.0, dtype))

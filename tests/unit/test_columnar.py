@@ -250,3 +250,17 @@ def test_compiled_reader_agrees_with_numpy_on_damaged_bodies(records: list[dict]
 def test_an_unbuilt_implementation_is_refused() -> None:
     with pytest.raises(ValueError, match="not available"):
         ColumnarWriter(ALL_KINDS, b"", implementation="rust")
+
+
+@pytest.mark.skipif("compiled" not in IMPLEMENTATIONS, reason="the compiled codec is not built")
+def test_compiled_codec_refuses_bounds_it_cannot_trust() -> None:
+    """The C loops index without checks, so lengths and row bounds are checked once up front."""
+    writer = ColumnarWriter(ALL_KINDS, b"", implementation="compiled")
+    row = {"b": True, "i": 1, "l": 2, "f": 0.5, "d": 1.5, "s": "s", "y": b"y", "nb": None, "ni": None, "nf": None,
+           "nd": None, "ns": None, "ny": None, "nl": None}
+    for name in ("d", "s"):
+        with pytest.raises(ValueError, match="values"):
+            writer.write(3, {**row, name: [row[name]] * 2})
+    reader = ColumnarReader(ALL_KINDS, ALL_KINDS, implementation="compiled")
+    with pytest.raises(ValueError, match="not within"):
+        reader.read(b"abc", np.array([0]), np.array([4]))
