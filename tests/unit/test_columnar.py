@@ -256,8 +256,8 @@ def test_an_unbuilt_implementation_is_refused() -> None:
 def test_compiled_codec_refuses_bounds_it_cannot_trust() -> None:
     """The C loops index without checks, so lengths and row bounds are checked once up front."""
     writer = ColumnarWriter(ALL_KINDS, b"", implementation="compiled")
-    row = {"b": True, "i": 1, "l": 2, "f": 0.5, "d": 1.5, "s": "s", "y": b"y", "nb": None, "ni": None, "nf": None,
-           "nd": None, "ns": None, "ny": None, "nl": None}
+    row = {"b": True, "i": 1, "l": 2, "f": 0.5, "d": 1.5, "s": "s", "y": b"y", "nb": True, "ni": 3, "nf": 1.0,
+           "nd": 2.0, "ns": None, "ny": None, "nl": 4}
     for name in ("d", "s"):
         with pytest.raises(ValueError, match="values"):
             writer.write(3, {**row, name: [row[name]] * 2})
