@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint sysdeps kafka unit integration bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py schemas/_ccolumnar.pyx
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "driftline needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -28,7 +28,7 @@ sysdeps:
 kafka: $(STAMP)
 	$(PY) -m driftline.streams.kafka.apache
 
-test: lint sysdeps kafka
+test: sysdeps lint kafka  # sysdeps first: gcc for the compiled codec, which the install builds
 	$(PY) -m pytest --doctest-modules driftline/schemas driftline/inference driftline/detectors tests
 
 unit: $(STAMP)

@@ -17,7 +17,14 @@ import numpy as np
 from fastavro import schemaless_reader, schemaless_writer
 
 from driftline.schemas.catalog import SchemaCatalog, WireSchema
-from driftline.schemas.columnar import ColumnarReader, ColumnarWriter, Columns, columns_from_records, flat_fields
+from driftline.schemas.columnar import (
+    ColumnarReader,
+    ColumnarWriter,
+    Columns,
+    columns_from_records,
+    flat_fields,
+    resolve_implementation,
+)
 from driftline.schemas.errors import SchemaError, SchemaUnavailable
 
 MAGIC = 0
@@ -25,9 +32,14 @@ HEADER = struct.Struct(">bI")
 
 Stage = Literal["decode", "validate", "score"]
 
-#: Below this many rows fastavro's ~15 µs a row beats the columnar reader's ~2 ms
-#: of fixed numpy cost per batch (measured on the 2-core machine, see bench/RESULTS.md).
+#: Below this many rows fastavro's ~15 µs a row beats the numpy columnar codec's ~2 ms
+#: of fixed cost per batch (measured on the 2-core machine, see bench/RESULTS.md).
 COLUMNAR_MIN_ROWS = 128
+
+
+def columnar_min_rows(implementation: str | None = None) -> int:
+    """The smallest batch worth the columnar codec: every batch for the compiled one, which has no fixed cost."""
+    return 1 if resolve_implementation(implementation) == "compiled" else COLUMNAR_MIN_ROWS
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +105,14 @@ def encode_many(schema: WireSchema, records: Sequence[Mapping[str, Any]]) -> lis
 
 
 class BatchEncoder:
-    """Encode columns of one flat schema as framed messages: columnar for big batches, fastavro for small."""
+    """Encode columns of one flat schema as framed messages: columnar for big batches (every batch with the
+    compiled codec), fastavro for small."""
 
-    def __init__(self, schema: WireSchema, *, columnar_min_rows: int = COLUMNAR_MIN_ROWS) -> None:
+    def __init__(self, schema: WireSchema, *, columnar_min_rows: int | None = None,
+                 implementation: str | None = None) -> None:
         self.schema = schema
-        self.columnar_min_rows = columnar_min_rows
-        self._writer = ColumnarWriter(schema.raw, HEADER.pack(MAGIC, schema.id))
+        self._writer = ColumnarWriter(schema.raw, HEADER.pack(MAGIC, schema.id), implementation=implementation)
+        self.columnar_min_rows = _min_rows(columnar_min_rows, self._writer.implementation)
 
     def encode(self, n: int, columns: Mapping[str, Any]) -> list[bytes]:
         """``columns[name]``: n values (array or list, None for null) or one scalar for all rows."""
@@ -109,6 +123,10 @@ class BatchEncoder:
             for i in range(n)
         ]
         return encode_many(self.schema, rows)
+
+
+def _min_rows(given: int | None, implementation: str) -> int:
+    return columnar_min_rows(implementation) if given is None else given
 
 
 def _py(value: Any) -> Any:
@@ -140,13 +158,16 @@ class BatchDecoder:
     failures. Flat records of primitives are read column by column
     (:mod:`driftline.schemas.columnar`) when a batch has at least ``columnar_min_rows``
     of them; smaller batches and other writer schemas go through fastavro,
-    whose per-row cost beats numpy's per-call cost below that size.
+    whose per-row cost beats numpy's per-call cost below that size (the
+    compiled codec has no such cost and takes every batch).
     """
 
     def __init__(
-        self, catalog: SchemaCatalog, reader: WireSchema, max_bytes: int, *, columnar_min_rows: int = COLUMNAR_MIN_ROWS
+        self, catalog: SchemaCatalog, reader: WireSchema, max_bytes: int, *, columnar_min_rows: int | None = None,
+        implementation: str | None = None,
     ) -> None:
-        self.columnar_min_rows = columnar_min_rows
+        self.implementation = resolve_implementation(implementation)
+        self.columnar_min_rows = _min_rows(columnar_min_rows, self.implementation)
         self.catalog = catalog
         self.reader = reader
         self.max_bytes = max_bytes
@@ -160,7 +181,8 @@ class BatchDecoder:
     def _plan(self, writer: WireSchema) -> ColumnarReader | SchemaError | None:
         if writer.id not in self._plans:
             try:
-                self._plans[writer.id] = ColumnarReader(writer.raw, self.reader.raw)
+                self._plans[writer.id] = ColumnarReader(writer.raw, self.reader.raw,
+                                                        implementation=self.implementation)
             except SchemaError as exc:
                 self._plans[writer.id] = SchemaError(
                     f"writer schema {writer.subject} v{writer.version} (id {writer.id}) cannot be read as "

@@ -26,6 +26,7 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from driftline.inference.model import CUDA
+from driftline.schemas import columnar as codec
 from driftline.streams.app.context import WorkerContext
 from driftline.streams.app.control import add_control_flow, publish_deployment
 from driftline.streams.app.drift import add_drift_agent
@@ -267,7 +268,8 @@ def run_worker(settings: Settings) -> None:
     app = build_app(settings)
     from driftline.streams.logformat import faust_logging_config
 
-    log.info("worker starting: namespace %s, models %s", settings.namespace,
-             ", ".join(f"{b.name} {b.version}" for b in settings.models), extra={"event": "worker_started"})
+    log.info("worker starting: namespace %s, models %s, %s Avro codec", settings.namespace,
+             ", ".join(f"{b.name} {b.version}" for b in settings.models), codec.IMPLEMENTATION,
+             extra={"event": "worker_started"})
     worker_class()(app, loglevel="info", quiet=True,
                    logging_config=faust_logging_config("info")).execute_from_commandline()

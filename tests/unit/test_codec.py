@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driftline.schemas.catalog import SchemaCatalog, schema_id
-from driftline.schemas.codec import HEADER, BatchDecoder, decode, encode, encode_many, frame
+from driftline.schemas.codec import HEADER, BatchDecoder, BatchEncoder, decode, encode, encode_many, frame
+from driftline.schemas.columnar import IMPLEMENTATIONS
 
 CARD = "driftline.examples.CardTransaction"
 
@@ -28,12 +29,13 @@ card_v2 = st.fixed_dictionaries({
 })
 
 
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @settings(max_examples=100, deadline=None)
 @given(st.lists(card_v2, min_size=1, max_size=20))
-def test_batch_round_trip(catalog: SchemaCatalog, records: list[dict]) -> None:
+def test_batch_round_trip(catalog: SchemaCatalog, impl: str, records: list[dict]) -> None:
     schema = catalog.latest(CARD)
     values = encode_many(schema, records)
-    out = BatchDecoder(catalog, schema, max_bytes=1 << 20).decode(values)
+    out = BatchDecoder(catalog, schema, max_bytes=1 << 20, implementation=impl).decode(values)
     assert out.failures == []
     assert out.records == records
     assert out.indices.tolist() == list(range(len(records)))
@@ -124,9 +126,9 @@ def test_writer_bytes_equal_plain_fastavro(catalog: SchemaCatalog, generator, rn
         assert value[5:] == buf.getvalue()
 
 
-def test_columnar_and_fastavro_paths_agree(catalog: SchemaCatalog, generator, rng) -> None:  # type: ignore[no-untyped-def]
-    """Small batches go through fastavro, big ones through the columnar codec: same answers."""
-    from driftline.schemas.codec import BatchEncoder
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_columnar_and_fastavro_paths_agree(catalog, generator, rng, impl) -> None:  # type: ignore[no-untyped-def]
+    """Small batches go through fastavro (numpy codec), big ones through the columnar codec: same answers."""
     from tests.helpers import bad_corpus
 
     v1, v2 = catalog.get(CARD, 1), catalog.get(CARD, 2)
@@ -135,7 +137,7 @@ def test_columnar_and_fastavro_paths_agree(catalog: SchemaCatalog, generator, rn
     values += [encode(v1, {k: v for k, v in r.items() if k != "country"}) for r in records[30:]]
     values += [v for _, v, _, _ in bad_corpus(catalog, records[0], 4096)]
     values += [values[0][:-3], values[1] + b"\x01"]
-    columnar = BatchDecoder(catalog, v2, max_bytes=4096, columnar_min_rows=1).decode(values)
+    columnar = BatchDecoder(catalog, v2, max_bytes=4096, columnar_min_rows=1, implementation=impl).decode(values)
     rowwise = BatchDecoder(catalog, v2, max_bytes=4096, columnar_min_rows=10**9).decode(values)
     assert columnar.indices.tolist() == rowwise.indices.tolist()
     assert columnar.schema_ids.tolist() == rowwise.schema_ids.tolist()
@@ -150,5 +152,15 @@ def test_columnar_and_fastavro_paths_agree(catalog: SchemaCatalog, generator, rn
             "model": "m", "model_version": "1", "variant": "champion", "score": np.linspace(0, 1, n),
             "label": ["a", None, "b", None, "c"], "schema_id": np.arange(n), "provider": "CPU",
             "event_time": np.arange(n) * 1000, "scored_at": 7}
-    assert BatchEncoder(pred, columnar_min_rows=1).encode(n, cols) == BatchEncoder(
+    assert BatchEncoder(pred, columnar_min_rows=1, implementation=impl).encode(n, cols) == BatchEncoder(
         pred, columnar_min_rows=10**9).encode(n, cols)
+
+
+def test_the_compiled_codec_takes_small_batches_too(catalog: SchemaCatalog) -> None:
+    """It has no fixed cost per batch to win back, so no batch takes the fastavro detour."""
+    schema = catalog.latest(CARD)
+    expect = {"compiled": 1, "numpy": 128}
+    for impl in IMPLEMENTATIONS:
+        assert BatchDecoder(catalog, schema, max_bytes=4096, implementation=impl).columnar_min_rows == expect[impl]
+        assert BatchEncoder(catalog.latest("driftline.Prediction"), implementation=impl).columnar_min_rows == \
+            expect[impl]

@@ -113,7 +113,7 @@ def test_dockerfile_rules(name: str) -> None:
     # installs exactly one ONNX Runtime (an extra: `cpu`, or `gpu` alone, never the CPU build then replaced).
     build = all_stages[0]
     copied = {src for i in build if i.upper().startswith("COPY ") for src in i.split()[1:-1]}
-    assert {"examples", "LICENSE", "pyproject.toml"} <= copied
+    assert {"examples", "LICENSE", "pyproject.toml", "setup.py"} <= copied  # setup.py: the compiled codec
     assert not any("DRIFTLINE_MODEL_DIR" in i or "/app/examples" in i for i in final), "the example is in the wheel"
     installs = " ".join(i for i in build if i.upper().startswith(("RUN ", "ARG ")))
     assert "uninstall" not in installs
