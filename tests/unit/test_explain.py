@@ -1,0 +1,243 @@
+"""Attributions checked against what they must be: a closed form, the Shapley definition, shap's KernelExplainer.
+
+The models are real ONNX graphs written with the ONNX helper and served
+through :class:`OnnxModel`, as the explain agent serves them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from driftline.detectors.explain import (
+    EXACT,
+    KERNEL_SHAP,
+    ShapleyExplainer,
+    coalitions,
+    exact_shapley,
+    link,
+    picked,
+)
+from driftline.inference.model import OnnxModel
+from driftline.inference.registry import write_version
+
+WEIGHTS = np.array([1.5, -0.8, 0.0, 0.3], dtype=np.float32)
+COLOURS = ("red", "green", "blue")
+COLOUR_WEIGHTS = np.array([0.7, -0.4, 0.0], dtype=np.float32)
+BIAS = -0.2
+#: the ONNX graph computes in float32; the log-odds of its float32 probability carry ~1e-5 of rounding
+LOGIT_TOLERANCE = 1e-3
+#: every coalition evaluated: the regression and the definition are the same numbers but for float64 rounding
+EXACT_TOLERANCE = 1e-9
+#: 2x the coalitions for 6 features sampled out of 62: the estimate's error, relative to the largest attribution
+SAMPLED_TOLERANCE = 0.1
+
+
+def _manifest(name: str, features: list[dict[str, object]], task: str = "binary_classification") -> dict[str, object]:
+    return {
+        "name": name, "version": "1", "task": task, "labels": ["no", "yes"], "threshold": 0.5,
+        "request": {"subject": "driftline.tests.Toy", "id_field": "id", "key_field": "id", "time_field": None},
+        "features": features, "onnx": {"input": "features", "output": "score", "output_index": 0},
+    }
+
+
+def _save(graph: object, root: Path, manifest: dict[str, object]) -> OnnxModel:
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    write_version(root, bytes(model.SerializeToString()), manifest)
+    m = OnnxModel(root / str(manifest["name"]) / "1", providers="cpu")
+    m.load()
+    return m
+
+
+@pytest.fixture(scope="module")
+def logistic(tmp_path_factory: pytest.TempPathFactory) -> OnnxModel:
+    """sigmoid(w·x + c[colour] + bias) over four numeric features and a one-hot colour."""
+    from onnx import TensorProto, helper
+
+    w = np.concatenate([WEIGHTS, COLOUR_WEIGHTS]).reshape(-1, 1)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "w"], ["z0"]), helper.make_node("Add", ["z0", "b"], ["z"]),
+         helper.make_node("Sigmoid", ["z"], ["score"])],
+        "logistic",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, len(w)])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor("w", TensorProto.FLOAT, list(w.shape), w.ravel().tolist()),
+         helper.make_tensor("b", TensorProto.FLOAT, [1], [BIAS])],
+    )
+    feats: list[dict[str, object]] = [{"name": f"x{i}", "kind": "numeric"} for i in range(len(WEIGHTS))]
+    feats.append({"name": "colour", "kind": "categorical", "categories": list(COLOURS)})
+    return _save(graph, tmp_path_factory.mktemp("models"), _manifest("logistic", feats))
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory: pytest.TempPathFactory) -> OnnxModel:
+    """A 6-16-1 tanh MLP with seeded random weights: features that interact, so no closed form."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(7)
+    w1, b1 = rng.normal(0, 1, (6, 16)).astype(np.float32), rng.normal(0, 0.5, 16).astype(np.float32)
+    w2 = rng.normal(0, 1, (16, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "w1"], ["h0"]), helper.make_node("Add", ["h0", "b1"], ["h1"]),
+         helper.make_node("Tanh", ["h1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["z"]),
+         helper.make_node("Sigmoid", ["z"], ["score"])],
+        "mlp",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 6])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor(n, TensorProto.FLOAT, list(a.shape), a.ravel().tolist())
+         for n, a in (("w1", w1), ("b1", b1), ("w2", w2))],
+    )
+    feats: list[dict[str, object]] = [{"name": f"x{i}", "kind": "numeric"} for i in range(6)]
+    return _save(graph, tmp_path_factory.mktemp("models"), _manifest("mlp", feats))
+
+
+def _logistic_columns(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    cols: dict[str, np.ndarray] = {f"x{i}": rng.normal(i, 1.0 + i, n) for i in range(len(WEIGHTS))}
+    cols["colour"] = rng.choice(np.array(COLOURS, dtype=object), n)
+    return cols
+
+
+def _numeric_columns(rng: np.random.Generator, n: int, m: int) -> dict[str, np.ndarray]:
+    return {f"x{i}": rng.normal(0, 1.0, n) for i in range(m)}
+
+
+def _features(model: OnnxModel) -> tuple[str, ...]:
+    return tuple(f.name for f in model.manifest.profile.features)
+
+
+@pytest.mark.parametrize("samples", [64, 12])  # 5 features: 30 coalitions, all of them (64) or 12 sampled
+def test_a_logistic_model_gets_its_closed_form_in_log_odds(logistic: OnnxModel, samples: int) -> None:
+    rng = np.random.default_rng(1)
+    bg, x = _logistic_columns(rng, 100), _logistic_columns(rng, 50)
+    e = ShapleyExplainer(_features(logistic), bg, logistic.predict_columns, link_fn="logit", samples=samples)
+    a = e.explain(x)
+    assert a.method == (EXACT if samples == 64 else KERNEL_SHAP)
+    expected = np.empty((50, 5))
+    for i, w in enumerate(WEIGHTS):
+        expected[:, i] = w * (x[f"x{i}"] - bg[f"x{i}"].mean())
+    colour_w = dict(zip(COLOURS, COLOUR_WEIGHTS.tolist(), strict=True))
+    cw = np.array([colour_w[c] for c in x["colour"]])
+    expected[:, 4] = cw - np.mean([colour_w[c] for c in bg["colour"]])
+    # an additive model in log-odds is fitted exactly by any coalitions that determine it
+    np.testing.assert_allclose(a.phi, expected, atol=LOGIT_TOLERANCE)
+    assert np.abs(a.phi[:, 2]).max() < LOGIT_TOLERANCE  # weight 0: nothing attributed to it
+
+
+def test_an_mlp_gets_its_exact_shapley_values(mlp: OnnxModel) -> None:
+    rng = np.random.default_rng(2)
+    bg, x = _numeric_columns(rng, 64, 6), _numeric_columns(rng, 20, 6)
+    e = ShapleyExplainer(_features(mlp), bg, mlp.predict_columns, link_fn="logit", samples=62)
+    a = e.explain(x)
+    truth = exact_shapley(e, x)
+    assert a.method == EXACT and a.samples == 62
+    np.testing.assert_allclose(a.phi, truth, atol=EXACT_TOLERANCE * max(1.0, np.abs(truth).max()))
+    assert np.abs(truth).max() > 0.1  # a test of something: the attributions are far from 0
+
+
+def test_sampled_coalitions_estimate_the_mlps_shapley_values(mlp: OnnxModel) -> None:
+    rng = np.random.default_rng(3)
+    bg, x = _numeric_columns(rng, 64, 6), _numeric_columns(rng, 20, 6)
+    e = ShapleyExplainer(_features(mlp), bg, mlp.predict_columns, link_fn="logit", samples=40, seed=5)
+    a = e.explain(x)
+    truth = exact_shapley(e, x)
+    assert a.method == KERNEL_SHAP
+    scale = np.abs(truth).max(axis=1, keepdims=True)
+    assert (np.abs(a.phi - truth) / scale).max() < SAMPLED_TOLERANCE
+
+
+@pytest.mark.parametrize("samples", [62, 16])
+def test_attributions_sum_to_the_output_minus_the_base_for_every_row(mlp: OnnxModel, samples: int) -> None:
+    rng = np.random.default_rng(4)
+    bg, x = _numeric_columns(rng, 32, 6), _numeric_columns(rng, 30, 6)
+    e = ShapleyExplainer(_features(mlp), bg, mlp.predict_columns, link_fn="logit", samples=samples)
+    a = e.explain(x)
+    np.testing.assert_allclose(a.phi.sum(axis=1), a.value - a.base, atol=1e-9)
+    np.testing.assert_allclose(a.value, link(mlp.predict_columns(x), "logit"), atol=1e-9)
+    np.testing.assert_allclose(a.base, link(mlp.predict_columns(bg), "logit").mean(), atol=1e-9)
+
+
+def test_big_batches_not_many_small_calls(mlp: OnnxModel) -> None:
+    rng = np.random.default_rng(5)
+    bg, x = _numeric_columns(rng, 64, 6), _numeric_columns(rng, 10, 6)
+    calls: list[int] = []
+
+    def counted(cols: dict[str, np.ndarray]) -> np.ndarray:
+        calls.append(len(cols["x0"]))
+        return mlp.predict_columns(cols)
+
+    e = ShapleyExplainer(_features(mlp), bg, counted, link_fn="logit", samples=62, max_rows=20_000)
+    a = e.explain(x)
+    # 10 rows x 62 coalitions x 64 background rows = 39,680 rows: 2 chunks, plus the base and the rows' outputs
+    assert a.calls == len(calls) == 4
+    assert max(calls) <= 20_000 and sum(calls) == 64 + 10 + 10 * 62 * 64
+    chunked = ShapleyExplainer(_features(mlp), bg, mlp.predict_columns, link_fn="logit", samples=62, max_rows=1)
+    np.testing.assert_allclose(chunked.explain(x).phi, a.phi, atol=1e-12)  # chunking changes nothing
+
+
+def test_a_rows_attributions_do_not_depend_on_its_neighbours(mlp: OnnxModel) -> None:
+    rng = np.random.default_rng(6)
+    bg, x = _numeric_columns(rng, 32, 6), _numeric_columns(rng, 8, 6)
+    e = ShapleyExplainer(_features(mlp), bg, mlp.predict_columns, link_fn="logit", samples=20, seed=1)
+    together = e.explain(x).phi
+    alone = e.explain({k: v[3:4] for k, v in x.items()}).phi
+    np.testing.assert_allclose(alone[0], together[3], atol=1e-9)
+
+
+def test_shap_kernel_explainer_agrees(mlp: OnnxModel) -> None:
+    shap = pytest.importorskip("shap")
+    rng = np.random.default_rng(8)
+    bg, x = _numeric_columns(rng, 24, 6), _numeric_columns(rng, 5, 6)
+    names = _features(mlp)
+    e = ShapleyExplainer(names, bg, mlp.predict_columns, samples=62)  # identity link: shap averages probabilities
+    ours = e.explain(x)
+
+    def f(matrix: np.ndarray) -> np.ndarray:
+        return mlp.predict_columns({n: matrix[:, i].astype(np.float64) for i, n in enumerate(names)})
+
+    def matrix(cols: dict[str, np.ndarray]) -> np.ndarray:
+        return np.column_stack([cols[n] for n in names])
+
+    explainer = shap.KernelExplainer(f, matrix(bg))
+    theirs = np.asarray(explainer.shap_values(matrix(x), nsamples=62, silent=True))
+    assert np.isclose(float(explainer.expected_value), ours.base, atol=1e-6)
+    np.testing.assert_allclose(ours.phi, theirs, atol=1e-5)
+
+
+def test_the_pick_is_a_function_of_the_request_id() -> None:
+    ids = [f"req-{i}" for i in range(20_000)]
+    tenth, fifth = picked(ids, 0.1), picked(ids, 0.2)
+    assert np.array_equal(tenth, picked(list(ids), 0.1))  # every worker, every run
+    assert 0.09 < tenth.mean() < 0.11 and 0.19 < fifth.mean() < 0.21
+    assert not (tenth & ~fifth).any()  # a larger share keeps the smaller one's requests
+    assert not picked(ids, 0.0).any() and picked(ids[:3], 1.0).all()
+
+
+def test_coalitions_are_all_of_them_when_they_fit() -> None:
+    z, w, every = coalitions(4, 14, np.random.default_rng(0))
+    assert every and len(z) == 14 and len({tuple(r) for r in z.tolist()}) == 14
+    assert not (z.all(axis=1) | ~z.any(axis=1)).any()
+    np.testing.assert_allclose(w[z.sum(axis=1) == 1], 3 / (4 * 1 * 3))
+    z, w, every = coalitions(10, 100, np.random.default_rng(0))
+    assert not every and len(z) == 100 and np.array_equal(z[:50], ~z[50:])
+    assert not (z.all(axis=1) | ~z.any(axis=1)).any()
+
+
+def test_a_model_that_gives_nan_is_refused(mlp: OnnxModel) -> None:
+    bg = _numeric_columns(np.random.default_rng(0), 8, 2)
+    e = ShapleyExplainer(("x0", "x1"), bg, lambda c: np.full(len(c["x0"]), np.nan))
+    with pytest.raises(ValueError, match="finite"):
+        e.explain(bg)
+
+
+@pytest.mark.parametrize(("kwargs", "word"), [({"samples": 1}, "samples"), ({"max_rows": 0}, "max_rows")])
+def test_bad_arguments_name_themselves(kwargs: dict[str, int], word: str) -> None:
+    bg = {"x": np.zeros(3)}
+    with pytest.raises(ValueError, match=word):
+        ShapleyExplainer(("x",), bg, lambda c: c["x"], **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="background"):
+        ShapleyExplainer(("x",), {"x": np.zeros(0)}, lambda c: c["x"])
