@@ -12,7 +12,7 @@ import pytest
 
 from driftline.streams.cli import build_parser
 
-COMMANDS = {"up", "example", "worker", "produce", "tail", "alerts", "topics", "report", "trainer", "status", "model",
+COMMANDS = {"up", "example", "worker", "produce", "tail", "alerts", "explain", "topics", "report", "trainer", "status", "model",
             "profile", "schemas"}
 
 
