@@ -35,7 +35,7 @@ from driftline.inference.model import OnnxModel
 from driftline.inference.registry import ModelRegistry, is_plain_name
 from driftline.schemas.catalog import SchemaCatalog, WireSchema
 from driftline.schemas.codec import decode, encode
-from driftline.schemas.profile import CategoricalFeature, InputProfile
+from driftline.schemas.profile import CategoricalFeature, InputProfile, NumericFeature
 from driftline.streams.core.pipeline import OutRecord
 from driftline.streams.core.profiling import PROFILE_FILE
 from driftline.streams.core.recent import RecentlyUsed
@@ -87,7 +87,12 @@ class _Picked:
 
 
 class _Version:
-    """One model version ready to explain: its CPU session, the manifest's features, its explainer."""
+    """One model version ready to explain: its CPU session, the manifest's features, its explainer.
+
+    The explainer works in the model's matrix (as ``{ns}.scored`` carries the
+    rows): a categorical feature's one-hot columns are one feature. A model
+    with named inputs scores the matrix decoded back into its columns.
+    """
 
     def __init__(self, model: OnnxModel, profile: ReferenceProfile, config: ExplainConfig) -> None:
         self.model = model
@@ -96,10 +101,26 @@ class _Version:
         rows = profile.rows
         if rows is None or rows.n == 0 or any(n not in rows.columns for n in self.names):
             raise LookupError("no joint rows")
-        background = {n: np.asarray(rows.columns[n])[: config.background] for n in self.names}
+        background = self.inputs.encode({n: np.asarray(rows.columns[n])[: config.background] for n in self.names})
+        bounds = np.cumsum([0, *(f.width for f in self.inputs.features)])
+        groups = [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        self.impute = [(int(at), f.impute) for at, f in zip(bounds[:-1], self.inputs.features, strict=True)
+                       if isinstance(f, NumericFeature)]
         how: Link = "identity" if model.manifest.task == "regression" else "logit"
-        self.explainer = ShapleyExplainer(self.names, background, model.predict_columns, link_fn=how,
-                                          samples=config.samples, max_rows=config.max_rows)
+        score = model.predict if not model.manifest.inputs else self._named
+        self.explainer = ShapleyExplainer(background, score, groups=groups, link_fn=how, samples=config.samples,
+                                          max_rows=config.max_rows)
+
+    def model_rows(self, raw: np.ndarray) -> np.ndarray:
+        """Scored rows (NaN where a value was imputed) as the model saw them: the impute values back in."""
+        out = np.array(raw, dtype=np.float32, copy=True)
+        for at, value in self.impute:
+            col = out[:, at]
+            col[np.isnan(col)] = value
+        return out
+
+    def _named(self, matrix: np.ndarray) -> np.ndarray:
+        return self.model.predict_columns(decode_rows(self.inputs, matrix))
 
 
 def decode_rows(profile: InputProfile, matrix: np.ndarray) -> dict[str, np.ndarray]:
@@ -179,7 +200,7 @@ class ExplainCore:
             return []
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
-            a = v.explainer.explain(decode_rows(v.inputs, np.stack(rows)))
+            a = v.explainer.explain(v.model_rows(np.stack(rows)))
         except Exception as exc:  # noqa: BLE001 - ORT and numpy raise several unrelated types
             log.warning("%s v%s: %d explanations failed (%s: %s)", model, version, len(kept), type(exc).__name__,
                         str(exc)[:300])
