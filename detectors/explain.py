@@ -142,10 +142,9 @@ def picked(request_ids: Sequence[str], fraction: float) -> np.ndarray:
         return np.zeros(len(request_ids), dtype=bool)
     if fraction >= 1:
         return np.ones(len(request_ids), dtype=bool)
-    h = np.array([int.from_bytes(hashlib.blake2b(r.encode("utf-8", "surrogatepass"), digest_size=8,
-                                                 person=b"driftline.xpl").digest(), "big")
-                  for r in request_ids], dtype=np.uint64)
-    return h < np.uint64(int(fraction * 2.0**64))
+    digests = b"".join(hashlib.blake2b(r.encode("utf-8", "surrogatepass"), digest_size=8, person=b"driftline.xpl")
+                       .digest() for r in request_ids)  # ~0.5 µs an id: cheap enough for the score path
+    return np.frombuffer(digests, dtype=">u8") < np.uint64(int(fraction * 2.0**64))
 
 
 class ShapleyExplainer:

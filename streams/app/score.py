@@ -92,6 +92,7 @@ def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None,
         scored=(catalog.latest("driftline.Scored"), settings.topic("scored"))
         if settings.feedback or settings.explain_fraction > 0 else None,
         pii_key=pii_key_for(settings, served),
+        scored_fraction=1.0 if settings.feedback else settings.explain_fraction,
     )
 
 

@@ -131,7 +131,7 @@ def render(request_id: str, explanation: Mapping[str, Any], scored: Mapping[str,
     lines.append(f"  {'feature':<{width}}  {'value':>14}  {'attribution':>12}")
     for f, a in rows:
         v = values.get(f)
-        shown = "" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
+        shown = ("(missing)" if f in values else "") if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
         lines.append(f"  {f:<{width}}  {shown[:14]:>14}  {a:>+12.4f}")
     return "\n".join(lines)
 

@@ -66,7 +66,7 @@ def test_the_picked_requests_are_explained_and_shown(
         table = [ln.split() for ln in lines[3:]]
         assert [t[0] for t in table] == sorted(recs[0]["features"], key=lambda f: -abs(
             recs[0]["attributions"][recs[0]["features"].index(f)]))  # every feature, largest first
-        assert all(len(t) == 3 for t in table)  # name, value (the example reads no personal field), attribution
+        assert all(len(t) == 3 for t in table), shown.stdout  # name, value (no personal field here), attribution
         missing = next(i for i in ids if i not in want)
         gone = explain_cli(broker.bootstrap, namespace, missing)
         assert gone.returncode == 1 and f"request {missing} has no explanation" in gone.stderr

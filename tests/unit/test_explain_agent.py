@@ -159,3 +159,37 @@ def test_rows_decode_back_to_the_columns_they_encode(logistic: OnnxModel) -> Non
     assert back["colour"].tolist() == cols["colour"].tolist()
     np.testing.assert_allclose(back["x1"], cols["x1"], rtol=1e-6)
     np.testing.assert_array_equal(profile.encode(back), profile.encode(cols))
+
+
+def test_without_the_label_join_only_the_picked_rows_go_to_scored_and_all_are_explained(
+        catalog: SchemaCatalog, fraud_model: OnnxModel, generator) -> None:  # type: ignore[no-untyped-def]
+    from driftline.inference.registry import ModelRegistry as Registry
+    from driftline.streams.core.pipeline import RawMessage, ScorePipeline, ServedModel
+    from driftline.streams.settings import EXAMPLE_MODELS
+
+    records, _ = generator.generate(300, np.random.default_rng(5))
+    records = [{**r, "ip_risk": r["ip_risk"] or 0.1} for r in records]
+    schema = catalog.latest("driftline.examples.CardTransaction")
+    msgs = [RawMessage("ns.requests", 0, i, r["card_id"].encode(), encode(schema, r), [], 1)
+            for i, r in enumerate(records)]
+
+    def scoring(fraction: float) -> ScorePipeline:
+        served = {"ns.requests": ServedModel(fraud_model, catalog, max_message_bytes=1 << 16)}
+        return ScorePipeline(served, catalog.latest("driftline.Prediction"), predictions_topic="ns.predictions",
+                             deadletter_topic="ns.deadletter", deadletter_max_bytes=1 << 20,
+                             scored=(catalog.latest("driftline.Scored"), "ns.scored"), scored_fraction=fraction)
+
+    every = scoring(1.0).process(msgs, 1_767_225_700_000).scored
+    some = scoring(0.3).process(msgs, 1_767_225_700_000)
+    ids = [r["request_id"] for r in records]
+    want = [i for i, k in zip(ids, picked(ids, 0.3).tolist(), strict=True) if k]
+    assert len(every) == 300 and len(some.predictions) == 300  # every request is still answered
+    assert [r.key for r in some.scored] == [i.encode() for i in want]
+    by_key = {r.key: r.value for r in every}
+    assert all(decode(catalog, r.value)[1] == decode(catalog, by_key[r.key])[1] for r in some.scored)
+    out, stats = ExplainCore(Registry(EXAMPLE_MODELS), catalog, TOPIC, ExplainConfig(0.3)).batch(
+        [r.value for r in some.scored])
+    assert [r.key for r in out] == [i.encode() for i in want] and not stats.skipped
+    rec = decode(catalog, out[0].value)[1]
+    assert rec["method"] == "kernel_shap" and len(rec["attributions"]) == 16 and rec["samples"] >= 256
+    assert np.isclose(sum(rec["attributions"]), rec["value"] - rec["base"], atol=1e-9)

@@ -29,12 +29,13 @@ EXPLANATION = {"request_id": "r1", "model": "fraud", "model_version": "1", "vari
 
 def test_attributions_are_shown_largest_magnitude_first() -> None:
     assert [f for f, _ in ranked(EXPLANATION)] == ["merchant_risk", "amount", "hour_of_day"]
-    text = render("r1", EXPLANATION, {"predicted": "fraud"}, {"amount": 120.5, "merchant_risk": 0.8}, None)
+    text = render("r1", EXPLANATION, {"predicted": "fraud"}, {"amount": 120.5, "merchant_risk": 0.8,
+                                                              "hour_of_day": None}, None)
     lines = text.splitlines()
     assert lines[0] == "request r1: fraud v1 (champion), score 0.9 (fraud)"
     assert "base -1.0000 + sum +3.2000 = +2.2000" in lines[1] and "log-odds" in lines[1]
     assert [ln.split()[0] for ln in lines[3:]] == ["merchant_risk", "amount", "hour_of_day"]
-    assert lines[3].split()[1:] == ["0.8", "+3.0000"] and lines[5].split() == ["hour_of_day", "-0.3000"]
+    assert lines[3].split()[1:] == ["0.8", "+3.0000"] and lines[5].split() == ["hour_of_day", "(missing)", "-0.3000"]
     assert "not on the scored topic" in render("r1", EXPLANATION, None, {}, None)
 
 
