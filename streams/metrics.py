@@ -192,6 +192,20 @@ class Metrics:
             "driftline_explain_cpu_seconds_total", "CPU time of the explain thread in the estimates (divide by "
             "driftline_explanations_total: the cost of an explained request).", registry=registry,
         )
+        self.explain_importance = Gauge(
+            "driftline_explain_importance", "Global importance: mean |attribution| per feature in the last closed "
+            "window of explained requests (link units: log-odds for classifiers).", ["model", "version", "feature"],
+            registry=registry,
+        )
+        self.explain_importance_shift = Gauge(
+            "driftline_explain_importance_shift", "Total variation distance between the last window's importance "
+            "shares and the reference rows' own: the share of the model's attention that moved (0 to 1).",
+            ["model", "version"], registry=registry,
+        )
+        self.explain_rank_correlation = Gauge(
+            "driftline_explain_importance_rank_correlation", "Spearman correlation of the last window's importance "
+            "with the reference's (1: the same order of features).", ["model", "version"], registry=registry,
+        )
         self.build_info = Info("driftline_build", "Versions of driftline and its engines.", registry=registry)
         self.build_info.info(build_versions())
         # The process itself (process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ...),
@@ -243,6 +257,12 @@ class Metrics:
             self.explanations_skipped.labels(model, reason).inc(n)
         self.explain_calls.inc(stats.calls)
         self.explain_cpu.inc(stats.cpu_s)
+        for w in stats.closed:
+            for feature, value in zip(w.features, w.mean_abs, strict=True):
+                self.explain_importance.labels(w.model, w.version, feature).set(value)
+            if w.shift is not None and w.rank_correlation is not None:
+                self.explain_importance_shift.labels(w.model, w.version).set(w.shift)
+                self.explain_rank_correlation.labels(w.model, w.version).set(w.rank_correlation)
 
     def observe_lag(self, lag: dict[tuple[str, int], int]) -> None:
         self.consumer_lag.clear()  # partitions move between workers

@@ -90,7 +90,8 @@ def add_explain_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog
     key = settings.pii_secret()
     core = ExplainCore(ModelRegistry(settings.model_dir), catalog, settings.topic("explanations"),
                        ExplainConfig(settings.explain_fraction, settings.explain_samples,
-                                     settings.explain_background, settings.explain_max_rows),
+                                     settings.explain_background, settings.explain_max_rows,
+                                     int(settings.window_s * 1000)),
                        opener=None if key is None else Opener(key), verify_key=settings.model_verify_key())
     conf = {**settings.consumer_config(f"{settings.namespace}-explain"), "max.poll.interval.ms": 300_000}
     holder: list[ExplainLoop] = []

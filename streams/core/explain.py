@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from driftline.detectors.explain import Link, ShapleyExplainer, picked
+from driftline.detectors.importance import ImportanceWindow, importance_shift, rank_correlation
 from driftline.detectors.profile import ReferenceProfile
 from driftline.inference.deployment import SHADOW
 from driftline.inference.errors import ModelError
@@ -61,6 +62,22 @@ class ExplainConfig:
     samples: int = 256
     background: int = 64
     max_rows: int = 65_536
+    window_ms: int = 60_000  # global importance windows, by the requests' event time (drift's window_s)
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedImportance:
+    """A closed window's global importance: mean |attribution| per feature, and its shift from the reference."""
+
+    model: str
+    version: str
+    start_ms: int
+    n: int  # requests explained in it (by this worker)
+    features: tuple[str, ...]
+    mean_abs: tuple[float, ...]
+    reference: tuple[float, ...] | None  # the background's own mean |attribution| (None: it could not be computed)
+    shift: float | None  # total variation distance of the shares (detectors.importance)
+    rank_correlation: float | None
 
 
 @dataclass(slots=True)
@@ -72,6 +89,7 @@ class ExplainStats:
     calls: int = 0  # model calls
     cpu_s: float = 0.0  # this thread's CPU time in the estimates
     wall_s: float = 0.0
+    closed: list[ClosedImportance] = field(default_factory=list)  # importance windows this batch closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +128,37 @@ class _Version:
         score = model.predict if not model.manifest.inputs else self._named
         self.explainer = ShapleyExplainer(background, score, groups=groups, link_fn=how, samples=config.samples,
                                           max_rows=config.max_rows)
+        self.reference: np.ndarray | None = None
+        try:  # the background explained against itself: what the model leans on in reference data (once)
+            self.reference = np.abs(self.explainer.explain(background).phi).mean(axis=0)
+        except Exception as exc:  # noqa: BLE001 - ORT and numpy raise several unrelated types
+            log.warning("%s v%s: no reference importance (%s: %s); windows are reported without a shift",
+                        model.name, model.version, type(exc).__name__, str(exc)[:300])
+        self.window: tuple[int, ImportanceWindow] | None = None  # (start, sums) of the open window
+
+    def fold(self, model: str, version: str, phi: np.ndarray, event_ms: np.ndarray, window_ms: int,
+             closed: list[ClosedImportance]) -> None:
+        """Add a batch's attributions to the importance windows of their event times; close the windows passed.
+
+        A request older than the open window (late) is counted in the open one.
+        """
+        starts = (event_ms // window_ms) * window_ms
+        for start in np.unique(starts).tolist():
+            if self.window is None or start > self.window[0]:
+                if self.window is not None:
+                    closed.append(self.report(model, version))
+                self.window = (int(start), ImportanceWindow.empty(self.names))
+            self.window[1].add(phi[starts == start] if start >= self.window[0] else phi[starts <= start])
+
+    def report(self, model: str, version: str) -> ClosedImportance:
+        assert self.window is not None  # noqa: S101 - called with an open window
+        start, w = self.window
+        mean = w.mean_abs
+        ref = self.reference
+        return ClosedImportance(model, version, start, w.n, self.names, tuple(mean.tolist()),
+                                None if ref is None else tuple(ref.tolist()),
+                                None if ref is None else importance_shift(ref, mean),
+                                None if ref is None else rank_correlation(ref, mean))
 
     def model_rows(self, raw: np.ndarray) -> np.ndarray:
         """Scored rows (NaN where a value was imputed) as the model saw them: the impute values back in."""
@@ -211,6 +260,8 @@ class ExplainCore:
             stats.wall_s += time.perf_counter() - wall
         stats.calls += a.calls
         stats.explained[model] += len(kept)
+        v.fold(model, version, a.phi, np.array([r.event_time for r in kept], dtype=np.int64), self.config.window_ms,
+               stats.closed)
         names = list(v.names)
         return [OutRecord(self.topic, r.request_id.encode(), encode(self.schema, {
             "request_id": r.request_id, "model": model, "model_version": version, "variant": r.variant,

@@ -246,3 +246,30 @@ def test_bad_arguments_name_themselves(kwargs: dict[str, object], word: str) -> 
         ShapleyExplainer(np.zeros((0, 2)), lambda m: m[:, 0])
     with pytest.raises(ValueError, match="rows"):
         ShapleyExplainer(bg, lambda m: m[:, 0]).explain(np.zeros((2, 3)))
+
+
+def test_window_importance_merges_and_its_shift_is_the_moved_share() -> None:
+    from scipy.stats import spearmanr
+
+    from driftline.detectors.importance import ImportanceWindow, importance_shift, rank_correlation, shares
+
+    rng = np.random.default_rng(9)
+    phi = rng.normal(0, [3.0, 1.0, 0.5, 0.1], (400, 4))
+    whole = ImportanceWindow.empty(("a", "b", "c", "d"))
+    whole.add(phi)
+    left, right = ImportanceWindow.empty(whole.features), ImportanceWindow.empty(whole.features)
+    left.add(phi[:150])
+    right.add(phi[150:])
+    merged = left + right
+    assert merged.n == 400 and np.allclose(merged.mean_abs, whole.mean_abs)  # per-worker windows combine exactly
+    np.testing.assert_allclose(whole.mean_abs, np.abs(phi).mean(axis=0))
+    ref = whole.mean_abs
+    assert importance_shift(ref, 2.5 * ref) < 1e-12  # every attribution larger alike: no shift in shares
+    swapped = ref[[1, 0, 2, 3]]  # the two leading features trade places
+    moved = shares(ref)[0] - shares(ref)[1]
+    assert np.isclose(importance_shift(ref, swapped), moved) and moved > 0.3
+    assert np.isclose(rank_correlation(ref, swapped), spearmanr(ref, swapped).statistic)
+    ties = np.array([1.0, 1.0, 0.5, 0.2])
+    assert np.isclose(rank_correlation(ties, ref), spearmanr(ties, ref).statistic)
+    with pytest.raises(ValueError, match="shape"):
+        whole.add(phi[:, :3])

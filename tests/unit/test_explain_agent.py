@@ -193,3 +193,36 @@ def test_without_the_label_join_only_the_picked_rows_go_to_scored_and_all_are_ex
     rec = decode(catalog, out[0].value)[1]
     assert rec["method"] == "kernel_shap" and len(rec["attributions"]) == 16 and rec["samples"] >= 256
     assert np.isclose(sum(rec["attributions"]), rec["value"] - rec["base"], atol=1e-9)
+
+
+def test_importance_windows_close_by_event_time_and_a_shift_shows(
+        catalog: SchemaCatalog, logistic: OnnxModel,  # noqa: F811
+        registry: tuple[ModelRegistry, dict[str, np.ndarray]]) -> None:
+    from driftline.detectors.importance import importance_shift
+
+    reg, _ = registry
+    schema = catalog.latest("driftline.Scored")
+    rng = np.random.default_rng(17)
+    calm = _logistic_columns(rng, 200)
+    moved = _logistic_columns(rng, 200)
+    moved["x1"] = moved["x1"] * 10.0  # the weak feature x1 (weight -0.8) varies ten times more: it matters more
+    values = []
+    for i, (cols, at) in enumerate(((calm, 1_000), (moved, 61_000), (calm, 121_000))):
+        ids = [f"w{i}-{j}" for j in range(200)]
+        for v in scored_values(catalog, logistic, ids, cols):
+            rec = decode(catalog, v)[1]
+            values.append(encode(schema, {**rec, "event_time": at}))
+    c = ExplainCore(reg, catalog, TOPIC, ExplainConfig(1.0, samples=64, background=50, window_ms=60_000))
+    _, first = c.batch(values[:300])  # the first window and half of the second: nothing closed yet but the first
+    _, second = c.batch(values[300:])
+    closed = first.closed + second.closed
+    assert [(w.start_ms, w.n) for w in closed] == [(0, 200), (60_000, 200)]  # the third stays open
+    calm_w, moved_w = closed
+    assert calm_w.reference is not None and calm_w.shift is not None and moved_w.shift is not None
+    assert calm_w.shift < 0.1 < moved_w.shift  # same distribution as the reference rows; x1's share grew
+    assert moved_w.mean_abs[1] > 5 * calm_w.mean_abs[1]
+    assert np.isclose(moved_w.shift, importance_shift(np.array(moved_w.reference), np.array(moved_w.mean_abs)))
+    metrics = Metrics(__import__("prometheus_client").CollectorRegistry())
+    metrics.observe_explain(second)
+    assert metrics.registry.get_sample_value("driftline_explain_importance_shift",
+                                             {"model": "logistic", "version": "1"}) == moved_w.shift
