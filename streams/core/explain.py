@@ -292,6 +292,10 @@ class ExplainCore:
             kept.append(r)
         return rows, kept
 
+    def version(self, model: str, version: str) -> _Version | str:
+        """The version ready to explain, or why not (a skip reason)."""
+        return self._version(model, version)
+
     def _version(self, model: str, version: str) -> _Version | str:
         # a failure is not kept: a version registered a moment later must not stay unexplained until a restart
         return self._versions.get((model, version), lambda: self._load(model, version),

@@ -53,3 +53,26 @@ def test_a_scored_row_shows_its_values_or_says_why_not(tmp_path: Path) -> None:
     assert values == {} and why is not None and "DRIFTLINE_PII_KEY" in why
     values, why = feature_values(settings, {**scored, "model_version": "404"})
     assert values == {} and why is not None and "not in the model registry" in why
+
+
+def test_the_report_shows_importance_per_window_beside_the_reference() -> None:
+    from driftline.detectors.importance import importance_shift
+    from driftline.streams.cli.report import ImportanceReport, importance_windows, render
+
+    def e(at: int, phi: list[float], model: str = "fraud") -> dict[str, object]:
+        return {"model": model, "model_version": "1", "event_time": at, "features": ["a", "b", "c"],
+                "attributions": phi}
+
+    recs = [e(1_000, [1.0, -0.5, 0.0]), e(2_000, [-3.0, 0.5, 0.0]), e(61_000, [0.1, 2.0, 0.0]),
+            e(5_000, [9.0, 9.0, 9.0], model="other"), e(999_000, [9.0, 9.0, 9.0])]
+    windows = importance_windows(recs, "fraud", 0, 120_000, 60_000)
+    assert list(windows) == ["1"] and [(s, w.n) for s, w in windows["1"]] == [(0, 2), (60_000, 1)]
+    np.testing.assert_allclose(windows["1"][0][1].mean_abs, [2.0, 0.5, 0.0])
+    reference = np.array([0.2, 1.0, 0.1])
+    page = render("fraud", [], [], 0, 120_000, 0.01, importance=[
+        ImportanceReport("1", ("a", "b", "c"), reference, windows["1"])])
+    section = page.split("What the model leans on")[1]
+    assert section.index("<th>b</th>") < section.index("<th>a</th>") < section.index("<th>c</th>")  # by reference
+    shift = importance_shift(reference, np.array([2.0, 0.5, 0.0]))
+    assert f"{shift:.3f}" in section and "reference rows" in section
+    assert "What the model leans on" not in render("fraud", [], [], 0, 1, 0.01)  # no explanations: no section
