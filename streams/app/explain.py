@@ -20,7 +20,7 @@ import faust
 
 from driftline.inference.registry import ModelRegistry
 from driftline.schemas.catalog import SchemaCatalog
-from driftline.streams.core.explain import ExplainConfig, ExplainCore, summary
+from driftline.streams.core.explain import FAILED, ExplainConfig, ExplainCore, ExplainStats, summary
 from driftline.streams.core.pipeline import RawMessage
 from driftline.streams.core.sealing import Opener
 from driftline.streams.errors import BrokerError, DeliveryError
@@ -52,7 +52,13 @@ class ExplainLoop:
             raise DeliveryError(f"{problem}; the explanations cannot be acknowledged")
         msgs = self.source.poll_batch(BATCH_MAX, POLL_S)
         if msgs:
-            out, stats = self.core.batch([m.value for m in msgs])
+            try:
+                out, stats = self.core.batch([m.value for m in msgs])
+            except Exception as exc:  # noqa: BLE001 - a bug on one batch must not stop scoring: counted, logged
+                log.exception("an explain batch of %d records failed (%s); its requests are not explained",
+                              len(msgs), type(exc).__name__)
+                out, stats = [], ExplainStats()
+                stats.skipped["?", FAILED] += len(msgs)
             self.metrics.observe_explain(stats)
             if stats.explained or stats.skipped:
                 log.debug("explain batch: %s", summary(stats))

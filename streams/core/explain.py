@@ -51,6 +51,8 @@ NO_BACKGROUND = "no_background"  # the version has no reference profile with joi
 SEALED_NO_KEY = "sealed_no_key"  # the row is sealed and this worker has no PII key
 SEAL_ERROR = "seal_error"  # the sealed row does not open with this key
 FAILED = "failed"  # the estimate raised (the model gave non-finite scores, ...)
+RETRY_S = 60.0  # a version that did not load is tried again after this long
+MAX_FAILED = 1_000  # failures remembered at most (names come from a topic anyone may write to)
 UNSEEN = "\x00unseen"  # a category the row had no column for: encodes back to no column, as it was scored
 
 
@@ -214,6 +216,7 @@ class ExplainCore:
         self.verify_key = verify_key
         self.schema: WireSchema = catalog.latest("driftline.Explanation")
         self._versions = RecentlyUsed[tuple[str, str], "_Version | str"](max_models)
+        self._failed: dict[tuple[str, str], tuple[float, str]] = {}  # (model, version): (when, why)
 
     def batch(self, values: Sequence[bytes | None]) -> tuple[list[OutRecord], ExplainStats]:
         """The explanations of a batch's picked records, and what it cost; never raises on a record."""
@@ -297,9 +300,20 @@ class ExplainCore:
         return self._version(model, version)
 
     def _version(self, model: str, version: str) -> _Version | str:
-        # a failure is not kept: a version registered a moment later must not stay unexplained until a restart
-        return self._versions.get((model, version), lambda: self._load(model, version),
-                                  keep=lambda v: not isinstance(v, str))
+        # a failure is kept RETRY_S only: a version registered a moment later must not stay unexplained until a
+        # restart, nor a missing one be loaded again (and logged) on every poll
+        failed = self._failed.get((model, version))
+        if failed is not None and time.monotonic() - failed[0] < RETRY_S:
+            return failed[1]
+        got = self._versions.get((model, version), lambda: self._load(model, version),
+                                 keep=lambda v: not isinstance(v, str))
+        if isinstance(got, str):
+            if len(self._failed) >= MAX_FAILED:
+                self._failed.clear()
+            self._failed[model, version] = (time.monotonic(), got)
+        else:
+            self._failed.pop((model, version), None)
+        return got
 
     def _load(self, model: str, version: str) -> _Version | str:
         if not (is_plain_name(model) and is_plain_name(version)):

@@ -226,3 +226,65 @@ def test_importance_windows_close_by_event_time_and_a_shift_shows(
     metrics.observe_explain(second)
     assert metrics.registry.get_sample_value("driftline_explain_importance_shift",
                                              {"model": "logistic", "version": "1"}) == moved_w.shift
+
+
+def test_a_version_that_does_not_load_is_not_loaded_again_on_every_batch(
+        catalog: SchemaCatalog, logistic: OnnxModel,  # noqa: F811
+        registry: tuple[ModelRegistry, dict[str, np.ndarray]]) -> None:
+    reg, _ = registry
+    c = core(reg, catalog, 1.0)
+    loads: list[tuple[str, str]] = []
+    real = c._load
+
+    def counted(model: str, version: str):  # type: ignore[no-untyped-def]
+        loads.append((model, version))
+        return real(model, version)
+
+    c._load = counted  # type: ignore[method-assign]
+    cols = _logistic_columns(np.random.default_rng(18), 2)
+    for _ in range(3):
+        _, stats = c.batch(scored_values(catalog, logistic, ["a", "b"], cols, version="9"))
+        assert stats.skipped == {("logistic", NO_MODEL): 2}
+    assert loads == [("logistic", "9")]  # remembered for RETRY_S, not reloaded and logged per poll
+
+
+def test_a_batch_that_raises_is_counted_and_its_offsets_still_move_on() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from driftline.streams.app.explain import ExplainLoop
+    from driftline.streams.core.pipeline import RawMessage
+
+    class Broken:
+        def batch(self, values: list[bytes | None]) -> None:
+            raise RuntimeError("a bug")
+
+    class Source:
+        fatal_error = None
+        stored: list[list[RawMessage]] = []
+
+        def poll_batch(self, n: int, timeout_s: float) -> list[RawMessage]:
+            return [RawMessage("t.scored", 0, i, b"k", b"v") for i in range(3)]
+
+        def store_through(self, msgs: list[RawMessage]) -> None:
+            self.stored.append(msgs)
+
+    class Sink:
+        fatal_error = None
+        in_flight = 0
+        sent: list[object] = []
+
+        def send(self, records: list[object], token: object) -> None:
+            assert records == []
+            self.sent.append(token)
+
+        def poll(self, timeout_s: float = 0.0) -> list[object]:
+            done, self.sent = self.sent, []
+            return done
+
+    metrics = Metrics(CollectorRegistry())
+    source = Source()
+    loop = ExplainLoop(Broken(), source, Sink(), metrics)  # type: ignore[arg-type]
+    loop.step()
+    assert metrics.registry.get_sample_value("driftline_explanations_skipped_total",
+                                             {"model": "?", "reason": "failed"}) == 3
+    assert [m.offset for batch in source.stored for m in batch] == [0, 1, 2]
