@@ -6,8 +6,10 @@ worker picks the same ones, and a replay picks them again), and explains
 them with :class:`~driftline.detectors.explain.ShapleyExplainer` through
 the version's own model, on a CPU session of its own (one thread), against
 the version's reference rows. The row it explains is the one the model saw
-(the scored record's feature row), decoded back into feature columns; a
-sealed row is opened with the PII key, or skipped without one. An
+(the scored record's feature row, its imputed values filled in again),
+in the model's matrix; a sealed row is opened with the PII key, or
+skipped without one. Per version it also keeps global importance windows
+(:mod:`driftline.detectors.importance`) by the requests' event time. An
 explanation carries numbers (attributions, base, output) and the feature
 names, never a feature value, so it shows nothing of a personal field.
 
