@@ -67,6 +67,16 @@ def test_the_picked_requests_are_explained_and_shown(
         assert [t[0] for t in table] == sorted(recs[0]["features"], key=lambda f: -abs(
             recs[0]["attributions"][recs[0]["features"].index(f)]))  # every feature, largest first
         assert all(len(t) == 3 for t in table), shown.stdout  # name, value (no personal field here), attribution
+        # the report: importance of the requests' window beside the reference rows' own (the example's requests
+        # carry event times of January 2026, hence the long period)
+        env = {**os.environ, "DRIFTLINE_BROKER": broker.bootstrap, "DRIFTLINE_NAMESPACE": namespace}
+        report = subprocess.run([sys.executable, "-m", "driftline.streams.cli", "report", "--model", "fraud",
+                                 "--window", "800d", "--out-dir", str(tmp_path)], cwd=REPO_ROOT, env=env,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert report.returncode == 0, report.stderr
+        page = (tmp_path / "driftline-report-fraud.html").read_text()
+        section = page.split("What the model leans on")[1]
+        assert "reference rows" in section and f"<td class=n>{len(recs)}</td>" in section
         missing = next(i for i in ids if i not in want)
         gone = explain_cli(broker.bootstrap, namespace, missing)
         assert gone.returncode == 1 and f"request {missing} has no explanation" in gone.stderr
