@@ -252,8 +252,9 @@ def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, ca
         events = max(1, len(lat) - 1)
         worker_cpu = 1e6 * (cpu_seconds(proc.pid) - cpu_from[0]) / events
         spent = {k: v - threads_from.get(k, 0.0) for k, v in thread_cpu(proc.pid).items()}
-        print("worker CPU µs per event by thread:", ", ".join(
-            f"{k} {1e6 * v / events:.1f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0), flush=True)
+        busiest = sorted(spent.items(), key=lambda kv: -kv[1])
+        print("worker CPU µs per event by thread:",
+              ", ".join(f"{k} {1e6 * v / events:.1f}" for k, v in busiest if v > 0), flush=True)
         broker_cpu = 1e6 * (cpu_seconds(broker_pid) - cpu_from[1]) / events if broker_pid else float("nan")
         print("worker-side (prediction produce time - request time) p50/p99 ms:",
               np.percentile(produced_lat, [50, 99]).round(1), flush=True)

@@ -13,3 +13,7 @@ class BrokerError(DriftlineError):
 
 class DeliveryError(DriftlineError):
     """Outputs of a batch were not acknowledged; its offsets must not be committed."""
+
+
+class NotFound(DriftlineError):
+    """What a command was asked to show is not there (a request id on a topic); the message says where it looked."""

@@ -16,6 +16,7 @@ from prometheus_client import (
 
 from driftline.inference.deployment import SHADOW
 from driftline.streams.core.drift import ClosedWindow, column_label
+from driftline.streams.core.explain import ExplainStats
 from driftline.streams.core.pipeline import BatchOutcome
 
 #: the kinds of alert a worker raises (drift agent, label loop, control follower)
@@ -174,6 +175,37 @@ class Metrics:
         self.feedback_pending_bytes = Gauge(
             "driftline_feedback_pending_bytes", "Estimated bytes held by the label join.", registry=registry,
         )
+        # -- explanations (the explain agent) --
+        self.explanations = Counter(
+            "driftline_explanations_total", "Requests explained (attributions published on {ns}.explanations).",
+            ["model"], registry=registry,
+        )
+        self.explanations_skipped = Counter(
+            "driftline_explanations_skipped_total", "Requests picked for an explanation and not explained, by "
+            "reason: malformed, no_model, no_background, sealed_no_key, seal_error, failed.",
+            ["model", "reason"], registry=registry,
+        )
+        self.explain_calls = Counter(
+            "driftline_explain_model_calls_total", "ONNX calls the explanations made.", registry=registry,
+        )
+        self.explain_cpu = Counter(
+            "driftline_explain_cpu_seconds_total", "CPU time of the explain thread in the estimates (divide by "
+            "driftline_explanations_total: the cost of an explained request).", registry=registry,
+        )
+        self.explain_importance = Gauge(
+            "driftline_explain_importance", "Global importance: mean |attribution| per feature in the last closed "
+            "window of explained requests (link units: log-odds for classifiers).", ["model", "version", "feature"],
+            registry=registry,
+        )
+        self.explain_importance_shift = Gauge(
+            "driftline_explain_importance_shift", "Total variation distance between the last window's importance "
+            "shares and the reference rows' own: the share of the model's attention that moved (0 to 1).",
+            ["model", "version"], registry=registry,
+        )
+        self.explain_rank_correlation = Gauge(
+            "driftline_explain_importance_rank_correlation", "Spearman correlation of the last window's importance "
+            "with the reference's (1: the same order of features).", ["model", "version"], registry=registry,
+        )
         self.build_info = Info("driftline_build", "Versions of driftline and its engines.", registry=registry)
         self.build_info.info(build_versions())
         # The process itself (process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ...),
@@ -216,6 +248,21 @@ class Metrics:
             self.alerts.labels(model, a.result.kind, a.severity).inc()
         if closed.retrain is not None:
             self.retrains.labels(model).inc()
+
+    def observe_explain(self, stats: ExplainStats) -> None:
+        """What a batch of the explain agent did: explained and skipped requests, and what it cost."""
+        for model, n in stats.explained.items():
+            self.explanations.labels(model).inc(n)
+        for (model, reason), n in stats.skipped.items():
+            self.explanations_skipped.labels(model, reason).inc(n)
+        self.explain_calls.inc(stats.calls)
+        self.explain_cpu.inc(stats.cpu_s)
+        for w in stats.closed:
+            for feature, value in zip(w.features, w.mean_abs, strict=True):
+                self.explain_importance.labels(w.model, w.version, feature).set(value)
+            if w.shift is not None and w.rank_correlation is not None:
+                self.explain_importance_shift.labels(w.model, w.version).set(w.shift)
+                self.explain_rank_correlation.labels(w.model, w.version).set(w.rank_correlation)
 
     def observe_lag(self, lag: dict[tuple[str, int], int]) -> None:
         self.consumer_lag.clear()  # partitions move between workers

@@ -47,6 +47,7 @@ OUTPUTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("driftline.Alert", ("alerts",)),
     ("driftline.RetrainRequest", ("retrain",)),
     ("driftline.Feedback", ("feedback",)),
+    ("driftline.Explanation", ("explanations",)),
 )
 
 NOT_FOUND = 404

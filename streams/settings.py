@@ -151,6 +151,7 @@ class Partitions(BaseModel):
     models: int = Field(1, ge=1)
     drift_state: int = Field(1, ge=1)
     scored: int = Field(4, ge=1)
+    explanations: int = Field(4, ge=1)
 
 
 class Retention(BaseModel):
@@ -172,6 +173,7 @@ class Retention(BaseModel):
     feedback: float = Field(7.0, gt=0)
     labeled: float = Field(30.0, gt=0)
     scored: float = Field(3.0, gt=0, description="read once by the label join, whose state keeps what waits")
+    explanations: float = Field(7.0, gt=0)
 
     def ms(self, role: str) -> int:
         return int(getattr(self, role) * 86_400_000)
@@ -275,6 +277,17 @@ class Settings(BaseSettings):
         True, description="rank a window's drifted features by their estimated effect on the model's score "
         "(the profile's joint rows scored through the version's model when a window raises data-drift alerts)"
     )
+    # -- explanations (README "Explanations") --
+    explain_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of requests explained (per-feature Shapley attributions on "
+        "{ns}.explanations), picked by a hash of the request id; 0: off. Emits {ns}.scored, which it reads")
+    explain_samples: int = Field(
+        256, ge=2, le=100_000, description="coalitions evaluated per explained request (all of them, exact, "
+        "when 2^features - 2 fit)")
+    explain_background: int = Field(
+        64, ge=1, le=256, description="reference rows each coalition is averaged over (of the profile's joint rows)")
+    explain_max_rows: int = Field(
+        65_536, ge=1_000, le=10_000_000, description="rows per ONNX call of the explain agent")
     expected_dead_letter_rate: float = Field(0.02, gt=0.0, lt=1.0)
     expected_duplicate_rate: float = Field(
         0.001, gt=0.0, lt=1.0, description="share of requests whose id repeats an earlier one (producer retries) "
@@ -435,6 +448,7 @@ class Settings(BaseSettings):
             self.topic("drift-state"): p.drift_state,
             self.topic("scored"): p.scored,
             self.topic("feedback-state"): p.scored,  # partition p holds the join state of scored/feedback p
+            self.topic("explanations"): p.explanations,
         }
         return out
 
@@ -447,7 +461,7 @@ class Settings(BaseSettings):
         for role, days in (("predictions", "predictions"), ("predictions.shadow", "predictions"),
                            ("deadletter", "deadletter"), ("sketches", "sketches"), ("alerts", "alerts"),
                            ("retrain", "retrain"), ("feedback", "feedback"), ("labeled", "labeled"),
-                           ("scored", "scored")):
+                           ("scored", "scored"), ("explanations", "explanations")):
             out[self.topic(role)] = {"cleanup.policy": "delete", "retention.ms": str(r.ms(days))}
         return out
 

@@ -123,8 +123,10 @@ def build_pipeline(settings: Settings, catalog: SchemaCatalog | None = None,
         deadletter_topic=settings.topic("deadletter"),
         deadletter_max_bytes=deadletter_bytes or settings.deadletter_max_bytes,
         shadow_topic=settings.topic("predictions.shadow"),
-        scored=(catalog.latest("driftline.Scored"), settings.topic("scored")) if settings.feedback else None,
+        scored=(catalog.latest("driftline.Scored"), settings.topic("scored"))
+        if settings.feedback or settings.explain_fraction > 0 else None,
         pii_key=pii_key_for(settings, served),
+        scored_fraction=1.0 if settings.feedback else settings.explain_fraction,
     )
 
 
@@ -133,13 +135,13 @@ def pii_key_for(settings: Settings, served: Mapping[str, ServedModel]) -> bytes 
 
     A personal entity key is pseudonymised on every prediction, and a model
     that reads personal fields has its input rows sealed on ``{ns}.scored``
-    (with feedback on): both need the key, whatever ``deadletter_pii`` says.
+    (with feedback or explanations on): both need the key, whatever ``deadletter_pii`` says.
     """
     key = settings.pii_secret()
     if key is not None:
         return key
     for s in served.values():
-        why = s.needs_pii_key(settings.feedback)
+        why = s.needs_pii_key(settings.feedback or settings.explain_fraction > 0)
         if why is not None:
             raise ConfigError(f"{why}: set DRIFTLINE_PII_KEY (or DRIFTLINE_PII_KEY_FILE) to pseudonymise or seal "
                               "its personal values")

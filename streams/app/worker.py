@@ -4,6 +4,7 @@
 - :mod:`~driftline.streams.app.control`: deployments from the control topic, applied between batches.
 - :mod:`~driftline.streams.app.drift`: the workers' sketches merged into drift alerts and retrain requests.
 - :mod:`~driftline.streams.app.feedback`: labels joined to predictions; quality and concept drift (opt-in).
+- :mod:`~driftline.streams.app.explain`: per-feature attributions of a share of requests (opt-in).
 - :mod:`~driftline.streams.app.web`: metrics, health, readiness, the dashboard.
 
 They share one :class:`~driftline.streams.app.context.WorkerContext`. Models
@@ -145,6 +146,10 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
         from driftline.streams.app.feedback import add_feedback_agent
 
         add_feedback_agent(app, settings, catalog, {s.model.name: s for s in pipeline.served.values()}, metrics)
+    if settings.explain_fraction > 0:
+        from driftline.streams.app.explain import add_explain_agent
+
+        add_explain_agent(app, settings, catalog, metrics)
     add_web_pages(app, ctx)
     app.driftline_metrics = metrics  # type: ignore[attr-defined]
     return app

@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from driftline.streams.cli import (
         alerts,
         example,
+        explain,
         model,
         produce,
         profile,
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_produce_command(sub)
     tail.add_tail_command(sub)
     alerts.add_alerts_command(sub)
+    explain.add_explain_command(sub)
     topics.add_topics_commands(sub)
     report_command.add_report_command(sub)  # the report itself is built in report.py
     trainer.add_trainer_command(sub)

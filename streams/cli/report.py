@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from driftline.detectors.evaluate import ColumnResult, bin_labels, evaluate, window_results
+from driftline.detectors.importance import ImportanceWindow, importance_shift, rank_correlation, shares
 from driftline.detectors.multivariate import MULTIVARIATE
 from driftline.detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
 from driftline.detectors.sketch import ColumnSketch, WindowSketch
@@ -262,8 +263,70 @@ def _impact_section(alerts: list[Alert]) -> list[str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class ImportanceReport:
+    """One version's global importance in the period: the reference rows' own, then each window's."""
+
+    version: str
+    features: tuple[str, ...]
+    reference: np.ndarray | None  # mean |attribution| of the background explained against itself
+    windows: list[tuple[int, ImportanceWindow]]  # (start, sums), by start
+
+
+def importance_windows(explanations: Iterable[Mapping[str, Any]], model: str, since_ms: int, until_ms: int,
+                       window_ms: int) -> dict[str, list[tuple[int, ImportanceWindow]]]:
+    """The model's explanations of the period summed per version and window of their event time."""
+    out: dict[str, dict[int, ImportanceWindow]] = {}
+    for e in explanations:
+        at = int(e["event_time"])
+        if e["model"] != model or not since_ms <= at < until_ms:
+            continue
+        start = at // window_ms * window_ms
+        windows = out.setdefault(str(e["model_version"]), {})
+        w = windows.get(start)
+        if w is None or w.features != tuple(e["features"]):
+            w = windows[start] = ImportanceWindow.empty(e["features"])
+        w.add(np.asarray([e["attributions"]], dtype=np.float64))
+    return {v: sorted(ws.items()) for v, ws in out.items()}
+
+
+def _importance_section(reports: list[ImportanceReport]) -> list[str]:
+    """Per version, mean |attribution| per feature per window beside the reference's, and the shift of the shares."""
+    e = html.escape
+    if not reports:
+        return []
+    out = ["<h2>What the model leans on (explanations)</h2><p class=dim>Mean |attribution| per feature over the "
+           "requests explained in each window (log-odds for classifiers), the features in the order of the "
+           "reference rows' own importance (the version's background explained against itself). <b>shift</b>: "
+           "the share of importance that moved between features against the reference (total variation "
+           "distance of the shares, 0 to 1); <b>ρ</b>: Spearman correlation of the two orders (1: unchanged). "
+           "A cell's shade is the feature's share of its row.</p>"]
+    for rep in reports:
+        order = (np.argsort(-rep.reference, kind="stable") if rep.reference is not None
+                 else np.arange(len(rep.features)))
+        names = [rep.features[i] for i in order]
+        out.append(f"<h3>version {e(rep.version)}</h3><table><tr><th>window</th><th>requests</th><th>shift</th>"
+                   "<th>ρ</th>" + "".join(f"<th>{e(n)}</th>" for n in names) + "</tr>")
+        rows: list[tuple[str, str, np.ndarray, str, str]] = []
+        if rep.reference is not None:
+            rows.append(("reference rows", "", rep.reference, "", ""))
+        for start, w in rep.windows:
+            mean = w.mean_abs
+            shift = "" if rep.reference is None else f"{importance_shift(rep.reference, mean):.3f}"
+            rho = "" if rep.reference is None else f"{rank_correlation(rep.reference, mean):.2f}"
+            rows.append((_ts(start), f"{w.n:,}", mean, shift, rho))
+        for label, n, mean, shift, rho in rows:
+            share = shares(mean)
+            cells = "".join(f"<td class=n style=\"background:rgba(9,105,218,{0.6 * share[i]:.2f})\">"
+                            f"{mean[i]:.3g}</td>" for i in order)
+            out.append(f"<tr><td>{e(label)}</td><td class=n>{n}</td><td class=n>{shift}</td><td class=n>{rho}</td>"
+                       f"{cells}</tr>")
+        out.append("</table>")
+    return out
+
+
 def render(model: str, reports: list[VersionReport], alerts: list[Alert], since_ms: int, until_ms: int,
-           alpha: float, skipped: int = 0) -> str:
+           alpha: float, skipped: int = 0, importance: list[ImportanceReport] | None = None) -> str:
     """The report page; ``skipped``: records of the sketches and alerts topics left out because they do not parse."""
     e = html.escape
     out = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>driftline report: {e(model)}</title>"
@@ -279,6 +342,7 @@ def render(model: str, reports: list[VersionReport], alerts: list[Alert], since_
     for rep in reports:
         out.extend(_version_section(rep, alpha))
     out.extend(_impact_section(alerts))
+    out.extend(_importance_section(importance or []))
     out.append("<h2>Alerts of the period</h2>")
     if alerts:
         out.append("<table><tr><th>time</th><th>severity</th><th>kind</th><th>version</th><th>message</th></tr>")
@@ -384,6 +448,7 @@ def write_reports(settings: Any, models: list[str], window_ms: int, out_dir: Any
     sketches = read_sketches(iter_topic(conf, settings.topic("sketches")), set(models), since_ms, until_ms,
                              profiles.get, skips)
     alerts = read_alerts(iter_topic(conf, settings.topic("alerts")), catalog, skips)
+    explanations = read_explanations(conf, settings.topic("explanations"), catalog)
     skipped = skipped_count(skips)
     if skipped:
         log.warning("skipped %d records that do not parse on %s and %s (or do not fit their reference profile)",
@@ -396,7 +461,47 @@ def write_reports(settings: Any, models: list[str], window_ms: int, out_dir: Any
         reports = analyse(windows, partial(profiles.get, model), settings.drift_alpha,
                           settings.expected_dead_letter_rate, settings.expected_duplicate_rate)
         mine = [a for a in alerts if a.model == model and since_ms <= a.created_at < until_ms]
+        importance = importance_reports(settings, catalog, model, importance_windows(
+            explanations, model, since_ms, until_ms, int(settings.window_s * 1000)))
         path = out / f"driftline-report-{model}.html"
-        path.write_text(render(model, reports, mine, since_ms, until_ms, settings.drift_alpha, skipped))
+        path.write_text(render(model, reports, mine, since_ms, until_ms, settings.drift_alpha, skipped, importance))
         written.append(path)
     return written
+
+
+def read_explanations(conf: Mapping[str, Any], topic: str, catalog: SchemaCatalog) -> list[dict[str, Any]]:
+    """The records of ``{ns}.explanations`` that decode (none when the topic does not exist: explanations off)."""
+    from driftline.schemas.codec import decode
+    from driftline.streams.errors import BrokerError
+    from driftline.streams.kafka.topics import iter_topic
+
+    out = []
+    try:
+        for msg in iter_topic(conf, topic):
+            try:
+                rec = decode(catalog, msg.value(), fast=True)[1]
+                if len(rec["features"]) == len(rec["attributions"]):
+                    out.append(rec)
+            except Exception:  # noqa: BLE001,S112 - anyone may write to a topic: what does not decode is not ours
+                continue
+    except BrokerError as exc:
+        log.info("no explanations in the report: %s", exc)
+    return out
+
+
+def importance_reports(settings: Any, catalog: SchemaCatalog, model: str,
+                       windows: Mapping[str, list[tuple[int, ImportanceWindow]]]) -> list[ImportanceReport]:
+    """Each version's windows with its reference importance (computed here, through its model, when it loads)."""
+    from driftline.inference.registry import ModelRegistry
+    from driftline.streams.core.explain import ExplainConfig, ExplainCore
+
+    core = ExplainCore(ModelRegistry(settings.model_dir), catalog, settings.topic("explanations"),
+                       ExplainConfig(1.0, settings.explain_samples, settings.explain_background,
+                                     settings.explain_max_rows), verify_key=settings.model_verify_key())
+    out = []
+    for version, ws in sorted(windows.items()):
+        v = core.version(model, version)
+        features = ws[0][1].features
+        ref = None if isinstance(v, str) or v.names != features else v.reference
+        out.append(ImportanceReport(version, features, ref, ws))
+    return out

@@ -12,10 +12,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
+from driftline.detectors.explain import picked
 from driftline.detectors.sketch import WindowSketch
 from driftline.inference.deployment import CHAMPION, SHADOW, Deployment, key_buckets
 from driftline.inference.errors import ModelError
@@ -211,8 +212,14 @@ class ScorePipeline:
         scored: tuple[WireSchema, str] | None = None,
         redactor: Redactor | None = None,
         pii_key: bytes | None = None,
+        scored_fraction: float = 1.0,
     ) -> None:
         """``scored``: (schema, topic) to also emit each prediction with its input row, for the feedback join.
+
+        ``scored_fraction``: below 1, only the requests the explain agent picks
+        (:func:`~driftline.detectors.explain.picked`) go to ``{ns}.scored``: with
+        the label join off, explanations need no more, and the score path
+        pays for a hash per request instead of a record.
 
         ``redactor``: re-encodes dead letters of models with personal fields, those fields pseudonymised
         (None: dead letters keep the original bytes, ``deadletter_pii=keep``).
@@ -234,6 +241,7 @@ class ScorePipeline:
         self.predictions_topic = predictions_topic
         self.shadow_topic = shadow_topic or f"{predictions_topic}.shadow"
         self._scored = (BatchEncoder(scored[0]), scored[1]) if scored is not None else None
+        self._scored_fraction = scored_fraction
         self.deadletter_topic = deadletter_topic
         self.dlq_max = deadletter_max_bytes
 
@@ -428,12 +436,23 @@ class ScorePipeline:
         encoder, topic = self._scored
         ids = common["request_id"]
         assert isinstance(ids, np.ndarray)  # noqa: S101 - set by _process_model
+        event_time = common["event_time"]
+        if self._scored_fraction < 1.0:
+            keep = np.flatnonzero(picked(ids.tolist(), self._scored_fraction))
+            if len(keep) == 0:
+                return
+            if len(keep) < len(ids):
+                def sub(v: Any) -> Any:
+                    return v[keep] if isinstance(v, np.ndarray) else v
+                ids, version, variant, scores, labels, event_time = (
+                    sub(ids), sub(version), sub(variant), sub(scores), sub(labels), sub(event_time))
+                features = [features[i] for i in keep.tolist()]
         sealed = common["model"] in self._sealed
         if sealed:
             features = seal_rows(self._pii_key, str(common["model"]), ids.tolist(), features)
         values = encoder.encode(len(ids), {
             "request_id": ids, "model": common["model"], "model_version": version, "variant": variant,
-            "score": scores, "predicted": labels, "event_time": common["event_time"], "features": features,
+            "score": scores, "predicted": labels, "event_time": event_time, "features": features,
             "sealed": sealed,
         })
         out.scored.extend(OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True))

@@ -12,8 +12,8 @@ import pytest
 
 from driftline.streams.cli import build_parser
 
-COMMANDS = {"up", "example", "worker", "produce", "tail", "alerts", "topics", "report", "trainer", "status", "model",
-            "profile", "schemas"}
+COMMANDS = {"up", "example", "worker", "produce", "tail", "alerts", "explain", "topics", "report", "trainer", "status",
+            "model", "profile", "schemas"}
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

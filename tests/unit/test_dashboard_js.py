@@ -125,3 +125,20 @@ def test_the_quality_table_shows_a_regressors_mae_and_rmse_with_their_label_free
     ])
     assert rows[0] == ["housing", "1", "champion", "–", "–", "–", "–", "0.84 (1.16)", "1.15 (1.49)"]
     assert rows[1][:4] == ["fraud", "1", "champion", "0.97 (0.95)"] and rows[1][7:] == ["–", "–"]
+
+
+def test_importance_rows_rank_features_with_their_shares_and_the_shift() -> None:
+    metrics = "\n".join([
+        'driftline_explain_importance{model="fraud",version="1",feature="amount"} 0.6',
+        'driftline_explain_importance{model="fraud",version="1",feature="channel"} 0.2',
+        'driftline_explain_importance{model="fraud",version="1",feature="hour_of_day"} 1.2',
+        'driftline_explain_importance_shift{model="fraud",version="1"} 0.25',
+        'driftline_explain_importance_rank_correlation{model="fraud",version="1"} 0.5',
+        'driftline_explanations_total{model="fraud"} 42.0',
+    ])
+    got = run_js(f"console.log(JSON.stringify(importanceRows(parseMetrics({json.dumps(metrics)}))));")
+    assert len(got) == 1 and got[0]["model"] == "fraud" and got[0]["explained"] == 42
+    assert [f["feature"] for f in got[0]["features"]] == ["hour_of_day", "amount", "channel"]
+    assert [round(f["share"], 3) for f in got[0]["features"]] == [0.6, 0.3, 0.1]
+    assert got[0]["shift"] == 0.25 and got[0]["rho"] == 0.5
+    assert run_js("console.log(JSON.stringify(importanceRows([])));") == []

@@ -38,4 +38,4 @@ def test_every_other_topic_keeps_its_documented_retention() -> None:
     days = {t: int(c["retention.ms"]) / 86_400_000 for t, c in configs.items() if c["cleanup.policy"] == "delete"}
     assert days == {"ns.requests": 3, "ns.predictions": 7, "ns.predictions.shadow": 7, "ns.deadletter": 14,
                     "ns.sketches": 1, "ns.alerts": 90, "ns.retrain": 90, "ns.feedback": 7, "ns.labeled": 30,
-                    "ns.scored": 3}
+                    "ns.scored": 3, "ns.explanations": 7}
