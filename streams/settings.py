@@ -213,6 +213,8 @@ class Settings(BaseSettings):
     batch_max: int = Field(1000, ge=1, le=100_000)
     batch_wait_ms: int = Field(100, ge=0, le=10_000)
     max_inflight_batches: int = Field(8, ge=1, le=1_000)
+    codec: Literal["auto", "compiled", "numpy"] = Field(
+        "auto", description="the Avro codec of the score path: the compiled one where built (auto), or numpy")
     producer_linger_ms: int = Field(5, ge=0, le=1_000)
     max_message_bytes: int = Field(256 * 1024, ge=64)
     deadletter_max_bytes: int = Field(

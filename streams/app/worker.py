@@ -47,6 +47,13 @@ from driftline.streams.settings import KafkaSecurity, RepeatFilter, Settings
 log = logging.getLogger(__name__)
 
 
+def check_codec(wanted: str, built: tuple[str, ...]) -> None:
+    """A worker told to use the compiled codec where it is not built stops at start (it would be slower, silently)."""
+    if wanted == "compiled" and "compiled" not in built:
+        raise ConfigError("DRIFTLINE_CODEC=compiled but the compiled codec is not built here: reinstall driftline "
+                          "where a C compiler is available (pip install -e .), or unset DRIFTLINE_CODEC")
+
+
 def faust_credentials(kafka: KafkaSecurity) -> Any:
     """Faust's ``broker_credentials`` (None for PLAINTEXT)."""
     import ssl
@@ -265,6 +272,7 @@ def run_worker(settings: Settings) -> None:
         from driftline.streams.registry import SchemaRegistry
 
         SchemaRegistry(settings.schema_registry).check()
+    check_codec(settings.codec, codec.IMPLEMENTATIONS)
     wait_for_broker(settings.confluent(), settings.broker_wait_s)
     created = ensure_topics(settings)
     if created:

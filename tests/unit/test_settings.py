@@ -59,6 +59,7 @@ def test_secrets_are_hidden_and_reach_both_clients(monkeypatch: pytest.MonkeyPat
         ({"DRIFTLINE_BATCH_MAX": "0"}, "DRIFTLINE_BATCH_MAX"),
         ({"DRIFTLINE_NAMESPACE": "bad name!"}, "DRIFTLINE_NAMESPACE"),
         ({"DRIFTLINE_PROVIDERS": "tpu"}, "DRIFTLINE_PROVIDERS"),
+        ({"DRIFTLINE_CODEC": "rust"}, "DRIFTLINE_CODEC"),
         ({"DRIFTLINE_KAFKA__SECURITY_PROTOCOL": "SASL_SSL"}, "SASL needs"),
         ({"DRIFTLINE_KAFKA__SSL_CA_FILE": "/nonexistent/ca.pem"}, "does not exist"),
     ],
@@ -96,3 +97,12 @@ def test_exactly_once_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRIFTLINE_PROCESSING_GUARANTEE", "exactly_twice")
     with pytest.raises(ConfigError, match="PROCESSING_GUARANTEE"):
         load_settings()
+
+
+def test_the_compiled_codec_asked_for_where_it_is_not_built_stops_the_worker() -> None:
+    from driftline.streams.app.worker import check_codec
+
+    with pytest.raises(ConfigError, match="DRIFTLINE_CODEC=compiled but the compiled codec is not built"):
+        check_codec("compiled", ("numpy",))
+    check_codec("compiled", ("compiled", "numpy"))
+    check_codec("auto", ("numpy",))  # auto takes what there is
