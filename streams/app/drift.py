@@ -83,6 +83,8 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
         expected_duplicate_rate=settings.expected_duplicate_rate,
         max_pending=settings.drift_max_pending_windows,
         max_skew_ms=int(settings.sketch_max_skew_s * 1000),
+        bias_bound=settings.bias_max_difference,
+        bias_max_values=settings.bias_max_values,
     )
     quality = QualityMonitor(settings.quality_window_labels, settings.drift_alpha, settings.performance_drop_min,
                              settings.concept_detector, known=lambda m, v: has_version(registry, m, v),

@@ -131,6 +131,7 @@ class ServedModel:
         if folder is not None:
             folder.hide(self.personal)
             folder.watch_ids(self.validator.profile.id_field)
+            folder.watch_segments(self.model.manifest.segments, self.model.manifest.threshold)
             folder.accept_codes({f.name: f.categories for f in self.validator.profile.features
                                  if isinstance(f, CategoricalFeature)})
         if old is None or old.current is None or not old.current.messages:

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from driftline.detectors.fairness import SKETCH_VALUES, SegmentCounts
 from driftline.detectors.profile import CategoricalReference, ReferenceProfile
 from driftline.detectors.sketch import WindowSketch, fine_maps, window_bounds
 from driftline.schemas.columnar import Columns
@@ -74,6 +75,12 @@ class WindowFolder:
         self._categories: dict[str, tuple[str, ...] | None] = {}
         self._seen = SeenIds(max_ids)
         self._id_field: str | None = None
+        self._segments: tuple[str, ...] = ()
+        self._threshold = 0.5
+
+    def watch_segments(self, fields: Iterable[str], threshold: float) -> None:
+        """Count requests and positive decisions (score >= ``threshold``) per value of these request fields."""
+        self._segments, self._threshold = tuple(fields), threshold
 
     def watch_ids(self, id_field: str) -> None:
         """Count requests whose ``id_field`` repeats an earlier one (when ``max_ids`` allows any)."""
@@ -109,6 +116,12 @@ class WindowFolder:
             values, nulls = columns.values, columns.nulls
         usable = {k: v for k, v in (codes or {}).items() if self._categories.get(k) is not None}
         self.current.fold(self.profile, values, nulls, scores, messages, dead_letters, rows, self._maps, usable)
+        if self._segments and columns is not None and len(scores):
+            decided = scores >= self._threshold
+            self.current.add_segments({
+                name: SegmentCounts.fold(_pick(columns.values[name], rows), decided,
+                                         None if (m := columns.nulls.get(name)) is None else _pick(m, rows))
+                for name in self._segments if name in columns.values}, SKETCH_VALUES)
         if self._id_field is not None and columns is not None:
             ids = columns.values[self._id_field]
             checked, repeated = self._seen.count(ids if rows is None else ids[rows])
@@ -128,6 +141,10 @@ class WindowFolder:
             return []
         self.current = None
         return [cur] if cur.messages else []
+
+
+def _pick(column: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    return column if rows is None else column[rows]
 
 
 def _empty_columns(profile: ReferenceProfile) -> dict[str, np.ndarray]:
