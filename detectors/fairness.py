@@ -71,16 +71,9 @@ class SegmentCounts:
         Vectorised: one conversion to fixed-width text and one ``np.unique``;
         nulls (``None`` or ``nulls``) count under :data:`MISSING`, never raise.
         """
-        n = len(values)
-        if n == 0:
+        if len(values) == 0:
             return SegmentCounts.empty()
-        missing = np.asarray(values == None, dtype=bool) if values.dtype == object else np.zeros(n, dtype=bool)  # noqa: E711
-        if nulls is not None:
-            missing = missing | nulls
-        text = values.astype(str)
-        if missing.any():
-            text = np.where(missing, MISSING, text)
-        uniq, codes = np.unique(text, return_inverse=True)
+        uniq, codes = np.unique(segment_text(values, nulls), return_inverse=True)
         g = len(uniq)
         counts = np.zeros((g, WIDTH), np.int64)
         decided = decisions.astype(bool, copy=False)
@@ -135,6 +128,34 @@ class SegmentCounts:
     def from_dict(d: Mapping[str, Any]) -> SegmentCounts:
         counts = np.asarray(d["counts"], dtype=np.int64).reshape(len(d["values"]), WIDTH)
         return SegmentCounts(tuple(str(v) for v in d["values"]), counts)
+
+
+SEPARATOR = "\x1f"  # between a request's segment values on the scored record (unit separator: not in real values)
+
+
+def segment_text(values: np.ndarray, nulls: np.ndarray | None = None) -> np.ndarray:
+    """A segment column as fixed-width text, :data:`MISSING` where null: the group each row counts under."""
+    missing = np.asarray(values == None, dtype=bool) if values.dtype == object else None  # noqa: E711
+    if nulls is not None:
+        missing = nulls if missing is None else missing | nulls
+    text = values.astype(str)
+    return np.where(missing, MISSING, text) if missing is not None and missing.any() else text
+
+
+def join_values(columns: list[np.ndarray]) -> np.ndarray:
+    """Each row's values of several segment columns (from :func:`segment_text`) as one string (object array)."""
+    out = columns[0]
+    for col in columns[1:]:
+        out = np.strings.add(np.strings.add(out, SEPARATOR), col)
+    return out.astype(object)
+
+
+def split_values(joined: list[str | None], fields: int) -> list[np.ndarray]:
+    """The inverse of :func:`join_values` for ``fields`` columns; a row that does not split so (or None) is
+    :data:`MISSING` in every column, never an error (the record came from a topic)."""
+    rows = [s.split(SEPARATOR) if s is not None else [] for s in joined]
+    parts = [r if len(r) == fields else [MISSING] * fields for r in rows]
+    return [np.array([r[i] for r in parts], dtype=object) for i in range(fields)]
 
 
 @dataclass(frozen=True, slots=True)

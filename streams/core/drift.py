@@ -202,7 +202,7 @@ class DriftMonitor:
             raise BadRecord("invalid_state", f"drift state of {brief(model)} is not a JSON object")
         if state.get("format") != STATE_FORMAT:
             raise BadRecord("invalid_state", f"drift state format {brief(state.get('format'))} is not {STATE_FORMAT}")
-        policy = _policy(state.get("policy"), self.config)
+        policy = policy_from(state.get("policy"), self.config)
         version = state.get("version")
         if version is not None:
             _name(version, "version")
@@ -300,7 +300,7 @@ def sketch_from_dict(d: Any) -> WindowSketch:
         _name(d.get("model"), "model"), _name(d.get("version"), "version"), start, end,
         {_name(k, "column"): _column(v, k) for k, v in columns.items()}, _column(d.get("score"), "score"),
         messages, dead, frozenset(_name(c, "contributor") for c in contributors), ids, duplicates,
-        {_name(k, "segment"): _segment(v, k) for k, v in _mapping_of(d.get("segments", {}), "segments").items()},
+        {_name(k, "segment"): segment_from(v, k) for k, v in _mapping_of(d.get("segments", {}), "segments").items()},
     )
 
 
@@ -310,7 +310,7 @@ def _mapping_of(value: Any, what: str) -> Mapping[Any, Any]:
     return value
 
 
-def _segment(d: Any, name: Any) -> SegmentCounts:
+def segment_from(d: Any, name: Any) -> SegmentCounts:
     """One segment field's counts: unique printable values, rows of WIDTH counts, positives within requests."""
     d = _mapping_of(d, f"segment {str(name)[:80]!r}")
     values, rows = _list(d.get("values"), "segment values"), _list(d.get("counts"), "segment counts")
@@ -372,7 +372,7 @@ def _counts(value: Any, name: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.int64).reshape(len(value))
 
 
-def _policy(d: Any, config: PolicyConfig) -> AlertPolicy:
+def policy_from(d: Any, config: PolicyConfig) -> AlertPolicy:
     """An alert policy from its checked snapshot (the shapes :meth:`AlertPolicy.snapshot` writes)."""
     if not isinstance(d, Mapping):
         raise BadRecord("invalid_state", "policy must be an object")

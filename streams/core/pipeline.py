@@ -16,6 +16,7 @@ from typing import cast
 
 import numpy as np
 
+from driftline.detectors.fairness import join_values, segment_text
 from driftline.detectors.sketch import WindowSketch
 from driftline.inference.deployment import CHAMPION, SHADOW, Deployment, key_buckets
 from driftline.inference.errors import ModelError
@@ -393,7 +394,11 @@ class ScorePipeline:
         features = None
         if self._scored is not None:  # the matrix rows, whatever the model reads: the trainer retrains from them
             features = self._features(checked.raw(checked.matrix if kept is None else checked.matrix[kept], kept))
-        self._emit_scored(out, common, version, variant, scores, labels, features)
+        segments = None
+        if features is not None and served.model.manifest.segments:  # for quality per segment value at the join
+            segments = join_values([segment_text(cols.values[f][rows], None if (m := cols.nulls.get(f)) is None
+                                                 else m[rows]) for f in served.model.manifest.segments])
+        self._emit_scored(out, common, version, variant, scores, labels, features, segments)
         self._shadow(out, served, checked, kept, common, ids, features)
         return cols, rows, scores, checked.codes
 
@@ -420,7 +425,8 @@ class ScorePipeline:
         return np.array([pseudonym(self._pii_key, k) for k in keys.tolist()], dtype=object)
 
     def _emit_scored(self, out: BatchOutcome, common: dict[str, object], version: object, variant: object,
-                     scores: np.ndarray, labels: object, features: list[bytes] | None) -> None:
+                     scores: np.ndarray, labels: object, features: list[bytes] | None,
+                     segments: np.ndarray | None = None) -> None:
         if self._scored is None or features is None:
             return
         encoder, topic = self._scored
@@ -432,7 +438,7 @@ class ScorePipeline:
         values = encoder.encode(len(ids), {
             "request_id": ids, "model": common["model"], "model_version": version, "variant": variant,
             "score": scores, "predicted": labels, "event_time": common["event_time"], "features": features,
-            "sealed": sealed,
+            "sealed": sealed, "segments": segments,
         })
         out.scored.extend(OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True))
 

@@ -24,12 +24,14 @@ from sklearn.metrics import accuracy_score
 from driftline.detectors.evaluate import BIAS, DEMOGRAPHIC_PARITY, bias_results
 from driftline.detectors.fairness import MISSING, OTHER, SegmentCounts, disparities, group_rates, rate_disparity_p
 from driftline.detectors.policy import AlertPolicy, PolicyConfig
+from driftline.detectors.profile import ReferenceProfile
 from driftline.detectors.sketch import WindowSketch
 from driftline.inference.errors import ModelError
 from driftline.inference.model import OnnxModel
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.streams.core.drift import DriftMonitor, alert_record, sketch_from_dict
 from driftline.streams.core.poison import BadRecord
+from driftline.streams.core.profiling import PROFILE_FILE
 from driftline.streams.settings import EXAMPLE_MODELS
 
 ALPHA = 0.01
@@ -71,7 +73,8 @@ def test_counts_of_any_split_merge_into_the_whole(rng: np.random.Generator) -> N
     groups, decided, truth = labeled(rng, 3_000)
     whole = SegmentCounts.fold(groups, decided, labels=truth)
     cuts = [0, 7, 700, 1_800, 3_000]
-    parts = [SegmentCounts.fold(groups[a:b], decided[a:b], labels=truth[a:b]) for a, b in zip(cuts, cuts[1:])]
+    parts = [SegmentCounts.fold(groups[a:b], decided[a:b], labels=truth[a:b])
+             for a, b in zip(cuts, cuts[1:], strict=False)]
     merged = SegmentCounts.empty()
     for p in reversed(parts):
         merged = merged + p
@@ -204,8 +207,6 @@ def test_segments_must_be_names(tmp_path: Path) -> None:
 
 
 def test_the_monitor_raises_a_bias_alert_with_the_values_in_its_message() -> None:
-    from driftline.detectors.profile import ReferenceProfile
-    from driftline.streams.core.profiling import PROFILE_FILE
     profile = ReferenceProfile.load(EXAMPLE_MODELS / "fraud" / "1" / PROFILE_FILE)
     monitor = DriftMonitor({"fraud": profile}, PolicyConfig(alpha=ALPHA, k=1, m=1), grace_ms=0, bias_bound=0.05)
     rng = np.random.default_rng(5)
@@ -219,3 +220,93 @@ def test_the_monitor_raises_a_bias_alert_with_the_values_in_its_message() -> Non
     alert = alert_record(closed.sketch, decision, 0)
     assert alert.kind == "bias" and alert.feature == "country" and alert.severity == "critical"
     assert "B 3" in alert.message and "A " in alert.message and not math.isnan(alert.value)
+
+
+def test_scored_records_carry_the_segment_values_to_the_label_join(catalog: SchemaCatalog,
+                                                                   fraud_model: OnnxModel, generator) -> None:  # type: ignore[no-untyped-def]
+    from driftline.schemas.codec import decode, encode_many
+    from driftline.streams.app.feedback import scored_of
+    from driftline.streams.core.pipeline import RawMessage, ScorePipeline, ServedModel
+    from driftline.streams.core.windows import WindowFolder
+
+    profile = ReferenceProfile.load(EXAMPLE_MODELS / "fraud" / "1" / PROFILE_FILE)
+    folder = WindowFolder(profile, "fraud", "1", "w0", length_ms=None, length_events=10_000)
+    pipe = ScorePipeline({"req": ServedModel(fraud_model, catalog, max_message_bytes=8192, folder=folder)},
+                         catalog.latest("driftline.Prediction"), predictions_topic="p", deadletter_topic="d",
+                         deadletter_max_bytes=8192, scored=(catalog.latest("driftline.Scored"), "s"))
+    records, _ = generator.generate(300, np.random.default_rng(1), drift=generator.NO_DRIFT)
+    values = encode_many(catalog.latest("driftline.examples.CardTransaction"), records)
+    out = pipe.process([RawMessage("req", 0, i, None, v) for i, v in enumerate(values)], 1_000)
+    by_id = {r["request_id"]: r for r in records}
+    scored = [scored_of(decode(catalog, r.value, fast=True)[1]) for r in out.scored]
+    assert len(scored) == len(out.predictions) > 250
+    for s in scored:
+        assert s.segments == f"{by_id[s.request_id]['country']}\x1f{by_id[s.request_id]['channel']}"
+    window = folder.current
+    assert window is not None and set(window.segments) == {"country", "channel"}
+    decided = sum(s.score >= fraud_model.manifest.threshold for s in scored)
+    assert window.segments["country"].total == len(scored)
+    assert int(window.segments["country"].counts[:, 1].sum()) == decided
+
+
+def label_batches(rng: np.random.Generator, tpr_b: float, n: int = 2_000) -> bytes:
+    from driftline.streams.core.quality import LabelBatcher
+
+    batcher = LabelBatcher()
+    for i in range(n):
+        group = "A" if i % 2 else "B"
+        truth = rng.random() < 0.5
+        caught = rng.random() < (0.8 if group == "A" else tpr_b)
+        score = 0.9 if (truth and caught) or (not truth and rng.random() < 0.1) else 0.1
+        batcher.label("fraud", "1", "champion", "binary_classification", 0.5, score, float(truth),
+                      segments=f"{group}\x1fweb" if i % 50 else None, fields=("country", "channel"))
+    (batch,) = batcher.take()
+    return batch.to_bytes()
+
+
+def test_labeled_windows_give_quality_per_segment_and_an_equal_opportunity_alert() -> None:
+    from driftline.streams.core.quality import QualityMonitor, read_label_batch
+
+    monitor = QualityMonitor(2_000, ALPHA, 0.05, "hddm_a", bias_bound=0.1)
+    rng = np.random.default_rng(11)
+    fair = monitor.apply(read_label_batch(json.loads(label_batches(rng, 0.8))), 0)
+    segments = {name: counts for _, name, counts in fair.segments}
+    country, channel = segments["country"], segments["channel"]
+    assert country.values == (MISSING, "A", "B") and channel.values == (MISSING, "web")
+    assert country.total == 2_000 and not [a for a in fair.alerts if a.kind == "bias"]
+    state = json.loads(json.dumps(monitor.snapshot("fraud")))
+    restored = QualityMonitor(2_000, ALPHA, 0.05, "hddm_a", bias_bound=0.1)
+    restored.restore("fraud", state)
+    alerts = []
+    for m in (monitor, restored):
+        got = []
+        r = np.random.default_rng(12)
+        for _ in range(2):
+            got += [a for a in m.apply(read_label_batch(json.loads(label_batches(r, 0.4))), 1).alerts
+                    if a.kind == "bias"]
+        alerts.append(got)
+    assert [(a.feature, a.statistic) for a in alerts[0]] == [("country", "equal_opportunity_difference")]
+    assert [a.id for a in alerts[1]] == [a.id for a in alerts[0]]  # a restored monitor decides the same
+    old = {k: v for k, v in state.items() if k not in ("segments", "segment_labels", "bias")}
+    QualityMonitor(2_000, ALPHA, 0.05, "hddm_a").restore("fraud", old)  # states written before segments
+
+
+def test_segment_metrics_are_bounded_and_drop_values_no_longer_shown() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from driftline.streams.metrics import Metrics
+
+    metrics = Metrics(CollectorRegistry(), segment_values=3)
+    many = SegmentCounts.fold(np.array([f"v{i % 9}" for i in range(900)], dtype=object), np.arange(900) % 3 == 0)
+    metrics.observe_segments("fraud", "country", many, labeled=False)
+    shown = {s.labels["value"] for m in metrics.registry.collect() if m.name == "driftline_segment_requests"
+             for s in m.samples}
+    assert len(shown) == 3 and OTHER in shown
+    few = SegmentCounts.fold(np.array(["x", "y"] * 10, dtype=object), np.arange(20) % 2 == 0)
+    metrics.observe_segments("fraud", "country", few, labeled=False)
+    shown = {s.labels["value"]: s.value for m in metrics.registry.collect()
+             if m.name == "driftline_segment_positive_rate" for s in m.samples}
+    assert shown == {"x": 1.0, "y": 0.0}
+    value = metrics.registry.get_sample_value("driftline_bias_disparity", {
+        "model": "fraud", "segment": "country", "statistic": "demographic_parity_difference"})
+    assert value == 1.0
