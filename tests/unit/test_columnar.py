@@ -131,3 +131,11 @@ def test_resolution_defaults_promotions_and_nulls(catalog: SchemaCatalog) -> Non
     assert bad.tolist() == [False, False]
     assert incompatible.tolist() == [False, True]  # b is null but the reader does not allow null
     assert cols.to_records()[0] == {"a": 1.0, "b": 2, "s": "hi", "new": None, "k": 7}
+
+
+def test_a_scalar_none_writes_a_nullable_field_null_in_every_row() -> None:
+    """The scored record's segments of a model that declares none: one None for the whole batch."""
+    schema = {"type": "record", "name": "R", "fields": [{"name": "a", "type": "long"},
+                                                        {"name": "s", "type": ["null", "string"], "default": None}]}
+    rows = ColumnarWriter(schema, b"").write(3, {"a": np.arange(3), "s": None})
+    assert [schemaless_reader(io.BytesIO(r), schema) for r in rows] == [{"a": i, "s": None} for i in range(3)]

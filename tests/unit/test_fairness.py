@@ -222,24 +222,32 @@ def test_the_monitor_raises_a_bias_alert_with_the_values_in_its_message() -> Non
     assert "B 3" in alert.message and "A " in alert.message and not math.isnan(alert.value)
 
 
-def test_scored_records_carry_the_segment_values_to_the_label_join(catalog: SchemaCatalog,
-                                                                   fraud_model: OnnxModel, generator) -> None:  # type: ignore[no-untyped-def]
-    from driftline.schemas.codec import decode, encode_many
-    from driftline.streams.app.feedback import scored_of
+def scored_batch(catalog: SchemaCatalog, model: OnnxModel, generator, n: int):  # type: ignore[no-untyped-def]
+    """Score ``n`` example requests with the scored records on: (the records, the outcome, the window folder)."""
+    from driftline.schemas.codec import encode_many
     from driftline.streams.core.pipeline import RawMessage, ScorePipeline, ServedModel
     from driftline.streams.core.windows import WindowFolder
 
     profile = ReferenceProfile.load(EXAMPLE_MODELS / "fraud" / "1" / PROFILE_FILE)
     folder = WindowFolder(profile, "fraud", "1", "w0", length_ms=None, length_events=10_000)
-    pipe = ScorePipeline({"req": ServedModel(fraud_model, catalog, max_message_bytes=8192, folder=folder)},
+    pipe = ScorePipeline({"req": ServedModel(model, catalog, max_message_bytes=8192, folder=folder)},
                          catalog.latest("driftline.Prediction"), predictions_topic="p", deadletter_topic="d",
                          deadletter_max_bytes=8192, scored=(catalog.latest("driftline.Scored"), "s"))
-    records, _ = generator.generate(300, np.random.default_rng(1), drift=generator.NO_DRIFT)
+    records, _ = generator.generate(n, np.random.default_rng(1), drift=generator.NO_DRIFT)
     values = encode_many(catalog.latest("driftline.examples.CardTransaction"), records)
-    out = pipe.process([RawMessage("req", 0, i, None, v) for i, v in enumerate(values)], 1_000)
+    return records, pipe.process([RawMessage("req", 0, i, None, v) for i, v in enumerate(values)], 1_000), folder
+
+
+@pytest.mark.parametrize("n", [20, 300])  # fastavro below the columnar writer's batch size, the writer above
+def test_scored_records_carry_the_segment_values_to_the_label_join(catalog: SchemaCatalog, fraud_model: OnnxModel,
+                                                                   generator, n: int) -> None:  # type: ignore[no-untyped-def]
+    from driftline.schemas.codec import decode
+    from driftline.streams.app.feedback import scored_of
+
+    records, out, folder = scored_batch(catalog, fraud_model, generator, n)
     by_id = {r["request_id"]: r for r in records}
     scored = [scored_of(decode(catalog, r.value, fast=True)[1]) for r in out.scored]
-    assert len(scored) == len(out.predictions) > 250
+    assert len(scored) == len(out.predictions) > 0.8 * n
     for s in scored:
         assert s.segments == f"{by_id[s.request_id]['country']}\x1f{by_id[s.request_id]['channel']}"
     window = folder.current
@@ -247,6 +255,18 @@ def test_scored_records_carry_the_segment_values_to_the_label_join(catalog: Sche
     decided = sum(s.score >= fraud_model.manifest.threshold for s in scored)
     assert window.segments["country"].total == len(scored)
     assert int(window.segments["country"].counts[:, 1].sum()) == decided
+
+
+@pytest.mark.parametrize("n", [20, 300])
+def test_a_model_without_segments_writes_scored_records_without_them(catalog: SchemaCatalog, tmp_path: Path,
+                                                                     generator, n: int) -> None:  # type: ignore[no-untyped-def]
+    from driftline.schemas.codec import decode
+
+    model = model_with(tmp_path, segments=[])
+    model.load()
+    _, out, folder = scored_batch(catalog, model, generator, n)
+    assert out.scored and all(decode(catalog, r.value, fast=True)[1]["segments"] is None for r in out.scored)
+    assert folder.current is not None and folder.current.segments == {}
 
 
 def label_batches(rng: np.random.Generator, tpr_b: float, n: int = 2_000) -> bytes:
