@@ -26,7 +26,7 @@ from typing import Any, TextIO, cast
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from driftline.detectors.fairness import SegmentCounts, disparities, group_rates
+from driftline.detectors.fairness import OTHER, SegmentCounts, disparities, group_rates
 from driftline.inference.deployment import Deployment
 from driftline.inference.registry import ModelRegistry
 from driftline.schemas.catalog import SchemaCatalog
@@ -258,7 +258,7 @@ def segment_lines(segments: dict[str, SegmentCounts], values: int = 5) -> list[s
         top = counts.capped(values + 1)
         spread = disparities(top).demographic_parity_difference
         rates = "  ".join(f"{g.value} {g.positive_rate:.1%}" for g in
-                          sorted(group_rates(top), key=lambda g: -g.requests))
+                          sorted(group_rates(top), key=lambda g: (g.value == OTHER, -g.requests)))
         out.append(f"  {name:<12} {rates}  (spread {spread:.1%})")
     return out
 

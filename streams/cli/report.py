@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from driftline.detectors.evaluate import ColumnResult, bias_results, bin_labels, evaluate, window_results
-from driftline.detectors.fairness import disparities, group_rates
+from driftline.detectors.fairness import OTHER, disparities, group_rates
 from driftline.detectors.multivariate import MULTIVARIATE
 from driftline.detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
 from driftline.detectors.sketch import ColumnSketch, WindowSketch, merge_segments
@@ -291,7 +291,7 @@ def _bias_section(reports: list[VersionReport], alpha: float, options: BiasOptio
                        f"{options.bound:g}, p {p} over the period), ratio {d.demographic_parity_ratio:.3f}; "
                        f"{flagged} of {len(rep.windows)} windows flagged.</p>")
             out.append("<table><tr><th>value</th><th class=n>requests</th><th class=n>positive decisions</th></tr>")
-            for g in sorted(group_rates(counts), key=lambda g: -g.requests):
+            for g in sorted(group_rates(counts), key=lambda g: (g.value == OTHER, -g.requests)):
                 out.append(f"<tr><td>{e(g.value)}</td><td class=n>{g.requests:,}</td>"
                            f"<td class=n>{g.positive_rate:.2%}</td></tr>")
             out.append("</table>")
