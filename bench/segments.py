@@ -2,7 +2,9 @@
 
     python bench/segments.py [--batches 40] [--batch 1000] [--rounds 5]
 
-Scores the example model's traffic through :class:`ScorePipeline` (decode,
+First the bias audit's own steps alone, on a batch of 1,000 rows: the fold
+of two segments into a window sketch, and the joining of their values for
+the scored records. Then scores the example model's traffic through :class:`ScorePipeline` (decode,
 validate, ONNX, encode, window fold) in four configurations: the example
 manifest without ``segments`` and with its two (``country``, ``channel``),
 each without and with the scored records the label join reads (which then
@@ -23,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from driftline.detectors.fairness import SKETCH_VALUES, SegmentCounts, join_values, segment_text
 from driftline.detectors.profile import ReferenceProfile
+from driftline.detectors.sketch import ColumnSketch, WindowSketch
 from driftline.examples.fraud import generator
 from driftline.inference.model import OnnxModel
 from driftline.schemas.catalog import SchemaCatalog, builtin_schema_dir
@@ -47,6 +51,34 @@ def pipeline(catalog: SchemaCatalog, directory: Path, segments: list[str], score
                          catalog.latest("driftline.Prediction"), predictions_topic="p", deadletter_topic="d",
                          deadletter_max_bytes=8192,
                          scored=(catalog.latest("driftline.Scored"), "s") if scored else None)
+
+
+def alone(batch: int, rounds: int) -> dict[str, float]:
+    """µs per event of the segment fold and of the value join by themselves (median of ``rounds``)."""
+    rng = np.random.default_rng(0)
+    country = rng.choice(np.array(generator.COUNTRIES, dtype=object), batch)
+    channel = rng.choice(np.array(["pos", "online", "atm", "contactless"], dtype=object), batch)
+    scores = rng.random(batch)
+    window = WindowSketch("fraud", "1", 0, 1, {}, ColumnSketch(np.zeros(1, np.int64), np.zeros(0, np.int64)))
+
+    def fold() -> None:
+        decided = scores >= 0.5
+        window.add_segments({"country": SegmentCounts.fold(country, decided),
+                             "channel": SegmentCounts.fold(channel, decided)}, SKETCH_VALUES)
+
+    def join() -> None:
+        join_values([segment_text(country), segment_text(channel)])
+
+    out = {}
+    for name, step in (("fold_alone_us", fold), ("join_alone_us", join)):
+        times = []
+        for _ in range(rounds):
+            start = time.process_time()
+            for _ in range(200):
+                step()
+            times.append((time.process_time() - start) / (200 * batch) * 1e6)
+        out[name] = round(statistics.median(times), 3)
+    return out
 
 
 def main() -> None:
@@ -73,7 +105,8 @@ def main() -> None:
                     p.process(b, 1_000)
                 runs[k].append((time.process_time() - start) / (args.batch * args.batches) * 1e6)
     us = {k: statistics.median(v) for k, v in runs.items()}
-    result = {
+    result: dict[str, float] = {
+        **alone(args.batch, args.rounds),
         "us_per_event_no_segments": round(us[((), False)], 2),
         "us_per_event_two_segments": round(us[(("country", "channel"), False)], 2),
         "us_per_event_no_segments_scored": round(us[((), True)], 2),
