@@ -16,7 +16,12 @@ whatever the window and reference sizes (see :mod:`driftline.detectors.stats`):
   0.4th and 99.6th percentiles: its outer fine bins): the same test, against
   the reference's count (out of range: against 1.5 times it);
 * the dead-letter rate and the duplicate-request rate: the exact binomial
-  test against a configured expected rate (a rate, not a sample), one-sided.
+  test against a configured expected rate (a rate, not a sample), one-sided;
+* per segment field (the manifest's ``segments``), the demographic-parity
+  difference of the positive-decision rates across its values (kind
+  ``bias``), tested with :func:`~driftline.detectors.fairness.rate_disparity_p`;
+  flagged only when it is also beyond the configured bound (``threshold``),
+  so for these ``value > threshold`` is necessary, not sufficient.
 
 PSI is reported with every drift result as an effect size, with the PSI this
 window would show by chance (``psi_threshold``); it does not decide. In every
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from driftline.detectors.fairness import POSITIVE, N, SegmentCounts, disparities, rate_disparity_p
 from driftline.detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
 from driftline.detectors.sketch import ColumnSketch, WindowSketch
 from driftline.detectors.stats import (
@@ -45,6 +51,8 @@ from driftline.detectors.stats import (
 SCORE = "__score__"
 DEAD_LETTERS = "__dead_letters__"
 DUPLICATES = "__duplicates__"
+BIAS = "bias"  # the kind of the segment disparity results
+DEMOGRAPHIC_PARITY = "demographic_parity_difference"
 #: statistics that were a column's only one of their kind: their policy keys and alert ids name no statistic,
 #: so policy state and alert ids saved before the others existed still match
 _FIRST_OF_KIND = frozenset({"chi2", "ks", "null_rate", "dead_letter_rate"})
@@ -199,6 +207,30 @@ def window_results(profile: ReferenceProfile, sketch: WindowSketch, alpha: float
                   duplicate_result(sketch, duplicate_rate, alpha)):
         if extra is not None:
             out.append(extra)
+    return out
+
+
+def bias_results(segments: dict[str, SegmentCounts], bound: float, max_values: int) -> list[ColumnResult]:
+    """One result per segment field: the decision-rate spread across its ``max_values`` most frequent values.
+
+    ``top_bins`` names the values with the highest and lowest rates (and the
+    overall rate as the reference share), for the alert's reader.
+    """
+    out = []
+    for name, raw in sorted(segments.items()):
+        counts = raw.capped(max_values)
+        if len(counts.values) < 2:
+            continue
+        k = counts.counts
+        spread = disparities(counts).demographic_parity_difference
+        if math.isnan(spread):
+            continue
+        p = rate_disparity_p(k[:, POSITIVE], k[:, N])
+        overall = float(k[:, POSITIVE].sum() / max(k[:, N].sum(), 1))
+        rates = k[:, POSITIVE] / np.maximum(k[:, N], 1)
+        ends = [int(np.argmax(rates)), int(np.argmin(rates))]
+        top = tuple((counts.values[i], overall, float(rates[i])) for i in ends)
+        out.append(ColumnResult(name, BIAS, DEMOGRAPHIC_PARITY, spread, bound, p, 0.0, 0.0, counts.total, 0, top))
     return out
 
 

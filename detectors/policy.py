@@ -2,12 +2,14 @@
 
 A column is *flagged* in a window when its test's p-value is below
 ``alpha``: with no drift that happens in at most ``alpha`` of the windows,
-whatever the window size. An alert fires when a column was flagged in at
+whatever the window size (a bias result also needs its disparity beyond
+its bound). An alert fires when a column was flagged in at
 least ``k`` of its last ``m`` windows and its last alert of that kind is more
 than ``cooldown`` windows ago. Severity is critical when the p-value is
 below ``alpha_critical`` and the PSI is at least ``psi_critical`` (strong
 evidence and a material shift; a column's null, unseen-category or
-out-of-range share needs the p-value alone), or when the column's River detector
+out-of-range share, and a segment's decision-rate disparity, need the
+p-value alone), or when the column's River detector
 (``detector``, ADWIN by default, fed with each window's ``-log10 p``) sees a
 change point in a flagged window; warning otherwise. River never decides
 alone whether an alert fires, so the false-alarm rate stays ``alpha``.
@@ -27,9 +29,11 @@ from driftline.detectors.river_signal import KINDS, SignalDetector, signal
 
 #: a column's rate tests, which have no PSI: strong evidence alone makes them critical
 COLUMN_SHARES = frozenset({"null_rate", "unseen_category_rate", "out_of_range_rate"})
+#: the bias audit's tests: flagged only beyond their bound, critical on strong evidence alone, no change detector
+BIAS_TESTS = frozenset({"demographic_parity_difference"})
 #: tests without a change detector: their severity needs none, and each detector's state (up to ~10 KB for
 #: ADWIN) is saved with the model's drift state, which must stay below the broker's record size
-UNDETECTED = frozenset({"unseen_category_rate", "out_of_range_rate", "duplicate_rate"})
+UNDETECTED = frozenset({"unseen_category_rate", "out_of_range_rate", "duplicate_rate"}) | BIAS_TESTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,14 +96,16 @@ class AlertPolicy:
         alerts: list[AlertDecision] = []
         for r in results:
             key = r.key
-            flagged = r.p_value < cfg.alpha
+            # a disparity within its bound is no finding, however significant (a big window makes tiny ones so)
+            flagged = r.p_value < cfg.alpha and (r.statistic not in BIAS_TESTS or r.value > r.threshold)
             hist = self.history.setdefault(key, deque(maxlen=cfg.m))
             hist.append(flagged)
             change = False
             if cfg.detector != "none" and r.statistic not in UNDETECTED:
                 det = self.detectors.setdefault(key, SignalDetector(cfg.detector))
                 change = det.update(signal(r.p_value))
-            strong = r.p_value < cfg.alpha_critical and (r.statistic in COLUMN_SHARES or r.psi >= cfg.psi_critical)
+            strong = r.p_value < cfg.alpha_critical and (r.statistic in COLUMN_SHARES | BIAS_TESTS
+                                                    or r.psi >= cfg.psi_critical)
             # A River change point on a flagged column confirms a sustained shift: critical too.
             critical = strong or (change and flagged)
             self.critical_runs[key] = self.critical_runs.get(key, 0) + 1 if critical else 0

@@ -3,7 +3,9 @@
 A sketch holds, per monitored column, the counts over the reference's PSI
 bins and fine KS bins (or its category counts), plus count, sum, sum of
 squares and nulls; and for the whole window the message and dead-letter
-counts, and how many request ids were checked for repeats and repeated.
+counts, how many request ids were checked for repeats and repeated, and the
+requests and positive decisions per value of each segment field (the
+manifest's ``segments``, for the bias audit: :mod:`driftline.detectors.fairness`).
 Every field is a sum, so merging is element-wise addition: merging
 the sketches of any split of a window (partitions, workers) gives exactly
 the sketch of the whole window (associative and commutative; tested).
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from driftline.detectors.fairness import SegmentCounts
 from driftline.detectors.profile import (
     CategoricalReference,
     NumericReference,
@@ -112,6 +115,8 @@ class WindowSketch:
     contributors: frozenset[str] = field(default_factory=frozenset)
     ids: int = 0  # scored requests whose id was checked for a repeat (all, below the worker's memory cap)
     duplicates: int = 0  # of those, requests whose id came before (this window or the last, on this worker)
+    #: per segment field, requests and positive decisions per value (absent in sketches written before segments)
+    segments: dict[str, SegmentCounts] = field(default_factory=dict)
 
     @staticmethod
     def empty(profile: ReferenceProfile, model: str, version: str, start_ms: int, end_ms: int,
@@ -168,20 +173,38 @@ class WindowSketch:
             {k: v + other.columns[k] for k, v in self.columns.items()}, self.score + other.score,
             self.messages + other.messages, self.dead_letters + other.dead_letters,
             self.contributors | other.contributors, self.ids + other.ids, self.duplicates + other.duplicates,
+            merge_segments(self.segments, other.segments),
         )
+
+    def add_segments(self, batch: Mapping[str, SegmentCounts], limit: int) -> None:
+        """Add one batch's segment counts, keeping at most ``limit`` values per field (the rest pooled)."""
+        for name, part in batch.items():
+            have = self.segments.get(name)
+            self.segments[name] = (part if have is None else have + part).capped(limit)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "version": self.version, "start_ms": self.start_ms, "end_ms": self.end_ms,
                 "columns": {k: v.to_dict() for k, v in self.columns.items()}, "score": self.score.to_dict(),
                 "messages": self.messages, "dead_letters": self.dead_letters,
-                "contributors": sorted(self.contributors), "ids": self.ids, "duplicates": self.duplicates}
+                "contributors": sorted(self.contributors), "ids": self.ids, "duplicates": self.duplicates,
+                **({"segments": {k: v.to_dict() for k, v in self.segments.items()}} if self.segments else {})}
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> WindowSketch:
         return WindowSketch(d["model"], d["version"], int(d["start_ms"]), int(d["end_ms"]),
                             {k: ColumnSketch.from_dict(v) for k, v in d["columns"].items()},
                             ColumnSketch.from_dict(d["score"]), int(d["messages"]), int(d["dead_letters"]),
-                            frozenset(d.get("contributors", ())), int(d.get("ids", 0)), int(d.get("duplicates", 0)))
+                            frozenset(d.get("contributors", ())), int(d.get("ids", 0)), int(d.get("duplicates", 0)),
+                            {k: SegmentCounts.from_dict(v) for k, v in d.get("segments", {}).items()})
+
+
+def merge_segments(a: Mapping[str, SegmentCounts], b: Mapping[str, SegmentCounts]) -> dict[str, SegmentCounts]:
+    """Field-wise sum of two windows' segment counts (a field only one side has is kept as it is)."""
+    out = dict(a)
+    for name, counts in b.items():
+        have = out.get(name)
+        out[name] = counts if have is None else have + counts
+    return out
 
 
 SCORE_KEY = "\0score"

@@ -370,6 +370,13 @@ def _hypergeometric_p(x: int, n: int, a: int, m: int) -> float:
     return float(_capped_midp(gt[x - lo], eq[x - lo]))
 
 
+def fisher_two_sided(x: int, n: int, a: int, m: int) -> float:
+    """Two-sided Fisher test of ``x / n`` against ``a / m``: twice the smaller capped mid-p tail, at most 1."""
+    if n <= 0 or m <= 0:
+        return 1.0
+    return min(1.0, 2.0 * min(_hypergeometric_p(x, n, a, m), _hypergeometric_p(n - x, n, m - a, m)))
+
+
 def two_sample_rate_test(x: int, n: int, a: int, m: int, alpha: float) -> tuple[float, int]:
     """One-sided exact test that a window's rate ``x / n`` exceeds a reference sample's ``a / m``.
 

@@ -23,6 +23,7 @@ MODEL_FILE = "model.onnx"
 ORT_TYPES: dict[str, ElementType] = {"tensor(float)": "float", "tensor(double)": "double", "tensor(int64)": "int64",
                                      "tensor(int32)": "int32", "tensor(string)": "string"}
 _INTEGER_FIELDS = {"int", "long"}
+_SEGMENT_TYPES = {"string", "int", "long", "boolean"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,8 @@ class Manifest:
     inputs: tuple[ModelInput, ...] = ()
     #: request fields whose values are personal (besides those the schema marks ``"driftline.pii": true``)
     personal: tuple[str, ...] = ()
+    #: request fields whose values split the bias audit (they need not be features; never personal ones)
+    segments: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], where: str = "manifest") -> Manifest:
@@ -86,6 +89,7 @@ class Manifest:
                 raw=raw,
                 inputs=_named_inputs(onnx, profile, where),
                 personal=_personal(raw.get("personal", []), where),
+                segments=_segments(raw.get("segments", []), task, where),
             )
         except KeyError as exc:
             raise ModelError(f"{where}: missing field {exc.args[0]!r}; see README 'Bring your own model'") from exc
@@ -112,6 +116,7 @@ class Manifest:
         if unknown:
             raise ModelError(f"{self.name} v{self.version}: personal lists {unknown[0]!r}, which {schema.subject} "
                              "lacks; list the request's field names")
+        self._check_segments(schema)
         id_field = self.profile.id_field
         if id_field in personal_fields(schema.raw, self.personal):
             raise ModelError(f"{self.name} v{self.version}: the request id {id_field!r} cannot be personal: it is the "
@@ -125,6 +130,36 @@ class Manifest:
             if i.type in ("int64", "int32") and base not in _INTEGER_FIELDS:
                 raise ModelError(f"{self.name} v{self.version}: onnx input {i.name!r} is {i.type} but {schema.subject}"
                                  f" has {i.field!r} as {base}; export the input as float or double")
+
+
+    def _check_segments(self, schema: WireSchema) -> None:
+        """A segment must be a non-personal field of text, integers or booleans (a double would give every
+        request its own group; a personal value would reach topics and metrics as a label)."""
+        types = schema.field_types
+        personal = personal_fields(schema.raw, self.personal)
+        for name in self.segments:
+            base = _base_type(types.get(name))
+            if base is None:
+                raise ModelError(f"{self.name} v{self.version}: segments lists {name!r}, which {schema.subject} "
+                                 "lacks; list the request's field names")
+            if name in personal:
+                raise ModelError(f"{self.name} v{self.version}: segment {name!r} is a personal field and its values "
+                                 "would reach topics and metrics; drop it from segments or segment by a coarser, "
+                                 "non-personal field")
+            if base not in _SEGMENT_TYPES:
+                raise ModelError(f"{self.name} v{self.version}: segment {name!r} is {base}; segment by a string, "
+                                 "integer or boolean field (bucket a number into one first)")
+
+
+def _segments(listed: Any, task: str, where: str) -> tuple[str, ...]:
+    if not isinstance(listed, list) or not all(isinstance(n, str) and n for n in listed):
+        raise ModelError(f"{where}: segments must be a list of request field names")
+    if listed and task != "binary_classification":
+        raise ModelError(f"{where}: segments need a binary classifier (the audit compares decision rates); "
+                         "drop segments")
+    if len(set(listed)) != len(listed):
+        raise ModelError(f"{where}: segments lists a field twice; list each once")
+    return tuple(listed)
 
 
 def _personal(listed: Any, where: str) -> tuple[str, ...]:

@@ -543,6 +543,8 @@ class ColumnarWriter:
     @staticmethod
     def _encode(f: FlatField, col: Any, scalar: bool, n: int, is_null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         present = ~is_null
+        if scalar and col is None:  # a nullable field null in every row: only the union branches are written
+            return np.zeros(n, dtype=np.int64), np.zeros(0, dtype=np.uint8)
         kind = f.kind
         if kind in ("double", "float"):
             dtype = "<f8" if kind == "double" else "<f4"

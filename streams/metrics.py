@@ -14,6 +14,8 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from driftline.detectors.evaluate import BIAS
+from driftline.detectors.fairness import SegmentCounts, disparities, group_rates
 from driftline.inference.deployment import SHADOW
 from driftline.streams.core.drift import ClosedWindow, column_label
 from driftline.streams.core.explain import ExplainStats
@@ -21,7 +23,7 @@ from driftline.streams.core.pipeline import BatchOutcome
 
 #: the kinds of alert a worker raises (drift agent, label loop, control follower)
 ALERT_KINDS = ("data_drift", "prediction_drift", "multivariate_drift", "data_quality", "performance_drop",
-               "concept_drift", "model_load_failed", "bad_control_record")
+               "concept_drift", "model_load_failed", "bad_control_record", "bias")
 
 
 def build_versions() -> dict[str, str]:
@@ -65,10 +67,18 @@ def observe_many(hist: Histogram, values: np.ndarray, buckets: tuple[float, ...]
     hist._sum.inc(float(values.sum()))  # type: ignore[attr-defined]
 
 
+def _remove(gauge: Gauge, *labels: str) -> None:
+    try:
+        gauge.remove(*labels)
+    except KeyError:  # never set (a value seen without labeled rows)
+        pass
+
+
 class Metrics:
     """The worker's metrics; agents call :meth:`observe_batch` and nothing else."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, segment_values: int = 10) -> None:
+        """``segment_values``: segment values exported per field (``bias_max_values``), the rest as (other)."""
         self.registry = registry
         self.requests = Counter(
             "driftline_requests_total", "Requests by model and outcome (predicted, dead_letter).",
@@ -206,6 +216,33 @@ class Metrics:
             "driftline_explain_importance_rank_correlation", "Spearman correlation of the last window's importance "
             "with the reference's (1: the same order of features).", ["model", "version"], registry=registry,
         )
+        # bias audits (the manifest's segments): label values bounded by segment_values per field
+        self.segment_values = segment_values
+        self._segment_series: dict[tuple[str, str, str], set[str]] = {}
+        self.segment_requests = Gauge(
+            "driftline_segment_requests", "Requests per segment value in the last closed window (the most frequent "
+            "values, the rest as (other)).", ["model", "segment", "value"], registry=registry,
+        )
+        self.segment_positive_rate = Gauge(
+            "driftline_segment_positive_rate", "Share of positive decisions (score at or above the manifest's "
+            "threshold) per segment value in the last closed window.", ["model", "segment", "value"],
+            registry=registry,
+        )
+        self.segment_quality = Gauge(
+            "driftline_segment_quality", "Per segment value, of the last closed window of labeled events: "
+            "accuracy, true_positive_rate, false_positive_rate.", ["model", "segment", "value", "metric"],
+            registry=registry,
+        )
+        self.bias_disparity = Gauge(
+            "driftline_bias_disparity", "Disparity across a segment's values in the last closed window: "
+            "demographic_parity_difference and _ratio (decisions); equal_opportunity_difference and "
+            "equalized_odds_difference (labeled windows).", ["model", "segment", "statistic"], registry=registry,
+        )
+        self.bias_p_value = Gauge(
+            "driftline_bias_p_value", "P-value of the test that a segment's values share one positive-decision "
+            "rate (Fisher, Bonferroni over the values) in the last closed window.", ["model", "segment"],
+            registry=registry,
+        )
         self.build_info = Info("driftline_build", "Versions of driftline and its engines.", registry=registry)
         self.build_info.info(build_versions())
         # The process itself (process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ...),
@@ -235,6 +272,9 @@ class Metrics:
         self.drift_windows.labels(model).inc()
         smallest: dict[str, float] = {}  # a column's tests (distribution, nulls, shares): the most significant
         for r in closed.results:
+            if r.kind == BIAS:
+                self.bias_p_value.labels(model, r.column).set(r.p_value)
+                continue
             feature = column_label(r.column)
             self.drift_statistic.labels(model, feature, r.statistic).set(r.value)
             self.drift_threshold.labels(model, feature, r.statistic).set(r.threshold)
@@ -248,6 +288,39 @@ class Metrics:
             self.alerts.labels(model, a.result.kind, a.severity).inc()
         if closed.retrain is not None:
             self.retrains.labels(model).inc()
+        for segment, counts in closed.sketch.segments.items():
+            self.observe_segments(model, segment, counts, labeled=False)
+
+    def observe_segments(self, model: str, segment: str, counts: SegmentCounts, *, labeled: bool) -> None:
+        """One window's per-value figures of a segment: decision rates (``labeled``: accuracy, TPR, FPR) and
+        disparities; a value no longer among the exported ones loses its series."""
+        counts = counts.capped(self.segment_values)
+        values: set[str] = set()
+        d = disparities(counts)
+        if labeled:
+            for name in ("equal_opportunity_difference", "equalized_odds_difference"):
+                self.bias_disparity.labels(model, segment, name).set(getattr(d, name))
+        else:
+            for name in ("demographic_parity_difference", "demographic_parity_ratio"):
+                self.bias_disparity.labels(model, segment, name).set(getattr(d, name))
+        for g in group_rates(counts):
+            values.add(g.value)
+            if labeled:
+                if g.labeled:
+                    for metric in ("accuracy", "true_positive_rate", "false_positive_rate"):
+                        self.segment_quality.labels(model, segment, g.value, metric).set(getattr(g, metric))
+            else:
+                self.segment_requests.labels(model, segment, g.value).set(g.requests)
+                self.segment_positive_rate.labels(model, segment, g.value).set(g.positive_rate)
+        key = (model, segment, "labeled" if labeled else "decisions")
+        for gone in self._segment_series.get(key, set()) - values:
+            if labeled:
+                for metric in ("accuracy", "true_positive_rate", "false_positive_rate"):
+                    _remove(self.segment_quality, model, segment, gone, metric)
+            else:
+                _remove(self.segment_requests, model, segment, gone)
+                _remove(self.segment_positive_rate, model, segment, gone)
+        self._segment_series[key] = values
 
     def observe_explain(self, stats: ExplainStats) -> None:
         """What a batch of the explain agent did: explained and skipped requests, and what it cost."""

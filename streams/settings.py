@@ -297,6 +297,13 @@ class Settings(BaseSettings):
     duplicate_check_ids: int = Field(
         200_000, ge=0, le=10_000_000, description="request ids a worker remembers per model and window to count "
         "repeated ones (about 60 bytes each whatever their length, two windows kept); 0: no duplicate check")
+    # bias audits (the manifest's segments): a block of its own
+    bias_max_difference: float = Field(
+        0.1, gt=0.0, lt=1.0, description="a segment's spread of positive-decision rates across its values beyond "
+        "which, when also significant at drift_alpha, the window is flagged for bias")
+    bias_max_values: int = Field(
+        10, ge=2, le=50, description="segment values audited, exported as metric labels and shown per field: the "
+        "most frequent ones, the rest pooled as (other)")
     group_id: str | None = Field(None, pattern=_NAME)
     fetch_wait_ms: int = Field(10, ge=1, le=5_000)
     session_timeout_s: float = Field(10.0, ge=1.0, le=300.0)

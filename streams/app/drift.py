@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import faust
@@ -73,20 +74,25 @@ def add_drift_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, 
     # Each version against its own reference: sketches of another worker may name any version.
     registry = ModelRegistry(settings.model_dir)
     profiles = ProfileStore(registry, catalog)
+    policy = PolicyConfig(alpha=settings.drift_alpha, k=settings.drift_k, m=settings.drift_m,
+                          cooldown=settings.drift_cooldown_windows, retrain_cooldown=settings.retrain_cooldown_windows,
+                          detector=settings.drift_detector)
     monitor = DriftMonitor(
         profiles.get,
-        PolicyConfig(alpha=settings.drift_alpha, k=settings.drift_k, m=settings.drift_m,
-                     cooldown=settings.drift_cooldown_windows, retrain_cooldown=settings.retrain_cooldown_windows,
-                     detector=settings.drift_detector),
+        policy,
         grace_ms=int(settings.window_grace_s * 1000),
         expected_dead_letter_rate=settings.expected_dead_letter_rate,
         expected_duplicate_rate=settings.expected_duplicate_rate,
         max_pending=settings.drift_max_pending_windows,
         max_skew_ms=int(settings.sketch_max_skew_s * 1000),
+        bias_bound=settings.bias_max_difference,
+        bias_max_values=settings.bias_max_values,
     )
     quality = QualityMonitor(settings.quality_window_labels, settings.drift_alpha, settings.performance_drop_min,
                              settings.concept_detector, known=lambda m, v: has_version(registry, m, v),
-                             cooldown_ms=int(settings.performance_drop_cooldown_s * 1000))
+                             cooldown_ms=int(settings.performance_drop_cooldown_s * 1000),
+                             bias_policy=replace(policy, detector="none"), bias_bound=settings.bias_max_difference,
+                             bias_max_values=settings.bias_max_values)
     ranker = ImpactRanker(registry, settings.drift_alpha, verify_key=settings.model_verify_key()) \
         if settings.drift_impact else None
     skips = SkipLog(log, metrics.skipped)
@@ -217,3 +223,5 @@ def observe_quality(metrics: Metrics, verdicts: Verdicts) -> None:
         metrics.alerts.labels(alert.model, alert.kind, alert.severity).inc()
     for request in verdicts.retrains:
         metrics.retrains.labels(request.model).inc()
+    for model, segment, counts in verdicts.segments:
+        metrics.observe_segments(model, segment, counts, labeled=True)

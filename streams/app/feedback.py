@@ -60,7 +60,7 @@ from driftline.streams.core.join import (
     encode_state,
 )
 from driftline.streams.core.pipeline import OutRecord, RawMessage, ServedModel
-from driftline.streams.core.quality import LabelBatcher
+from driftline.streams.core.quality import MAX_SEGMENT_TEXT, LabelBatcher
 from driftline.streams.errors import BrokerError, DeliveryError
 from driftline.streams.kafka.clients import AckedSink, BatchSource
 from driftline.streams.kafka.topics import iter_partitions
@@ -242,7 +242,7 @@ class FeedbackAgent:
         return encode(self.scored_schema, {
             "request_id": s.request_id, "model": s.model, "model_version": s.version, "variant": s.variant,
             "score": s.score, "predicted": s.predicted, "event_time": s.event_time, "features": s.features,
-            "sealed": s.sealed,
+            "sealed": s.sealed, "segments": s.segments,
         }, fast=True)
 
     def restore(self, latest: dict[int, dict[bytes, bytes]], now_ms: int | None = None) -> None:
@@ -310,7 +310,7 @@ class FeedbackAgent:
                 self.batcher.label(s.model, s.version, s.variant, m.task, m.threshold, s.score, lab.target)
         elif lab.label is not None:
             self.batcher.label(s.model, s.version, s.variant, m.task, m.threshold, s.score,
-                               float(lab.label == m.labels[1]))
+                               float(lab.label == m.labels[1]), segments=s.segments, fields=m.segments)
         return out
 
 
@@ -319,7 +319,13 @@ def scored_of(rec: dict[str, Any]) -> Scored:
     predicted = rec.get("predicted")
     return Scored(rec["request_id"], sys.intern(rec["model"]), sys.intern(rec["model_version"]),
                   sys.intern(rec["variant"]), float(rec["score"]), None if predicted is None else sys.intern(predicted),
-                  int(rec["event_time"]), bytes(rec["features"]), bool(rec.get("sealed", False)))
+                  int(rec["event_time"]), bytes(rec["features"]), bool(rec.get("sealed", False)),
+                  _segments_of(rec.get("segments")))
+
+
+def _segments_of(value: Any) -> str | None:
+    """A scored record's segment values (v3), None before v3; bounded: the join holds them for the TTL."""
+    return value if isinstance(value, str) and len(value) <= MAX_SEGMENT_TEXT else None
 
 
 def label_of(rec: dict[str, Any], key: bytes | None, value: bytes | None) -> Label | None:

@@ -114,7 +114,7 @@ def build_app(settings: Settings, registry: CollectorRegistry | None = None) -> 
                               deadletter_limit(settings, topic_max_message_bytes(settings.confluent(),
                                                                                  settings.topic("deadletter"))))
     registry = registry or CollectorRegistry()
-    metrics = Metrics(registry)
+    metrics = Metrics(registry, settings.bias_max_values)
     for served in pipeline.served.values():
         metrics.init_model(served.model.name)
         publish_deployment(metrics, served)

@@ -26,15 +26,18 @@ from typing import Any, TextIO, cast
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from driftline.detectors.fairness import OTHER, SegmentCounts, disparities, group_rates
 from driftline.inference.deployment import Deployment
 from driftline.inference.registry import ModelRegistry
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import encode_many
 from driftline.streams.catalog import build_catalog
 from driftline.streams.cli.common import use_colour
+from driftline.streams.core.drift import sketch_from_dict
 from driftline.streams.core.events import ALERT_SUBJECT, RETRAIN_SUBJECT, Event, format_event, read_alert, read_retrain
 from driftline.streams.core.pipeline import Headers
-from driftline.streams.core.poison import BadRecord, Skip, SkipLog, decode_avro
+from driftline.streams.core.poison import BadRecord, Skip, SkipLog, decode_avro, load_json
+from driftline.streams.core.quality import is_label_batch
 from driftline.streams.errors import ConfigError
 from driftline.streams.example import fraud_generator
 from driftline.streams.kafka.broker import BrokerKind, launch
@@ -65,6 +68,22 @@ class Watch:
     alerts: int = 0
     retrains: int = 0
     skipped: int = 0  # records of the watched topics that do not parse
+    #: requests and positive decisions per segment value since the start (the window sketches' segments)
+    segments: dict[str, SegmentCounts] = field(default_factory=dict)
+
+    def add_sketch(self, value: bytes | None) -> bool:
+        """Fold a record of ``{ns}.sketches`` into :attr:`segments`; False when it is not a window sketch."""
+        try:
+            data = load_json(value)
+            if is_label_batch(data):
+                return True
+            sketch = sketch_from_dict(data)
+        except BadRecord:
+            return False
+        for name, counts in sketch.segments.items():
+            have = self.segments.get(name)
+            self.segments[name] = counts if have is None else have + counts
+        return True
 
     def rate(self) -> float:
         if len(self.rate_window) < 2:
@@ -167,7 +186,8 @@ def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: thre
         "fetch.wait.max.ms": settings.fetch_wait_ms,
     }))
     parts = settings.topic_partitions()
-    watched = (pred_topic, dlq_topic, alert_topic, retrain_topic)
+    sketch_topic = settings.topic("sketches")
+    watched = (pred_topic, dlq_topic, alert_topic, retrain_topic, sketch_topic)
     consumer.assign([TopicPartition(t, p, 0) for t in watched for p in range(parts[t])])
     subjects = {pred_topic: "driftline.Prediction", alert_topic: ALERT_SUBJECT, retrain_topic: RETRAIN_SUBJECT}
     skips = SkipLog(log)
@@ -180,6 +200,10 @@ def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: thre
                 if topic == dlq_topic:  # any record: the worker's own dead letters are counted by their header
                     watch.deadletters += 1
                     watch.reasons[dead_letter_reason(read_headers(m)[0])] += 1
+                    continue
+                if topic == sketch_topic:  # the bias audit's per-segment counts
+                    if not watch.add_sketch(m.value()):
+                        watch.skipped += 1
                     continue
                 rec = read_watched(catalog, m.value(), subjects[topic])
                 if isinstance(rec, Skip):
@@ -222,9 +246,22 @@ def render(watch: Watch, elapsed: float, duration: float, drift_at: float | None
         f"  alerts       {watch.alerts:9d}   retrain requests {watch.retrains}",
         *(f"    {line}" for line in watch.events[-max_events:]),
     ]
+    lines += segment_lines(watch.segments)
     if watch.skipped:
         lines.append(f"  skipped {watch.skipped} records that do not parse (see the log for where)")
     return "\n".join(lines)
+
+
+def segment_lines(segments: dict[str, SegmentCounts], values: int = 5) -> list[str]:
+    """Per segment field: the positive-decision rate of its most frequent values, and their spread."""
+    out = ["  positive decisions by segment (every window so far)"] if segments else []
+    for name, counts in sorted(segments.items()):
+        top = counts.capped(values + 1)
+        spread = disparities(top).demographic_parity_difference
+        rates = "  ".join(f"{g.value} {g.positive_rate:.1%}" for g in
+                          sorted(group_rates(top), key=lambda g: (g.value == OTHER, -g.requests)))
+        out.append(f"  {name:<12} {rates}  (spread {spread:.1%})")
+    return out
 
 
 def run_up(settings: Settings, *, duration: float, rate: float, drift_at: float | None,

@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from driftline.detectors.evaluate import ColumnResult, bin_labels, evaluate, window_results
+from driftline.detectors.evaluate import ColumnResult, bias_results, bin_labels, evaluate, window_results
+from driftline.detectors.fairness import OTHER, disparities, group_rates
 from driftline.detectors.importance import ImportanceWindow, importance_shift, rank_correlation, shares
 from driftline.detectors.multivariate import MULTIVARIATE
 from driftline.detectors.profile import CategoricalReference, NumericReference, ReferenceProfile
-from driftline.detectors.sketch import ColumnSketch, WindowSketch
+from driftline.detectors.sketch import ColumnSketch, WindowSketch, merge_segments
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.streams.core.drift import column_label, fits_profile, sketch_from_dict
 from driftline.streams.core.events import Alert, read_alert
@@ -73,13 +74,14 @@ def total(windows: list[WindowSketch]) -> WindowSketch:
     """All windows of one version summed into one sketch of the period."""
     first = windows[0]
     acc = WindowSketch(first.model, first.version, first.start_ms, first.end_ms, dict(first.columns), first.score,
-                       first.messages, first.dead_letters, first.contributors)
+                       first.messages, first.dead_letters, first.contributors, segments=dict(first.segments))
     for w in windows[1:]:
         acc.columns = {k: v + w.columns[k] for k, v in acc.columns.items()}
         acc.score = acc.score + w.score
         acc.messages += w.messages
         acc.dead_letters += w.dead_letters
         acc.contributors = acc.contributors | w.contributors
+        acc.segments = merge_segments(acc.segments, w.segments)
         acc.end_ms = max(acc.end_ms, w.end_ms)
     return acc
 
@@ -325,8 +327,48 @@ def _importance_section(reports: list[ImportanceReport]) -> list[str]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class BiasOptions:
+    """The bias audit's settings the report applies as the drift agent does."""
+
+    bound: float = 0.1  # bias_max_difference
+    max_values: int = 10  # bias_max_values
+
+
+def _bias_section(reports: list[VersionReport], alpha: float, options: BiasOptions) -> list[str]:
+    """Per version and segment field: each value's requests and positive-decision rate over the period, the
+    disparities, and how many windows were flagged (spread beyond the bound and significant)."""
+    e = html.escape
+    out: list[str] = []
+    for rep in reports:
+        period = total(rep.windows)
+        for name, raw in sorted(period.segments.items()):
+            counts = raw.capped(options.max_values)
+            d = disparities(counts)
+            flagged = sum(1 for w in rep.windows for r in bias_results(w.segments, options.bound, options.max_values)
+                          if r.column == name and r.value > r.threshold and r.p_value < alpha)
+            whole = bias_results({name: raw}, options.bound, options.max_values)
+            p = f"{whole[0].p_value:.3g}" if whole else "–"
+            out.append(f"<h3>{e(name)} <span class=dim>(version {e(rep.version)})</span></h3>"
+                       f"<p>Demographic-parity difference {d.demographic_parity_difference:.3f} (bound "
+                       f"{options.bound:g}, p {p} over the period), ratio {d.demographic_parity_ratio:.3f}; "
+                       f"{flagged} of {len(rep.windows)} windows flagged.</p>")
+            out.append("<table><tr><th>value</th><th class=n>requests</th><th class=n>positive decisions</th></tr>")
+            for g in sorted(group_rates(counts), key=lambda g: (g.value == OTHER, -g.requests)):
+                out.append(f"<tr><td>{e(g.value)}</td><td class=n>{g.requests:,}</td>"
+                           f"<td class=n>{g.positive_rate:.2%}</td></tr>")
+            out.append("</table>")
+    if not out:
+        return []
+    return ["<h2>Bias audit</h2><p class=dim>Positive decisions (score at or above the manifest's threshold) per "
+            "value of the manifest's segments; a window is flagged when the spread of the rates passes the bound "
+            "and Fisher's test (Bonferroni over the values) is significant. The figures describe the model's "
+            "decisions, not their causes.</p>", *out]
+
+
 def render(model: str, reports: list[VersionReport], alerts: list[Alert], since_ms: int, until_ms: int,
-           alpha: float, skipped: int = 0, importance: list[ImportanceReport] | None = None) -> str:
+           alpha: float, skipped: int = 0, importance: list[ImportanceReport] | None = None,
+           bias: BiasOptions | None = None) -> str:
     """The report page; ``skipped``: records of the sketches and alerts topics left out because they do not parse."""
     e = html.escape
     out = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>driftline report: {e(model)}</title>"
@@ -343,6 +385,7 @@ def render(model: str, reports: list[VersionReport], alerts: list[Alert], since_
         out.extend(_version_section(rep, alpha))
     out.extend(_impact_section(alerts))
     out.extend(_importance_section(importance or []))
+    out.extend(_bias_section(reports, alpha, bias or BiasOptions()))
     out.append("<h2>Alerts of the period</h2>")
     if alerts:
         out.append("<table><tr><th>time</th><th>severity</th><th>kind</th><th>version</th><th>message</th></tr>")
@@ -464,7 +507,8 @@ def write_reports(settings: Any, models: list[str], window_ms: int, out_dir: Any
         importance = importance_reports(settings, catalog, model, importance_windows(
             explanations, model, since_ms, until_ms, int(settings.window_s * 1000)))
         path = out / f"driftline-report-{model}.html"
-        path.write_text(render(model, reports, mine, since_ms, until_ms, settings.drift_alpha, skipped, importance))
+        path.write_text(render(model, reports, mine, since_ms, until_ms, settings.drift_alpha, skipped, importance,
+                               BiasOptions(settings.bias_max_difference, settings.bias_max_values)))
         written.append(path)
     return written
 

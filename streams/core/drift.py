@@ -15,12 +15,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from driftline.detectors.evaluate import (
+    BIAS,
     DEAD_LETTERS,
     DUPLICATES,
     SCORE,
     ColumnResult,
+    bias_results,
     window_results,
 )
+from driftline.detectors.fairness import POSITIVE, SKETCH_VALUES, WIDTH, N, SegmentCounts
 from driftline.detectors.impact import BY_PSI, FeatureImpact
 from driftline.detectors.multivariate import MULTIVARIATE
 from driftline.detectors.policy import AlertDecision, AlertPolicy, PolicyConfig, RetrainDecision
@@ -68,6 +71,8 @@ class DriftMonitor:
     expected_duplicate_rate: float = 0.001
     max_pending: int = 1_000  # open windows kept at most; the oldest is evicted (and logged) beyond
     max_skew_ms: int | None = None  # sketches whose window starts further from now are refused (None: any)
+    bias_bound: float = 0.1  # a segment's decision-rate spread beyond this (and significant) is a bias finding
+    bias_max_values: int = 10  # segment values audited and shown per field: the most frequent, the rest pooled
     pending: dict[tuple[str, str, int], WindowSketch] = field(default_factory=dict)
     policies: dict[str, AlertPolicy] = field(default_factory=dict)
     policy_versions: dict[str, str] = field(default_factory=dict)
@@ -154,6 +159,7 @@ class DriftMonitor:
                 continue
             results = window_results(profile, sketch, self.config.alpha, self.expected_dead_letter_rate,
                                      self.expected_duplicate_rate)
+            results += bias_results(sketch.segments, self.bias_bound, self.bias_max_values)
             if self.policy_versions.get(sketch.model, sketch.version) != sketch.version:
                 log.info("model %s now serves v%s: its alert policy starts afresh", sketch.model, sketch.version)
                 self.policies.pop(sketch.model, None)
@@ -196,7 +202,7 @@ class DriftMonitor:
             raise BadRecord("invalid_state", f"drift state of {brief(model)} is not a JSON object")
         if state.get("format") != STATE_FORMAT:
             raise BadRecord("invalid_state", f"drift state format {brief(state.get('format'))} is not {STATE_FORMAT}")
-        policy = _policy(state.get("policy"), self.config)
+        policy = policy_from(state.get("policy"), self.config)
         version = state.get("version")
         if version is not None:
             _name(version, "version")
@@ -294,7 +300,33 @@ def sketch_from_dict(d: Any) -> WindowSketch:
         _name(d.get("model"), "model"), _name(d.get("version"), "version"), start, end,
         {_name(k, "column"): _column(v, k) for k, v in columns.items()}, _column(d.get("score"), "score"),
         messages, dead, frozenset(_name(c, "contributor") for c in contributors), ids, duplicates,
+        {_name(k, "segment"): segment_from(v, k) for k, v in _mapping_of(d.get("segments", {}), "segments").items()},
     )
+
+
+def _mapping_of(value: Any, what: str) -> Mapping[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise BadRecord("invalid_sketch", f"{what} must be an object")
+    return value
+
+
+def segment_from(d: Any, name: Any) -> SegmentCounts:
+    """One segment field's counts: unique printable values, rows of WIDTH counts, positives within requests."""
+    d = _mapping_of(d, f"segment {str(name)[:80]!r}")
+    values, rows = _list(d.get("values"), "segment values"), _list(d.get("counts"), "segment counts")
+    if len(values) > 4 * SKETCH_VALUES or len(rows) != len(values):
+        raise BadRecord("invalid_sketch", f"segment {str(name)[:80]!r}: {len(values)} values, {len(rows)} rows "
+                                          f"of counts (at most {4 * SKETCH_VALUES}, one row each)")
+    names = [_name(v, "segment value") for v in values]
+    if len(set(names)) != len(names):
+        raise BadRecord("invalid_sketch", f"segment {str(name)[:80]!r} lists a value twice")
+    if not all(isinstance(r, list) and len(r) == WIDTH and all(_is_int(c, MAX_COUNT) for c in r) for r in rows):
+        raise BadRecord("invalid_sketch", f"segment {str(name)[:80]!r}: each value needs {WIDTH} counts")
+    counts = np.asarray(rows, dtype=np.int64).reshape(len(rows), WIDTH)
+    if (counts[:, POSITIVE] > counts[:, N]).any():
+        raise BadRecord("invalid_sketch", f"segment {str(name)[:80]!r}: more positive decisions than requests")
+    order = sorted(range(len(names)), key=names.__getitem__)
+    return SegmentCounts(tuple(names[i] for i in order), counts[order])
 
 
 def fits_profile(sketch: WindowSketch, profile: ReferenceProfile) -> None:
@@ -340,7 +372,7 @@ def _counts(value: Any, name: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.int64).reshape(len(value))
 
 
-def _policy(d: Any, config: PolicyConfig) -> AlertPolicy:
+def policy_from(d: Any, config: PolicyConfig) -> AlertPolicy:
     """An alert policy from its checked snapshot (the shapes :meth:`AlertPolicy.snapshot` writes)."""
     if not isinstance(d, Mapping):
         raise BadRecord("invalid_state", "policy must be an object")
@@ -408,6 +440,10 @@ def alert_record(sketch: WindowSketch, decision: AlertDecision, now_ms: int,
     what = {SCORE: "model score", DEAD_LETTERS: "dead-letter rate", DUPLICATES: "repeated request ids",
             MULTIVARIATE: "joint distribution of the features (PCA reconstruction error)"}.get(r.column, r.column)
     extra = f", PSI {r.psi:.3f} (chance level {r.psi_threshold:.3f})" if r.statistic in ("ks", "chi2") else ""
+    if r.kind == BIAS:
+        what = f"positive decisions across {r.column}"
+        extra = "; " + ", ".join(f"{v} {q:.1%}" for v, _, q in r.top_bins) + \
+            (f" (all {r.top_bins[0][1]:.1%})" if r.top_bins else "")
     if decision.change_point:
         extra += "; change point"
     rank = (ranked or {}).get(r.column) if r.kind == "data_drift" else None

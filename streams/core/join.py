@@ -70,6 +70,7 @@ class Scored:
     event_time: int
     features: bytes = b""  # the model's float32 input row
     sealed: bool = False  # features encrypted (the model reads personal fields): passed on as it came
+    segments: str | None = None  # the request's segment values, joined (see driftline.detectors.fairness)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +129,7 @@ def entry_bytes(rid: str, e: Entry) -> int:
     if isinstance(e, Pending):
         size = PREDICTION_BYTES - SCORED_BYTES + len(rid)
         for s in e.scored:
-            size += SCORED_BYTES + len(s.features)
+            size += SCORED_BYTES + len(s.features) + len(s.segments or "")
         return size
     return DONE_BYTES + len(rid)
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 
 from driftline.detectors.explain import picked
+from driftline.detectors.fairness import join_values, segment_text
 from driftline.detectors.sketch import WindowSketch
 from driftline.inference.deployment import CHAMPION, SHADOW, Deployment, key_buckets
 from driftline.inference.errors import ModelError
@@ -134,6 +135,7 @@ class ServedModel:
         if folder is not None:
             folder.hide(self.personal)
             folder.watch_ids(self.validator.profile.id_field)
+            folder.watch_segments(self.model.manifest.segments, self.model.manifest.threshold)
             folder.accept_codes({f.name: f.categories for f in self.validator.profile.features
                                  if isinstance(f, CategoricalFeature)})
         if old is None or old.current is None or not old.current.messages:
@@ -403,7 +405,11 @@ class ScorePipeline:
         features = None
         if self._scored is not None:  # the matrix rows, whatever the model reads: the trainer retrains from them
             features = self._features(checked.raw(checked.matrix if kept is None else checked.matrix[kept], kept))
-        self._emit_scored(out, common, version, variant, scores, labels, features)
+        segments = None
+        if features is not None and served.model.manifest.segments:  # for quality per segment value at the join
+            segments = join_values([segment_text(cols.values[f][rows], None if (m := cols.nulls.get(f)) is None
+                                                 else m[rows]) for f in served.model.manifest.segments])
+        self._emit_scored(out, common, version, variant, scores, labels, features, segments)
         self._shadow(out, served, checked, kept, common, ids, features)
         return cols, rows, scores, checked.codes
 
@@ -430,7 +436,8 @@ class ScorePipeline:
         return np.array([pseudonym(self._pii_key, k) for k in keys.tolist()], dtype=object)
 
     def _emit_scored(self, out: BatchOutcome, common: dict[str, object], version: object, variant: object,
-                     scores: np.ndarray, labels: object, features: list[bytes] | None) -> None:
+                     scores: np.ndarray, labels: object, features: list[bytes] | None,
+                     segments: np.ndarray | None = None) -> None:
         if self._scored is None or features is None:
             return
         encoder, topic = self._scored
@@ -444,8 +451,8 @@ class ScorePipeline:
             if len(keep) < len(ids):
                 def sub(v: Any) -> Any:
                     return v[keep] if isinstance(v, np.ndarray) else v
-                ids, version, variant, scores, labels, event_time = (
-                    sub(ids), sub(version), sub(variant), sub(scores), sub(labels), sub(event_time))
+                ids, version, variant, scores, labels, event_time, segments = (
+                    sub(ids), sub(version), sub(variant), sub(scores), sub(labels), sub(event_time), sub(segments))
                 features = [features[i] for i in keep.tolist()]
         sealed = common["model"] in self._sealed
         if sealed:
@@ -453,7 +460,7 @@ class ScorePipeline:
         values = encoder.encode(len(ids), {
             "request_id": ids, "model": common["model"], "model_version": version, "variant": variant,
             "score": scores, "predicted": labels, "event_time": event_time, "features": features,
-            "sealed": sealed,
+            "sealed": sealed, "segments": segments,
         })
         out.scored.extend(OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True))
 

@@ -28,19 +28,30 @@ import base64
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, get_args
 
 import numpy as np
 
 from driftline.detectors.estimate import Calibration, Estimate, estimate
+from driftline.detectors.evaluate import BIAS, ColumnResult
+from driftline.detectors.fairness import (
+    FN,
+    SKETCH_VALUES,
+    TP,
+    SegmentCounts,
+    disparities,
+    rate_disparity_p,
+    split_values,
+)
 from driftline.detectors.loss import LossEstimate, LossModel
+from driftline.detectors.policy import AlertPolicy, PolicyConfig
 from driftline.detectors.quality import QualitySketch
 from driftline.detectors.quality_policy import ClosedQuality, Key, QualityPolicy
 from driftline.detectors.sketch import WindowSketch
 from driftline.inference.deployment import ARM_A, ARM_B, CANARY, CHAMPION, SHADOW
 from driftline.inference.manifest import Task
-from driftline.streams.core.drift import DriftMonitor, sketch_from_dict
+from driftline.streams.core.drift import DriftMonitor, policy_from, segment_from, sketch_from_dict
 from driftline.streams.core.events import Alert, RetrainEvent, Severity, point_alert, retrain_request
 from driftline.streams.core.poison import BadRecord, Skip, brief, load_json, printable_name
 
@@ -52,6 +63,9 @@ MAX_VALUES = 1 << 20  # values in one group of a batch (a feedback batch holds a
 STATE_FORMAT = 1
 CALIBRATION_BINS = 10  # bins of the CBPE calibration and of the DLE loss model
 CLASSIFIER = "binary_classification"  # the task of a predictions group that names none (written before DLE)
+MAX_SEGMENT_TEXT = 1_024  # characters of one request's joined segment values; longer ones count as missing
+MAX_SEGMENT_FIELDS = 16
+EQUAL_OPPORTUNITY = "equal_opportunity_difference"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +82,9 @@ class LabelGroup:
     threshold: float
     scores: np.ndarray
     outcomes: np.ndarray
+    #: the manifest's segment fields, and each event's values of them joined (None: the record had none)
+    fields: tuple[str, ...] = ()
+    segments: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +110,9 @@ class LabelBatch:
         return json.dumps({
             "kind": LABELS_KIND, "model": self.model,
             "labeled": [{"version": g.version, "variant": g.variant, "task": g.task, "threshold": g.threshold,
-                         "scores": _pack(g.scores), "outcomes": _pack(g.outcomes)} for g in self.labeled],
+                         "scores": _pack(g.scores), "outcomes": _pack(g.outcomes),
+                         **({"fields": list(g.fields), "segments": list(g.segments)} if g.fields else {})}
+                        for g in self.labeled],
             "predictions": [{"version": g.version, "variant": g.variant, "task": g.task, "threshold": g.threshold,
                              "scores": _pack(g.scores)} for g in self.predictions],
         }, separators=(",", ":")).encode()
@@ -120,8 +139,9 @@ def read_label_batch(data: Any) -> LabelBatch:
             raise BadRecord("invalid_labels", f"{len(scores)} scores but {len(outcomes)} outcomes")
         if task != "regression" and not np.isin(outcomes, (0.0, 1.0)).all():
             raise BadRecord("invalid_labels", "a classifier's outcomes must be 0 or 1")
+        fields, segments = _segments(g, len(scores))
         groups.append(LabelGroup(_name(g.get("version"), "version"), _variant(g.get("variant")), task,
-                                 _number(g.get("threshold"), "threshold"), scores, outcomes))
+                                 _number(g.get("threshold"), "threshold"), scores, outcomes, fields, segments))
     scored = []
     for g in predictions:
         g = _object(g, "a predictions group")
@@ -131,19 +151,40 @@ def read_label_batch(data: Any) -> LabelBatch:
     return LabelBatch(_name(data.get("model"), "model"), tuple(groups), tuple(scored))
 
 
+def _segments(g: Mapping[str, Any], n: int) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    """A labeled group's optional segment fields and per-event joined values (absent in batches before them)."""
+    fields, segments = g.get("fields", []), g.get("segments", [])
+    if not fields:
+        return (), ()
+    if (not isinstance(fields, list) or len(fields) > MAX_SEGMENT_FIELDS or not isinstance(segments, list)
+            or len(segments) != n):
+        raise BadRecord("invalid_labels", f"segments must list at most {MAX_SEGMENT_FIELDS} fields and one value "
+                                          "per labeled event")
+    if not all(s is None or (isinstance(s, str) and len(s) <= MAX_SEGMENT_TEXT) for s in segments):
+        raise BadRecord("invalid_labels", f"segment values must be null or text of at most {MAX_SEGMENT_TEXT} "
+                                          "characters")
+    return tuple(_name(f, "segment field") for f in fields), tuple(segments)
+
+
 class LabelBatcher:
     """The feedback side: collects a batch's joined events and prediction scores, per model, in arrival order."""
 
     def __init__(self) -> None:
-        self._labeled: dict[str, dict[tuple[str, str, str, float], tuple[list[float], list[float]]]] = {}
+        self._labeled: dict[str, dict[tuple[str, str, str, float],
+                                      tuple[list[float], list[float], list[str | None]]]] = {}
+        self._fields: dict[str, tuple[str, ...]] = {}
         self._scores: dict[str, dict[tuple[str, str, str, float], list[float]]] = {}
 
     def label(self, model: str, version: str, variant: str, task: str, threshold: float, score: float,
-              outcome: float) -> None:
-        scores, outcomes = self._labeled.setdefault(model, {}).setdefault(
-            (version, variant, task, threshold), ([], []))
+              outcome: float, *, segments: str | None = None, fields: tuple[str, ...] = ()) -> None:
+        """``fields``: the model's segment fields; ``segments``: this event's values of them, joined."""
+        scores, outcomes, segs = self._labeled.setdefault(model, {}).setdefault(
+            (version, variant, task, threshold), ([], [], []))
         scores.append(score)
         outcomes.append(outcome)
+        segs.append(segments)
+        if fields:
+            self._fields[model] = fields
 
     def score(self, model: str, version: str, variant: str, task: str, threshold: float, score: float) -> None:
         self._scores.setdefault(model, {}).setdefault((version, variant, task, threshold), []).append(score)
@@ -152,12 +193,14 @@ class LabelBatcher:
         """One batch per model with something to say, oldest model first; the batcher is empty afterwards."""
         out = []
         for model in {**self._labeled, **self._scores}:
-            labeled = tuple(LabelGroup(v, var, task, thr, np.array(s), np.array(o))
-                            for (v, var, task, thr), (s, o) in self._labeled.get(model, {}).items())
+            fields = self._fields.get(model, ())
+            labeled = tuple(LabelGroup(v, var, task, thr, np.array(s), np.array(o), fields,
+                                       tuple(segs) if fields else ())
+                            for (v, var, task, thr), (s, o, segs) in self._labeled.get(model, {}).items())
             scored = tuple(ScoreGroup(v, var, thr, np.array(s), task)
                            for (v, var, task, thr), s in self._scores.get(model, {}).items())
             out.append(LabelBatch(model, labeled, scored))
-        self._labeled, self._scores = {}, {}
+        self._labeled, self._scores, self._fields = {}, {}, {}
         return out
 
 
@@ -182,6 +225,8 @@ class Verdicts:
     estimates: tuple[tuple[Key, Estimate | LossEstimate], ...] = ()
     alerts: tuple[Alert, ...] = ()
     retrains: tuple[RetrainEvent, ...] = ()
+    #: (model, segment field, counts) of each labeled segment window that closed: quality per segment value
+    segments: tuple[tuple[str, str, SegmentCounts], ...] = ()
 
 
 def quality_alert(key: Key, kind: str, value: float, threshold: float, n: int, message: str, now_ms: int,
@@ -206,6 +251,10 @@ class ModelQuality:
     loss: dict[str, LossModel] = field(default_factory=dict)  # regressors' DLE, by version: fit on its first window
     loss_data: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # (predictions, targets)
     loss_unlabeled: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (version, variant): bin counts
+    #: the open labeled segment window (served variants, not shadows): confusion counts per field and value
+    segments: dict[str, SegmentCounts] = field(default_factory=dict)
+    segment_labels: int = 0
+    bias: AlertPolicy | None = None  # the equal-opportunity findings' hysteresis and cooldown
 
 
 @dataclass
@@ -224,6 +273,9 @@ class QualityMonitor:
     known: Callable[[str, str], bool] = lambda model, version: True
     cooldown_ms: int = 0  # a performance_drop of one key is reported at most once per this long
     models: dict[str, ModelQuality] = field(default_factory=dict)
+    bias_policy: PolicyConfig = field(default_factory=lambda: PolicyConfig(detector="none"))
+    bias_bound: float = 0.1  # bias_max_difference: an equal-opportunity difference beyond it (and significant)
+    bias_max_values: int = 10
 
     def check(self, batch: LabelBatch) -> None:
         """:class:`BadRecord` (``unknown_model``) unless every version the batch names is in the registry."""
@@ -260,7 +312,49 @@ class QualityMonitor:
                 if change and g.variant != SHADOW:
                     self._concept(state, key, g.task, alerts, retrains, now_ms)
         estimates = [e for g in batch.predictions for e in self._estimate(state, batch.model, g)]
-        return Verdicts(tuple(closed), tuple(estimates), tuple(alerts), tuple(retrains))
+        segments = self._segments(state, batch, alerts, now_ms)
+        return Verdicts(tuple(closed), tuple(estimates), tuple(alerts), tuple(retrains), segments)
+
+    def _segments(self, state: ModelQuality, batch: LabelBatch, alerts: list[Alert],
+                  now_ms: int) -> tuple[tuple[str, str, SegmentCounts], ...]:
+        """Fold the served variants' labeled events into the segment window; close it at ``window_labels``.
+
+        A closed window gives quality per segment value, and its equal-opportunity
+        difference (true positive rates) goes through the drift alert policy like
+        the decision rates' (beyond ``bias_bound`` and significant, k of m, cooldown).
+        """
+        for g in batch.labeled:
+            if not g.fields or g.task == "regression" or g.variant == SHADOW or not len(g.scores):
+                continue
+            decided, truth = g.scores >= g.threshold, g.outcomes == 1.0
+            for name, col in zip(g.fields, split_values(list(g.segments), len(g.fields)), strict=True):
+                have = state.segments.get(name, SegmentCounts.empty())
+                state.segments[name] = (have + SegmentCounts.fold(col, decided, labels=truth)).capped(SKETCH_VALUES)
+            state.segment_labels += len(g.scores)
+        if state.segment_labels < self.window_labels or not state.segments:
+            return ()
+        closed, state.segments, state.segment_labels = state.segments, {}, 0
+        results = []
+        for name, raw in sorted(closed.items()):
+            counts = raw.capped(self.bias_max_values)
+            spread = disparities(counts).equal_opportunity_difference
+            if math.isnan(spread):
+                continue
+            k = counts.counts
+            p = rate_disparity_p(k[:, TP], k[:, TP] + k[:, FN])
+            results.append(ColumnResult(name, BIAS, EQUAL_OPPORTUNITY, spread, self.bias_bound, p, 0.0, 0.0,
+                                        int((k[:, TP] + k[:, FN]).sum()), 0))
+        if state.bias is None:
+            state.bias = AlertPolicy(self.bias_policy)
+        for decision in state.bias.update(results)[0]:
+            r = decision.result
+            alert = point_alert(
+                batch.model, batch.labeled[0].version, BIAS, r.statistic, r.value, r.threshold,
+                f"true positive rates across {r.column}: {r.statistic} {r.value:.4g} > {r.threshold:.4g} "
+                f"(p={r.p_value:.2g}, {r.n} labeled positives)", now_ms, sample_size=r.n, scope=(r.column,),
+                severity="critical" if decision.severity == "critical" else "warning")
+            alerts.append(replace(alert, feature=r.column))
+        return tuple((batch.model, name, counts) for name, counts in sorted(closed.items()))
 
     def _closed(self, state: ModelQuality, c: ClosedQuality, task: str, alerts: list[Alert],
                 now_ms: int) -> ClosedWindow:
@@ -376,6 +470,8 @@ class QualityMonitor:
             "loss": [[v, m.to_dict()] for v, m in s.loss.items()],
             "loss_data": [[v, predictions, targets] for v, (predictions, targets) in s.loss_data.items()],
             "loss_unlabeled": [[v, var, counts.tolist()] for (v, var), counts in s.loss_unlabeled.items()],
+            "segments": {k: c.to_dict() for k, c in s.segments.items()}, "segment_labels": s.segment_labels,
+            "bias": s.bias.snapshot() if s.bias is not None else None,
         }
 
     def restore(self, model: str, state: Any) -> None:
@@ -419,8 +515,18 @@ class QualityMonitor:
         estimates = {(_name(v, "version"), _variant(var)): _number(x, "estimate") for v, var, x in state["estimates"]}
         requested = {_name(v, "version") for v in state["requested"]}
         loss, loss_data, loss_unlabeled = self._parse_loss(state)
+        segments, bias = self._parse_segments(state)
         return ModelQuality(policy, calibration, data, unlabeled, estimates, requested, loss, loss_data,
-                            loss_unlabeled)
+                            loss_unlabeled, segments, int(state.get("segment_labels", 0)) if segments else 0, bias)
+
+    def _parse_segments(self, state: Mapping[str, Any]) -> tuple[dict[str, SegmentCounts], AlertPolicy | None]:
+        """The open labeled segment window and the equal-opportunity policy; absent in states written before them."""
+        segments = {_name(k, "segment"): segment_from(v, k) for k, v in dict(state.get("segments") or {}).items()}
+        labels = state.get("segment_labels", 0)
+        if not (type(labels) is int and 0 <= labels < self.window_labels + MAX_VALUES):
+            raise BadRecord("invalid_state", "segment_labels must be a count")
+        bias = state.get("bias")
+        return segments, None if bias is None else policy_from(bias, self.bias_policy)
 
     def _parse_loss(self, state: Mapping[str, Any]) -> tuple[dict[str, LossModel], dict[str, tuple[list[float],
                                                                list[float]]], dict[tuple[str, str], np.ndarray]]:

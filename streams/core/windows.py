@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from driftline.detectors.fairness import SKETCH_VALUES, SegmentCounts
 from driftline.detectors.profile import CategoricalReference, ReferenceProfile
 from driftline.detectors.sketch import WindowSketch, fine_maps, window_bounds
 from driftline.schemas.columnar import Columns
@@ -127,6 +128,12 @@ class WindowFolder:
         self._categories: dict[str, tuple[str, ...] | None] = {}
         self._seen = SeenIds(max_ids)
         self._id_field: str | None = None
+        self._segments: tuple[str, ...] = ()
+        self._threshold = 0.5
+
+    def watch_segments(self, fields: Iterable[str], threshold: float) -> None:
+        """Count requests and positive decisions (score >= ``threshold``) per value of these request fields."""
+        self._segments, self._threshold = tuple(fields), threshold
 
     @staticmethod
     def _monitored(profile: ReferenceProfile) -> tuple[str, ...]:
@@ -185,6 +192,12 @@ class WindowFolder:
             self._held.add(self._names, columns.values, columns.nulls, rows, scores, usable)
             if self._held.rows >= FOLD_ROWS:
                 self._fold_held()
+            if self._segments:
+                decided = scores >= self._threshold
+                cur.add_segments({
+                    name: SegmentCounts.fold(_pick(columns.values[name], rows), decided,
+                                             None if (m := columns.nulls.get(name)) is None else _pick(m, rows))
+                    for name in self._segments if name in columns.values}, SKETCH_VALUES)
             if self._id_field is not None:
                 ids = columns.values[self._id_field]
                 checked, repeated = self._seen.count(ids if rows is None else ids[rows])
@@ -207,3 +220,7 @@ class WindowFolder:
         self._current = None
         return [cur] if cur.messages else []
 
+
+
+def _pick(column: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    return column if rows is None else column[rows]

@@ -97,6 +97,9 @@ def test_alerts_only_after_drift_only_on_drifted_features_and_a_retrain(
     assert "<script" not in page and "src=" not in page and "http" not in page.split("</style>")[1]
     assert all(escape(a["message"]) in page for a in alerts)
     assert "<h2>Which drift matters</h2>" in page
+    # The bias audit of the same windows: the example manifest segments by country and channel.
+    assert all(f"<h3>{name} <span class=dim>(version 1)</span></h3>" in page.split("<h2>Bias audit</h2>")[1]
+               for name in ("country", "channel"))
     for feature in DRIFTED:
         section = page.split(f'<h3 id="col-{feature}">')[1].split("<h3")[0]
         assert "<tr class=flag><td>chi2</td>" in section and "<svg" in section

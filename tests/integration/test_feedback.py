@@ -27,6 +27,18 @@ def counter(metrics: str, name: str, **labels: str) -> float:
     return float(found[0]) if found else 0.0
 
 
+def segment_metric(metrics: str, name: str, segment: str, **labels: str) -> dict[str, float]:
+    """``name``'s value per segment value of the fraud model's ``segment`` (label order as exported)."""
+    out = {}
+    for line in metrics.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if found.get("model") == "fraud" and found.get("segment") == segment and labels.items() <= found.items():
+            out[found["value"]] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def test_join_quality_concept_drift_and_performance_drop(
     broker: Broker, namespace: str, tmp_path: Path, catalog: SchemaCatalog, generator, rng  # type: ignore[no-untyped-def]
 ) -> None:
@@ -94,6 +106,11 @@ def test_join_quality_concept_drift_and_performance_drop(
             alive()
             time.sleep(0.5)
         assert 0.9 < accuracy <= 1.0
+        # The bias audit from the same labels: accuracy per value of the manifest's segments (country, channel),
+        # the segment values having ridden the scored records through the join.
+        by_value = segment_metric(worker.metrics(), "driftline_segment_quality", "country", metric="accuracy")
+        assert len(by_value) >= 2 and all(0.8 < v <= 1.0 for v in by_value.values()), by_value
+        assert segment_metric(worker.metrics(), "driftline_segment_quality", "channel", metric="true_positive_rate")
         assert not [m for m in got[t["alerts"]] if decode(catalog, m.value())[1]["kind"] in
                     ("concept_drift", "performance_drop")], "a quality alert before the rule changed"
 

@@ -48,7 +48,8 @@ def registry(target: Path) -> Path:
     shutil.copytree(EXAMPLE_MODELS / "fraud", target / "fraud")
     manifest_file = target / "fraud" / "1" / "manifest.json"
     manifest = json.loads(manifest_file.read_text())
-    manifest_file.write_text(json.dumps({**manifest, "personal": PERSONAL}))
+    # country is personal here, and segments on personal fields are refused at start: no segments
+    manifest_file.write_text(json.dumps({**manifest, "personal": PERSONAL, "segments": []}))
     return target
 
 

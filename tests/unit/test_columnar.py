@@ -264,3 +264,11 @@ def test_compiled_codec_refuses_bounds_it_cannot_trust() -> None:
     reader = ColumnarReader(ALL_KINDS, ALL_KINDS, implementation="compiled")
     with pytest.raises(ValueError, match="not within"):
         reader.read(b"abc", np.array([0]), np.array([4]))
+
+
+def test_a_scalar_none_writes_a_nullable_field_null_in_every_row() -> None:
+    """The scored record's segments of a model that declares none: one None for the whole batch."""
+    schema = {"type": "record", "name": "R", "fields": [{"name": "a", "type": "long"},
+                                                        {"name": "s", "type": ["null", "string"], "default": None}]}
+    rows = ColumnarWriter(schema, b"").write(3, {"a": np.arange(3), "s": None})
+    assert [schemaless_reader(io.BytesIO(r), schema) for r in rows] == [{"a": i, "s": None} for i in range(3)]

@@ -27,7 +27,7 @@ def promtool(*args: str) -> str:
 
 
 def test_promtool_accepts_the_rules_and_config_and_the_rules_fire_as_intended(tmp_path: Path) -> None:
-    assert "SUCCESS: 8 rules found" in promtool("check", "rules", "rules.yml")
+    assert "SUCCESS: 9 rules found" in promtool("check", "rules", "rules.yml")
     # promtool checks that the token file exists: the config as it is, with the secret's path made here
     (tmp_path / "web_token").write_text("x" * 32)
     config = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
@@ -35,7 +35,7 @@ def test_promtool_accepts_the_rules_and_config_and_the_rules_fire_as_intended(tm
     (tmp_path / "prometheus.yml").write_text(config.replace("/run/secrets/web_token", str(tmp_path / "web_token"))
                                              .replace("- rules.yml", f"- {DEPLOY / 'prometheus' / 'rules.yml'}"))
     promtool("check", "config", str(tmp_path / "prometheus.yml"))
-    assert "SUCCESS" in promtool("test", "rules", "rules.test.yml")  # stalled worker, dead letters, refused load
+    assert "SUCCESS" in promtool("test", "rules", "rules.test.yml")  # stalled worker, dead letters, refused load, bias
 
 
 def exported_names(metrics_text: str) -> set[str]:

@@ -56,3 +56,24 @@ def test_the_report_leads_with_the_drifted_column_and_when_it_began(catalog: Sch
     calm = report.analyse({k: w for k, w in windows.items() if k[1] < START + 7 * WINDOW}, lambda v: PROFILE, 1e-9,
                           0.02, 0.001)
     assert "<b>No column above its threshold</b>" in report.render("fraud", calm, [], START, START, 1e-9)
+
+
+def test_the_report_has_a_bias_section_per_segment(catalog: SchemaCatalog, generator) -> None:  # type: ignore[no-untyped-def]
+    from driftline.detectors.fairness import SegmentCounts
+
+    windows = {}
+    for i in range(4):
+        w = window(catalog, generator, i, drifted=False)
+        values = np.array(["DE"] * 1_500 + ["FR"] * 500, dtype=object)
+        declined = np.random.default_rng(i).random(2_000) < np.where(values == "DE", 0.05, 0.2 if i >= 2 else 0.05)
+        w.segments = {"country": SegmentCounts.fold(values, declined)}
+        windows[("1", w.start_ms)] = w
+    [rep] = report.analyse(windows, lambda v: PROFILE, 0.01, 0.02, 0.001)
+    page = report.render("fraud", [rep], [], START, START + 4 * WINDOW, 0.01, bias=report.BiasOptions(0.05, 10))
+    section = page.split("<h2>Bias audit</h2>")[1].split("<h2>")[0]
+    assert "<h3>country <span class=dim>(version 1)</span></h3>" in section
+    assert "2 of 4 windows flagged" in section  # the last two decline FR four times as often
+    assert re.search(r"<td>DE</td><td class=n>6,000</td>", section)
+    assert "<h2>Bias audit</h2>" not in report.render("fraud", report.analyse(
+        {k: WindowSketch.from_dict({**w.to_dict(), "segments": {}}) for k, w in windows.items()},
+        lambda v: PROFILE, 0.01, 0.02, 0.001), [], START, START, 0.01)

@@ -12,3 +12,23 @@ def test_the_live_screen_shows_the_dashboard_on_every_redraw() -> None:
     assert lines[0].startswith("driftline up — broker 127.0.0.1:9092") and "drift at 30s" in lines[0]
     assert lines[1].split() == ["dashboard", "http://127.0.0.1:6066/"]
     assert "dashboard" not in demo.render(watch, 12.0, 60.0, None, "127.0.0.1:9092")
+
+
+def test_the_live_screen_shows_decision_rates_per_segment_from_the_sketches() -> None:
+    import json
+
+    import numpy as np
+
+    from driftline.detectors.fairness import SegmentCounts
+    from driftline.detectors.sketch import ColumnSketch, WindowSketch
+
+    watch = demo.Watch()
+    values = np.array(["DE"] * 80 + ["FR"] * 20, dtype=object)
+    counts = SegmentCounts.fold(values, np.arange(100) % 10 == 0)
+    sketch = WindowSketch("fraud", "1", 0, 10, {}, ColumnSketch(np.zeros(1, np.int64), np.zeros(0, np.int64)),
+                          messages=100, segments={"country": counts})
+    assert watch.add_sketch(json.dumps(sketch.to_dict()).encode()) and watch.add_sketch(b'{"kind": "labels"}')
+    assert not watch.add_sketch(b"junk")
+    screen = demo.render(watch, 12.0, 60.0, None, "127.0.0.1:9092")
+    line = next(x for x in screen.splitlines() if x.split()[0] == "country")
+    assert line.split()[1:5] == ["DE", "10.0%", "FR", "10.0%"] and "(spread 0.0%)" in line
