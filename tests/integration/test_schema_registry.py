@@ -297,12 +297,12 @@ def test_schemas_register_checks_compatibility_and_a_dead_registry_is_one_line(
     first = cli("schemas", "register", env=env)
     assert first.returncode == 0, first.stderr
     assert f"{namespace}.predictions-value" in first.stdout and f"{namespace}.requests-value" in first.stdout
-    # 8 outputs (the retrain request, the alert and labeled in 2 versions each, scored in 3, predictions on 2
-    # topics) and the example's 2 request versions
-    assert first.stdout.count("registered now") == 14, first.stdout
+    # 13 outputs (the retrain request, the alert and labeled in 2 versions each, scored in 3, predictions on 2
+    # topics, feedback, explanations) and the example's 2 request versions
+    assert first.stdout.count("registered now") == 15, first.stdout
     again = cli("schemas", "register", env=env)
     assert again.returncode == 0 and "registered now" not in again.stdout
-    assert again.stdout.count("already registered") == 14
+    assert again.stdout.count("already registered") == 15
 
     bad = json.loads(avsc("prediction.v1.avsc"))
     bad["fields"].append({"name": "region", "type": "string"})  # a new field without a default: not BACKWARD
