@@ -212,6 +212,9 @@ class Settings(BaseSettings):
     io_binding: bool | None = Field(None, description="ONNX Runtime IO binding; unset: on when CUDA is active")
     batch_max: int = Field(1000, ge=1, le=100_000)
     batch_wait_ms: int = Field(100, ge=0, le=10_000)
+    batch_linger_ms: float = Field(
+        3.0, ge=0, le=1_000, description="a batch smaller than batch_fill waits this long for more records")
+    batch_fill: int = Field(100, ge=1, le=100_000)
     max_inflight_batches: int = Field(8, ge=1, le=1_000)
     codec: Literal["auto", "compiled", "numpy"] = Field(
         "auto", description="the Avro codec of the score path: the compiled one where built (auto), or numpy")

@@ -192,12 +192,13 @@ def add_score_flow(app: faust.App, ctx: WorkerContext, scoring: Scoring) -> None
     consumer_thread = ThreadPoolExecutor(1, thread_name_prefix="driftline-consume")
     stall_after = settings.fault_stall_after_batches
     wait_s = settings.batch_wait_ms / 1000
+    linger_s = settings.batch_linger_ms / 1000
     acked = Acknowledged()
     wakes = isinstance(sink, AckedSink)  # a transactional sink is done when it commits: asked on a timer
 
     def next_batch() -> list[RawMessage]:
         """Poll, then look up the batch's new schema ids (a registry): on the consumer thread, never on the loop."""
-        msgs = source.poll_batch(settings.batch_max, wait_s)
+        msgs = source.poll_batch(settings.batch_max, wait_s, linger_s=linger_s, fill=settings.batch_fill)
         if msgs and ctx.catalog.source is not None:
             pipeline.prepare(msgs)
         return msgs

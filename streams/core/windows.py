@@ -134,6 +134,8 @@ class WindowFolder:
     def watch_segments(self, fields: Iterable[str], threshold: float) -> None:
         """Count requests and positive decisions (score >= ``threshold``) per value of these request fields."""
         self._segments, self._threshold = tuple(fields), threshold
+        monitored = self._monitored(self.profile)
+        self._names = monitored + tuple(f for f in self._segments if f not in monitored)
 
     @staticmethod
     def _monitored(profile: ReferenceProfile) -> tuple[str, ...]:
@@ -155,6 +157,10 @@ class WindowFolder:
         self._held = _Held()
         values, nulls, scores, codes = held.joined()
         cur.fold(self.profile, values, nulls, scores, 0, 0, None, self._maps, codes)
+        if self._segments:
+            decided = scores >= self._threshold
+            cur.add_segments({name: SegmentCounts.fold(values[name], decided, nulls.get(name))
+                              for name in self._segments if name in values}, SKETCH_VALUES)
 
     def watch_ids(self, id_field: str) -> None:
         """Count requests whose ``id_field`` repeats an earlier one (when ``max_ids`` allows any)."""
@@ -189,15 +195,10 @@ class WindowFolder:
         cur.dead_letters += dead_letters
         if columns is not None and len(scores):
             usable = {k: v for k, v in (codes or {}).items() if self._categories.get(k) is not None}
+            # every monitored feature and segment is a field of the reader schema (checked at start)
             self._held.add(self._names, columns.values, columns.nulls, rows, scores, usable)
             if self._held.rows >= FOLD_ROWS:
                 self._fold_held()
-            if self._segments:
-                decided = scores >= self._threshold
-                cur.add_segments({
-                    name: SegmentCounts.fold(_pick(columns.values[name], rows), decided,
-                                             None if (m := columns.nulls.get(name)) is None else _pick(m, rows))
-                    for name in self._segments if name in columns.values}, SKETCH_VALUES)
             if self._id_field is not None:
                 ids = columns.values[self._id_field]
                 checked, repeated = self._seen.count(ids if rows is None else ids[rows])
@@ -220,7 +221,3 @@ class WindowFolder:
         self._current = None
         return [cur] if cur.messages else []
 
-
-
-def _pick(column: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-    return column if rows is None else column[rows]
