@@ -7,22 +7,26 @@ they need). It holds no logic of a flow, only what two or more of them use.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+import faust
 from prometheus_client import CollectorRegistry
 
 from driftline.detectors.sketch import WindowSketch
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.streams.core.observe import Liveness, Progress, Recent, readiness
 from driftline.streams.core.pipeline import OutRecord, ScorePipeline
-from driftline.streams.errors import DeliveryError
+from driftline.streams.errors import BrokerError, DeliveryError
 from driftline.streams.kafka.clients import BatchSource, Sink
 from driftline.streams.metrics import Metrics
 from driftline.streams.settings import Settings
@@ -44,6 +48,34 @@ def fatal(exc: BaseException, code: int = EXIT_DELIVERY) -> NoReturn:
                  type(exc).__name__, exc, code)
     logging.shutdown()
     os._exit(code)
+
+
+def add_thread_loop(app: faust.App, name: str, step: Callable[[], None], close: Callable[[], None]) -> None:
+    """A task of ``app`` that runs ``step`` again and again on a thread of its own, then ``close`` there.
+
+    The event loop only awaits the steps, so a slow one (a restore, a batch of
+    explanations) never delays scoring or Faust's heartbeats. A delivery or
+    broker failure stops the worker; anything else the loop raises is a bug
+    in the loop (one record's failure is handled inside ``step``): the worker
+    exits as crashed rather than run on without it.
+    """
+    thread = ThreadPoolExecutor(1, thread_name_prefix=f"driftline-{name}")
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not app.should_stop:
+                await loop.run_in_executor(thread, step)
+        except (DeliveryError, BrokerError) as exc:
+            fatal(exc)
+        except Exception as exc:  # noqa: BLE001 - see above
+            fatal(exc, EXIT_CRASH)
+        finally:
+            thread.submit(close)
+            thread.shutdown(wait=False)
+
+    run.__name__ = run.__qualname__ = name  # Faust names the task after its function
+    app.task(run)
 
 
 SHUTDOWN_GRACE_S = 10.0  # after the score path has stopped and stored its offsets, how long Faust may take to stop

@@ -10,10 +10,8 @@ request again, under the same key).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import faust
@@ -23,7 +21,7 @@ from driftline.schemas.catalog import SchemaCatalog
 from driftline.streams.core.explain import FAILED, ExplainConfig, ExplainCore, ExplainStats, summary
 from driftline.streams.core.pipeline import RawMessage
 from driftline.streams.core.sealing import Opener
-from driftline.streams.errors import BrokerError, DeliveryError
+from driftline.streams.errors import DeliveryError
 from driftline.streams.kafka.clients import AckedSink, BatchSource
 from driftline.streams.metrics import Metrics
 from driftline.streams.settings import Settings
@@ -91,7 +89,7 @@ class ExplainLoop:
 
 def add_explain_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog, metrics: Metrics) -> None:
     """A task that runs :class:`ExplainLoop` steps on the explain thread; the event loop only awaits them."""
-    from driftline.streams.app.context import EXIT_CRASH, fatal
+    from driftline.streams.app.context import add_thread_loop
 
     key = settings.pii_secret()
     core = ExplainCore(ModelRegistry(settings.model_dir), catalog, settings.topic("explanations"),
@@ -104,20 +102,6 @@ def add_explain_agent(app: faust.App, settings: Settings, catalog: SchemaCatalog
     source = BatchSource(conf, [settings.topic("scored")], busy=lambda: holder[0].busy(), drain_timeout_s=DRAIN_S)
     runner = ExplainLoop(core, source, AckedSink(settings.producer_config()), metrics, settings.max_inflight_batches)
     holder.append(runner)
-    thread = ThreadPoolExecutor(1, thread_name_prefix="driftline-explain")
     log.info("explaining %.3g of requests (%d coalitions x %d background rows each)", settings.explain_fraction,
              settings.explain_samples, settings.explain_background)
-
-    @app.task
-    async def explain() -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while not app.should_stop:
-                await loop.run_in_executor(thread, runner.step)
-        except (DeliveryError, BrokerError) as exc:
-            fatal(exc)
-        except Exception as exc:  # noqa: BLE001 - the loop itself failing (not one record) is a bug to surface
-            fatal(exc, EXIT_CRASH)
-        finally:
-            thread.submit(runner.close)
-            thread.shutdown(wait=False)
+    add_thread_loop(app, "explain", runner.step, runner.close)

@@ -29,13 +29,11 @@ outputs, so its offsets are stored only once they are acknowledged.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 import time
 from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -483,7 +481,7 @@ def add_feedback_agent(app: faust.App, settings: Settings, catalog: SchemaCatalo
     produce, and a full scan of the join every second: 1.8 s at 2M entries),
     which delayed Faust's heartbeats into rebalances.
     """
-    from driftline.streams.app.context import EXIT_CRASH, fatal
+    from driftline.streams.app.context import add_thread_loop
 
     agent = FeedbackAgent(settings, catalog, served, metrics)
     conf = {**settings.consumer_config(f"{settings.namespace}-feedback"), "partition.assignment.strategy": "range",
@@ -494,18 +492,4 @@ def add_feedback_agent(app: faust.App, settings: Settings, catalog: SchemaCatalo
     runner = FeedbackLoop(agent, source, AckedSink(settings.producer_config()), settings.confluent(),
                           settings.max_inflight_batches)
     holder.append(runner)
-    thread = ThreadPoolExecutor(1, thread_name_prefix="driftline-feedback")
-
-    @app.task
-    async def feedback() -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while not app.should_stop:
-                await loop.run_in_executor(thread, runner.step)
-        except (DeliveryError, BrokerError) as exc:
-            fatal(exc)
-        except Exception as exc:  # noqa: BLE001 - a dead label join behind a live worker loses labels silently
-            fatal(exc, EXIT_CRASH)
-        finally:
-            thread.submit(runner.close)
-            thread.shutdown(wait=False)
+    add_thread_loop(app, "feedback", runner.step, runner.close)
