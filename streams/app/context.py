@@ -8,6 +8,7 @@ they need). It holds no logic of a flow, only what two or more of them use.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -48,6 +49,24 @@ def fatal(exc: BaseException, code: int = EXIT_DELIVERY) -> NoReturn:
                  type(exc).__name__, exc, code)
     logging.shutdown()
     os._exit(code)
+
+
+GC_THRESHOLDS = (20_000, 50, 50)  # Python's: (700, 10, 10)
+
+
+def settle_heap() -> None:
+    """Freeze what start-up built and collect garbage rarely: the score path allocates far more than it keeps.
+
+    Measured on the 2-core machine at ~40,000 requests/s: with Python's
+    defaults the worker ran 6 full collections in 7 s of scoring, the longest
+    207 ms (every request in flight waits for one) and 1.2 s of CPU in all;
+    with start-up's ~180,000 objects frozen (never scanned again) and these
+    thresholds, none. Only reference cycles wait longer to be freed;
+    everything else is freed by reference counting as before.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def add_thread_loop(app: faust.App, name: str, step: Callable[[], None], close: Callable[[], None]) -> None:

@@ -26,7 +26,14 @@ from driftline.inference.errors import ModelError
 from driftline.inference.model import OnnxModel
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.pii import Redactor
-from driftline.streams.app.context import EXIT_CRASH, WorkerContext, contributor_id, exit_if_stuck, fatal
+from driftline.streams.app.context import (
+    EXIT_CRASH,
+    WorkerContext,
+    contributor_id,
+    exit_if_stuck,
+    fatal,
+    settle_heap,
+)
 from driftline.streams.app.rollout import load_failed_alert, loader_from, refused_version
 from driftline.streams.catalog import build_catalog
 from driftline.streams.core.events import Alert
@@ -228,6 +235,7 @@ def add_score_flow(app: faust.App, ctx: WorkerContext, scoring: Scoring) -> None
         loop = asyncio.get_running_loop()
         log.info("consuming %s as group %s", ", ".join(topics), settings.score_group)
         done = 0
+        settle_heap()
         ctx.liveness.started("score")
         try:
             polling = loop.run_in_executor(consumer_thread, next_batch)

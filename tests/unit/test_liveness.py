@@ -54,3 +54,18 @@ def test_a_loop_that_ended_fails_liveness_whatever_the_progress() -> None:
     assert liveness(loops, p, 1.0, broker_problem="broker unreachable") == {"score": "the score loop has ended"}
     loops.started("score")  # restarted in-process: alive again
     assert liveness(loops, p, 2.0, broker_problem=UP) == {}
+
+
+def test_settle_heap_freezes_start_up_and_raises_the_thresholds() -> None:
+    import gc
+
+    from driftline.streams.app.context import GC_THRESHOLDS, settle_heap
+
+    before = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 1000  # start-up's objects: never scanned again
+        assert gc.get_threshold() == GC_THRESHOLDS
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
