@@ -172,3 +172,18 @@ def test_a_hundred_thousand_empty_headers_are_weighed_as_the_wire_carries_them(c
     wire = len(dead.key or b"") + len(dead.value or b"") + sum(len(k) + len(v or b"") + 2 for k, v in headers)
     assert wire <= 1_000_000
     assert int(dict(headers)[ERROR_HEADER + "headers.dropped"]) > 0
+
+
+def test_a_batch_of_consumed_records_reads_like_each_record_alone() -> None:
+    """raw_messages reads field by field over the batch; it must give what raw_message gives one by one."""
+    from confluent_kafka import Message
+
+    from driftline.streams.kafka.clients import raw_message, raw_messages
+
+    batch = [Message(topic=f"t{i % 2}", partition=i % 3, offset=100 + i, key=None if i % 4 == 0 else b"k%d" % i,
+                     value=b"v" * i, headers=None if i % 2 else [("h", b"%d" % i)], timestamp=(i % 2, 1000 + i))
+             for i in range(50)]
+    got = raw_messages(batch)
+    assert got == [raw_message(m) for m in batch]
+    assert [m.timestamp_ms for m in got[:2]] == [0, 1001]  # no timestamp type: 0
+    assert raw_messages([]) == []
