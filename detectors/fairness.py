@@ -74,6 +74,10 @@ class SegmentCounts:
         if len(values) == 0:
             return SegmentCounts.empty()
         uniq, codes = np.unique(segment_text(values, nulls), return_inverse=True)
+        names = [group_name(u) for u in uniq.tolist()]  # a few distinct values: checked one by one
+        if names != uniq.tolist():  # some values are no name: pool them
+            uniq, merged = np.unique(np.asarray(names, dtype=object), return_inverse=True)
+            codes = merged[codes]
         g = len(uniq)
         counts = np.zeros((g, WIDTH), np.int64)
         decided = decisions.astype(bool, copy=False)
@@ -133,12 +137,31 @@ class SegmentCounts:
 SEPARATOR = "\x1f"  # between a request's segment values on the scored record (unit separator: not in real values)
 
 
+MAX_VALUE_CHARS = 200  # a segment value is a metric label and a sketch key: longer ones count under OTHER
+
+
+def group_name(value: str) -> str:
+    """The group a segment value counts under: itself when it can be a label, else MISSING (empty) or OTHER.
+
+    Metric labels, sketches and logs take printable names of at most
+    :data:`MAX_VALUE_CHARS` characters; a request may carry anything, and one
+    odd value must cost only its own group, never the window's sketch.
+    """
+    if not value:
+        return MISSING
+    if len(value) > MAX_VALUE_CHARS or not value.isprintable():
+        return OTHER
+    return value
+
+
 def segment_text(values: np.ndarray, nulls: np.ndarray | None = None) -> np.ndarray:
     """A segment column as fixed-width text, :data:`MISSING` where null: the group each row counts under."""
     missing = np.asarray(values == None, dtype=bool) if values.dtype == object else None  # noqa: E711
     if nulls is not None:
         missing = nulls if missing is None else missing | nulls
     text = values.astype(str)
+    if np.strings.find(text, SEPARATOR).max(initial=-1) >= 0:  # it joins a row's values on the scored record
+        text = np.strings.replace(text, SEPARATOR, "\ufffd")  # the replacement character stands in for it
     return np.where(missing, MISSING, text) if missing is not None and missing.any() else text
 
 

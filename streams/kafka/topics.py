@@ -289,14 +289,19 @@ def read_to_end(consumer: Consumer, topic: str, *, timeout_s: float = 30.0, miss
 
 def read_partitions(consumer: Consumer, topic: str, partitions: Iterable[int], *,
                     timeout_s: float = 30.0) -> Iterator[Any]:
-    """Assign the given partitions of ``topic`` from offset 0 and yield their records up to each one's EOF.
+    """Assign the given partitions of ``topic`` from offset 0 and yield their records up to each one's end.
 
-    The consumer needs ``enable.partition.eof`` (the end is the high watermark
-    returned with fetched data, never the broker's "latest offset").
+    A partition ends at its EOF or, while producers keep appending to it, at
+    the high watermark returned with its first fetched records (the
+    embedded broker sends no EOF for a partition being written to, so a
+    reader during traffic waited for an end that never came). The consumer
+    needs ``enable.partition.eof``; the end is never the broker's "latest
+    offset". Records a fetch brought beyond that end are yielded too.
     """
     partitions = list(partitions)
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     pending = set(partitions)
+    ends: dict[int, int] = {}
     deadline = time.monotonic() + timeout_s
     while pending:
         if time.monotonic() > deadline:
@@ -305,6 +310,13 @@ def read_partitions(consumer: Consumer, topic: str, partitions: Iterable[int], *
             err = msg.error()
             if err is None:
                 yield msg
+                p = msg.partition()
+                if p in pending:
+                    if p not in ends:
+                        _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                        ends[p] = high if high is not None and high >= 0 else -1
+                    if 0 <= ends[p] <= (msg.offset() or 0) + 1:
+                        pending.discard(p)
             elif err.code() == KafkaError._PARTITION_EOF:
                 pending.discard(msg.partition())
             else:

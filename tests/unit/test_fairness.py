@@ -330,3 +330,24 @@ def test_segment_metrics_are_bounded_and_drop_values_no_longer_shown() -> None:
     value = metrics.registry.get_sample_value("driftline_bias_disparity", {
         "model": "fraud", "segment": "country", "statistic": "demographic_parity_difference"})
     assert value == 1.0
+
+
+def test_odd_segment_values_cost_their_own_group_never_the_window() -> None:
+    """Empty, unprintable, separator-bearing or 201-character values are valid requests: the window's sketch
+    must still be read by the drift agent (one such request used to make it reject the whole sketch)."""
+    from driftline.detectors.fairness import MISSING, OTHER, SegmentCounts, join_values, segment_text, split_values
+    from driftline.detectors.sketch import WindowSketch
+    from driftline.streams.core.drift import segment_from
+
+    odd = ["", "US\x1fweb", "\u202eSU", "x" * 201, "\ud800", "DE"]
+    values = np.array(odd + ["US"], dtype=object)
+    counts = SegmentCounts.fold(values, np.ones(len(values), dtype=bool))
+    assert {MISSING, OTHER, "DE", "US"} <= set(counts.values)
+    assert int(counts.counts[:, 0].sum()) == len(values)  # every request counted somewhere
+    sketch = WindowSketch("m", "1", 0, 1, {}, None, segments={"country": counts})  # type: ignore[arg-type]
+    assert segment_from(json.loads(json.dumps(sketch.segments["country"].to_dict())), "country").values == \
+        counts.values
+    # the labeled side splits what the scored record joined: a value carrying the separator stays one value
+    joined = join_values([segment_text(values), segment_text(values)])
+    first, second = split_values(list(joined), 2)
+    assert first.tolist() == second.tolist() and MISSING not in first.tolist()[1:2]
