@@ -8,6 +8,7 @@ can dead-letter the original bytes and keep going.
 from __future__ import annotations
 
 import io
+import logging
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ Stage = Literal["decode", "validate", "score"]
 
 #: Below this many rows fastavro's ~15 µs a row beats the numpy columnar codec's ~2 ms
 #: of fixed cost per batch (measured on the 2-core machine, see bench/RESULTS.md).
+log = logging.getLogger(__name__)
 COLUMNAR_MIN_ROWS = 128
 
 
@@ -227,7 +229,12 @@ class BatchDecoder:
             if plan is None or len(batch) < self.columnar_min_rows:
                 cols, good = self._fastavro(writer, batch, members, failures)
             else:
-                cols, good = self._columnar(plan, sid, batch, members, failures)
+                try:
+                    cols, good = self._columnar(plan, sid, batch, members, failures)
+                except (IndexError, ValueError, OverflowError, MemoryError) as exc:  # a reader bug: no crash
+                    log.error("the columnar reader failed on a batch of schema id %d (%s): read record by record",
+                              sid, exc)
+                    cols, good = self._fastavro(writer, batch, members, failures)
             parts.append(cols)
             positions.append(np.asarray(members, dtype=np.int64)[good])
             ids.append(np.full(int(good.sum()), sid, dtype=np.int64))

@@ -330,7 +330,7 @@ class ColumnarReader:
             return (b == 1) & active, pos + active, wrong
         # string / bytes: a length, then that many bytes
         length, pos, over = _read_varint(data, pos, active)
-        wrong = over | (length < 0)
+        wrong = over | (length < 0) | (length > ends - pos)  # beyond its body: checked before pos + length overflows
         length = np.where(active & ~wrong, length, 0)
         start = pos
         pos = pos + length

@@ -272,3 +272,25 @@ def test_a_scalar_none_writes_a_nullable_field_null_in_every_row() -> None:
                                                         {"name": "s", "type": ["null", "string"], "default": None}]}
     rows = ColumnarWriter(schema, b"").write(3, {"a": np.arange(3), "s": None})
     assert [schemaless_reader(io.BytesIO(r), schema) for r in rows] == [{"a": i, "s": None} for i in range(3)]
+
+
+@each
+def test_a_string_length_near_two_to_the_63_marks_its_row_not_the_batch(impl: str) -> None:
+    """A length of 2^63 - 1 overflowed pos + length in the numpy reader and raised out of the batch (a crash loop)."""
+    schema = {"type": "record", "name": "R", "fields": [{"name": "s", "type": "string"}, {"name": "x", "type": "long"}]}
+    parsed = fastavro.parse_schema(schema)
+
+    def body(record: dict) -> bytes:
+        buf = io.BytesIO()
+        schemaless_writer(buf, parsed, record)
+        return buf.getvalue()
+
+    good = [body({"s": f"id-{i}", "x": i}) for i in range(200)]
+    evil = b"\xfe\xff\xff\xff\xff\xff\xff\xff\xff\x01" + b"abc"  # zigzag 2^63 - 1, then three bytes
+    bodies = [*good, evil]
+    lengths = np.array([len(b) for b in bodies])
+    starts = np.cumsum(lengths) - lengths
+    cols, bad, incompatible = ColumnarReader(schema, schema, implementation=impl).read(
+        b"".join(bodies), starts, starts + lengths)
+    assert bad.tolist() == [False] * 200 + [True] and not incompatible.any()
+    assert cols.values["s"][:3].tolist() == ["id-0", "id-1", "id-2"]
