@@ -279,8 +279,10 @@ def write(bytes header, Py_ssize_t n, const int8_t[::1] kinds, const int8_t[::1]
                     if isinstance(value, str):
                         text = PyUnicode_AsUTF8AndSize(value, &size)
                     else:
-                        if not isinstance(value, bytes):
+                        if isinstance(value, (bytearray, memoryview)):
                             value = bytes(value)
+                        elif not isinstance(value, bytes):  # bytes(5) would be five zero bytes: refuse, as numpy does
+                            raise TypeError(f"a string or bytes field got {type(value).__name__}")
                         text = PyBytes_AS_STRING(value)
                         size = PyBytes_GET_SIZE(value)
                     _put_varint(&o, size)

@@ -219,10 +219,18 @@ class ExplainCore:
         self.schema: WireSchema = catalog.latest("driftline.Explanation")
         self._versions = RecentlyUsed[tuple[str, str], "_Version | str"](max_models)
         self._failed: dict[tuple[str, str], tuple[float, str]] = {}  # (model, version): (when, why)
+        self._now_ms = 0
 
-    def batch(self, values: Sequence[bytes | None]) -> tuple[list[OutRecord], ExplainStats]:
-        """The explanations of a batch's picked records, and what it cost; never raises on a record."""
+    def batch(self, values: Sequence[bytes | None], now_ms: int | None = None
+              ) -> tuple[list[OutRecord], ExplainStats]:
+        """The explanations of a batch's picked records, and what it cost; never raises on a record.
+
+        ``now_ms`` (default: the clock) bounds the event times the importance
+        windows take: a request stamped in the far future would otherwise open
+        a window that nothing closes.
+        """
         stats = ExplainStats()
+        self._now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         records: list[_Picked] = []
         for value in values:
             try:
@@ -252,26 +260,45 @@ class ExplainCore:
         rows, kept = self._rows(v, group, stats)
         if not kept:
             return []
+        return self._estimate(model, version, v, rows, kept, stats)
+
+    def _estimate(self, model: str, version: str, v: _Version, rows: list[np.ndarray], kept: list[_Picked],
+                  stats: ExplainStats) -> list[OutRecord]:
+        """Explain ``rows``; when the estimate fails, one row at a time, so one odd row costs only itself."""
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
             a = v.explainer.explain(v.model_rows(np.stack(rows)))
         except Exception as exc:  # noqa: BLE001 - ORT and numpy raise several unrelated types
-            log.warning("%s v%s: %d explanations failed (%s: %s)", model, version, len(kept), type(exc).__name__,
-                        str(exc)[:300])
-            stats.skipped[model, FAILED] += len(kept)
+            if len(kept) > 1:
+                return [o for row, r in zip(rows, kept, strict=True)
+                        for o in self._estimate(model, version, v, [row], [r], stats)]
+            log.warning("%s v%s: request %s not explained (%s: %s)", model, version, kept[0].request_id[:80],
+                        type(exc).__name__, str(exc)[:300])
+            stats.skipped[model, FAILED] += 1
             return []
         finally:
             stats.cpu_s += time.thread_time() - cpu
             stats.wall_s += time.perf_counter() - wall
         stats.calls += a.calls
+        finite = np.isfinite(a.phi).all(axis=1) & np.isfinite(a.value) & bool(np.isfinite(a.base))
+        if not finite.all():  # a row the model scores as inf or NaN has no attributions to give
+            stats.skipped[model, FAILED] += int((~finite).sum())
+            log.warning("%s v%s: %d requests not explained (the model's value is not finite)", model, version,
+                        int((~finite).sum()))
+        good = np.flatnonzero(finite).tolist()
+        kept = [kept[i] for i in good]
+        if not kept:
+            return []
+        phi, value = a.phi[good], a.value[good]
         stats.explained[model] += len(kept)
-        v.fold(model, version, a.phi, np.array([r.event_time for r in kept], dtype=np.int64), self.config.window_ms,
-               stats.closed)
+        event_ms = np.minimum(np.array([r.event_time for r in kept], dtype=np.int64),
+                              self._now_ms + self.config.window_ms)
+        v.fold(model, version, phi, event_ms, self.config.window_ms, stats.closed)
         names = list(v.names)
         return [OutRecord(self.topic, r.request_id.encode(), encode(self.schema, {
             "request_id": r.request_id, "model": model, "model_version": version, "variant": r.variant,
-            "score": r.score, "link": v.explainer.link, "base": a.base, "value": float(a.value[i]),
-            "features": names, "attributions": a.phi[i].tolist(), "method": a.method, "samples": a.samples,
+            "score": r.score, "link": v.explainer.link, "base": a.base, "value": float(value[i]),
+            "features": names, "attributions": phi[i].tolist(), "method": a.method, "samples": a.samples,
             "background": v.explainer.n, "event_time": r.event_time}, fast=True))
             for i, r in enumerate(kept)]
 

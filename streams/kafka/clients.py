@@ -372,8 +372,14 @@ class _Pending:
             self.wake()
 
 
-def _produce_all(producer: Producer, records: Sequence[OutRecord], pending: _Pending) -> None:
-    """Queue ``records``, waiting while librdkafka's queue is full; a record refused outright fails the batch."""
+def _produce_all(producer: Producer, records: Sequence[OutRecord], pending: _Pending, *,
+                 served_elsewhere: bool = False) -> None:
+    """Queue ``records``, waiting while librdkafka's queue is full; a record refused outright fails the batch.
+
+    ``served_elsewhere``: another thread serves the delivery reports, so a
+    full queue is waited out, not polled here (two threads running delivery
+    callbacks at once could lose a count).
+    """
     produce, callback = producer.produce, pending.delivered
     for i, r in enumerate(records):
         while True:
@@ -382,7 +388,10 @@ def _produce_all(producer: Producer, records: Sequence[OutRecord], pending: _Pen
                         on_delivery=callback)
                 break
             except BufferError:
-                producer.poll(0.05)
+                if served_elsewhere:
+                    time.sleep(0.005)
+                else:
+                    producer.poll(0.05)
             except (KafkaException, TypeError, ValueError) as exc:
                 pending.left -= len(records) - i  # these will never be acknowledged
                 pending.error = f"cannot produce to {r.topic}: {exc}"
@@ -444,7 +453,7 @@ class AckedSink:
         """
         pending = _Pending(len(records), token, self._wake)
         self._inflight.append(pending)
-        _produce_all(self._producer, records, pending)
+        _produce_all(self._producer, records, pending, served_elsewhere=self._serving is not None)
         if not records and self._wake is not None:
             self._wake()  # nothing to wait for: done now
 

@@ -294,3 +294,10 @@ def test_a_string_length_near_two_to_the_63_marks_its_row_not_the_batch(impl: st
         b"".join(bodies), starts, starts + lengths)
     assert bad.tolist() == [False] * 200 + [True] and not incompatible.any()
     assert cols.values["s"][:3].tolist() == ["id-0", "id-1", "id-2"]
+
+
+@each
+def test_a_number_in_a_string_column_is_refused_not_written_as_zero_bytes(impl: str) -> None:
+    schema = {"type": "record", "name": "R", "fields": [{"name": "s", "type": "string"}]}
+    with pytest.raises(TypeError):
+        ColumnarWriter(schema, b"", implementation=impl).write(2, {"s": np.array([5, "ok"], dtype=object)})

@@ -288,3 +288,26 @@ def test_a_batch_that_raises_is_counted_and_its_offsets_still_move_on() -> None:
     assert metrics.registry.get_sample_value("driftline_explanations_skipped_total",
                                              {"model": "?", "reason": "failed"}) == 3
     assert [m.offset for batch in source.stored for m in batch] == [0, 1, 2]
+
+
+def test_one_odd_row_costs_only_itself_and_a_far_future_request_cannot_stall_the_windows(
+        catalog: SchemaCatalog, logistic: OnnxModel,  # noqa: F811
+        registry: tuple[ModelRegistry, dict[str, np.ndarray]]) -> None:
+    reg, _ = registry
+    schema = catalog.latest("driftline.Scored")
+    cols = _logistic_columns(np.random.default_rng(5), 6)
+    ids = [f"odd-{i}" for i in range(6)]
+    recs = [decode(catalog, v)[1] for v in scored_values(catalog, logistic, ids, cols)]
+    width = len(recs[0]["features"]) // 4
+    recs[2]["features"] = np.full(width, np.inf, dtype="<f4").tobytes()  # a row no model value comes from
+    c = ExplainCore(reg, catalog, TOPIC, ExplainConfig(1.0, samples=64, background=50, window_ms=60_000))
+    out, stats = c.batch([encode(schema, r) for r in recs], now_ms=1_000)
+    assert {o.key.decode() for o in out} == set(ids) - {"odd-2"}  # the neighbours are explained
+    assert sum(stats.skipped.values()) == 1
+
+    # A request stamped in 2100 counts in the window of the clock's time, so later windows still close.
+    future = [{**r, "request_id": f"f-{i}", "event_time": 4_102_444_800_000} for i, r in enumerate(recs) if i != 2]
+    later = [{**r, "request_id": f"l-{i}", "event_time": 130_000} for i, r in enumerate(recs) if i != 2]
+    _, first = c.batch([encode(schema, r) for r in future], now_ms=1_000)
+    _, second = c.batch([encode(schema, r) for r in later], now_ms=130_000)
+    assert [w.start_ms for w in first.closed + second.closed] == [0, 60_000]
