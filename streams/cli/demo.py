@@ -70,6 +70,19 @@ class Watch:
     skipped: int = 0  # records of the watched topics that do not parse
     #: requests and positive decisions per segment value since the start (the window sketches' segments)
     segments: dict[str, SegmentCounts] = field(default_factory=dict)
+    explained: int = 0
+    #: the last explanation: request id and its largest attributions, largest first
+    last_explanation: tuple[str, list[tuple[str, float]]] | None = None
+
+    def add_explanation(self, rec: dict[str, Any]) -> bool:
+        """Count a record of ``{ns}.explanations`` and keep its three largest attributions; False if unusable."""
+        names, phi = rec.get("features"), rec.get("attributions")
+        if not isinstance(names, list) or not isinstance(phi, list) or len(names) != len(phi) or not names:
+            return False
+        top = sorted(zip(names, phi, strict=True), key=lambda kv: -abs(float(kv[1])))[:3]
+        self.explained += 1
+        self.last_explanation = (_shown(rec.get("request_id")), [(_shown(n), float(v)) for n, v in top])
+        return True
 
     def add_sketch(self, value: bytes | None) -> bool:
         """Fold a record of ``{ns}.sketches`` into :attr:`segments`; False when it is not a window sketch."""
@@ -90,6 +103,12 @@ class Watch:
             return 0.0
         (t0, n0), (t1, n1) = self.rate_window[0], self.rate_window[-1]
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A value of a topic's record as the screen may print it: printable, short."""
+    text = str(value)[:limit]
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _bad_value(i: int, good: bytes, rng: np.random.Generator) -> bytes:
@@ -186,10 +205,11 @@ def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: thre
         "fetch.wait.max.ms": settings.fetch_wait_ms,
     }))
     parts = settings.topic_partitions()
-    sketch_topic = settings.topic("sketches")
-    watched = (pred_topic, dlq_topic, alert_topic, retrain_topic, sketch_topic)
+    sketch_topic, explain_topic = settings.topic("sketches"), settings.topic("explanations")
+    watched = (pred_topic, dlq_topic, alert_topic, retrain_topic, sketch_topic, explain_topic)
     consumer.assign([TopicPartition(t, p, 0) for t in watched for p in range(parts[t])])
-    subjects = {pred_topic: "driftline.Prediction", alert_topic: ALERT_SUBJECT, retrain_topic: RETRAIN_SUBJECT}
+    subjects = {pred_topic: "driftline.Prediction", alert_topic: ALERT_SUBJECT, retrain_topic: RETRAIN_SUBJECT,
+                explain_topic: "driftline.Explanation"}
     skips = SkipLog(log)
     try:
         while not stop.is_set():
@@ -209,6 +229,9 @@ def monitor(settings: Settings, catalog: SchemaCatalog, watch: Watch, stop: thre
                 if isinstance(rec, Skip):
                     skips.skip(topic, m.partition(), m.offset(), m.key(), rec)
                     watch.skipped += 1
+                elif topic == explain_topic:
+                    if not (isinstance(rec, dict) and watch.add_explanation(rec)):
+                        watch.skipped += 1
                 elif isinstance(rec, dict):  # a prediction
                     watch.predictions += 1
                     watch.latencies_ms.append(time.time() * 1000 - float(rec["event_time"]))
@@ -246,6 +269,11 @@ def render(watch: Watch, elapsed: float, duration: float, drift_at: float | None
         f"  alerts       {watch.alerts:9d}   retrain requests {watch.retrains}",
         *(f"    {line}" for line in watch.events[-max_events:]),
     ]
+    if watch.last_explanation is not None:
+        rid, top = watch.last_explanation
+        lines.append(f"  explained    {watch.explained:9d}   last {rid}: "
+                     + ", ".join(f"{name} {value:+.2f}" for name, value in top)
+                     + "  (driftline explain REQUEST_ID)")
     lines += segment_lines(watch.segments)
     if watch.skipped:
         lines.append(f"  skipped {watch.skipped} records that do not parse (see the log for where)")

@@ -32,3 +32,15 @@ def test_the_live_screen_shows_decision_rates_per_segment_from_the_sketches() ->
     screen = demo.render(watch, 12.0, 60.0, None, "127.0.0.1:9092")
     line = next(x for x in screen.splitlines() if x.split()[0] == "country")
     assert line.split()[1:5] == ["DE", "10.0%", "FR", "10.0%"] and "(spread 0.0%)" in line
+
+
+def test_the_live_screen_shows_the_last_explanation_largest_first() -> None:
+    watch = demo.Watch()
+    assert "explained" not in demo.render(watch, 1.0, 60.0, None, "b:1")
+    rec = {"request_id": "req-7", "features": ["amount", "hour\x1b[2J", "merchant_risk", "age"],
+           "attributions": [0.5, -1.25, 0.1, 0.0]}
+    assert watch.add_explanation(rec) and watch.add_explanation({**rec, "request_id": "req-8"})
+    assert not watch.add_explanation({"features": ["a"], "attributions": []})  # unusable: not counted
+    line = next(x for x in demo.render(watch, 1.0, 60.0, None, "b:1").splitlines() if "explained" in x)
+    assert line.split()[:4] == ["explained", "2", "last", "req-8:"]
+    assert "hour?[2J -1.25, amount +0.50, merchant_risk +0.10" in line  # largest first, nothing unprintable
