@@ -277,9 +277,6 @@ def _last_offsets(messages: Iterable[RawMessage]) -> dict[Partition, int]:
 _headers_of = operator.methodcaller("headers")
 
 
-_UNREADABLE = "headers unreadable ({}): a header name is not UTF-8"
-
-
 def read_headers(m: Any) -> tuple[Headers | None, str | None]:
     """A consumed record's headers, or (None, why) when librdkafka's Python client cannot read them.
 
@@ -292,7 +289,7 @@ def read_headers(m: Any) -> tuple[Headers | None, str | None]:
     try:
         return cast(Headers | None, _headers_of(m)), None
     except Exception as exc:  # noqa: BLE001 - any header decoding failure is the record's, not the process's
-        return None, _UNREADABLE.format(type(exc).__name__)
+        return None, f"headers unreadable ({type(exc).__name__}): a header name is not UTF-8"
 
 
 def raw_message(m: Any) -> RawMessage:
@@ -301,10 +298,7 @@ def raw_message(m: Any) -> RawMessage:
     Such a record keeps its key and value and carries ``header_error``, so
     the pipeline dead-letters it instead of the whole worker stopping on it.
     """
-    try:  # read_headers, inlined: this runs once per consumed record
-        headers, header_error = _headers_of(m), None
-    except Exception as exc:  # noqa: BLE001 - see read_headers
-        headers, header_error = None, _UNREADABLE.format(type(exc).__name__)
+    headers, header_error = read_headers(m)
     ts_type, ts = m.timestamp()
     return RawMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value(), headers, ts if ts_type else 0,
                       header_error)
