@@ -14,9 +14,11 @@ as one that never stopped.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,9 +26,10 @@ from confluent_kafka import Producer
 
 from driftline.schemas.catalog import SchemaCatalog
 from driftline.schemas.codec import decode, encode_many
+from driftline.streams.app.drift import latest_states
 from driftline.streams.kafka.broker import Broker
 from driftline.streams.kafka.topics import ensure_topics
-from driftline.streams.settings import load_settings
+from driftline.streams.settings import Settings, load_settings
 from tests.helpers import Collector, WorkerProcess, send_labels
 from tests.integration.test_feedback import counter
 
@@ -66,8 +69,14 @@ def test_quality_state_survives_a_kill_9(
         got = collector.until(lambda r: len(r[t["labeled"]]) >= 2000, timeout_s=120, check=alive)
         deadline = time.monotonic() + 30
         while counter(first.metrics(), "driftline_quality", model="fraud", version="1", variant="champion",
-                      metric="accuracy") == 0.0:  # the baseline is set (and saved right after)
+                      metric="accuracy") == 0.0:  # the baseline is set
             assert time.monotonic() < deadline, "no quality window closed before the kill"
+            alive()
+            time.sleep(0.5)
+        # The gauge is set before the state is saved: kill only once the broker holds the baseline, or the
+        # second worker replays the first phase's labels instead of resuming (right, but not what is tested).
+        while not saved_baselines(settings):
+            assert time.monotonic() < deadline, "the quality baseline was not saved to the drift state before the kill"
             alive()
             time.sleep(0.5)
         assert not {"performance_drop", "concept_drift"} & set(kinds(got)), "a quality alert before the change"
@@ -89,3 +98,11 @@ def test_quality_state_survives_a_kill_9(
                 if decode(catalog, m.value())[1]["kind"] == "performance_drop")
     assert drop["value"] < drop["threshold"] and drop["sample_size"] == WINDOW
     assert not re.search(r"quality state of fraud is not usable", second.log())
+
+
+def saved_baselines(settings: Settings) -> list[Any]:
+    """The accuracy baselines in fraud's last record on ``{ns}.drift-state`` (none before its first save)."""
+    found = latest_states(settings.confluent(), settings.topic("drift-state")).get("fraud")
+    if found is None or found.value is None:
+        return []
+    return list(json.loads(found.value).get("quality", {}).get("policy", {}).get("baseline", []))
