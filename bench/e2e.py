@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -142,8 +143,8 @@ def env_for(bootstrap: str, ns: str, data: Path, drift: bool = True, guarantee: 
 
 def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog, gen,  # type: ignore[no-untyped-def]
                drift: bool = True, guarantee: str = "at_least_once", broker_pid: int | None = None
-               ) -> tuple[float, float, float]:
-    """(events/s, the worker's and the broker's CPU µs per event), all between its first and its last prediction."""
+               ) -> Throughput:
+    """Events/s and CPU µs per event, all between the first and the last prediction."""
     settings = load_settings(broker=bootstrap, namespace=ns)
     create_topics(settings.confluent(), settings.topic_partitions())
     records, _ = gen.generate(n, np.random.default_rng(5))
@@ -152,22 +153,70 @@ def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog
     good = sum(1 for r in records if r["ip_risk"] is not None)  # the example model needs ip_risk
     cmd = ([sys.executable, "bench/naive_worker.py", "worker", "-l", "info"] if naive
            else [sys.executable, "-m", "driftline.streams.cli", "worker"])
-    proc = start(cmd, env_for(bootstrap, ns, data, drift, guarantee), data / f"{ns}.log")
+    env = env_for(bootstrap, ns, data, drift, guarantee)
+    proc = start(cmd, env, data / f"{ns}.log")
     cpu_at_first: list[float] = []
+    parts_at_first: dict[str, float] = {}
 
     def on_message(_m) -> None:  # type: ignore[no-untyped-def]
         if not cpu_at_first:
             cpu_at_first.extend((cpu_seconds(proc.pid), cpu_seconds(broker_pid) if broker_pid else 0.0))
+            parts_at_first.update(cpu_parts(env["DRIFTLINE_WEB_PORT"]))
 
     try:
         stamps = read_predictions(bootstrap, settings.topic("predictions"), good, timeout_s=600, proc=proc,
                                   on_message=on_message)
         cpu = cpu_seconds(proc.pid) - cpu_at_first[0]
         broker_cpu = (cpu_seconds(broker_pid) - cpu_at_first[1]) if broker_pid else float("nan")
+        parts = {k: v - parts_at_first.get(k, 0.0) for k, v in cpu_parts(env["DRIFTLINE_WEB_PORT"]).items()}
     finally:
         stop(proc)
     events = max(1, len(stamps) - 1)
-    return rate_of(stamps), 1e6 * cpu / events, 1e6 * broker_cpu / events
+    return Throughput(rate_of(stamps), 1e6 * cpu / events, 1e6 * broker_cpu / events,
+                      {k: round(1e6 * v / events, 2) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])
+                       if v > 0})
+
+
+class Throughput(NamedTuple):
+    """One throughput phase: events/s and CPU µs per event (worker, broker, the worker's by thread and stage)."""
+
+    rate: float
+    cpu: float
+    broker_cpu: float
+    parts: dict[str, float]
+
+
+def cpu_parts(port: str) -> dict[str, float]:
+    """The worker's CPU seconds so far by thread and by score stage, from its /metrics; {} without one.
+
+    Keys: ``thread:<name>`` (driftline_thread_cpu_seconds_total) and
+    ``stage:<name>`` (driftline_score_cpu_seconds_total, parts of the
+    MainThread's figure).
+    """
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310 - local
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for family in text_string_to_metric_families(text):
+        kind = {"driftline_thread_cpu_seconds": "thread", "driftline_score_cpu_seconds": "stage"}.get(family.name)
+        for sample in family.samples if kind else ():
+            if sample.name.endswith("_total"):
+                out[f"{kind}:{sample.labels[kind]}"] = sample.value
+    return out
+
+
+def print_parts(parts: dict[str, float]) -> None:
+    if parts:
+        print("  worker CPU µs per event by thread:", ", ".join(
+            f"{k.split(':', 1)[1]} {v:.2f}" for k, v in parts.items() if k.startswith("thread:")), flush=True)
+        print("  of which the score loop's stages:", ", ".join(
+            f"{k.split(':', 1)[1]} {v:.2f}" for k, v in parts.items() if k.startswith("stage:")), flush=True)
 
 
 def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, catalog, gen,  # type: ignore[no-untyped-def]
@@ -354,14 +403,16 @@ def main() -> None:
     batched = naive = None
     if "throughput" in phases:
         with broker_for("batched") as broker:
-            batched, cpu, broker_cpu = throughput(broker.bootstrap, "benchbatched", args.n, data, naive=False,
-                                                  catalog=catalog, gen=gen, broker_pid=broker.pid)
+            batched, cpu, broker_cpu, parts = throughput(broker.bootstrap, "benchbatched", args.n, data,
+                                                         naive=False, catalog=catalog, gen=gen, broker_pid=broker.pid)
         print(f"batched worker: {batched:,.0f} events/s over {args.n:,} requests, CPU per event: worker "
               f"{cpu:.1f} µs, broker {broker_cpu:.1f} µs", flush=True)
-        note(events_per_s=round(batched), worker_cpu_us_per_event=cpu, broker_cpu_us_per_event=broker_cpu)
+        print_parts(parts)
+        note(events_per_s=round(batched), worker_cpu_us_per_event=cpu, broker_cpu_us_per_event=broker_cpu,
+             worker_cpu_us_per_event_by_part=parts)
     if args.exactly_once:
         with broker_for("eos") as broker:
-            eos, eos_cpu, eos_broker = throughput(broker.bootstrap, "bencheos", args.n, data, naive=False,
+            eos, eos_cpu, eos_broker, _ = throughput(broker.bootstrap, "bencheos", args.n, data, naive=False,
                                                   catalog=catalog, gen=gen, guarantee="exactly_once",
                                                   broker_pid=broker.pid)
         print(f"batched worker, exactly once: {eos:,.0f} events/s, CPU per event: worker {eos_cpu:.1f} µs, "
@@ -370,18 +421,21 @@ def main() -> None:
              exactly_once_broker_cpu_us_per_event=eos_broker)
     if args.no_drift:
         with broker_for("nodrift") as broker:
-            no_drift, nd_cpu, nd_broker = throughput(broker.bootstrap, "benchnodrift", args.n, data, naive=False,
-                                                     catalog=catalog, gen=gen, drift=False, broker_pid=broker.pid)
+            no_drift, nd_cpu, nd_broker, nd_parts = throughput(broker.bootstrap, "benchnodrift", args.n, data,
+                                                               naive=False, catalog=catalog, gen=gen, drift=False,
+                                                               broker_pid=broker.pid)
         print(f"batched worker, drift off: {no_drift:,.0f} events/s, CPU per event: worker {nd_cpu:.1f} µs, "
               f"broker {nd_broker:.1f} µs", flush=True)
-        note(no_drift_events_per_s=round(no_drift), no_drift_cpu_us_per_event=nd_cpu)
+        print_parts(nd_parts)
+        note(no_drift_events_per_s=round(no_drift), no_drift_cpu_us_per_event=nd_cpu,
+             no_drift_cpu_us_per_event_by_part=nd_parts)
         if "worker_cpu_us_per_event" in result:
             drift_cpu = float(result["worker_cpu_us_per_event"]) - nd_cpu  # type: ignore[arg-type]
             print(f"drift costs {drift_cpu:.1f} µs of worker CPU per event", flush=True)
             note(drift_cpu_us_per_event=drift_cpu)
     if "naive" in phases:
         with broker_for("naive") as broker:
-            naive, naive_cpu, _ = throughput(broker.bootstrap, "benchnaive", args.baseline_n, data, naive=True,
+            naive, naive_cpu, _, _ = throughput(broker.bootstrap, "benchnaive", args.baseline_n, data, naive=True,
                                              catalog=catalog, gen=gen)
         print(f"naive per-event Faust agent: {naive:,.0f} events/s over {args.baseline_n:,} requests", flush=True)
         note(baseline_events_per_s=round(naive), baseline_cpu_us_per_event=naive_cpu)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 from prometheus_client import (
     CollectorRegistry,
@@ -13,6 +19,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from driftline.detectors.evaluate import BIAS
 from driftline.detectors.fairness import SegmentCounts, disparities, group_rates
@@ -24,6 +32,60 @@ from driftline.streams.core.pipeline import BatchOutcome
 #: the kinds of alert a worker raises (drift agent, label loop, control follower)
 ALERT_KINDS = ("data_drift", "prediction_drift", "multivariate_drift", "data_quality", "performance_drop",
                "concept_drift", "model_load_failed", "bad_control_record", "bias")
+
+
+#: the stages of a batch on the score loop's thread (driftline_score_cpu_seconds_total)
+SCORE_STAGES = ("process", "send", "observe")
+_THREAD_NUMBER = re.compile(r"(?:[-_:]?\d+)+$")
+
+
+def thread_group(name: str) -> str:
+    """A thread's name without the numbers at its end: a pool's threads (``asyncio_0``, ``asyncio_1``) and
+    librdkafka's broker threads (``rdk:broker111``) count together, and the label stays bounded."""
+    return _THREAD_NUMBER.sub("", name) or name
+
+
+def thread_cpu_seconds(tasks: Path = Path("/proc/self/task")) -> dict[str, float]:
+    """CPU seconds (user + system) of this process's live threads so far, by :func:`thread_group`.
+
+    Python threads by their ``threading`` name, the others (librdkafka's
+    ``rdk:*``, ONNX Runtime's) by the kernel's. Empty where there is no
+    ``/proc`` (not Linux). Ended threads are not counted.
+    """
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[str, float] = {}
+    try:
+        tasks_now = list(tasks.iterdir())
+    except OSError:
+        return out
+    for task in tasks_now:
+        try:
+            tid = int(task.name)
+            name = names.get(tid) or (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+        group = thread_group(name)
+        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+class ThreadCpuCollector(Collector):
+    """``driftline_thread_cpu_seconds_total{thread}``: where the worker's CPU goes, without a profiler.
+
+    The score loop (``MainThread``), the consumer (``driftline-consume``),
+    the delivery reports (``driftline-deliveries``), librdkafka's network
+    threads (``rdk:broker``, ``rdk:main``), the executors (``asyncio``):
+    read at scrape time from ``/proc``, so it costs nothing between scrapes.
+    """
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("driftline_thread_cpu_seconds", "CPU seconds of the worker's threads so far, "
+                                     "by thread name without its trailing number (Linux).", labels=["thread"])
+        for name, seconds in sorted(thread_cpu_seconds().items()):
+            family.add_metric([name], seconds)
+        yield family
 
 
 def build_versions() -> dict[str, str]:
@@ -251,6 +313,14 @@ class Metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
+        registry.register(ThreadCpuCollector())
+        self.score_cpu = Counter(
+            "driftline_score_cpu_seconds", "CPU seconds of the score loop's thread by stage: process (decode, "
+            "validate, score, encode, fold windows), send (hand the outputs to the producer), observe (these "
+            "metrics).", ["stage"], registry=registry,
+        )
+        for stage in SCORE_STAGES:
+            self.score_cpu.labels(stage)
 
     def init_model(self, model: str) -> None:
         """Export the model's alert and request counters at 0 from the start.

@@ -16,9 +16,10 @@ import logging
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import cast
+from typing import NamedTuple, cast
 
 import faust
+from prometheus_client import Counter
 
 from driftline.detectors.profile import ReferenceProfile
 from driftline.inference.deployment import Deployment
@@ -42,6 +43,7 @@ from driftline.streams.core.profiling import PROFILE_FILE
 from driftline.streams.core.windows import WindowFolder
 from driftline.streams.errors import ConfigError, DeliveryError
 from driftline.streams.kafka.clients import AckedSink
+from driftline.streams.metrics import SCORE_STAGES
 from driftline.streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -184,6 +186,14 @@ def deadletter_limit(settings: Settings, topic_limit: int | None) -> int:
     return topic_limit
 
 
+class StageCpu(NamedTuple):
+    """The score loop's CPU counters, one per stage of a batch (looked up once, not per batch)."""
+
+    process: Counter
+    send: Counter
+    observe: Counter
+
+
 class Scoring:
     """Whether a batch is between poll and send: a revocation waits while it is (see :class:`BatchSource`)."""
 
@@ -201,6 +211,7 @@ def add_score_flow(app: faust.App, ctx: WorkerContext, scoring: Scoring) -> None
     wait_s = settings.batch_wait_ms / 1000
     linger_s = settings.batch_linger_ms / 1000
     acked = Acknowledged()
+    cpu = StageCpu(*(metrics.score_cpu.labels(stage) for stage in SCORE_STAGES))
     wakes = isinstance(sink, AckedSink)  # a transactional sink is done when it commits: asked on a timer
 
     def next_batch() -> list[RawMessage]:
@@ -213,14 +224,20 @@ def add_score_flow(app: faust.App, ctx: WorkerContext, scoring: Scoring) -> None
     def score_batch(msgs: list[RawMessage]) -> None:
         """Score, send and account for one batch; its offsets are stored once the broker acknowledges it."""
         progress.backlog = len(msgs)
+        started = time.thread_time()
         outcome = pipeline.process_safely(msgs, int(time.time() * 1000))
+        processed = time.thread_time()
         sink.send(outcome.predictions + outcome.shadow_predictions + outcome.scored + outcome.deadletters
                   + ctx.sketch_records(outcome.sketches), msgs)
+        sent = time.thread_time()
         for error in outcome.shadow_errors:
             log.warning("shadow scoring failed (served traffic unaffected): %s", error)
         metrics.observe_batch(len(msgs), outcome, time.time())
         progress.backlog = 0
         progress.batch_done(time.time())
+        cpu.process.inc(processed - started)
+        cpu.send.inc(sent - processed)
+        cpu.observe.inc(time.thread_time() - sent)
 
     @app.task
     async def score() -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from driftline.streams.metrics import Metrics
+from driftline.streams.metrics import Metrics, thread_group
 
 
 def test_the_worker_registry_exposes_process_and_python_series() -> None:
@@ -21,3 +23,44 @@ def test_the_worker_registry_exposes_process_and_python_series() -> None:
     assert 3 <= samples["process_open_fds"] <= samples["process_max_fds"]
     families = {f.name for f in text_string_to_metric_families(text)}
     assert {"python_info", "python_gc_collections", "driftline_requests"} <= families
+
+
+def test_thread_names_lose_their_trailing_numbers_only() -> None:
+    assert thread_group("rdk:broker111") == "rdk:broker"
+    assert thread_group("asyncio_3") == "asyncio"
+    assert thread_group("ThreadPoolExecutor-0_12") == "ThreadPoolExecutor"
+    assert thread_group("driftline-consume_0") == "driftline-consume"
+    assert thread_group("rdk:main") == "rdk:main"
+    assert thread_group("MainThread") == "MainThread"
+    assert thread_group("42") == "42"  # nothing left: the name as it is
+
+
+def test_thread_cpu_is_counted_per_named_thread() -> None:
+    """A thread that burns 0.3 s of CPU shows that much (less two clock ticks) under its name."""
+    burned: list[float] = []
+
+    def burn() -> None:
+        started = time.thread_time()
+        while time.thread_time() - started < 0.3:
+            sum(range(1000))
+        burned.append(time.thread_time())
+        done.wait(30)  # alive while it is read: ended threads are not counted
+
+    done = threading.Event()
+    worker = threading.Thread(target=burn, name="burner_7")
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not burned:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        text = generate_latest(Metrics(CollectorRegistry()).registry).decode()
+    finally:
+        done.set()
+        worker.join()
+    cpu = {s.labels["thread"]: s.value for f in text_string_to_metric_families(text)
+           if f.name == "driftline_thread_cpu_seconds" for s in f.samples}
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert burned[0] - 2 * tick <= cpu["burner"] <= burned[0] + 0.1  # user and system time, each in whole ticks
+    assert cpu["MainThread"] > 0
+    assert "burner_7" not in cpu
