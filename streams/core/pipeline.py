@@ -8,10 +8,13 @@ one validation pass, one ONNX call per model, one encode pass per batch.
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
+from itertools import repeat
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -61,6 +64,19 @@ class OutRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes | None]] | None = None
+
+
+_new_out = partial(tuple.__new__, OutRecord)
+_timestamp_of = operator.attrgetter("timestamp_ms")  # of a RawMessage
+_topic_of = operator.attrgetter("topic")
+_header_error_of = operator.attrgetter("header_error")
+
+
+def keyed_records(topic: str, ids: np.ndarray, values: list[bytes]) -> list[OutRecord]:
+    """Records to ``topic`` keyed by request id (UTF-8), built without a Python frame each (``map``)."""
+    if len(ids) != len(values):
+        raise ValueError(f"{len(ids)} request ids for {len(values)} encoded values")
+    return list(map(_new_out, zip(repeat(topic), map(str.encode, ids.tolist()), values, repeat(None))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +306,10 @@ class ScorePipeline:
     def process(self, messages: Sequence[RawMessage], now_ms: int) -> BatchOutcome:
         out = BatchOutcome()
         by_topic: dict[str, list[RawMessage]] = {}
+        topics = set(map(_topic_of, messages))
+        if len(topics) == 1 and not any(map(_header_error_of, messages)):  # the usual batch: no loop per record
+            by_topic[topics.pop()] = list(messages)
+            messages = ()
         for m in messages:
             if m.header_error is not None:
                 f = Failure(0, "decode", "malformed_headers", m.header_error)
@@ -342,7 +362,7 @@ class ScorePipeline:
                     else np.full(n, now_ms, dtype=np.int64))
         # Latency runs from the request's Kafka record timestamp (when it was produced), not from the payload's
         # event_time: a producer replaying or batching old events would otherwise show minutes of "latency".
-        record_ms = np.fromiter((m.timestamp_ms for m in msgs), dtype=np.int64, count=len(msgs))[batch_pos[rows]]
+        record_ms = np.fromiter(map(_timestamp_of, msgs), dtype=np.int64, count=len(msgs))[batch_pos[rows]]
         dep = served.deployment
         if len(dep.routes_versions()) > 1:
             routes = dep.route(key_buckets(cols.values[profile.key_field][rows], salt=name))
@@ -398,9 +418,7 @@ class ScorePipeline:
             "provider": provider,
         })
         topic = self.predictions_topic
-        out.predictions.extend(
-            OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True)
-        )
+        out.predictions.extend(keyed_records(topic, ids, values))
         kept = None if len(rows) == len(checked.rows) else np.isin(checked.rows, rows)
         features = None
         if self._scored is not None:  # the matrix rows, whatever the model reads: the trainer retrains from them
@@ -462,7 +480,7 @@ class ScorePipeline:
             "score": scores, "predicted": labels, "event_time": event_time, "features": features,
             "sealed": sealed, "segments": segments,
         })
-        out.scored.extend(OutRecord(topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True))
+        out.scored.extend(keyed_records(topic, ids, values))
 
     def _shadow(self, out: BatchOutcome, served: ServedModel, checked: ValidatedBatch, kept: np.ndarray | None,
                 common: dict[str, object], ids: np.ndarray, features: list[bytes] | None) -> None:
@@ -482,9 +500,7 @@ class ScorePipeline:
                 "provider": model.active_provider or "none",
             })
             self._emit_scored(out, common, ver, SHADOW, scores, labels, features)
-            out.shadow_predictions.extend(
-                OutRecord(self.shadow_topic, rid.encode(), v, None) for rid, v in zip(ids.tolist(), values, strict=True)
-            )
+            out.shadow_predictions.extend(keyed_records(self.shadow_topic, ids, values))
             out.stats.append(ModelStats(model.name, ver, SHADOW, model.active_provider or "none", len(ids),
                                         time.perf_counter() - started, np.empty(0), scores))
 

@@ -93,6 +93,9 @@ def test_decode_failures_keep_position_and_reason(
     assert out.indices.tolist() == [0, 2]
     assert [(f.index, f.stage, f.reason) for f in out.failures] == [(1, "decode", reason)]
     assert out.failures[0].message
+    # a batch of nothing else (one header shared by every record: the path without a loop per record)
+    alike = BatchDecoder(catalog, schema, max_bytes=4096).decode([bad] * 200)
+    assert alike.indices.tolist() == [] and [f.reason for f in alike.failures] == [reason] * 200
 
 
 def test_record_of_another_schema_is_incompatible(catalog: SchemaCatalog) -> None:

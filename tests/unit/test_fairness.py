@@ -22,7 +22,24 @@ from fairlearn.metrics import (
 from sklearn.metrics import accuracy_score
 
 from driftline.detectors.evaluate import BIAS, DEMOGRAPHIC_PARITY, bias_results
-from driftline.detectors.fairness import MISSING, OTHER, SegmentCounts, disparities, group_rates, rate_disparity_p
+from driftline.detectors.fairness import (
+    FACTORIZE_MAX_VALUES,
+    FN,
+    FP,
+    MISSING,
+    OTHER,
+    POSITIVE,
+    SEPARATOR,
+    TN,
+    TP,
+    N,
+    SegmentCounts,
+    disparities,
+    group_name,
+    group_rates,
+    rate_disparity_p,
+    segment_text,
+)
 from driftline.detectors.policy import AlertPolicy, PolicyConfig
 from driftline.detectors.profile import ReferenceProfile
 from driftline.detectors.sketch import WindowSketch
@@ -97,6 +114,27 @@ def test_bad_segment_values_get_their_own_group_and_never_raise() -> None:
     nulled = SegmentCounts.fold(np.array(["a", None, ""], dtype=object), np.array([1.0, 0.0, 1.0]),
                                 np.array([False, False, True]))
     assert nulled.values == (MISSING, "a") and nulled.counts[:, 0].tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("distinct", [1, 5, FACTORIZE_MAX_VALUES, FACTORIZE_MAX_VALUES + 1])
+def test_hashed_groups_equal_the_sorted_text_path(rng: np.random.Generator, distinct: int) -> None:
+    """The hashing path gives the values and counts np.unique over the text gives, odd values included."""
+    odd = ["", None, "x" * 300, "tab\there", f"a{SEPARATOR}b", "\ufffd", "(missing)", "(other)", "ü"]
+    pool = np.array(odd + [f"v{i}" for i in range(max(0, distinct - len(odd)))], dtype=object)[:distinct]
+    for _ in range(200):
+        n = int(rng.integers(1, 400))
+        values = pool[rng.integers(0, len(pool), n)]
+        nulls = rng.random(n) < 0.1 if rng.random() < 0.5 else None
+        decided, labels = rng.random(n) < 0.3, rng.random(n) < 0.5
+        got = SegmentCounts.fold(values, decided, nulls, labels=labels)
+        uniq, codes = np.unique(segment_text(values, nulls), return_inverse=True)
+        names = np.asarray([group_name(u) for u in uniq.tolist()], dtype=object)
+        want_values, merged = np.unique(names, return_inverse=True)
+        group, k = merged[codes], len(want_values)
+        assert got.values == tuple(want_values.tolist())
+        for col, rows in ((N, slice(None)), (POSITIVE, decided), (TP, decided & labels), (FP, decided & ~labels),
+                          (FN, ~decided & labels), (TN, ~decided & ~labels)):
+            assert got.counts[:, col].tolist() == np.bincount(group[rows], minlength=k).tolist()
 
 
 def null_windows(rng: np.random.Generator, windows: int) -> list[SegmentCounts]:
