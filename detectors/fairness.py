@@ -166,7 +166,7 @@ def _factorize(values: np.ndarray, nulls: np.ndarray | None) -> tuple[np.ndarray
     """(sorted group names, each row's index among them), as :meth:`SegmentCounts.fold`'s ``np.unique`` of the
     :func:`segment_text` would give, by hashing instead of sorting text: a segment field has a few values, and
     the sort cost ~0.35 µs a row. None for arrays that are not objects or have many distinct values."""
-    if values.dtype != object:
+    if values.dtype != object or (nulls is not None and nulls.dtype != bool):
         return None
     if nulls is not None and nulls.any():  # a null row counts as missing whatever value it holds
         values = values.copy()
@@ -176,9 +176,10 @@ def _factorize(values: np.ndarray, nulls: np.ndarray | None) -> tuple[np.ndarray
         distinct = list(dict.fromkeys(rows))  # C-level hashing, in order of first appearance
     except TypeError:  # a value that cannot be hashed: text, as np.unique sees it
         return None
-    if len(distinct) > FACTORIZE_MAX_VALUES:
-        return None
-    names = [MISSING if v is None else group_name(str(v).replace(SEPARATOR, "\ufffd")) for v in distinct]
+    if len(distinct) > FACTORIZE_MAX_VALUES or not all(v is None or type(v) is str for v in distinct):
+        return None  # values equal but printed differently (1, 1.0, True) are one key here: text tells them apart
+    # as numpy's fixed-width text has them: trailing NULs dropped, the separator replaced
+    names = [MISSING if v is None else group_name(v.rstrip("\x00").replace(SEPARATOR, "\ufffd")) for v in distinct]
     final = sorted(set(names))
     at = {name: i for i, name in enumerate(final)}
     index = {v: at[name] for v, name in zip(distinct, names, strict=False)}

@@ -36,26 +36,27 @@ ALERT_KINDS = ("data_drift", "prediction_drift", "multivariate_drift", "data_qua
 
 #: the stages of a batch on the score loop's thread (driftline_score_cpu_seconds_total)
 SCORE_STAGES = ("process", "send", "observe")
-_THREAD_NUMBER = re.compile(r"(?:[-_:]?\d+)+$")
+_THREAD_NUMBER = re.compile(r"(?:[-_:]?\d+)+")
 
 
 def thread_group(name: str) -> str:
-    """A thread's name without the numbers at its end: a pool's threads (``asyncio_0``, ``asyncio_1``) and
-    librdkafka's broker threads (``rdk:broker111``) count together, and the label stays bounded."""
+    """A thread's name without its numbers: a pool's threads (``asyncio_0``, ``asyncio_1``), librdkafka's
+    broker threads (``rdk:broker111``) and ``Thread-12 (run)`` count together, and the label stays bounded."""
     return _THREAD_NUMBER.sub("", name) or name
 
 
-def thread_cpu_seconds(tasks: Path = Path("/proc/self/task")) -> dict[str, float]:
-    """CPU seconds (user + system) of this process's live threads so far, by :func:`thread_group`.
+def read_thread_cpu(tasks: Path = Path("/proc/self/task")) -> dict[int, tuple[str, float]]:
+    """(group, CPU seconds so far) of this process's live threads by thread id; {} without ``/proc``.
 
-    Python threads by their ``threading`` name, the others (librdkafka's
-    ``rdk:*``, ONNX Runtime's) by the kernel's. Empty where there is no
-    ``/proc`` (not Linux). Ended threads are not counted.
+    Python threads are named by their ``threading`` name, the others by the
+    kernel's: librdkafka names its own (``rdk:*``); threads that do not
+    (ONNX Runtime's, numpy's) carry the process's name and count as ``native``.
     """
     names = {t.native_id: t.name for t in threading.enumerate()}
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
     try:
+        process = (tasks.parent / "comm").read_text().strip()
         tasks_now = list(tasks.iterdir())
     except OSError:
         return out
@@ -66,8 +67,8 @@ def thread_cpu_seconds(tasks: Path = Path("/proc/self/task")) -> dict[str, float
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, ValueError, IndexError):
             continue  # the thread ended meanwhile
-        group = thread_group(name)
-        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        group = "native" if tid not in names and name == process else thread_group(name)
+        out[tid] = (group, (int(fields[11]) + int(fields[12])) / tick)
     return out
 
 
@@ -76,14 +77,36 @@ class ThreadCpuCollector(Collector):
 
     The score loop (``MainThread``), the consumer (``driftline-consume``),
     the delivery reports (``driftline-deliveries``), librdkafka's network
-    threads (``rdk:broker``, ``rdk:main``), the executors (``asyncio``):
-    read at scrape time from ``/proc``, so it costs nothing between scrapes.
+    threads (``rdk:broker``, ``rdk:main``), the executors (``asyncio``),
+    native threads (``native``): read from ``/proc`` at scrape time, so it
+    costs nothing between scrapes. A thread that ended keeps its CPU in its
+    group, so each series only grows, as a counter must.
     """
+
+    def __init__(self, tasks: Path = Path("/proc/self/task")) -> None:
+        self._tasks = tasks
+        self._lock = threading.Lock()
+        self._last: dict[int, tuple[str, float]] = {}  # each thread's group and CPU at the last scrape
+        self._retired: dict[str, float] = {}  # CPU of the threads that ended, by group
+
+    def totals(self) -> dict[str, float]:
+        """CPU seconds so far by group, ended threads included."""
+        with self._lock:
+            now = read_thread_cpu(self._tasks)
+            for tid, (group, seconds) in self._last.items():
+                current = now.get(tid)
+                if current is None or current[0] != group or current[1] < seconds:  # ended (its id maybe reused)
+                    self._retired[group] = self._retired.get(group, 0.0) + seconds
+            self._last = now
+            out = dict(self._retired)
+            for group, seconds in now.values():
+                out[group] = out.get(group, 0.0) + seconds
+            return out
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily("driftline_thread_cpu_seconds", "CPU seconds of the worker's threads so far, "
-                                     "by thread name without its trailing number (Linux).", labels=["thread"])
-        for name, seconds in sorted(thread_cpu_seconds().items()):
+                                     "by thread name without its numbers (Linux).", labels=["thread"])
+        for name, seconds in sorted(self.totals().items()):
             family.add_metric([name], seconds)
         yield family
 

@@ -98,6 +98,18 @@ def test_decode_failures_keep_position_and_reason(
     assert alike.indices.tolist() == [] and [f.reason for f in alike.failures] == [reason] * 200
 
 
+def test_values_that_are_not_bytes_decode_as_before(catalog: SchemaCatalog, generator, rng) -> None:  # type: ignore[no-untyped-def]
+    """Buffers and text never crash the batch: buffers decode, text is not framed Avro (record by record)."""
+    schema = catalog.latest(CARD)
+    good = [_good(catalog, generator, rng) for _ in range(3)]
+    decoder = BatchDecoder(catalog, schema, max_bytes=4096)
+    for values in ([memoryview(bytearray(v)) for v in good], [bytearray(v) for v in good]):
+        out = decoder.decode(values)  # type: ignore[arg-type]
+        assert out.indices.tolist() == [0, 1, 2] and out.failures == []
+    text = decoder.decode(["x" * 20] * 3)  # type: ignore[list-item]
+    assert [f.reason for f in text.failures] == ["bad_magic"] * 3
+
+
 def test_record_of_another_schema_is_incompatible(catalog: SchemaCatalog) -> None:
     alert_schema = catalog.latest("driftline.RetrainRequest")
     value = encode(alert_schema, {

@@ -119,7 +119,8 @@ def test_bad_segment_values_get_their_own_group_and_never_raise() -> None:
 @pytest.mark.parametrize("distinct", [1, 5, FACTORIZE_MAX_VALUES, FACTORIZE_MAX_VALUES + 1])
 def test_hashed_groups_equal_the_sorted_text_path(rng: np.random.Generator, distinct: int) -> None:
     """The hashing path gives the values and counts np.unique over the text gives, odd values included."""
-    odd = ["", None, "x" * 300, "tab\there", f"a{SEPARATOR}b", "\ufffd", "(missing)", "(other)", "ü"]
+    odd = ["", None, "x" * 300, "tab\there", f"a{SEPARATOR}b", "\ufffd", "(missing)", "(other)", "ü", "\x00",
+           "v1\x00", "\x00v1"]
     pool = np.array(odd + [f"v{i}" for i in range(max(0, distinct - len(odd)))], dtype=object)[:distinct]
     for _ in range(200):
         n = int(rng.integers(1, 400))
@@ -135,6 +136,11 @@ def test_hashed_groups_equal_the_sorted_text_path(rng: np.random.Generator, dist
         for col, rows in ((N, slice(None)), (POSITIVE, decided), (TP, decided & labels), (FP, decided & ~labels),
                           (FN, ~decided & labels), (TN, ~decided & ~labels)):
             assert got.counts[:, col].tolist() == np.bincount(group[rows], minlength=k).tolist()
+
+
+def test_values_equal_but_printed_differently_stay_apart() -> None:
+    mixed = SegmentCounts.fold(np.array([1, True, 1.0, "1"], dtype=object), np.array([1, 0, 0, 1]))
+    assert mixed.values == ("1", "1.0", "True") and mixed.counts[:, N].tolist() == [2, 1, 1]
 
 
 def null_windows(rng: np.random.Generator, windows: int) -> list[SegmentCounts]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from driftline.streams.metrics import Metrics, thread_group
+from driftline.streams.metrics import Metrics, ThreadCpuCollector, thread_group
 
 
 def test_the_worker_registry_exposes_process_and_python_series() -> None:
@@ -32,6 +32,7 @@ def test_thread_names_lose_their_trailing_numbers_only() -> None:
     assert thread_group("driftline-consume_0") == "driftline-consume"
     assert thread_group("rdk:main") == "rdk:main"
     assert thread_group("MainThread") == "MainThread"
+    assert thread_group("Thread-12 (serve)") == "Thread (serve)"
     assert thread_group("42") == "42"  # nothing left: the name as it is
 
 
@@ -64,3 +65,29 @@ def test_thread_cpu_is_counted_per_named_thread() -> None:
     assert burned[0] - 2 * tick <= cpu["burner"] <= burned[0] + 0.1  # user and system time, each in whole ticks
     assert cpu["MainThread"] > 0
     assert "burner_7" not in cpu
+
+
+def test_a_group_keeps_the_cpu_of_its_ended_threads() -> None:
+    """A counter never goes down: when one of a pool's threads ends, its CPU stays in the pool's series."""
+    collector = ThreadCpuCollector()
+    stop = threading.Event()
+
+    def burn(seconds: float) -> None:
+        started = time.thread_time()
+        while time.thread_time() - started < seconds:
+            sum(range(1000))
+        stop.wait(30)
+
+    first = threading.Thread(target=burn, args=(0.2,), name="pool_1")
+    second = threading.Thread(target=lambda: burn(0.2), name="pool_2")
+    first.start()
+    second.start()
+    deadline = time.monotonic() + 30
+    while collector.totals().get("pool", 0.0) < 0.38:  # both burned (each within two ticks)
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    both = collector.totals()["pool"]
+    stop.set()
+    first.join()
+    second.join()
+    assert collector.totals()["pool"] >= both  # ended, yet counted
