@@ -182,7 +182,7 @@ def _factorize(values: np.ndarray, nulls: np.ndarray | None) -> tuple[np.ndarray
     names = [MISSING if v is None else group_name(v.rstrip("\x00").replace(SEPARATOR, "\ufffd")) for v in distinct]
     final = sorted(set(names))
     at = {name: i for i, name in enumerate(final)}
-    index = {v: at[name] for v, name in zip(distinct, names, strict=False)}
+    index = {v: at[name] for v, name in zip(distinct, names, strict=True)}
     codes = np.fromiter(map(index.__getitem__, rows), dtype=np.intp, count=len(rows))
     return np.asarray(final, dtype=object), codes
 

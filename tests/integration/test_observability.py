@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
@@ -267,6 +268,16 @@ def test_a_real_prometheus_scrapes_the_worker(
 
         assert prom.poll() is None, (tmp_path / "prom.log").read_text()[-2000:]
         wait_until(lambda: scraped() >= n, worker, "Prometheus reading the worker's counter back", timeout_s=90)
+        cpu = samples(worker.metrics())  # where the CPU went: the score loop and its stages, by thread
+        for series in ('driftline_score_cpu_seconds_total{stage="process"}',
+                       'driftline_thread_cpu_seconds_total{thread="MainThread"}'):
+            assert cpu.get(series, 0.0) > 0, series
+        for thread in ("driftline-consume", "driftline-deliveries", "rdk:broker"):  # 1,000 requests: < 1 tick
+            assert f'driftline_thread_cpu_seconds_total{{thread="{thread}"}}' in cpu, thread
+        per_request = urllib.parse.quote("sum by (thread) (rate(driftline_thread_cpu_seconds_total[5m])) / "
+                                         "scalar(sum(rate(driftline_requests_total[5m])))")  # the README's query
+        status, body = get(f"http://127.0.0.1:{port}/api/v1/query?query={per_request}")
+        assert status == 200 and json.loads(body)["data"]["resultType"] == "vector", body[:500]
         live = exported_names(worker.metrics())
         for where, names in used_names().items():  # the deploy files against this live /metrics
             assert names <= live, f"{where}: {sorted(names - live)}"
