@@ -1,7 +1,7 @@
 """End-to-end throughput and latency of one worker, Kafka to Kafka, on the embedded broker or Apache Kafka.
 
     python bench/e2e.py [--n 100000] [--baseline-n 30000] [--latency-rate 5000,20000] [--latency-s 10]
-                        [--no-drift] [--phases throughput,naive,latency] [--broker-kind embedded|apache]
+                        [--no-drift] [--phases throughput,naive,latency] [--broker-kind embedded|kafka]
 
 1. Throughput: preloads N requests into a 4-partition topic, starts one
    ``driftline worker`` and times it from its first prediction to its last
@@ -172,6 +172,11 @@ def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog
     finally:
         stop(proc)
     events = max(1, len(stamps) - 1)
+    codec = codec_of(data / f"{ns}.log")
+    if codec is not None:
+        print(f"  the worker used the {codec} Avro codec"
+              + ("" if codec == "compiled" else " (not the compiled one: build it, pip install -e ., to compare "
+                 "with bench/RESULTS.md)"), flush=True)
     return Throughput(rate_of(stamps), 1e6 * cpu / events, 1e6 * broker_cpu / events,
                       {k: round(1e6 * v / events, 2) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])
                        if v > 0})
@@ -184,6 +189,17 @@ class Throughput(NamedTuple):
     cpu: float
     broker_cpu: float
     parts: dict[str, float]
+
+
+def codec_of(log: Path) -> str | None:
+    """Which Avro codec the worker says it started with (its ``worker starting`` line); None if it does not say."""
+    import re
+
+    try:
+        found = re.search(r"worker starting: .*?(\w+) Avro codec", log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return found.group(1) if found else None
 
 
 def cpu_parts(port: str) -> dict[str, float]:

@@ -79,8 +79,9 @@ class ThreadCpuCollector(Collector):
     the delivery reports (``driftline-deliveries``), librdkafka's network
     threads (``rdk:broker``, ``rdk:main``), the executors (``asyncio``),
     native threads (``native``): read from ``/proc`` at scrape time, so it
-    costs nothing between scrapes. A thread that ended keeps its CPU in its
-    group, so each series only grows, as a counter must.
+    costs nothing between scrapes. A thread that ended keeps, in its group,
+    the CPU it had at the last scrape, so each series only grows, as a
+    counter must; a thread that starts and ends between two scrapes is not counted.
     """
 
     def __init__(self, tasks: Path = Path("/proc/self/task")) -> None:
@@ -93,6 +94,10 @@ class ThreadCpuCollector(Collector):
         """CPU seconds so far by group, ended threads included."""
         with self._lock:
             now = read_thread_cpu(self._tasks)
+            for tid, (group, seconds) in now.items():
+                before = self._last.get(tid)
+                if group == "native" and before is not None and before[0] != "native" and seconds >= before[1]:
+                    now[tid] = (before[0], seconds)  # a Python thread just ended, still in /proc: not native
             for tid, (group, seconds) in self._last.items():
                 current = now.get(tid)
                 if current is None or current[0] != group or current[1] < seconds:  # ended (its id maybe reused)
