@@ -115,19 +115,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds so far per thread name (``/proc/<pid>/task``; threads of one name summed)."""
-    out: dict[str, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the thread ended
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
-
-
 def rate_of(stamps: np.ndarray) -> float:
     span = (stamps.max() - stamps.min()) / 1000
     return (len(stamps) - 1) / span if span > 0 else float("inf")
@@ -168,7 +155,7 @@ def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog
                                   on_message=on_message)
         cpu = cpu_seconds(proc.pid) - cpu_at_first[0]
         broker_cpu = (cpu_seconds(broker_pid) - cpu_at_first[1]) if broker_pid else float("nan")
-        parts = {k: v - parts_at_first.get(k, 0.0) for k, v in cpu_parts(env["DRIFTLINE_WEB_PORT"]).items()}
+        parts_at_last = cpu_parts(env["DRIFTLINE_WEB_PORT"])
     finally:
         stop(proc)
     events = max(1, len(stamps) - 1)
@@ -178,8 +165,7 @@ def throughput(bootstrap: str, ns: str, n: int, data: Path, naive: bool, catalog
               + ("" if codec == "compiled" else " (not the compiled one: build it, pip install -e ., to compare "
                  "with bench/RESULTS.md)"), flush=True)
     return Throughput(rate_of(stamps), 1e6 * cpu / events, 1e6 * broker_cpu / events,
-                      {k: round(1e6 * v / events, 2) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])
-                       if v > 0})
+                      parts_per_event(parts_at_first, parts_at_last, events))
 
 
 class Throughput(NamedTuple):
@@ -227,6 +213,12 @@ def cpu_parts(port: str) -> dict[str, float]:
     return out
 
 
+def parts_per_event(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
+    """µs per event of each :func:`cpu_parts` key between two readings, busiest first, idle ones left out."""
+    spent = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    return {k: round(1e6 * v / events, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
 def print_parts(parts: dict[str, float]) -> None:
     if parts:
         print("  worker CPU µs per event by thread:", ", ".join(
@@ -249,7 +241,8 @@ def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, ca
     create_topics(settings.confluent(), settings.topic_partitions())
     schema = catalog.latest(SUBJECT)
     pred_schema = catalog.latest("driftline.Prediction")
-    proc = start([sys.executable, "-m", "driftline.streams.cli", "worker"], env_for(bootstrap, ns, data),
+    env = env_for(bootstrap, ns, data)
+    proc = start([sys.executable, "-m", "driftline.streams.cli", "worker"], env,
                  data / f"{ns}.log")
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})  # librdkafka's default
     topic = settings.topic("requests")
@@ -280,7 +273,7 @@ def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, ca
                 return
             if not cpu_from:
                 cpu_from.extend((cpu_seconds(proc.pid), cpu_seconds(broker_pid) if broker_pid else 0.0))
-                threads_from.update(thread_cpu(proc.pid))
+                threads_from.update(cpu_parts(env["DRIFTLINE_WEB_PORT"]))
             lat.append(time.time() * 1000 - rec["event_time"])
             produced_lat.append(m.timestamp()[1] - rec["event_time"])
 
@@ -316,10 +309,7 @@ def latency(bootstrap: str, ns: str, rate: float, seconds: float, data: Path, ca
         reader.join()
         events = max(1, len(lat) - 1)
         worker_cpu = 1e6 * (cpu_seconds(proc.pid) - cpu_from[0]) / events
-        spent = {k: v - threads_from.get(k, 0.0) for k, v in thread_cpu(proc.pid).items()}
-        busiest = sorted(spent.items(), key=lambda kv: -kv[1])
-        print("worker CPU µs per event by thread:",
-              ", ".join(f"{k} {1e6 * v / events:.1f}" for k, v in busiest if v > 0), flush=True)
+        print_parts(parts_per_event(threads_from, cpu_parts(env["DRIFTLINE_WEB_PORT"]), events))
         broker_cpu = 1e6 * (cpu_seconds(broker_pid) - cpu_from[1]) / events if broker_pid else float("nan")
         print("worker-side (prediction produce time - request time) p50/p99 ms:",
               np.percentile(produced_lat, [50, 99]).round(1), flush=True)
