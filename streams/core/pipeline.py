@@ -305,19 +305,8 @@ class ScorePipeline:
 
     def process(self, messages: Sequence[RawMessage], now_ms: int) -> BatchOutcome:
         out = BatchOutcome()
-        by_topic: dict[str, list[RawMessage]] = {}
-        topics = set(map(_topic_of, messages))
-        if len(topics) == 1 and not any(map(_header_error_of, messages)):  # the usual batch: no loop per record
-            by_topic[topics.pop()] = list(messages)
-            messages = ()
-        for m in messages:
-            if m.header_error is not None:
-                f = Failure(0, "decode", "malformed_headers", m.header_error)
-                self._deadletter(out, m, f, self._model_of(m.topic), now_ms)
-                continue
-            by_topic.setdefault(m.topic, []).append(m)
         folds = []
-        for topic, msgs in by_topic.items():
+        for topic, msgs in self._by_topic(out, messages, now_ms).items():
             served = self.served.get(topic)
             if served is None:
                 for i, m in enumerate(msgs):
@@ -334,6 +323,21 @@ class ScorePipeline:
             cols, rows, scores, codes = valid if valid is not None else (None, None, np.empty(0), None)
             out.sketches.extend(folder.fold(cols, rows, scores, count, dead, now_ms, codes))
         return out
+
+    def _by_topic(self, out: BatchOutcome, messages: Sequence[RawMessage], now_ms: int
+                  ) -> dict[str, list[RawMessage]]:
+        """The batch's records by topic; those whose headers could not be read are dead-lettered here."""
+        topics = set(map(_topic_of, messages))
+        if len(topics) == 1 and not any(map(_header_error_of, messages)):  # the usual batch: no loop per record
+            return {topics.pop(): list(messages)}
+        by_topic: dict[str, list[RawMessage]] = {}
+        for m in messages:
+            if m.header_error is not None:
+                f = Failure(0, "decode", "malformed_headers", m.header_error)
+                self._deadletter(out, m, f, self._model_of(m.topic), now_ms)
+                continue
+            by_topic.setdefault(m.topic, []).append(m)
+        return by_topic
 
     def tick(self, now_ms: int) -> list[WindowSketch]:
         """Windows that closed with the clock, without traffic."""
